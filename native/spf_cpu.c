@@ -1,0 +1,280 @@
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "spf_internal.h"
+#include "spf_futex.h"
+#include "spf_cpu.h"
+#include "spf_ring.h"
+
+struct spf_local spf_me = { .cpu = -1 };
+static int ipi_sig;
+
+int spf_cpu_id(void) { return spf_me.cpu; }
+int spf_ipi_signo(void) { return ipi_sig; }
+int spf_ipi_last_error(void) { return spf_me.ipi_err; }
+
+void spf_ipi_set_flush_region(void *p, uint64_t len)
+{
+	spf_me.flush_p = p;
+	spf_me.flush_len = len;
+}
+
+/* The work an IPI asks for; also run locally for the sender's own bit. */
+static void ipi_do_work(uint64_t work)
+{
+	if ((work & SPF_IPI_FLUSH_TLB) && spf_me.flush_p) {
+		uint64_t *w = spf_me.flush_p;
+		for (uint64_t i = 0; i < spf_me.flush_len / 8; i++)
+			__atomic_store_n(&w[i], 0, __ATOMIC_RELAXED);
+		struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+		__atomic_fetch_add(&me->flush_gen, 1, __ATOMIC_RELEASE);
+	}
+}
+
+static void ipi_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig; (void)si; (void)uc;
+	int saved = errno;
+	if (spf_me.cpu < 0)
+		goto out;
+	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
+	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
+	ipi_do_work(work);                                                 /* (c) */
+	__atomic_fetch_add(&me->ipis_handled, 1, __ATOMIC_RELAXED);
+	spf_trace(SPF_EV_IPI_HANDLE, r, work, 0);
+	__atomic_store_n(&me->ack_ns, spf_now_ns_inline(), __ATOMIC_RELAXED);
+	__atomic_store_n(&me->ack_seq, r, __ATOMIC_SEQ_CST);               /* (d) pairs with (4) */
+	if (__atomic_load_n(&me->ack_waiters, __ATOMIC_SEQ_CST))
+		spf_futex_wake(&me->ack_seq, 0);                           /* (e) */
+out:
+	errno = saved;
+}
+
+static void ipi_mask(int how)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, ipi_sig);
+	pthread_sigmask(how, &set, NULL);
+}
+
+int spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq)
+{
+	if (ncpus <= 0 || ncpus > SPF_MAX_CPUS)
+		return -1;
+	spf_me.slots = slots;
+	spf_me.ncpus = ncpus;
+	spf_me.gp_seq = gp_seq;
+	spf_me.cpu = -1;
+	spf_me.irq_nest = spf_me.reader_nest = spf_me.rcu_nest = 0;
+	ipi_sig = SIGRTMIN + 2;
+	/* Blocked until a CPU registers: a stray IPI to the parent or a non-CPU thread
+	 * stays pending instead of killing it. */
+	ipi_mask(SIG_BLOCK);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = ipi_handler;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigfillset(&sa.sa_mask);      /* nothing interrupts the handler */
+	return sigaction(ipi_sig, &sa, NULL);
+}
+
+int spf_cpu_register(int cpu)
+{
+	if (!spf_me.slots || cpu < 0 || cpu >= spf_me.ncpus)
+		return -1;
+	struct spf_percpu *me = &spf_me.slots[cpu];
+	spf_me.cpu = cpu;
+	me->pid = getpid();
+	me->tid = (int32_t)syscall(SYS_gettid);
+	me->irq_depth = 0;
+	me->rcu_depth = 0;
+	me->rcu_snap = 0;
+	me->pending = 0;
+	__atomic_store_n(&me->ack_seq, __atomic_load_n(&me->req_seq, __ATOMIC_SEQ_CST), __ATOMIC_SEQ_CST);
+	__atomic_store_n(&me->alive, 1, __ATOMIC_SEQ_CST);
+	ipi_mask(SIG_UNBLOCK);
+	return 0;
+}
+
+void spf_cpu_unregister(void)
+{
+	if (spf_me.cpu < 0)
+		return;
+	ipi_mask(SIG_BLOCK);
+	spf_cpu_mark_dead(spf_me.cpu);
+	spf_me.cpu = -1;
+}
+
+void spf_cpu_mark_dead(int cpu)
+{
+	if (!spf_me.slots || cpu < 0 || cpu >= spf_me.ncpus)
+		return;
+	struct spf_percpu *c = &spf_me.slots[cpu];
+	__atomic_store_n(&c->alive, 0, __ATOMIC_SEQ_CST);
+	/* Wake senders waiting for its ack: they re-check alive. */
+	__atomic_fetch_add(&c->ack_seq, 0, __ATOMIC_SEQ_CST);
+	spf_futex_wake(&c->ack_seq, 0);
+}
+
+void spf_irq_disable(void)
+{
+	if (spf_me.irq_nest++ == 0) {
+		ipi_mask(SIG_BLOCK);
+		spf_reader_enter();          /* IRQs off is an RCU reader too */
+	}
+	if (spf_me.cpu >= 0)
+		spf_me.slots[spf_me.cpu].irq_depth = spf_me.irq_nest;
+}
+
+void spf_irq_enable(void)
+{
+	if (spf_me.irq_nest <= 0)
+		return;                          /* unbalanced: ignored (Python side asserts) */
+	if (--spf_me.irq_nest == 0) {
+		spf_reader_exit();
+		if (spf_me.cpu >= 0) {
+			struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+			me->irq_depth = 0;
+			__atomic_store_n(&me->irq_enable_ns, spf_now_ns_inline(), __ATOMIC_SEQ_CST);
+		}
+		ipi_mask(SIG_UNBLOCK);           /* a pending IPI runs here, before we return */
+	} else if (spf_me.cpu >= 0) {
+		spf_me.slots[spf_me.cpu].irq_depth = spf_me.irq_nest;
+	}
+}
+
+int spf_irqs_disabled(void) { return spf_me.irq_nest > 0; }
+
+/* A zombie (killed, not yet reaped) still accepts tgkill: read its state from /proc.
+ * Only on the slow path, once per re-send. */
+static int is_zombie(int pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+static int target_gone(struct spf_percpu *t, int deep)
+{
+	if (!__atomic_load_n(&t->alive, __ATOMIC_SEQ_CST))
+		return 1;
+	if (syscall(SYS_tgkill, t->pid, t->tid, 0) != 0 && errno == ESRCH)
+		return 1;
+	return deep && is_zombie(t->pid);
+}
+
+static int ipi_send(int cpu, uint64_t work, uint32_t *ticket)
+{
+	struct spf_percpu *t = &spf_me.slots[cpu];
+	__atomic_fetch_or(&t->pending, work, __ATOMIC_SEQ_CST);                 /* (1) */
+	*ticket = __atomic_add_fetch(&t->req_seq, 1, __ATOMIC_SEQ_CST);        /* (2) */
+	spf_trace(SPF_EV_IPI_SEND, (uint64_t)cpu, *ticket, work);
+	if (syscall(SYS_tgkill, t->pid, t->tid, ipi_sig) != 0)                 /* (3) */
+		return errno == ESRCH ? SPF_IPI_ERR_DEAD : SPF_IPI_ERR_TIMEOUT;
+	return 0;
+}
+
+static int acked(struct spf_percpu *t, uint32_t ticket)
+{
+	return (int32_t)(__atomic_load_n(&t->ack_seq, __ATOMIC_ACQUIRE) - ticket) >= 0;
+}
+
+/* (4): wait for one target's ack.  Spin briefly, then sleep on its ack word; re-send
+ * with a back-off (a lost or coalesced signal must not hang us). */
+static int ipi_wait(int cpu, uint32_t ticket, uint64_t deadline)
+{
+	struct spf_percpu *t = &spf_me.slots[cpu];
+	for (int n = 0; n < 200; n++) {
+		if (acked(t, ticket))
+			return 0;
+		spf_cpu_relax();
+	}
+	int err = 0;
+	uint64_t resend_ns = 2000000, next_resend = spf_now_ns_inline() + resend_ns;
+	__atomic_fetch_add(&t->ack_waiters, 1, __ATOMIC_SEQ_CST);
+	for (;;) {
+		uint32_t a = __atomic_load_n(&t->ack_seq, __ATOMIC_SEQ_CST);
+		if ((int32_t)(a - ticket) >= 0)
+			break;
+		uint64_t now = spf_now_ns_inline();
+		if (target_gone(t, now > next_resend)) { err = SPF_IPI_ERR_DEAD; break; }
+		if (deadline && now > deadline) { err = SPF_IPI_ERR_TIMEOUT; break; }
+		if (now > next_resend) {
+			syscall(SYS_tgkill, t->pid, t->tid, ipi_sig);
+			if (resend_ns < 32000000)
+				resend_ns *= 2;
+			next_resend = now + resend_ns;
+		}
+		spf_futex_wait_ns(&t->ack_seq, a, 1000000);
+	}
+	__atomic_fetch_sub(&t->ack_waiters, 1, __ATOMIC_SEQ_CST);
+	return err;
+}
+
+static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
+			   int64_t timeout_ns, int wait)
+{
+	uint32_t tickets[SPF_MAX_CPUS];
+	uint8_t sent[SPF_MAX_CPUS] = { 0 };
+	int self = spf_me.cpu, fail = -1;
+	uint64_t t0 = spf_now_ns_inline();
+	spf_me.ipi_err = 0;
+	if (spf_me.irq_nest > 0) {
+		spf_me.ipi_err = SPF_IPI_ERR_IRQS_OFF;
+		return -2;
+	}
+	if (nbits > spf_me.ncpus)
+		nbits = spf_me.ncpus;
+	for (int c = 0; c < nbits; c++) {
+		if (!(mask[c / 64] >> (c % 64) & 1) || c == self)
+			continue;
+		if (!__atomic_load_n(&spf_me.slots[c].alive, __ATOMIC_SEQ_CST)) {
+			continue;                /* a CPU known dead holds no translations */
+		}
+		int err = ipi_send(c, work, &tickets[c]);
+		sent[c] = 1;
+		if (err && fail < 0) {
+			fail = c;
+			spf_me.ipi_err = err;
+		}
+	}
+	if (self >= 0 && self < nbits && (mask[self / 64] >> (self % 64) & 1))
+		ipi_do_work(work);
+	uint64_t deadline = timeout_ns >= 0 ? t0 + (uint64_t)timeout_ns : 0;
+	for (int c = 0; wait && fail < 0 && c < nbits; c++) {
+		if (!(mask[c / 64] >> (c % 64) & 1) || !sent[c])
+			continue;
+		int err = ipi_wait(c, tickets[c], deadline);
+		if (err) {
+			fail = c;
+			spf_me.ipi_err = err;
+		}
+	}
+	spf_trace(SPF_EV_IPI_DONE, (uint64_t)(int64_t)fail, (uint64_t)spf_me.ipi_err,
+		  spf_now_ns_inline() - t0);
+	return fail;
+}
+
+int spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns)
+{
+	return ipi_sync_common(mask, nbits, work, timeout_ns, 1);
+}
+
+int spf_ipi_sync_busted(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns)
+{
+	return ipi_sync_common(mask, nbits, work, timeout_ns, 0);  /* BUSTED: no wait */
+}

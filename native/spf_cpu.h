@@ -1,0 +1,67 @@
+#pragma once
+/* spf_cpu.h - per-CPU slots, interrupts and IPIs.
+ *
+ * A "CPU" is a worker process.  Each owns one struct spf_percpu in the shared arena;
+ * process-local nesting counters mirror into it so that a hang dump can read them.
+ *
+ * IRQs: spf_irq_disable/enable nest, and block/unblock the IPI signal on the outermost
+ * level (so a CPU with IRQs off cannot run the handler, hence cannot ack).  An IRQs-off
+ * section is also an RCU read-side section (RCU-sched is merged into RCU).
+ *
+ * IPI protocol (liburcu's need_mb handshake, made multi-sender with tickets):
+ *   sender:  (1) pending |= work   (2) t = ++req_seq   (3) tgkill(target main thread)
+ *            (4) wait until ack_seq >= t, re-sending on a back-off, giving up on a dead
+ *                target or at the timeout
+ *   handler: (a) r = req_seq (acquire; pairs with (2))  (b) work = xchg(pending, 0)
+ *            (c) do the work  (d) ack_seq = r (release; pairs with (4))  (e) wake sender
+ * Work requested with ticket t <= r was set at (1) before (2), so (b) sees it.
+ * Delivery is by tgkill to the registered thread: no other thread of the worker
+ * (numpy's OpenBLAS threads) can take the signal.
+ */
+#define SPF_MAX_CPUS 256
+
+struct spf_percpu {
+	int32_t  pid;
+	int32_t  tid;
+	uint32_t alive;          /* 1 while registered and not known dead */
+	uint32_t req_seq;        /* IPI tickets handed out */
+	uint32_t ack_seq;        /* last ticket acked (futex word for senders) */
+	uint32_t ack_waiters;
+	uint64_t pending;        /* work bits */
+	uint64_t rcu_snap;       /* 0 outside any read-side section, else the gp_seq seen */
+	int32_t  irq_depth;      /* mirrors of the process-local nesting, for dumps */
+	int32_t  rcu_depth;
+	uint64_t irq_enable_ns;  /* last outermost irq_enable */
+	uint64_t ack_ns;         /* last ack */
+	uint64_t ipis_handled;
+	uint64_t flush_gen;      /* bumped by every TLB flush this CPU performs */
+	uint64_t pad[6];         /* one slot per 128 bytes: no false sharing */
+};
+
+#define SPF_IPI_FLUSH_TLB 1   /* zero this CPU's registered flush region */
+#define SPF_IPI_SYNC      2   /* nothing but the ack (tlb_remove_table_sync_one) */
+
+#define SPF_IPI_ERR_TIMEOUT  1   /* target never acked (IRQs off for too long, or stuck) */
+#define SPF_IPI_ERR_DEAD     2   /* target process is gone */
+#define SPF_IPI_ERR_IRQS_OFF 3   /* caller had IRQs off: would deadlock, refused */
+
+/* Per process: point at the arena's slot array and the RCU state, install the handler. */
+int  spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq);
+int  spf_cpu_register(int cpu);          /* this process (main thread) becomes CPU cpu */
+void spf_cpu_unregister(void);
+void spf_cpu_mark_dead(int cpu);         /* by the runner, once it reaped the worker */
+int  spf_cpu_id(void);
+int  spf_ipi_signo(void);
+void spf_ipi_set_flush_region(void *p, uint64_t len);
+
+void spf_irq_disable(void);
+void spf_irq_enable(void);
+int  spf_irqs_disabled(void);
+
+/* Send work to every CPU in mask (bit i of word i/64); the caller's own bit runs the work
+ * locally.  Returns -1 when all acked, else the first failing CPU, with the reason in
+ * spf_ipi_last_error(); -2 when the caller itself is at fault (IRQs off). */
+int  spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);
+int  spf_ipi_last_error(void);
+/* Busted twin: sends, but returns without waiting for any ack. */
+int  spf_ipi_sync_busted(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);

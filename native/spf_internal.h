@@ -1,0 +1,51 @@
+/* spf_internal.h - helpers shared by the native sources; not part of the API (not in cdef). */
+#ifndef SPF_INTERNAL_H
+#define SPF_INTERNAL_H
+#include <stdint.h>
+#include <time.h>
+
+static inline void spf_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#else
+	__asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+static inline uint64_t spf_now_ns_inline(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* How long a lock waiter spins before it sleeps (see measurements.md: spinning briefly
+ * first turns a ~70 us futex round trip into ~0.3 us when the holder is running). */
+#define SPF_SPIN_TRIES 2000
+
+int spf_futex_wait_ns(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+
+/* Process-local state of "this CPU" (each worker process is one CPU). */
+struct spf_percpu;
+struct spf_ring_hdr;
+struct spf_local {
+	struct spf_percpu *slots;
+	int ncpus;
+	int cpu;                 /* -1 until spf_cpu_register */
+	uint64_t *gp_seq;
+	int irq_nest;
+	int reader_nest;         /* rcu_read_lock depth + (irq_nest > 0) */
+	int rcu_nest;
+	struct spf_ring_hdr *ring;
+	void *flush_p;
+	uint64_t flush_len;
+	int ipi_err;
+};
+extern struct spf_local spf_me;
+
+void spf_reader_enter(void);   /* outermost RCU reader entry: publish the gp snapshot */
+void spf_reader_exit(void);
+#endif

@@ -1,0 +1,31 @@
+#pragma once
+/* spf_ring.h - per-CPU event ring (ftrace-like), readable after its writer died.
+ *
+ * Layout: struct spf_ring_hdr, then capacity (a power of two) struct spf_event.  Only the
+ * owning CPU writes (its main code and its IPI handler, which may interleave).  A writer
+ * claims a slot with an atomic add on head, clears seq, fills the record, then publishes
+ * seq = index + 1 with a release store; a reader accepts a record only when seq matches,
+ * so a torn record (writer killed mid-way, or overwritten) is skipped, never misread.
+ * stamp is CLOCK_MONOTONIC ns: one clock for every CPU gives the global order.
+ */
+struct spf_ring_hdr {
+	uint64_t head;
+	uint64_t capacity;
+	uint64_t pad[6];
+};
+struct spf_event {
+	uint64_t stamp;
+	uint64_t seq;
+	uint32_t cpu;
+	uint32_t type;
+	uint64_t a0;
+	uint64_t a1;
+	uint64_t a2;
+};
+#define SPF_EV_IPI_HANDLE 1     /* a0 = ticket acked, a1 = work bits */
+#define SPF_EV_IPI_SEND   2     /* a0 = target cpu, a1 = ticket, a2 = work bits */
+#define SPF_EV_IPI_DONE   3     /* a0 = result (-1 ok / failing cpu), a1 = error, a2 = ns */
+
+void spf_ring_init(struct spf_ring_hdr *ring, uint64_t capacity);
+void spf_ring_attach(struct spf_ring_hdr *ring);    /* this process's ring */
+void spf_trace(uint32_t type, uint64_t a0, uint64_t a1, uint64_t a2);

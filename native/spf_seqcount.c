@@ -1,0 +1,51 @@
+#include <sched.h>
+#include <stdint.h>
+#include "spf_internal.h"
+#include "spf_seqcount.h"
+
+uint64_t spf_seq_read_begin(const uint64_t *seq)
+{
+	for (unsigned n = 0;; n++) {
+		uint64_t s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);   /* (a), pairs with (4) */
+		if (!(s & 1))
+			return s;
+		if (n < SPF_SPIN_TRIES)
+			spf_cpu_relax();
+		else
+			sched_yield();
+	}
+}
+
+uint64_t spf_seq_try_begin(const uint64_t *seq)
+{
+	return __atomic_load_n(seq, __ATOMIC_ACQUIRE);            /* (a), pairs with (4) */
+}
+
+int spf_seq_read_retry(const uint64_t *seq, uint64_t start)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);                  /* (c), pairs with (2) */
+	return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
+}
+
+void spf_seq_write_begin(uint64_t *seq)
+{
+	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);                  /* (2), pairs with (c) */
+}
+
+void spf_seq_write_end(uint64_t *seq)
+{
+	__atomic_thread_fence(__ATOMIC_RELEASE);                  /* (4), pairs with (a) */
+	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+}
+
+void spf_seq_write_begin_busted(uint64_t *seq)
+{
+	(void)seq;  /* BUSTED: the count stays even while the writer works. */
+}
+
+void spf_seq_write_end_busted(uint64_t *seq)
+{
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 2, __ATOMIC_RELAXED);
+}

@@ -1,0 +1,56 @@
+#include <sched.h>
+#include <stdint.h>
+#include "spf_internal.h"
+#include "spf_spinlock.h"
+
+static int spin_wait_free(spf_spinlock_t *l, uint64_t deadline)
+{
+	for (unsigned n = 0;; n++) {
+		if (__atomic_load_n(l, __ATOMIC_RELAXED) == 0)
+			return 0;
+		if (n < SPF_SPIN_TRIES) {
+			spf_cpu_relax();
+			continue;
+		}
+		sched_yield();
+		if (deadline && (n & 63) == 0 && spf_now_ns_inline() > deadline)
+			return 1;
+	}
+}
+
+int spf_spin_lock_timeout(spf_spinlock_t *l, int cpu, int64_t timeout_ns)
+{
+	uint64_t deadline = timeout_ns >= 0 ? spf_now_ns_inline() + (uint64_t)timeout_ns : 0;
+	for (;;) {
+		uint32_t free_ = 0;
+		if (__atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
+						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return 0;
+		if (spin_wait_free(l, deadline))
+			return 1;
+	}
+}
+
+void spf_spin_lock(spf_spinlock_t *l, int cpu) { spf_spin_lock_timeout(l, cpu, -1); }
+
+int spf_spin_trylock(spf_spinlock_t *l, int cpu)
+{
+	uint32_t free_ = 0;
+	return __atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
+					   __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+void spf_spin_unlock(spf_spinlock_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+int spf_spin_is_locked(const spf_spinlock_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
+int spf_spin_owner(const spf_spinlock_t *l) { return (int)__atomic_load_n(l, __ATOMIC_RELAXED) - 1; }
+
+void spf_spin_lock_busted(spf_spinlock_t *l, int cpu)
+{
+	/* BUSTED: two CPUs can both see the lock free and both "take" it. */
+	while (*(volatile uint32_t *)l != 0)
+		sched_yield();
+	for (int i = 0; i < 8; i++)
+		spf_cpu_relax();
+	*(volatile uint32_t *)l = (uint32_t)cpu + 1;
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,124 @@
+"""Worker processes ("CPUs"): forked, tied to the parent's life, reaped and accounted.
+
+Each worker is forked from the parent (inheriting the arena mapping), asks the kernel to
+SIGKILL it when the parent dies (PR_SET_PDEATHSIG, so ``kill -9`` of the parent leaves no
+orphan spinning), becomes CPU ``i`` in the SMP substrate, optionally pins itself to a core,
+and runs ``target(i)``.  Its exit code is 0 on success, 1 if ``target`` raised (the
+traceback goes to stderr).  The parent marks a reaped CPU dead so IPI senders and grace
+periods stop waiting for it.
+"""
+import os
+import signal
+import sys
+import time
+import traceback
+
+import psutil
+
+from .. import native
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Workers:
+    def __init__(self, smp, ncpus, target, pin=True):
+        self.smp, self.ncpus, self.target, self.pin = smp, ncpus, target, pin
+        self.pids = {}          # cpu -> pid
+        self.status = {}        # cpu -> exit code (negative: killed by signal)
+
+    def start(self):
+        parent = os.getpid()
+        cores = _usable_cores()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for cpu in range(self.ncpus):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    native.set_pdeathsig(signal.SIGKILL)
+                    if os.getppid() != parent:          # the parent died before prctl
+                        os._exit(1)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides
+                    if self.pin and cores:
+                        try:
+                            psutil.Process().cpu_affinity([cores[cpu % len(cores)]])
+                        except (psutil.Error, OSError):
+                            pass
+                    self.smp.become_cpu(cpu)
+                    self.target(cpu)
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
+            self.pids[cpu] = pid
+        return self
+
+    def poll(self):
+        """Reap whoever exited; returns the CPUs still running."""
+        for cpu, pid in self.pids.items():
+            if cpu in self.status:
+                continue
+            try:
+                got, st = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                got, st = pid, 0
+            if got:
+                self.status[cpu] = os.waitstatus_to_exitcode(st)
+                native.cpu_mark_dead(cpu)
+        return [c for c in self.pids if c not in self.status]
+
+    def join(self, timeout=None):
+        """Wait for every worker; on timeout kill them all and raise WorkerError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                running = self.poll()
+                self.kill()
+                raise WorkerError("CPUs %s still running after %.1fs; killed" % (running, timeout))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return self.status
+
+    def kill(self, sig=signal.SIGKILL):
+        for cpu, pid in self.pids.items():
+            if cpu not in self.status:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        while self.poll():
+            time.sleep(0.001)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.kill()
+        return False
+
+
+def run_workers(smp, ncpus, target, timeout=120.0, pin=True):
+    """Run target(cpu) on ncpus workers; raise WorkerError if any failed."""
+    with Workers(smp, ncpus, target, pin) as w:
+        status = w.join(timeout)
+    bad = {c: s for c, s in status.items() if s != 0}
+    if bad:
+        raise WorkerError("workers failed: %s" % ", ".join(
+            "CPU %d exit %d" % (c, s) for c, s in sorted(bad.items())))
+    return status
+
+
+def _usable_cores():
+    try:
+        return sorted(psutil.Process().cpu_affinity())
+    except (psutil.Error, OSError, AttributeError):
+        return []
