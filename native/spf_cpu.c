@@ -36,12 +36,41 @@ static void ipi_do_work(uint64_t work)
 	}
 }
 
+/* An instruction in progress holds the IPI until its end (interrupts are taken between
+ * instructions).  The handler and insn_end run in the same thread, so plain volatile
+ * flags with compiler fences order them; running the body twice is harmless (the second
+ * run finds no new ticket and no pending work). */
+void spf_insn_begin(void)
+{
+	spf_me.insn_nest++;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+void spf_insn_end(void)
+{
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	if (--spf_me.insn_nest == 0 && spf_me.insn_deferred) {
+		spf_me.insn_deferred = 0;
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		spf_ipi_handle();
+	}
+}
+
 static void ipi_handler(int sig, siginfo_t *si, void *uc)
 {
 	(void)sig; (void)si; (void)uc;
 	int saved = errno;
+	if (spf_me.insn_nest > 0)
+		spf_me.insn_deferred = 1;
+	else
+		spf_ipi_handle();
+	errno = saved;
+}
+
+void spf_ipi_handle(void)
+{
 	if (spf_me.cpu < 0)
-		goto out;
+		return;
 	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
 	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
@@ -52,8 +81,6 @@ static void ipi_handler(int sig, siginfo_t *si, void *uc)
 	__atomic_store_n(&me->ack_seq, r, __ATOMIC_SEQ_CST);               /* (d) pairs with (4) */
 	if (__atomic_load_n(&me->ack_waiters, __ATOMIC_SEQ_CST))
 		spf_futex_wake(&me->ack_seq, 0);                           /* (e) */
-out:
-	errno = saved;
 }
 
 static void ipi_mask(int how)

@@ -43,9 +43,12 @@ struct spf_local {
 	void *flush_p;
 	uint64_t flush_len;
 	int ipi_err;
+	volatile int insn_nest;       /* inside an "instruction": IPIs wait */
+	volatile int insn_deferred;   /* an IPI arrived meanwhile */
 };
 extern struct spf_local spf_me;
 
 void spf_reader_enter(void);   /* outermost RCU reader entry: publish the gp snapshot */
 void spf_reader_exit(void);
+void spf_ipi_handle(void);      /* the IPI handler body (also run deferred) */
 #endif

@@ -33,11 +33,89 @@ def writable_path(value):
     return value
 
 
+def nonneg_int(value):
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % value)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got %d" % v)
+    return v
+
+
+def pos_int(value):
+    v = nonneg_int(value)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def pos_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % value)
+    if not v > 0:
+        raise argparse.ArgumentTypeError("must be > 0, got %g" % v)
+    return v
+
+
+def nonneg_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % value)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got %g" % v)
+    return v
+
+
+def add_config_args(p):
+    from .config import Config, FAULT_MODES, TABLE_FREE
+    d = Config()
+    p.add_argument("--cpus", type=pos_int, default=None,
+                   help="worker processes (default: usable cores, at least 2)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=pos_float, default=None, metavar="SEC",
+                   help="run time in seconds (default %g)" % d.duration)
+    g.add_argument("--ops", type=pos_int, default=None, metavar="N",
+                   help="operations per CPU instead of a duration")
+    p.add_argument("--seed", type=nonneg_int, default=d.seed)
+    p.add_argument("--fault-mode", choices=FAULT_MODES, default=d.fault_mode)
+    p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
+                   help="tlb_remove_table policy: IPI sync then free, or RCU grace period")
+    p.add_argument("--check-every", type=nonneg_float, default=d.check_every, metavar="SEC",
+                   help="seconds between stop-the-world sweeps (0: only at the end)")
+    p.add_argument("--bug", action="append", default=[], metavar="NAME",
+                   help="switch on a busted variant (repeatable; see 'spfshm bugs')")
+    p.add_argument("--window-pages", type=pos_int, default=d.window_pages,
+                   help="pages in the address window the workload uses")
+    p.add_argument("--tlb-entries", type=pos_int, default=d.tlb_entries)
+    p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
+
+
+def config_from_args(a):
+    from .config import Config
+    d = Config()
+    return Config(cpus=a.cpus or 0, duration=a.duration or d.duration, ops=a.ops or 0,
+                  seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
+                  check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
+                  tlb_entries=a.tlb_entries, pin=not a.no_pin)
+
+
 def build_parser():
     p = _Parser(prog="spfshm", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version="spfshm " + __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+
+    stress = sub.add_parser("stress", help="run the model on real parallel CPUs and check it")
+    add_config_args(stress)
+    stress.add_argument("--json", type=writable_path, metavar="PATH",
+                        help="write the full report as JSON")
+    stress.add_argument("--quiet", action="store_true", help="no progress, summary only")
+
+    sub.add_parser("bugs", help="list the busted variants (--bug NAME)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
@@ -49,9 +127,35 @@ def build_parser():
     return p
 
 
+def cmd_stress(args):
+    from .config import ConfigError
+    from .run.progress import Progress
+    from .run.report import summary, write_json
+    from .run.runner import run_stress
+    try:
+        cfg = config_from_args(args).resolved()
+    except ConfigError as e:
+        raise UsageError(str(e))
+    if not args.quiet:
+        print("spfshm stress: %s" % cfg.repro(), flush=True)
+    prog = Progress(args.quiet)
+    rep = run_stress(cfg, prog)
+    prog.done()
+    print(summary(rep), flush=True)
+    if args.json:
+        write_json(rep, args.json)
+    return rep["exit_code"]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "stress":
+            return cmd_stress(args)
+        if args.command == "bugs":
+            from .bugs import format_table
+            print(format_table())
+            return EXIT_OK
         if args.command == "bench" and args.bench == "primitives":
             from .bench import primitives
             return primitives.main(args)

@@ -1,0 +1,98 @@
+"""The model's self-checks report here (the kernel's VM_BUG_ON / KASAN analogue).
+
+A violation is a fixed-size record in the arena, written by the CPU that saw it (or by
+the sweeper, row ``ncpus``), so it survives the death of its writer and costs no shared
+counter.  Each record: kind, site, cpu, va and three operands; ``describe`` turns it
+into a sentence that prints the operands (ck's validators, rcutorture's first failing
+reader).  The signature (kind@site) deduplicates failures across runs.
+"""
+import numpy as np
+
+from . import native
+
+VIOL_DTYPE = np.dtype([("stamp", "<u8"), ("kind", "<u4"), ("site", "<u4"), ("cpu", "<i8"),
+                       ("va", "<u8"), ("a0", "<u8"), ("a1", "<u8"), ("a2", "<u8")])
+VIOL_PER_CPU = 32
+
+# kind -> sentence; {va}, {a0}, {a1}, {a2} are the record's operands.
+KINDS = {
+    "pt_uaf": "page table #{a0} (level {a1}) used after it was freed or reused "
+              "(walker's tag, or the CPU still caching it: {a2})",
+    "frame_uaf": "frame #{a2} (now generation {a1}) was freed or reused while a "
+                 "translation made at generation {a0} still reached it",
+    "stale_pte": "present PTE to frame #{a0} ({a1:#x}) where no VMA allows it",
+    "pte_prot": "PTE {a0:#x} is writable but the VMA (prot {a1}) is not",
+    "stale_tlb": "CPU {a2} still holds a TLB entry for frame #{a0} (writable={a1}) that "
+                 "the page tables no longer allow",
+    "rss": "RSS counter says {a0} pages, page tables map {a1}",
+    "frame_leak": "frame #{a0} is in use (refcount {a1}, mapcount {a2}) but mapped by no PTE",
+    "mapcount": "frame #{a0} has mapcount {a1} but {a2} PTEs map it",
+    "frame_free_mapped": "PTE maps frame #{a0}, which is free (state {a1})",
+    "pt_leak": "page table #{a0} (level {a1}) is live but reachable {a2} times",
+    "pt_free_reachable": "page table #{a0} is free/pending (state {a1}) but still linked "
+                         "from table #{a2}",
+    "pt_lost_ptes": "page table #{a0} freed with {a1} present PTEs",
+    "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
+    "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
+    "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
+    "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
+    "fault_loop": "fault at {va:#x} did not make progress after {a0} tries",
+    "deadlock": "CPU waited {a0} ms for {a1}; holder CPU {a2}",
+}
+KIND_NAMES = list(KINDS)
+KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
+
+SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
+         "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc"]
+SITE_ID = {s: i for i, s in enumerate(SITES)}
+
+
+def regions(ncpus):
+    return [("viol", VIOL_DTYPE, (ncpus + 1, VIOL_PER_CPU)),
+            ("viol_count", np.uint64, (ncpus + 1, 8))]
+
+
+class Reporter:
+    """Bound to one writer row (a CPU, or the sweeper)."""
+
+    __slots__ = ("recs", "count", "row", "cpu")
+
+    def __init__(self, arena, row, cpu):
+        self.recs = arena["viol"][row]
+        self.count = arena["viol_count"][row]
+        self.row, self.cpu = row, cpu
+
+    def report(self, kind, site, va=0, a0=0, a1=0, a2=0):
+        n = int(self.count[0])
+        if n < VIOL_PER_CPU:
+            self.recs[n] = (native.now_ns(), KIND_ID[kind], SITE_ID[site], self.cpu,
+                            va, int(a0) & (2**64 - 1), int(a1) & (2**64 - 1),
+                            int(a2) & (2**64 - 1))
+        self.count[0] = n + 1
+        native.trace(EV_VIOLATION, KIND_ID[kind], va, a0)
+
+
+EV_VIOLATION = 99
+
+
+def collect(arena):
+    """Every recorded violation as dicts, oldest first, with text and signature."""
+    out = []
+    recs, counts = arena["viol"], arena["viol_count"]
+    for row in range(recs.shape[0]):
+        for r in recs[row][:min(int(counts[row, 0]), VIOL_PER_CPU)]:
+            out.append(describe(r))
+    out.sort(key=lambda v: v["stamp"])
+    return out
+
+
+def total(arena):
+    return int(arena["viol_count"][:, 0].sum())
+
+
+def describe(r):
+    kind, site = KIND_NAMES[int(r["kind"])], SITES[int(r["site"])]
+    ops = {k: int(r[k]) for k in ("va", "a0", "a1", "a2")}
+    return {"kind": kind, "site": site, "cpu": int(r["cpu"]), "va": ops["va"],
+            "detail": KINDS[kind].format(**ops), "signature": "%s@%s" % (kind, site),
+            "stamp": int(r["stamp"])}

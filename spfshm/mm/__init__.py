@@ -1,0 +1,1 @@
+"""The mm model: one file per kernel concept, named after it."""

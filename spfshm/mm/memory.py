@@ -1,0 +1,120 @@
+"""Tearing mappings down and changing their protection (mm/memory.c, mm/mprotect.c).
+
+zap_pte_range clears PTEs under the ptl into the mmu_gather; when the gather is full it
+flushes the TLB while still holding the ptl (force_flush), which is exactly what makes an
+IRQs-off walker spinning on that ptl a deadlock.  free_pgtables unlinks tables whose
+whole range lies in [floor, ceiling) (no VMA can use them) and hands them to
+tlb_remove_table.
+"""
+import numpy as np
+
+from .. import native
+from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
+from .pagetable import NEXT, P, PROTNONE, RW, ROOT, entry_pfn, pte_table_of
+
+GATHER_BATCH = 64            # frames gathered before a forced flush under the ptl
+PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
+
+
+def _pte_ranges(start, end):
+    """(table-aligned va, first index, last index + 1) for each PTE table span."""
+    va = start
+    while va < end:
+        nxt = min(end, (va | (PMD_SIZE - 1)) + 1)
+        yield va & ~(PMD_SIZE - 1), (va >> PAGE_SHIFT) & (PTRS - 1), \
+            ((nxt - 1) >> PAGE_SHIFT & (PTRS - 1)) + 1
+        va = nxt
+
+
+def zap_pte_range(mm, tlb, start, end):
+    """Clear every mapped PTE in [start, end) and gather its frame (ptl held per table)."""
+    skip_last = mm.bugs.on("zap_skip_last_pte")
+    dec_rss = not mm.bugs.on("rss_no_dec")
+    spans = list(_pte_ranges(start, end))
+    for n, (base, i0, i1) in enumerate(spans):
+        t = pte_table_of(mm, base)
+        if t < 0:
+            continue
+        ptl = mm.ptl(t)
+        native.spin_lock(ptl, mm.cpu)
+        row = mm.pt[t]
+        seg = row[i0:i1]
+        hits = np.flatnonzero(seg & (P | PROTNONE)) + i0
+        if skip_last and n == len(spans) - 1 and len(hits):
+            hits = hits[:-1]
+        force_flush = False
+        for i in hits.tolist():
+            f = entry_pfn(int(row[i]))
+            native.store_relaxed(mm.entry_ptr(t, i), 0)
+            mm.frame_meta[f]["mapcount"] -= 1
+            if dec_rss:
+                mm.rss[0] -= 1
+            tlb.remove_page(f)
+            if len(tlb.frames) >= GATHER_BATCH:
+                force_flush = True
+                tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
+        native.spin_unlock(ptl)
+        if force_flush:
+            tlb.flush()
+
+
+def change_protection(mm, start, end, prot):
+    """Rewrite present (and PROT_NONE) PTEs in [start, end) for ``prot``; returns whether
+    any translation lost a permission (the caller must flush TLBs before returning)."""
+    downgrade = False
+    want_none = prot == 0
+    for base, i0, i1 in _pte_ranges(start, end):
+        t = pte_table_of(mm, base)
+        if t < 0:
+            continue
+        ptl = mm.ptl(t)
+        native.spin_lock(ptl, mm.cpu)
+        row = mm.pt[t]
+        hits = np.flatnonzero(row[i0:i1] & (P | PROTNONE)) + i0
+        for i in hits.tolist():
+            e = int(row[i])
+            frame_bits = e & ~(P | RW | PROTNONE)
+            if want_none:
+                new = frame_bits | PROTNONE
+            else:
+                new = frame_bits | P | (RW if prot & 2 else 0)
+            if (e & P) and (not new & P or (e & RW and not new & RW)):
+                downgrade = True
+            native.store_relaxed(mm.entry_ptr(t, i), new)
+        native.spin_unlock(ptl)
+    return downgrade
+
+
+def free_pgtables(mm, tlb, start, end, floor, ceiling):
+    """Unlink and free every table below the PGD whose whole range lies in
+    [floor, ceiling) and meets [start, end) (mmap_lock write held)."""
+    _free_level(mm, tlb, ROOT, PGD, 0, start, end, floor, ceiling)
+
+
+def _free_level(mm, tlb, table, level, table_va, start, end, floor, ceiling):
+    shift = LEVEL_SHIFT[level]
+    size = 1 << shift
+    lo = max(0, (start - table_va) >> shift)
+    hi = min(PTRS, ((end - 1 - table_va) >> shift) + 1)
+    row = mm.pt[table]
+    for i in range(lo, hi):
+        e = int(row[i])
+        if not e & P:
+            continue
+        a = table_va + i * size
+        child = entry_pfn(e)
+        if a >= floor and a + size <= ceiling:
+            native.store_relaxed(mm.entry_ptr(table, i), 0)       # (a) unlink, then free
+            _remove_subtree(mm, tlb, child, NEXT[level])
+        elif NEXT[level] != PTE:
+            _free_level(mm, tlb, child, NEXT[level], a, start, end, floor, ceiling)
+
+
+def _remove_subtree(mm, tlb, table, level):
+    if level != PTE:
+        row = mm.pt[table]
+        for i in np.flatnonzero(row & P).tolist():
+            _remove_subtree(mm, tlb, entry_pfn(int(row[i])), NEXT[level])
+    tlb.remove_table(table)
+
+

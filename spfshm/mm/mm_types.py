@@ -1,0 +1,190 @@
+"""struct mm_struct and friends: the arena layout of one address space, and its binding
+in a process.
+
+Lock table (Documentation/mm/process_addrs.rst style): which lock protects what.
+
+| object                         | written under                          | read locklessly by            |
+|--------------------------------|----------------------------------------|-------------------------------|
+| VMA tree (published array)     | mmap_lock write                        | lookups under RCU (SPF)       |
+| VMA record fields              | mmap_lock write                        | copies checked by mmap_seq    |
+| PGD/PUD entries                | page_table_lock                        | walkers (IRQs off or RCU)     |
+| PMD entries                    | pmd lock (ptl of the PMD table)        | walkers                       |
+| PTEs                           | ptl of the PTE table                   | walkers, the TLB fill         |
+| table free                     | mmap_lock write + tlb_remove_table     | --                            |
+| frame refcount/mapcount        | ptl of the PTE that maps it            | sweeps                        |
+| RSS counters                   | per CPU, owner only                    | sweeps (sum)                  |
+"""
+import numpy as np
+
+from .. import debug, native
+from ..rcu import CallRcu
+from . import pool
+
+PAGE_SHIFT = 12
+PAGE = 1 << PAGE_SHIFT
+PTRS = 512
+PGD, PUD, PMD, PTE = 4, 3, 2, 1
+LEVEL_SHIFT = {PGD: 39, PUD: 30, PMD: 21, PTE: 12}
+
+# The window straddles a 512 GiB boundary, so two PGD entries, PUD and PMD tables are used
+# and every level gets allocated and freed.
+WINDOW_CENTRE = 0x3F8000000000
+
+TABLE_FREE, TABLE_LIVE, TABLE_PENDING = 0, 1, 2
+FRAME_FREE, FRAME_INUSE = 0, 1
+VMA_FREE, VMA_LIVE, VMA_PENDING = 0, 1, 2
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+PROT_NAMES = {0: "none", 1: "r", 3: "rw"}
+PROT_BY_NAME = {"none": 0, "r": 1, "rw": 3}
+
+POISON = 0x6B6B6B6B6B6B6B6B        # slab poison: freed tables, frames and VMA records
+MAX_VMAS = 512
+
+TABLE_META = np.dtype([("state", "<u4"), ("level", "<u4"), ("ptl", "<u4"), ("pad", "<u4"),
+                       ("gen", "<u8"), ("pad2", "<u8"), ("pad3", "<u8")])
+FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"),
+                       ("pad", "<u8")])
+VMA_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("prot", "<u4"), ("state", "<u4"),
+                      ("gen", "<u8")])
+TREE_HDR = 4                         # [state, count, gen, -] then (start, end, id) triples
+
+STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
+         "segv", "oom", "fault_classic", "tlb_miss", "tlb_fill", "tables_alloc",
+         "tables_freed", "frames_freed", "ipi_sent", "mmap_err", "munmap_err",
+         "mprotect_err", "madvise_err", "call_rcu", "rcu_backlog_max", "pte_alloc_race",
+         "fault_retry", "tlb_flush", "mmap_lock_wait_ns"]
+STAT = {s: i for i, s in enumerate(STATS)}
+IPI_HIST_BUCKETS = 64
+PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
+
+
+class Geometry:
+    """Sizes derived from the configuration (printed by the runner)."""
+
+    def __init__(self, ncpus, window_pages, tlb_entries, window_base=None):
+        self.ncpus = ncpus
+        self.window_pages = window_pages
+        self.window_len = window_pages * PAGE
+        if window_base is None:
+            window_base = WINDOW_CENTRE - (self.window_len // 2 // (2 << 20)) * (2 << 20)
+        self.window_base = window_base
+        self.window_end = self.window_base + self.window_len
+        pte_tables = (self.window_len + (2 << 20) - 1) // (2 << 20) + 2
+        # Live tables at most: PGD + 2 PUD + 2 PMD (+1) + PTE tables; the rest is room for
+        # tables waiting for their grace period and per-CPU caches.
+        self.ntables = 8 + 2 * pte_tables + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH)
+        self.nframes = window_pages + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH) + 256
+        self.nvmas = MAX_VMAS + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH) + 64
+        self.ntrees = 64 + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH)
+        self.tlb_entries = tlb_entries
+
+
+def regions(g):
+    n1 = g.ncpus + 1
+    r = [("mmap_lock", native.struct_dtype("struct spf_rwsem"), 1),
+         ("mmap_seq", np.uint64, 8),
+         ("mm_words", np.uint64, 8),                    # [0] current VMA tree
+         ("page_table_lock", np.uint32, 16),
+         ("rss", np.int64, (n1, 8)),
+         ("stats", np.uint64, (n1, len(STATS))),
+         ("ipi_hist", np.uint64, (n1, IPI_HIST_BUCKETS)),
+         ("pt", np.uint64, (g.ntables, PTRS)),
+         ("pt_meta", TABLE_META, g.ntables),
+         ("frame_gen", np.uint64, g.nframes),
+         ("frame_payload", np.uint64, g.nframes),
+         ("frame_meta", FRAME_META, g.nframes),
+         ("vma", VMA_DTYPE, g.nvmas),
+         ("vma_tree", np.uint64, (g.ntrees, TREE_HDR + 3 * MAX_VMAS)),
+         ("tlb", np.uint64, (n1, g.tlb_entries * 4 + PWC_ENTRIES * 2))]
+    r += pool.regions("tables", g.ntables, g.ncpus)
+    r += pool.regions("frames", g.nframes, g.ncpus)
+    r += pool.regions("vmas", g.nvmas, g.ncpus)
+    r += pool.regions("trees", g.ntrees, g.ncpus)
+    r += debug.regions(g.ncpus)
+    return r
+
+
+class MM:
+    """One process's view of the shared mm: arrays, pointers, and its CPU's local state.
+
+    ``cpu`` is the CPU this process runs as (the parent uses row ``ncpus``)."""
+
+    def __init__(self, arena, geometry, cfg, bugs, cpu):
+        g = self.g = geometry
+        self.arena, self.cfg, self.bugs, self.cpu = arena, cfg, bugs, cpu
+        self.mmap_lock = arena.ptr("mmap_lock", "struct spf_rwsem")
+        self.mmap_seq = arena.ptr("mmap_seq")
+        self.mm_words = arena["mm_words"]
+        self.page_table_lock = arena.ptr("page_table_lock", "uint32_t")
+        self.rss = arena["rss"][cpu]
+        self.rss_all = arena["rss"]
+        self.stats_row = arena["stats"][cpu]
+        self.ipi_hist = arena["ipi_hist"][cpu]
+        self.pt = arena["pt"]
+        self.pt_ptr = arena.ptr("pt")
+        self.pt_meta = arena["pt_meta"]
+        self.pt_state = self.pt_meta["state"]
+        self.pt_level = self.pt_meta["level"]
+        self.pt_gen = self.pt_meta["gen"]
+        self.ptl_base = arena.ptr("pt_meta", "uint32_t") + TABLE_META.fields["ptl"][1] // 4
+        self.ptl_stride = TABLE_META.itemsize // 4
+        self.pt_gen_base = arena.ptr("pt_meta") + TABLE_META.fields["gen"][1] // 8
+        self.frame_gen = arena["frame_gen"]
+        self.frame_payload = arena["frame_payload"]
+        self.frame_gen_ptr = arena.ptr("frame_gen")
+        self.frame_payload_ptr = arena.ptr("frame_payload")
+        self.frame_meta = arena["frame_meta"]
+        self.frame_ref_ptr = arena.ptr("frame_meta", "uint64_t")
+        self.frame_stride = FRAME_META.itemsize // 8
+        self.vma = arena["vma"]
+        self.vma_tree = arena["vma_tree"]
+        tlb_all = arena["tlb"]
+        self.tlb_ptr = native.ffi.cast("struct spf_tlb_entry *",
+                                       arena.ptr("tlb") + cpu * tlb_all.shape[1])
+        self.tlb_words = tlb_all.shape[1]
+        # every CPU's TLB entries (tag, data, gen, va) and PWC entries (key, table|tag<<32)
+        self.tlbs = tlb_all[:g.ncpus, :g.tlb_entries * 4].reshape(g.ncpus, g.tlb_entries, 4)
+        self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)
+        self.pwc = tlb_all[cpu, g.tlb_entries * 4:].reshape(PWC_ENTRIES, 2)
+        self.tables = pool.Pool(arena, "tables", g.ntables)
+        self.frames = pool.Pool(arena, "frames", g.nframes)
+        self.vmas = pool.Pool(arena, "vmas", g.nvmas)
+        self.trees = pool.Pool(arena, "trees", g.ntrees)
+        self.reporter = debug.Reporter(arena, cpu, cpu)
+        self.report = self.reporter.report
+        self.rcu = CallRcu(limit=max(8, g.ntables // (4 * (g.ncpus + 1))),
+                           stall_timeout_s=cfg.ipi_timeout)
+        self.all_cpus = native.CpuMask(g.ncpus, range(g.ncpus))
+        self.local = [0] * len(STATS)          # per-CPU stats, flushed to the arena
+        self.tree_cache = (None, None)
+
+    def ptl(self, table):
+        """The split page table lock of a table (PTE tables: ptl; PMD tables: pmd lock)."""
+        return self.ptl_base + table * self.ptl_stride
+
+    def pt_gen_ptr(self, table):
+        return self.pt_gen_base + table * (TABLE_META.itemsize // 8)
+
+    def entry_ptr(self, table, index):
+        return self.pt_ptr + (table * PTRS + index)
+
+    def count(self, stat, n=1):
+        self.local[STAT[stat]] += n
+
+    def flush_stats(self):
+        self.stats_row[:] = self.local
+
+
+def mm_init(mm):
+    """A new empty mm (the creating process, before any CPU runs): pools, the PGD, the
+    empty VMA tree, mmap_lock."""
+    from . import vma
+    native.lib.spf_rwsem_init(mm.mmap_lock)
+    mm.tables.init(reserved={0})
+    mm.frames.init()
+    mm.vmas.init()
+    mm.trees.init()
+    mm.pt[0, :] = 0
+    mm.pt_level[0] = PGD
+    mm.pt_state[0] = TABLE_LIVE
+    vma.init_tree(mm)

@@ -1,0 +1,210 @@
+"""Page tables: x86-64 4-level radix (PGD/PUD/PMD/PTE, 512 entries each, 48-bit VA).
+
+Entry format (u64):  bit 0 present, bit 1 writable, bit 8 PROT_NONE (software: the frame
+stays mapped but the hardware sees not-present), bits 12..39 the index of the next table
+or of the frame, bits 52..62 an 11-bit tag of that object's generation.  The tag lets a
+walker tell a table or frame that was freed and reused from the one the entry meant.
+
+Table lifecycle: alloc (zero, then LIVE, then published in the parent with a release
+store) -> unlinked from the parent -> tlb_remove_table (IPI sync or grace period) -> free
+(state FREE and generation bumped, then contents poisoned).
+
+The hardware walker also keeps a paging-structure cache (PWC: 2 MiB block -> PTE table),
+as x86 caches PDEs; it is flushed with the TLB, which is why a table may only be freed
+after the flush.  ``assert_table_unreferenced`` checks exactly that at free time.
+
+Lockless walker protocol (hardware TLB fill, later SPF and gup_fast), against the freer:
+  walker: (1) IRQs off or rcu_read_lock  (2) read the entry  (3) check the table it read
+          is still LIVE with the generation the parent's entry named  (4) descend
+  freer:  (a) clear the parent entry  (b) IPI sync / grace period  (c) FREE + gen++
+          (d) poison
+(b) waits for (1)'s section, so (3) can only fail when the protocol is broken: that
+failure is reported as pt_uaf at once.
+"""
+import numpy as np
+
+from .. import native
+from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PTE, PTRS, PUD, TABLE_FREE,
+                       TABLE_LIVE, TABLE_PENDING)
+
+P, RW, PROTNONE = 0x1, 0x2, 0x100
+PFN_SHIFT, PFN_MASK = 12, (1 << 28) - 1
+GEN_SHIFT, GEN_MASK = 52, 0x7FF
+ROOT = 0                         # the PGD is table 0, allocated at mm creation
+
+NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
+
+
+def mk_entry(pfn, gen, flags):
+    return (pfn << PFN_SHIFT) | ((gen & GEN_MASK) << GEN_SHIFT) | flags
+
+
+def entry_pfn(e):
+    return (e >> PFN_SHIFT) & PFN_MASK
+
+
+def entry_gen(e):
+    return (e >> GEN_SHIFT) & GEN_MASK
+
+
+def index(va, level):
+    return (va >> LEVEL_SHIFT[level]) & (PTRS - 1)
+
+
+# -- allocation and freeing ---------------------------------------------------------------
+def alloc_table(mm, level):
+    """A zeroed LIVE table of ``level``, or -1.  Publish it with ``populate``."""
+    t = mm.tables.alloc(mm.cpu)
+    if t < 0:
+        return -1
+    mm.pt[t, :] = 0
+    mm.pt_level[t] = level
+    native.smp_wmb()             # contents before state: pairs with the walker's (3)
+    mm.pt_state[t] = TABLE_LIVE
+    mm.count("tables_alloc")
+    return t
+
+
+def populate(mm, parent, idx, child):
+    """Link ``child`` below ``parent[idx]`` (pmd_populate / pud_populate): release store,
+    so a walker that sees the entry sees the zeroed table."""
+    native.store_release(mm.entry_ptr(parent, idx),
+                         mk_entry(child, int(mm.pt_gen[child]), P | RW))
+
+
+def assert_table_unreferenced(mm, t):
+    """No CPU's paging-structure cache may still hold a table being freed (KASAN-style
+    assertion: under a correct protocol the flush or grace period removed them all)."""
+    pwc = mm.pwcs
+    hit = (pwc[:, :, 0] & 1 == 1) & ((pwc[:, :, 1] & 0xFFFFFFFF) == t) \
+        & ((pwc[:, :, 1] >> 32) == (int(mm.pt_gen[t]) & GEN_MASK))
+    if hit.any():
+        cpu, slot = (int(x[0]) for x in np.nonzero(hit))
+        mm.report("pt_uaf", "free_pgtables", int(pwc[cpu, slot, 0] >> 1) << 21, t,
+                  int(mm.pt_level[t]), cpu)
+
+
+def free_table_now(mm, t):
+    """The final free (after tlb_remove_table's sync).  A table freed with present PTEs
+    lost them: report."""
+    assert_table_unreferenced(mm, t)
+    if mm.pt_level[t] == PTE:
+        present = int(((mm.pt[t] & P) | ((mm.pt[t] & PROTNONE) >> 8)).astype(bool).sum())
+        if present:
+            mm.report("pt_lost_ptes", "free_pgtables", 0, t, present)
+    mm.pt_state[t] = TABLE_FREE
+    native.fetch_add(mm.pt_gen_ptr(t), 1)
+    native.smp_wmb()             # (c) before (d)
+    mm.pt[t, :] = POISON
+    mm.tables.free(mm.cpu, t)
+    mm.count("tables_freed")
+
+
+def mark_pending(mm, t):
+    mm.pt_state[t] = TABLE_PENDING
+
+
+# -- lockless walk ------------------------------------------------------------------------
+def check_table(mm, t, tag, level, site, va):
+    """Step (3): the table we just read from must still be the live table the entry meant."""
+    if mm.pt_state[t] != TABLE_LIVE or mm.pt_level[t] != level \
+            or (int(mm.pt_gen[t]) & GEN_MASK) != tag:
+        mm.report("pt_uaf", site, va, t, level, tag)
+        return False
+    return True
+
+
+def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
+    """Walk down to ``stop`` without locks (the caller holds IRQs off or RCU).
+
+    Returns (table, entry) of the deepest level reached: ``table`` is the table at
+    ``stop`` and ``entry`` its entry for va, or the first non-present upper entry with
+    the level it was found at as a negative table (-level).  None when a check failed.
+    ``use_pwc``: the hardware walker starts from its paging-structure cache when it
+    holds va's PTE table, and fills it after a full walk (IRQs are off: no flush can
+    interleave)."""
+    pt = mm.pt
+    block = va >> LEVEL_SHIFT[PMD]
+    if use_pwc:
+        slot = mm.pwc[block & (len(mm.pwc) - 1)]
+        if int(slot[0]) == (block << 1) | 1:
+            cached = int(slot[1])
+            t, tag = cached & 0xFFFFFFFF, cached >> 32
+            e = int(pt[t, index(va, PTE)])
+            if not check_table(mm, t, tag, PTE, site, va):
+                return None
+            return t, e
+    t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
+    while True:
+        e = int(pt[t, index(va, level)])
+        if not check_table(mm, t, tag, level, site, va):
+            return None
+        if level == stop:
+            if use_pwc and level == PTE:
+                slot[1] = t | (tag << 32)
+                slot[0] = (block << 1) | 1
+            return t, e
+        if not e & P:
+            return -level, e
+        t, tag, level = entry_pfn(e), entry_gen(e), NEXT[level]
+        if t >= mm.g.ntables:
+            mm.report("pt_uaf", site, va, t, level, tag)
+            return None
+
+
+# -- allocation on the fault path (mmap_read_lock held) ----------------------------------
+def _alloc_level(mm, parent, va, level, lock):
+    """__pud_alloc / __pmd_alloc / __pte_alloc: allocate the table below parent for va
+    unless present; re-check under ``lock`` ("someone populated it meanwhile")."""
+    idx = index(va, level + 1)
+    e = int(mm.pt[parent, idx])
+    if e & P:
+        return entry_pfn(e)
+    new = alloc_table(mm, level)
+    if new < 0:
+        return -1
+    native.spin_lock(lock, mm.cpu)
+    e = int(mm.pt[parent, idx])
+    if e & P and not mm.bugs.on("pte_alloc_no_recheck"):
+        native.spin_unlock(lock)
+        free_table_now(mm, new)          # never published: no walker can hold it
+        mm.count("pte_alloc_race")
+        return entry_pfn(e)
+    populate(mm, parent, idx, new)
+    native.spin_unlock(lock)
+    return new
+
+
+def pte_alloc_walk(mm, va):
+    """The PTE table for va, allocating missing levels (mmap_read_lock held), or -1.
+    PGD and PUD entries are populated under page_table_lock, PMD entries under the pmd
+    lock (the ptl of the PMD table), as the kernel does with split pmd locks."""
+    pud = _alloc_level(mm, ROOT, va, PUD, mm.page_table_lock)
+    if pud < 0:
+        return -1
+    pmd = _alloc_level(mm, pud, va, PMD, mm.page_table_lock)
+    if pmd < 0:
+        return -1
+    return _alloc_level(mm, pmd, va, PTE, mm.ptl(pmd))
+
+
+def pte_table_of(mm, va):
+    """The PTE table for va, or -1 when a level is missing (locked callers only)."""
+    t = ROOT
+    for level in (PGD, PUD, PMD):
+        e = int(mm.pt[t, index(va, level)])
+        if not e & P:
+            return -1
+        t = entry_pfn(e)
+    return t
+
+
+def pmd_entry_of(mm, va):
+    """(pmd table, index) holding va's PMD entry, or (-1, -1) (locked callers only)."""
+    t = ROOT
+    for level in (PGD, PUD):
+        e = int(mm.pt[t, index(va, level)])
+        if not e & P:
+            return -1, -1
+        t = entry_pfn(e)
+    return t, index(va, PMD)

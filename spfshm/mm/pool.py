@@ -1,0 +1,89 @@
+"""A page allocator for frames, page tables and VMA records (the buddy allocator's role).
+
+A global stack under a spinlock plus a per-CPU cache (the kernel's per-cpu page lists):
+a CPU takes and returns objects in batches, so the global lock is off the hot path.
+Everything lives in the arena, so a sweep (and a post-mortem) can account for every
+object: each is on the global stack, in exactly one CPU cache, or in use.
+"""
+import numpy as np
+
+from .. import native
+
+BATCH = 16
+PCP_HIGH = 3 * BATCH
+
+
+def regions(name, n, ncpus):
+    return [(name + "_stack", np.uint32, n),
+            (name + "_hdr", np.uint32, 16),                    # [0] lock, [8] top
+            (name + "_pcp", np.uint32, (ncpus + 1, PCP_HIGH + BATCH + 1))]   # [c, 0] = count
+
+
+class Pool:
+    __slots__ = ("n", "stack", "hdr", "pcp", "lock", "name")
+
+    def __init__(self, arena, name, n):
+        self.name, self.n = name, n
+        self.stack = arena[name + "_stack"]
+        self.hdr = arena[name + "_hdr"]
+        self.pcp = arena[name + "_pcp"]
+        self.lock = arena.ptr(name + "_hdr", "uint32_t")
+
+    def init(self, reserved=()):
+        """Every object free except ``reserved`` (allocated by the caller)."""
+        free = np.array([i for i in range(self.n - 1, -1, -1) if i not in set(reserved)],
+                        dtype=np.uint32)
+        self.stack[:len(free)] = free
+        self.hdr[8] = len(free)
+        self.pcp[:, 0] = 0
+
+    def alloc(self, cpu):
+        """An object index, or -1 when none is left."""
+        pcp = self.pcp[cpu]
+        n = int(pcp[0])
+        if n == 0:
+            n = self._refill(cpu, pcp)
+            if n == 0:
+                return -1
+        pcp[0] = n - 1
+        return int(pcp[n])
+
+    def free(self, cpu, idx):
+        pcp = self.pcp[cpu]
+        n = int(pcp[0]) + 1
+        pcp[n] = idx
+        pcp[0] = n
+        if n > PCP_HIGH:
+            self._drain(cpu, pcp, BATCH)
+
+    def _refill(self, cpu, pcp):
+        native.spin_lock(self.lock, cpu)
+        top = int(self.hdr[8])
+        k = min(BATCH, top)
+        if k:
+            pcp[1:k + 1] = self.stack[top - k:top]
+            self.hdr[8] = top - k
+        native.spin_unlock(self.lock)
+        pcp[0] = k
+        return k
+
+    def _drain(self, cpu, pcp, k):
+        """Give k objects back to the global stack (also used at CPU exit)."""
+        n = int(pcp[0])
+        k = min(k, n)
+        native.spin_lock(self.lock, cpu)
+        top = int(self.hdr[8])
+        self.stack[top:top + k] = pcp[n - k + 1:n + 1]
+        self.hdr[8] = top + k
+        native.spin_unlock(self.lock)
+        pcp[0] = n - k
+
+    def drain_all(self, cpu):
+        self._drain(cpu, self.pcp[cpu], int(self.pcp[cpu][0]))
+
+    def free_set(self):
+        """Indices on the global stack or in any CPU cache (at quiescence)."""
+        parts = [self.stack[:int(self.hdr[8])]]
+        for row in self.pcp:
+            parts.append(row[1:int(row[0]) + 1])
+        return np.concatenate(parts).astype(np.int64)

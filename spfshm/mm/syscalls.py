@@ -1,0 +1,225 @@
+"""mmap, munmap, mprotect and madvise(MADV_DONTNEED), with Linux's splitting and errors.
+
+Results are Linux's: an address (mmap) or 0, else a negative errno.  Every VMA change is
+done under mmap_lock write and published as a new tree; DONTNEED runs under mmap_lock
+read, racing faults through the ptl.
+"""
+import errno
+
+from .memory import change_protection, free_pgtables, zap_pte_range
+from .mm_types import MAX_VMAS, PAGE
+from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock
+from .tlb import MmuGather, assert_no_writable, flush_tlb_all
+from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
+
+MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT = "fixed", "noreplace", "hint"
+MAX_ADDR = 1 << 47
+
+
+def _page_align(n):
+    return (n + PAGE - 1) & ~(PAGE - 1)
+
+
+def _clone(mm, v, start, end, prot):
+    """A new record for a piece of v (the __split_vma new side)."""
+    vid = vm_area_alloc(mm, start, end, prot)
+    return None if vid < 0 else Vma(vid, start, end, prot)
+
+
+def _set_bounds(mm, v, start, end, prot):
+    """Shrink or re-protect the original record in place (mmap_lock write held)."""
+    rec = mm.vma[v.id]
+    rec["start"], rec["end"], rec["prot"] = start, end, prot
+    v.start, v.end, v.prot = start, end, prot
+    return v
+
+
+def _split_fits(vmas, start, end):
+    """Whether splitting at start and end stays within MAX_VMAS (checked before any
+    record is touched, so a failure leaves the mm as it was)."""
+    extra = sum((v.start < start < v.end) + (v.start < end < v.end) for v in vmas)
+    return len(vmas) + extra <= MAX_VMAS
+
+
+def _split(mm, vmas, start, end, prot_of=None):
+    """Split the VMAs overlapping [start, end) at its bounds.  Returns (new list, the
+    pieces inside), or None when out of records (only if _split_fits was not asked).
+    With ``prot_of``, the inside pieces get prot_of(v)."""
+    out, inside = [], []
+    for v in vmas:
+        if v.end <= start or v.start >= end:
+            out.append(v)
+            continue
+        pieces = []
+        if v.start < start:
+            pieces.append((v.start, start, v.prot, False))
+        pieces.append((max(v.start, start), min(v.end, end),
+                       prot_of(v) if prot_of else v.prot, True))
+        if v.end > end:
+            pieces.append((end, v.end, v.prot, False))
+        for k, (a, b, p, ins) in enumerate(pieces):
+            nv = _set_bounds(mm, v, a, b, p) if k == 0 else _clone(mm, v, a, b, p)
+            if nv is None:
+                return None
+            out.append(nv)
+            if ins:
+                inside.append(nv)
+    return out, inside
+
+
+def _unmap_locked(mm, vmas, start, end):
+    """do_vmi_munmap: remove [start, end) from the list, zap it and free its tables.
+    Returns the new list, or None (ENOMEM) when the split needs too many records."""
+    if not any(v.start < end and v.end > start for v in vmas):
+        return vmas
+    if not _split_fits(vmas, start, end):
+        return None
+    res = _split(mm, vmas, start, end)
+    if res is None:
+        return None
+    split, inside = res
+    keep = [v for v in split if not (v.start >= start and v.end <= end)]
+    if not publish_tree(mm, keep):
+        return None
+    floor = max([v.end for v in keep if v.end <= start], default=0)
+    ceiling = min([v.start for v in keep if v.start >= end], default=MAX_ADDR)
+    tlb = MmuGather(mm)
+    for v in inside:
+        zap_pte_range(mm, tlb, v.start, v.end)
+    free_pgtables(mm, tlb, inside[0].start, inside[-1].end, floor, ceiling)
+    tlb.finish()
+    for v in inside:
+        vm_area_free(mm, v.id)
+    return keep
+
+
+def _in_window(mm, start, end):
+    return mm.g.window_base <= start and end <= mm.g.window_end
+
+
+def do_munmap(mm, addr, length):
+    if addr & (PAGE - 1) or length <= 0:
+        return -errno.EINVAL
+    end = addr + _page_align(length)
+    if not _in_window(mm, addr, end):
+        return -errno.EINVAL
+    mmap_write_lock(mm)
+    try:
+        return 0 if _unmap_locked(mm, vmas_snapshot(mm), addr, end) is not None \
+            else -errno.ENOMEM
+    finally:
+        mmap_write_unlock(mm)
+
+
+def _get_unmapped_area(mm, vmas, length):
+    """Top-down search for a gap of ``length`` in the window (arch_get_unmapped_area_topdown)."""
+    hi = mm.g.window_end
+    for v in reversed(vmas):
+        if v.end <= hi and hi - v.end >= length:
+            return hi - length
+        hi = min(hi, v.start)
+    if hi - mm.g.window_base >= length:
+        return hi - length
+    return -1
+
+
+def do_mmap(mm, addr, length, prot, flags):
+    if length <= 0:
+        return -errno.EINVAL
+    length = _page_align(length)
+    if flags != MAP_HINT and addr & (PAGE - 1):
+        return -errno.EINVAL
+    if flags != MAP_HINT and not _in_window(mm, addr, addr + length):
+        return -errno.ENOMEM
+    mmap_write_lock(mm)
+    try:
+        vmas = vmas_snapshot(mm)
+        overlap = any(v.start < addr + length and v.end > addr for v in vmas)
+        if flags == MAP_FIXED_NOREPLACE and overlap:
+            return -errno.EEXIST
+        if flags == MAP_FIXED:
+            vmas = _unmap_locked(mm, vmas, addr, addr + length)
+            if vmas is None:
+                return -errno.ENOMEM
+        elif flags == MAP_HINT and (overlap or addr & (PAGE - 1)
+                                    or not _in_window(mm, addr, addr + length)):
+            addr = _get_unmapped_area(mm, vmas, length)
+            if addr < 0:
+                return -errno.ENOMEM
+        vid = vm_area_alloc(mm, addr, addr + length, prot)
+        if vid < 0:
+            return -errno.ENOMEM
+        new = sorted(vmas + [Vma(vid, addr, addr + length, prot)], key=lambda v: v.start)
+        if not publish_tree(mm, new):
+            vm_area_free(mm, vid)
+            return -errno.ENOMEM
+        return addr
+    finally:
+        mmap_write_unlock(mm)
+
+
+def do_mprotect(mm, addr, length, prot):
+    """Applies to the VMAs from addr up to the first hole, then ENOMEM (as Linux)."""
+    if addr & (PAGE - 1):
+        return -errno.EINVAL
+    if length == 0:
+        return 0
+    end = addr + _page_align(length)
+    if not _in_window(mm, addr, end):
+        return -errno.ENOMEM
+    mmap_write_lock(mm)
+    try:
+        vmas = vmas_snapshot(mm)
+        covered, err, nstart = [], 0, addr
+        for v in vmas:
+            if v.end <= nstart:
+                continue
+            if v.start > nstart or nstart >= end:
+                break
+            covered.append(v)
+            nstart = v.end
+        if nstart < end:
+            err = -errno.ENOMEM
+            end = min(end, nstart)
+        if not covered or end <= addr or not _split_fits(vmas, addr, end):
+            return -errno.ENOMEM
+        res = _split(mm, vmas, addr, end, prot_of=lambda v: prot)
+        if res is None or not publish_tree(mm, res[0]):
+            return -errno.ENOMEM
+        if change_protection(mm, addr, end, prot):
+            if not mm.bugs.on("mprotect_no_flush"):
+                flush_tlb_all(mm)
+            assert_no_writable(mm, addr, end)
+        return err
+    finally:
+        mmap_write_unlock(mm)
+
+
+def do_madvise_dontneed(mm, addr, length):
+    """Zap the mapped parts of the range under mmap_lock read; ENOMEM if any part of it
+    is unmapped (the mapped parts are zapped all the same)."""
+    if addr & (PAGE - 1) or length < 0:
+        return -errno.EINVAL
+    if length == 0:
+        return 0
+    end = addr + _page_align(length)
+    if not _in_window(mm, addr, end):
+        return -errno.ENOMEM
+    mmap_read_lock(mm)
+    try:
+        tlb = MmuGather(mm)
+        nstart, hole = addr, False
+        for v in vmas_snapshot(mm):
+            if v.end <= nstart or v.start >= end:
+                continue
+            if v.start > nstart:
+                hole = True
+            zap_pte_range(mm, tlb, max(v.start, addr), min(v.end, end))
+            nstart = v.end
+        if nstart < end:
+            hole = True
+        tlb.finish()
+        return -errno.ENOMEM if hole else 0
+    finally:
+        mmap_read_unlock(mm)
+

@@ -1,0 +1,119 @@
+"""TLB shootdown and the mmu_gather (include/asm-generic/tlb.h, mm/mmu_gather.c).
+
+Teardown protocol (zap vs. a CPU using a translation), stated once:
+  zapper: (1) clear the PTE under the ptl, gather the frame
+          (2) flush every CPU's TLB by IPI and wait for all acks
+          (3) only then drop the frames' references (free)
+  CPU:    a load/store is one instruction; the IPI is taken between instructions, and the
+          flush empties the TLB, so after (2) no CPU can reach the frame.
+Breaking (2) before (3) is CVE-2018-18281's class (bug ``free_frame_before_flush``).
+
+Tables removed from the tree go through ``tlb_remove_table``: with ``--table-free ipi``
+they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack, so it
+has left the table); with ``--table-free rcu`` after a grace period (call_rcu).  Note the
+IPI scheme "isn't an RCU grace period": it protects only walkers that disable IRQs.
+"""
+import math
+
+import numpy as np
+
+from .. import native
+from .frames import put_page
+from .mm_types import IPI_HIST_BUCKETS
+from .pagetable import free_table_now, mark_pending
+
+
+def flush_tlb_all(mm):
+    """Flush every CPU's TLB (this one's locally) and wait for the acks (step (2))."""
+    t0 = native.now_ns()
+    native.ipi_sync(mm.all_cpus, native.IPI_FLUSH_TLB, timeout_s=mm.cfg.ipi_timeout)
+    us = (native.now_ns() - t0) / 1000.0
+    mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
+    mm.count("ipi_sent", mm.g.ncpus - 1)
+    mm.count("tlb_flush")
+
+
+def assert_no_translation(mm, frames):
+    """KASAN-style assertion before frames are freed: no CPU's TLB may still translate to
+    them (this incarnation).  Exact under a correct protocol: the PTEs were cleared
+    before the flush, and a walker that read one had IRQs off, so its fill was flushed."""
+    if not frames:
+        return
+    ents = mm.tlbs
+    valid = ents[:, :, 0] & 1 == 1
+    pfn = (ents[:, :, 1] >> 12).astype(np.int64)
+    hit = valid & np.isin(pfn, frames)
+    if hit.any():
+        hit &= ents[:, :, 2] == mm.frame_gen[np.where(hit, pfn, 0)]
+        for cpu, slot in zip(*np.nonzero(hit)):
+            f = int(pfn[cpu, slot])
+            mm.report("frame_uaf", "zap", int(ents[cpu, slot, 3]), int(ents[cpu, slot, 2]),
+                      int(mm.frame_gen[f]), f)
+            return
+
+
+def assert_no_writable(mm, start, end):
+    """After a permission downgrade's flush: no CPU may still hold a writable translation
+    in [start, end) (a refill after the flush reads the new, read-only PTE)."""
+    ents = mm.tlbs
+    va = ents[:, :, 3]
+    hit = (ents[:, :, 0] & 1 == 1) & (ents[:, :, 1] & 2 == 2) & (va >= start) & (va < end)
+    for cpu, slot in zip(*np.nonzero(hit)):
+        mm.report("stale_tlb", "mprotect", int(va[cpu, slot]),
+                  int(ents[cpu, slot, 1] >> 12), 1, cpu)
+        return
+
+
+class MmuGather:
+    """Frames and tables unlinked by a teardown, held until it is safe to free them."""
+
+    __slots__ = ("mm", "frames", "tables", "need_flush")
+
+    def __init__(self, mm):
+        self.mm = mm
+        self.frames = []
+        self.tables = []
+        self.need_flush = False
+
+    def remove_page(self, f):
+        """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
+        self.need_flush = True
+        if self.mm.bugs.on("free_frame_before_flush"):
+            assert_no_translation(self.mm, [f])
+            put_page(self.mm, f)
+        else:
+            self.frames.append(f)
+
+    def remove_table(self, t):
+        """tlb_remove_table: the parent entry is cleared; freed after the flush, and with
+        --table-free rcu after a grace period on top (tlb_table_flush)."""
+        mm = self.mm
+        self.need_flush = True
+        if mm.bugs.on("free_table_no_sync"):
+            free_table_now(mm, t)
+        else:
+            mark_pending(mm, t)
+            self.tables.append(t)
+
+    def flush_tlbonly(self):
+        if self.need_flush:
+            flush_tlb_all(self.mm)
+            self.need_flush = False
+
+    def flush(self):
+        """tlb_flush_mmu: flush, then free what the flush made unreachable."""
+        self.flush_tlbonly()
+        mm = self.mm
+        assert_no_translation(mm, self.frames)
+        for f in self.frames:
+            put_page(mm, f)
+        for t in self.tables:
+            if mm.cfg.table_free == "rcu":
+                mm.rcu.call_rcu(free_table_now, mm, t)
+                mm.count("call_rcu")
+            else:
+                free_table_now(mm, t)
+        self.frames = []
+        self.tables = []
+
+    finish = flush       # tlb_finish_mmu

@@ -1,0 +1,154 @@
+"""VMAs and the VMA tree (the maple tree's role).
+
+The tree is a sorted array of (start, end, id) published copy-on-write: a writer (under
+mmap_lock write) builds a new array in a free slot, publishes its index with a release
+store, and retires the old one with call_rcu, so a lockless reader (SPF, later) never
+reads a freed array without it being poisoned and detectably so.  VMA records are
+modified only under mmap_lock write and freed through call_rcu too; freed records are
+poisoned (start = end = POISON, state FREE, generation bumped).
+
+Writer protocol against a lockless reader:
+  writer: (1) fill the new array  (2) publish its index (release)  (3) call_rcu(free old)
+  reader: (a) rcu_read_lock  (b) read the index (acquire; pairs with (2))  (c) search
+          (d) copy the VMA record  (e) validate (mmap_seq, later)  (f) rcu_read_unlock
+"""
+import bisect
+
+from .. import native
+from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
+                       VMA_PENDING)
+
+TREE_FREE, TREE_LIVE, TREE_PENDING = 0, 1, 2
+
+
+class Vma:
+    """A private copy of a VMA record (what SPF calls the vma copy)."""
+
+    __slots__ = ("id", "start", "end", "prot")
+
+    def __init__(self, vid, start, end, prot):
+        self.id, self.start, self.end, self.prot = vid, start, end, prot
+
+    def __repr__(self):
+        return "Vma#%d[%#x,%#x) prot=%d" % (self.id, self.start, self.end, self.prot)
+
+
+def access_ok(prot, write):
+    return bool(prot & PROT_WRITE) if write else prot != 0
+
+
+# -- records ------------------------------------------------------------------------------
+def vm_area_alloc(mm, start, end, prot):
+    vid = mm.vmas.alloc(mm.cpu)
+    if vid < 0:
+        mm.rcu.rcu_barrier()           # records waiting for a grace period: wait, retry
+        vid = mm.vmas.alloc(mm.cpu)
+        if vid < 0:
+            return -1
+    rec = mm.vma[vid]
+    rec["start"], rec["end"], rec["prot"] = start, end, prot
+    native.smp_wmb()
+    rec["state"] = VMA_LIVE
+    return vid
+
+
+def _vm_area_free_now(mm, vid):
+    rec = mm.vma[vid]
+    rec["state"] = VMA_FREE
+    rec["gen"] = int(rec["gen"]) + 1
+    rec["start"] = POISON
+    rec["end"] = POISON
+    mm.vmas.free(mm.cpu, vid)
+
+
+def vm_area_free(mm, vid):
+    """Free after a grace period (lockless readers may still hold it)."""
+    mm.vma[vid]["state"] = VMA_PENDING
+    mm.rcu.call_rcu(_vm_area_free_now, mm, vid)
+    mm.count("call_rcu")
+
+
+def read_vma(mm, vid, site, va=0):
+    """Copy a record; a freed one is a use-after-free (under the lock, or unvalidated)."""
+    rec = mm.vma[vid]
+    v = Vma(vid, int(rec["start"]), int(rec["end"]), int(rec["prot"]))
+    if rec["state"] != VMA_LIVE:
+        mm.report("vma_uaf", site, va, vid, int(rec["state"]), int(rec["gen"]))
+        return None
+    return v
+
+
+# -- the tree -------------------------------------------------------------------------------
+def current_tree(mm):
+    return int(native.load_acquire(mm.arena.ptr("mm_words")))       # (b)
+
+
+def tree_entries(mm, tree):
+    """(starts, ends, ids) lists of a tree, cached per process by (index, generation)."""
+    row = mm.vma_tree[tree]
+    key = (tree, int(row[2]))
+    if mm.tree_cache[0] == key:
+        return mm.tree_cache[1]
+    n = int(row[1])
+    flat = row[TREE_HDR:TREE_HDR + 3 * n].reshape(n, 3) if n else row[TREE_HDR:TREE_HDR]
+    ents = ([int(x) for x in flat[:, 0]], [int(x) for x in flat[:, 1]],
+            [int(x) for x in flat[:, 2]]) if n else ([], [], [])
+    mm.tree_cache = (key, ents)
+    return ents
+
+
+def find_vma(mm, va):
+    """The VMA containing va, or None (mmap_lock held)."""
+    starts, ends, ids = tree_entries(mm, current_tree(mm))
+    i = bisect.bisect_right(ends, va)
+    if i < len(ends) and starts[i] <= va:
+        return read_vma(mm, ids[i], "find_vma", va)
+    return None
+
+
+def vmas_snapshot(mm):
+    """The VMA list as Vma copies, sorted (mmap_lock write held)."""
+    starts, ends, ids = tree_entries(mm, current_tree(mm))
+    return [Vma(v, s, e, int(mm.vma[v]["prot"])) for s, e, v in zip(starts, ends, ids)]
+
+
+def publish_tree(mm, vmas):
+    """Steps (1)-(3): a new array from ``vmas`` (sorted Vma list), published; the old
+    one retired.  Returns False (ENOMEM) when there are too many VMAs or no free slot."""
+    if len(vmas) > MAX_VMAS:
+        return False
+    new = mm.trees.alloc(mm.cpu)
+    if new < 0:
+        mm.rcu.rcu_barrier()           # trees waiting for a grace period: wait, retry
+        new = mm.trees.alloc(mm.cpu)
+        if new < 0:
+            return False
+    row = mm.vma_tree[new]
+    for i, v in enumerate(vmas):
+        row[TREE_HDR + 3 * i:TREE_HDR + 3 * i + 3] = (v.start, v.end, v.id)
+    row[1] = len(vmas)
+    row[2] = int(row[2]) + 1
+    row[0] = TREE_LIVE
+    old = current_tree(mm)
+    native.store_release(mm.arena.ptr("mm_words"), new)             # (2)
+    mm.vma_tree[old][0] = TREE_PENDING
+    mm.rcu.call_rcu(_tree_free_now, mm, old)                       # (3)
+    return True
+
+
+def _tree_free_now(mm, tree):
+    row = mm.vma_tree[tree]
+    row[0] = TREE_FREE
+    row[2] = int(row[2]) + 1
+    row[TREE_HDR:TREE_HDR + 3 * int(row[1])] = POISON
+    row[1] = 0
+    mm.trees.free(mm.cpu, tree)
+
+
+def init_tree(mm):
+    """The empty tree of a new mm (the creating process)."""
+    t = mm.trees.alloc(mm.cpu)
+    row = mm.vma_tree[t]
+    row[1] = 0
+    row[0] = TREE_LIVE
+    native.store_release(mm.arena.ptr("mm_words"), t)

@@ -1,0 +1,108 @@
+"""The run's verdict: summary lines, the JSON document, and the exit status.
+
+Exit status: 0 no violation, 1 violations found, 3 hang, crash or internal error.
+"""
+import json
+
+import numpy as np
+
+from .. import __version__, debug
+from ..mm.mm_types import IPI_HIST_BUCKETS, STATS
+
+OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise"]
+
+
+def _hist_percentile(hist, q):
+    """Upper bound (us) of the bucket holding the q-quantile of a log2/4 histogram."""
+    total = hist.sum()
+    if not total:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), q * total))
+    return round(2 ** ((k + 1) / 4.0) - 1, 1)
+
+
+def totals(arena, ncpus):
+    return dict(zip(STATS, arena["stats"][:ncpus + 1].sum(axis=0).tolist()))
+
+
+def build_report(st, stress, elapsed):
+    cfg, arena = st.cfg, st.arena
+    t = totals(arena, cfg.cpus)
+    per_cpu_faults = arena["stats"][:cfg.cpus, STATS.index("fault_classic")].tolist()
+    hist = arena["ipi_hist"].sum(axis=0)
+    viols = debug.collect(arena)
+    exit_code = 3 if stress.errors and stress.errors != ["interrupted"] else \
+        (1 if viols else 0)
+    faults = {"classic": t["fault_classic"], "retry": t["fault_retry"],
+              "segv": t["segv"], "oom": t["oom"], "tlb_miss": t["tlb_miss"],
+              "tlb_fill": t["tlb_fill"]}
+    return {
+        "config": dict(cfg.to_dict(), version=__version__),
+        "ops": {k: t[k] for k in OP_KINDS},
+        "ops_total": t["ops"],
+        "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:]},
+        "faults": faults,
+        "faults_per_s": round(t["fault_classic"] / elapsed, 1) if elapsed else 0.0,
+        "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
+        "ops_per_s": round(t["ops"] / elapsed, 1) if elapsed else 0.0,
+        "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
+                "p50_us": _hist_percentile(hist, 0.5), "p99_us": _hist_percentile(hist, 0.99),
+                "hist_buckets": IPI_HIST_BUCKETS},
+        "rcu": {"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
+                "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
+        "tables": {"allocated": t["tables_alloc"], "freed": t["tables_freed"],
+                   "alloc_races": t["pte_alloc_race"]},
+        "frames_freed": t["frames_freed"],
+        "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
+        "violations": viols,
+        "violation_count": debug.total(arena),
+        "invariant_checks": {"sweeps": stress.sweeps, "objects_checked": stress.checked},
+        "arena_bytes": st.layout.size,
+        "errors": stress.errors,
+        "elapsed_s": round(elapsed, 3),
+        "repro": cfg.repro(),
+        "exit_code": exit_code,
+    }
+
+
+def summary(rep):
+    c = rep["config"]
+    lines = ["--- spfshm stress: cpus=%d seed=%d fault_mode=%s table_free=%s bugs=%s ---"
+             % (c["cpus"], c["seed"], c["fault_mode"], c["table_free"],
+                ",".join(c["bugs"]) or "none"),
+             "ops %d in %.1fs (%.0f/s): %s" % (rep["ops_total"], rep["elapsed_s"],
+                                               rep["ops_per_s"], _kv(rep["ops"])),
+             "faults %s; %.0f faults/s (per CPU %s)"
+             % (_kv(rep["faults"]), rep["faults_per_s"],
+                "/".join("%.0f" % f for f in rep["faults_per_s_per_cpu"])),
+             "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "
+             "allocated %d freed %d" % (rep["ipi"]["sent"], rep["ipi"]["p50_us"],
+                                        rep["ipi"]["p99_us"], rep["rcu"]["grace_periods"],
+                                        rep["tables"]["allocated"], rep["tables"]["freed"]),
+             "sweeps %d (%d objects checked)" % (rep["invariant_checks"]["sweeps"],
+                                                 rep["invariant_checks"]["objects_checked"])]
+    for e in rep["errors"]:
+        lines.append("ERROR: %s" % e)
+    for v in rep["violations"][:20]:
+        lines.append("VIOLATION %s (CPU %d, va %#x): %s"
+                     % (v["signature"], v["cpu"], v["va"], v["detail"]))
+    if rep["violation_count"] > 20:
+        lines.append("... %d violations in all" % rep["violation_count"])
+    verdict = {0: "SUCCESS", 1: "FAILURE: violations", 3: "FAILURE: hang/crash/internal"}
+    lines.append("--- End of test: %s (exit %d) ---" % (verdict[rep["exit_code"]],
+                                                        rep["exit_code"]))
+    if rep["exit_code"]:
+        lines.append("re-run: %s" % rep["repro"])
+    return "\n".join(lines)
+
+
+def _kv(d):
+    return " ".join("%s=%s" % kv for kv in d.items())
+
+
+def write_json(rep, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rep, f, indent=2)
+    import os
+    os.replace(tmp, path)
