@@ -100,6 +100,9 @@ int spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq)
 	spf_me.gp_seq = gp_seq;
 	spf_me.cpu = -1;
 	spf_me.irq_nest = spf_me.reader_nest = spf_me.rcu_nest = 0;
+	spf_me.ring = NULL;
+	spf_me.flush_p = NULL;
+	spf_me.flush_len = 0;
 	ipi_sig = SIGRTMIN + 2;
 	/* Blocked until a CPU registers: a stray IPI to the parent or a non-CPU thread
 	 * stays pending instead of killing it. */
@@ -125,7 +128,7 @@ int spf_cpu_register(int cpu)
 	me->rcu_snap = 0;
 	me->pending = 0;
 	__atomic_store_n(&me->ack_seq, __atomic_load_n(&me->req_seq, __ATOMIC_SEQ_CST), __ATOMIC_SEQ_CST);
-	__atomic_store_n(&me->alive, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&me->alive, SPF_CPU_ONLINE, __ATOMIC_SEQ_CST);
 	ipi_mask(SIG_UNBLOCK);
 	return 0;
 }
@@ -135,8 +138,14 @@ void spf_cpu_unregister(void)
 	if (spf_me.cpu < 0)
 		return;
 	ipi_mask(SIG_BLOCK);
-	spf_cpu_mark_dead(spf_me.cpu);
+	ipi_do_work(SPF_IPI_FLUSH_TLB);          /* an offline CPU holds no translations */
+	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+	__atomic_store_n(&me->alive, SPF_CPU_OFFLINE, __ATOMIC_SEQ_CST);
+	spf_futex_wake(&me->ack_seq, 0);          /* waiting senders: it has gone offline */
 	spf_me.cpu = -1;
+	spf_me.ring = NULL;                       /* the arena may be unmapped next */
+	spf_me.flush_p = NULL;
+	spf_me.flush_len = 0;
 }
 
 void spf_cpu_mark_dead(int cpu)
@@ -144,7 +153,8 @@ void spf_cpu_mark_dead(int cpu)
 	if (!spf_me.slots || cpu < 0 || cpu >= spf_me.ncpus)
 		return;
 	struct spf_percpu *c = &spf_me.slots[cpu];
-	__atomic_store_n(&c->alive, 0, __ATOMIC_SEQ_CST);
+	uint32_t online = SPF_CPU_ONLINE;     /* an offline CPU stays offline */
+	__atomic_compare_exchange_n(&c->alive, &online, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	/* Wake senders waiting for its ack: they re-check alive. */
 	__atomic_fetch_add(&c->ack_seq, 0, __ATOMIC_SEQ_CST);
 	spf_futex_wake(&c->ack_seq, 0);
@@ -195,9 +205,13 @@ static int is_zombie(int pid)
 	return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }
 
+/* 1: dead (killed), 2: went offline cleanly (counts as an ack), 0: still there. */
 static int target_gone(struct spf_percpu *t, int deep)
 {
-	if (!__atomic_load_n(&t->alive, __ATOMIC_SEQ_CST))
+	uint32_t a = __atomic_load_n(&t->alive, __ATOMIC_SEQ_CST);
+	if (a == SPF_CPU_OFFLINE)
+		return 2;
+	if (a != SPF_CPU_ONLINE)
 		return 1;
 	if (syscall(SYS_tgkill, t->pid, t->tid, 0) != 0 && errno == ESRCH)
 		return 1;
@@ -238,7 +252,11 @@ static int ipi_wait(int cpu, uint32_t ticket, uint64_t deadline)
 		if ((int32_t)(a - ticket) >= 0)
 			break;
 		uint64_t now = spf_now_ns_inline();
-		if (target_gone(t, now > next_resend)) { err = SPF_IPI_ERR_DEAD; break; }
+		int gone = target_gone(t, now > next_resend);
+		if (gone) {
+			err = gone == 2 ? 0 : SPF_IPI_ERR_DEAD;
+			break;
+		}
 		if (deadline && now > deadline) { err = SPF_IPI_ERR_TIMEOUT; break; }
 		if (now > next_resend) {
 			syscall(SYS_tgkill, t->pid, t->tid, ipi_sig);
@@ -269,8 +287,8 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 	for (int c = 0; c < nbits; c++) {
 		if (!(mask[c / 64] >> (c % 64) & 1) || c == self)
 			continue;
-		if (!__atomic_load_n(&spf_me.slots[c].alive, __ATOMIC_SEQ_CST)) {
-			continue;                /* a CPU known dead holds no translations */
+		if (__atomic_load_n(&spf_me.slots[c].alive, __ATOMIC_SEQ_CST) != SPF_CPU_ONLINE) {
+			continue;                /* an offline or dead CPU holds no translations */
 		}
 		int err = ipi_send(c, work, &tickets[c]);
 		sent[c] = 1;

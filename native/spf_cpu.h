@@ -23,7 +23,7 @@
 struct spf_percpu {
 	int32_t  pid;
 	int32_t  tid;
-	uint32_t alive;          /* 1 while registered and not known dead */
+	uint32_t alive;          /* SPF_CPU_ONLINE, _OFFLINE (clean exit) or 0 (none/dead) */
 	uint32_t req_seq;        /* IPI tickets handed out */
 	uint32_t ack_seq;        /* last ticket acked (futex word for senders) */
 	uint32_t ack_waiters;
@@ -38,6 +38,9 @@ struct spf_percpu {
 	uint64_t pad[6];         /* one slot per 128 bytes: no false sharing */
 };
 
+#define SPF_CPU_ONLINE  1
+#define SPF_CPU_OFFLINE 2
+
 #define SPF_IPI_FLUSH_TLB 1   /* zero this CPU's registered flush region */
 #define SPF_IPI_SYNC      2   /* nothing but the ack (tlb_remove_table_sync_one) */
 
@@ -50,6 +53,8 @@ int  spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq);
 int  spf_cpu_register(int cpu);          /* this process (main thread) becomes CPU cpu */
 void spf_cpu_unregister(void);
 void spf_cpu_mark_dead(int cpu);         /* by the runner, once it reaped the worker */
+/* spf_cpu_unregister takes this CPU offline cleanly: its TLB flushed, pending IPIs
+ * count as acked.  A CPU that died instead is reported by ipi_sync as dead. */
 int  spf_cpu_id(void);
 int  spf_ipi_signo(void);
 void spf_ipi_set_flush_region(void *p, uint64_t len);

@@ -50,7 +50,7 @@ int spf_rcu_gp_blocker(uint64_t cookie)
 {
 	for (int c = 0; c < spf_me.ncpus; c++) {                               /* (3) */
 		struct spf_percpu *p = &spf_me.slots[c];
-		if (c == spf_me.cpu || !__atomic_load_n(&p->alive, __ATOMIC_SEQ_CST))
+		if (c == spf_me.cpu || __atomic_load_n(&p->alive, __ATOMIC_SEQ_CST) != SPF_CPU_ONLINE)
 			continue;
 		uint64_t s = __atomic_load_n(&p->rcu_snap, __ATOMIC_SEQ_CST);
 		if (s != 0 && s < cookie)

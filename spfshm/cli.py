@@ -117,6 +117,15 @@ def build_parser():
 
     sub.add_parser("bugs", help="list the busted variants (--bug NAME)")
 
+    dk = sub.add_parser("diff-kernel", help="compare the model with the real kernel, step by step")
+    src = dk.add_mutually_exclusive_group()
+    src.add_argument("--script", metavar="FILE.json", help="a JSON list of ops (see README)")
+    src.add_argument("--seed", type=nonneg_int, default=None, help="generate ops from a seed")
+    dk.add_argument("--seeds", type=pos_int, default=1, metavar="N",
+                    help="with --seed S: run seeds S..S+N-1")
+    dk.add_argument("--ops", type=pos_int, default=200, help="ops per generated sequence")
+    dk.add_argument("--pages", type=pos_int, default=64, help="pages in the window")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
     bsub.required = True
@@ -147,11 +156,43 @@ def cmd_stress(args):
     return rep["exit_code"]
 
 
+def cmd_diff_kernel(args):
+    from . import diffkernel as dk
+    if args.pages > 4096:
+        raise UsageError("--pages must be <= 4096, got %d" % args.pages)
+    if args.script:
+        try:
+            runs = [("script %s" % args.script, dk.load_script(args.script))]
+        except dk.ScriptError as e:
+            raise UsageError(str(e))
+    else:
+        s0 = args.seed if args.seed is not None else 0
+        runs = [("seed %d" % s, dk.random_ops(s, args.ops, args.pages))
+                for s in range(s0, s0 + args.seeds)]
+    bad = 0
+    for name, ops in runs:
+        try:
+            d = dk.compare(ops, args.pages)
+        except ValueError as e:
+            raise UsageError(str(e))
+        if d:
+            bad += 1
+            print("%s: %s" % (name, dk.format_divergence(d)))
+            print("re-run: spfshm diff-kernel %s --pages %d" % (
+                "--script %s" % args.script if args.script else
+                "--seed %s --ops %d" % (name.split()[1], args.ops), args.pages))
+            break
+        print("%s: %d ops, model and kernel agree" % (name, len(ops)))
+    return EXIT_VIOLATIONS if bad else EXIT_OK
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "stress":
             return cmd_stress(args)
+        if args.command == "diff-kernel":
+            return cmd_diff_kernel(args)
         if args.command == "bugs":
             from .bugs import format_table
             print(format_table())

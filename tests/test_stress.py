@@ -1,0 +1,80 @@
+"""The stress runner end to end: correct runs stay clean, every busted variant is caught
+with the violation kind the catalogue promises, the report carries what it says."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spfshm.bugs import CATALOGUE
+from spfshm.config import Config
+from spfshm.run.runner import run_stress
+
+
+@pytest.mark.parametrize("table_free", ["ipi", "rcu"])
+def test_correct_run_is_clean_and_exercises_everything(table_free):
+    rep = run_stress(Config(cpus=3, ops=4000, seed=11, table_free=table_free,
+                            check_every=0.3).resolved())
+    assert rep["violations"] == [] and rep["errors"] == [] and rep["exit_code"] == 0
+    assert all(n > 0 for n in rep["ops"].values()), rep["ops"]
+    assert rep["faults"]["classic"] > 0 and rep["tables"]["freed"] > 0
+    assert rep["ipi"]["sent"] > 0 and rep["rcu"]["grace_periods"] > 0
+    assert rep["invariant_checks"]["sweeps"] >= 2
+    assert rep["invariant_checks"]["objects_checked"] > 1000
+
+
+@pytest.mark.parametrize("bug", [b.name for b in CATALOGUE])
+def test_busted_variant_is_caught(bug):
+    expect = {b.name: b.expect for b in CATALOGUE}[bug]
+    rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=(bug,), check_every=0.2)
+                     .resolved())
+    kinds = {v["kind"] for v in rep["violations"]}
+    assert rep["exit_code"] == 1 and expect in kinds, (kinds, rep["errors"])
+    assert "--bug %s" % bug in rep["repro"]
+
+
+def test_cli_stress_json_and_exit_code(tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--cpus", "2", "--ops",
+                        "1500", "--seed", "5", "--json", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(out.read_text())
+    for key in ("config", "ops", "faults", "ipi", "rcu", "violations", "invariant_checks",
+                "elapsed_s", "repro"):
+        assert key in rep
+    assert rep["config"]["seed"] == 5 and rep["config"]["version"]
+    assert {"sent", "p50_us", "p99_us"} <= set(rep["ipi"])
+    assert "SUCCESS" in r.stdout
+
+
+def test_cli_stress_bug_prints_repro():
+    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--cpus", "2",
+                        "--duration", "60", "--bug", "rss_no_dec", "--check-every", "0.2",
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "VIOLATION rss@sweep" in r.stdout
+    assert "re-run: spfshm stress --cpus 2 --seed 1" in r.stdout and "--bug rss_no_dec" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cpus", "0"], "--cpus"), (["--cpus", "-3"], "--cpus"), (["--cpus", "9999"], "--cpus"),
+    (["--duration", "-1"], "--duration"), (["--ops", "x"], "--ops"),
+    (["--bug", "nope"], "--bug"), (["--table-free", "maybe"], "--table-free"),
+    (["--check-every", "-1"], "--check-every"), (["--window-pages", "100"], "--window-pages"),
+    (["--json", "/nonexistent-dir/r.json"], "--json"),
+])
+def test_stress_usage_errors(args, needle):
+    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_bugs_lists_catalogue():
+    r = subprocess.run([sys.executable, "-m", "spfshm", "bugs"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    for b in CATALOGUE:
+        assert b.name in r.stdout and b.expect in r.stdout
