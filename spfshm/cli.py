@@ -33,41 +33,25 @@ def writable_path(value):
     return value
 
 
-def nonneg_int(value):
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not an integer" % value)
-    if v < 0:
-        raise argparse.ArgumentTypeError("must be >= 0, got %d" % v)
-    return v
+def _number(kind, lowest, strict):
+    """An argparse type: a number of ``kind`` >= lowest (> lowest when strict)."""
+    def parse(value):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not %s" % (
+                value, "an integer" if kind is int else "a number"))
+        if v < lowest or (strict and v == lowest):
+            raise argparse.ArgumentTypeError("must be %s %g, got %s" % (
+                ">" if strict else ">=", lowest, value))
+        return v
+    return parse
 
 
-def pos_int(value):
-    v = nonneg_int(value)
-    if v == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
-
-
-def pos_float(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % value)
-    if not v > 0:
-        raise argparse.ArgumentTypeError("must be > 0, got %g" % v)
-    return v
-
-
-def nonneg_float(value):
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % value)
-    if v < 0:
-        raise argparse.ArgumentTypeError("must be >= 0, got %g" % v)
-    return v
+nonneg_int = _number(int, 0, False)
+pos_int = _number(int, 0, True)
+pos_float = _number(float, 0, True)
+nonneg_float = _number(float, 0, False)
 
 
 def add_config_args(p):

@@ -1,8 +1,8 @@
 """Tearing mappings down and changing their protection (mm/memory.c, mm/mprotect.c).
 
-zap_pte_range clears PTEs under the ptl into the mmu_gather; when the gather is full it
+zap_pte_range clears PTEs under the ptl into the mmu_gather; every GATHER_BATCH pages it
 flushes the TLB while still holding the ptl (force_flush), which is exactly what makes an
-IRQs-off walker spinning on that ptl a deadlock.  free_pgtables unlinks tables whose
+IRQs-off walker spinning on that ptl a deadlock.  The frames are freed at tlb_finish_mmu.  free_pgtables unlinks tables whose
 whole range lies in [floor, ceiling) (no VMA can use them) and hands them to
 tlb_remove_table.
 """
@@ -26,10 +26,10 @@ def _pte_ranges(start, end):
         va = nxt
 
 
-def zap_pte_range(mm, tlb, start, end):
-    """Clear every mapped PTE in [start, end) and gather its frame (ptl held per table)."""
-    skip_last = mm.bugs.on("zap_skip_last_pte")
-    dec_rss = not mm.bugs.on("rss_no_dec")
+def _locked_tables(mm, start, end):
+    """For each existing PTE table over [start, end), with its ptl held: (position,
+    number of tables, table, indices of its mapped PTEs in the range).  The ptl is
+    released when the caller asks for the next table."""
     spans = list(_pte_ranges(start, end))
     for n, (base, i0, i1) in enumerate(spans):
         t = pte_table_of(mm, base)
@@ -37,12 +37,20 @@ def zap_pte_range(mm, tlb, start, end):
             continue
         ptl = mm.ptl(t)
         native.spin_lock(ptl, mm.cpu)
+        try:
+            yield n, len(spans), t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
+        finally:
+            native.spin_unlock(ptl)
+
+
+def zap_pte_range(mm, tlb, start, end):
+    """Clear every mapped PTE in [start, end) and gather its frame (ptl held per table)."""
+    skip_last = mm.bugs.on("zap_skip_last_pte")
+    dec_rss = not mm.bugs.on("rss_no_dec")
+    for n, ntables, t, hits in _locked_tables(mm, start, end):
         row = mm.pt[t]
-        seg = row[i0:i1]
-        hits = np.flatnonzero(seg & (P | PROTNONE)) + i0
-        if skip_last and n == len(spans) - 1 and len(hits):
+        if skip_last and n == ntables - 1 and len(hits):
             hits = hits[:-1]
-        force_flush = False
         for i in hits.tolist():
             f = entry_pfn(int(row[i]))
             native.store_relaxed(mm.entry_ptr(t, i), 0)
@@ -50,12 +58,8 @@ def zap_pte_range(mm, tlb, start, end):
             if dec_rss:
                 mm.rss[0] -= 1
             tlb.remove_page(f)
-            if len(tlb.frames) >= GATHER_BATCH:
-                force_flush = True
+            if tlb.unflushed >= GATHER_BATCH:
                 tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
-        native.spin_unlock(ptl)
-        if force_flush:
-            tlb.flush()
 
 
 def change_protection(mm, start, end, prot):
@@ -63,14 +67,8 @@ def change_protection(mm, start, end, prot):
     any translation lost a permission (the caller must flush TLBs before returning)."""
     downgrade = False
     want_none = prot == 0
-    for base, i0, i1 in _pte_ranges(start, end):
-        t = pte_table_of(mm, base)
-        if t < 0:
-            continue
-        ptl = mm.ptl(t)
-        native.spin_lock(ptl, mm.cpu)
+    for _, _, t, hits in _locked_tables(mm, start, end):
         row = mm.pt[t]
-        hits = np.flatnonzero(row[i0:i1] & (P | PROTNONE)) + i0
         for i in hits.tolist():
             e = int(row[i])
             frame_bits = e & ~(P | RW | PROTNONE)
@@ -81,7 +79,6 @@ def change_protection(mm, start, end, prot):
             if (e & P) and (not new & P or (e & RW and not new & RW)):
                 downgrade = True
             native.store_relaxed(mm.entry_ptr(t, i), new)
-        native.spin_unlock(ptl)
     return downgrade
 
 

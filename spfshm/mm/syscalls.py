@@ -158,15 +158,24 @@ def do_mmap(mm, addr, length, prot, flags):
         mmap_write_unlock(mm)
 
 
-def do_mprotect(mm, addr, length, prot):
-    """Applies to the VMAs from addr up to the first hole, then ENOMEM (as Linux)."""
-    if addr & (PAGE - 1):
-        return -errno.EINVAL
+def _range_args(mm, addr, length):
+    """mprotect's and madvise's argument checks: (error or None, end).  An empty range
+    succeeds at once (error 0)."""
+    if addr & (PAGE - 1) or length < 0:
+        return -errno.EINVAL, 0
     if length == 0:
-        return 0
+        return 0, 0
     end = addr + _page_align(length)
     if not _in_window(mm, addr, end):
-        return -errno.ENOMEM
+        return -errno.ENOMEM, 0
+    return None, end
+
+
+def do_mprotect(mm, addr, length, prot):
+    """Applies to the VMAs from addr up to the first hole, then ENOMEM (as Linux)."""
+    err, end = _range_args(mm, addr, length)
+    if err is not None:
+        return err
     mmap_write_lock(mm)
     try:
         vmas = vmas_snapshot(mm)
@@ -198,13 +207,9 @@ def do_mprotect(mm, addr, length, prot):
 def do_madvise_dontneed(mm, addr, length):
     """Zap the mapped parts of the range under mmap_lock read; ENOMEM if any part of it
     is unmapped (the mapped parts are zapped all the same)."""
-    if addr & (PAGE - 1) or length < 0:
-        return -errno.EINVAL
-    if length == 0:
-        return 0
-    end = addr + _page_align(length)
-    if not _in_window(mm, addr, end):
-        return -errno.ENOMEM
+    err, end = _range_args(mm, addr, length)
+    if err is not None:
+        return err
     mmap_read_lock(mm)
     try:
         tlb = MmuGather(mm)

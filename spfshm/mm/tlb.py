@@ -67,17 +67,19 @@ def assert_no_writable(mm, start, end):
 class MmuGather:
     """Frames and tables unlinked by a teardown, held until it is safe to free them."""
 
-    __slots__ = ("mm", "frames", "tables", "need_flush")
+    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed")
 
     def __init__(self, mm):
         self.mm = mm
         self.frames = []
         self.tables = []
         self.need_flush = False
+        self.unflushed = 0          # pages gathered since the last flush
 
     def remove_page(self, f):
         """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
         self.need_flush = True
+        self.unflushed += 1
         if self.mm.bugs.on("free_frame_before_flush"):
             assert_no_translation(self.mm, [f])
             put_page(self.mm, f)
@@ -99,6 +101,7 @@ class MmuGather:
         if self.need_flush:
             flush_tlb_all(self.mm)
             self.need_flush = False
+            self.unflushed = 0
 
     def flush(self):
         """tlb_flush_mmu: flush, then free what the flush made unreachable."""
