@@ -15,6 +15,13 @@ struct spf_local spf_me = { .cpu = -1 };
 static int ipi_sig;
 
 int spf_cpu_id(void) { return spf_me.cpu; }
+
+void spf_ipi_set_handler_delay(uint32_t per_million, uint64_t max_ns, uint64_t seed)
+{
+	spf_me.delay_per_million = per_million;
+	spf_me.delay_max_ns = max_ns;
+	spf_me.delay_rng = seed | 1;
+}
 int spf_ipi_signo(void) { return ipi_sig; }
 int spf_ipi_last_error(void) { return spf_me.ipi_err; }
 
@@ -75,6 +82,15 @@ void spf_ipi_handle(void)
 	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
 	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
 	ipi_do_work(work);                                                 /* (c) */
+	if (spf_me.delay_per_million) {
+		uint64_t x = spf_me.delay_rng;          /* xorshift64: async-signal-safe */
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		spf_me.delay_rng = x;
+		if (x % 1000000 < spf_me.delay_per_million) {
+			__atomic_fetch_add(&me->handler_delays, 1, __ATOMIC_RELAXED);
+			spf_sleep_ns((x >> 20) % (spf_me.delay_max_ns + 1));
+		}
+	}
 	__atomic_fetch_add(&me->ipis_handled, 1, __ATOMIC_RELAXED);
 	spf_trace(SPF_EV_IPI_HANDLE, r, work, 0);
 	__atomic_store_n(&me->ack_ns, spf_now_ns_inline(), __ATOMIC_RELAXED);
@@ -103,6 +119,7 @@ int spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq)
 	spf_me.ring = NULL;
 	spf_me.flush_p = NULL;
 	spf_me.flush_len = 0;
+	spf_me.delay_per_million = 0;
 	ipi_sig = SIGRTMIN + 2;
 	/* Blocked until a CPU registers: a stray IPI to the parent or a non-CPU thread
 	 * stays pending instead of killing it. */

@@ -35,7 +35,8 @@ struct spf_percpu {
 	uint64_t ack_ns;         /* last ack */
 	uint64_t ipis_handled;
 	uint64_t flush_gen;      /* bumped by every TLB flush this CPU performs */
-	uint64_t pad[6];         /* one slot per 128 bytes: no false sharing */
+	uint64_t handler_delays; /* perturbation: delays taken inside the IPI handler */
+	uint64_t pad[5];         /* one slot per 128 bytes: no false sharing */
 };
 
 #define SPF_CPU_ONLINE  1
@@ -58,6 +59,10 @@ void spf_cpu_mark_dead(int cpu);         /* by the runner, once it reaped the wo
 int  spf_cpu_id(void);
 int  spf_ipi_signo(void);
 void spf_ipi_set_flush_region(void *p, uint64_t len);
+
+/* Perturbation inside the IPI handler (a named delay point): with probability
+ * per_million / 1e6 the handler pauses up to max_ns before it acks; seeded per CPU. */
+void spf_ipi_set_handler_delay(uint32_t per_million, uint64_t max_ns, uint64_t seed);
 
 void spf_irq_disable(void);
 void spf_irq_enable(void);

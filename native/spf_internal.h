@@ -45,6 +45,9 @@ struct spf_local {
 	int ipi_err;
 	volatile int insn_nest;       /* inside an "instruction": IPIs wait */
 	volatile int insn_deferred;   /* an IPI arrived meanwhile */
+	uint32_t delay_per_million;   /* IPI handler perturbation */
+	uint64_t delay_max_ns;
+	uint64_t delay_rng;
 };
 extern struct spf_local spf_me;
 

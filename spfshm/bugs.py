@@ -6,41 +6,81 @@ step lives; ``spfshm bugs`` lists the table; ``spfshm stress --bug NAME`` switch
 """
 from collections import namedtuple
 
-Bug = namedtuple("Bug", "name step origin expect description")
+Bug = namedtuple("Bug", "name step origin expect description config")
+# expect: the violation kinds any one of which proves the variant caught.
+# config: settings the variant needs to be reachable (merged into the run's defaults).
 
 CATALOGUE = [
     Bug("free_table_no_sync", "free_pgtables -> tlb_remove_table",
         "bug class 1: table freed with no IPI sync or grace period "
         "(cf. 2ba99c5e0881 'mm/khugepaged: fix GUP-fast interaction by sending IPI')",
-        "pt_uaf",
-        "munmap frees an emptied page table at once, while a lockless walker may be in it"),
+        ("pt_uaf",),
+        "munmap frees an emptied page table at once, while a lockless walker may be in it",
+        {}),
     Bug("free_frame_before_flush", "zap_pte_range -> tlb_finish_mmu",
         "bug class 5: CVE-2018-18281 (mremap/ftruncate freed pages before the TLB flush)",
-        "frame_uaf",
+        ("frame_uaf",),
         "zap frees the frames before the TLB shootdown; another CPU's stale TLB entry "
-        "still reaches them"),
+        "still reaches them", {}),
     Bug("mprotect_no_flush", "change_protection -> flush_tlb_range",
         "stale writable TLB entries after a permission downgrade "
         "(cf. 4647706ebeee 'mm: always flush VMA ranges affected by zap_page_range')",
-        "stale_tlb",
-        "mprotect makes PTEs read-only but skips the TLB flush"),
+        ("stale_tlb",),
+        "mprotect makes PTEs read-only but skips the TLB flush", {}),
     Bug("zap_skip_last_pte", "zap_pte_range",
         "incomplete zap leaves a mapped page behind (bad rss-counter / leaked page class)",
-        "stale_pte",
-        "munmap and DONTNEED miss the last PTE of the range"),
+        ("stale_pte",),
+        "munmap and DONTNEED miss the last PTE of the range", {}),
     Bug("rss_no_dec", "zap_pte_range -> add_mm_rss_vec",
         "'BUG: Bad rss-counter state' reports (RSS accounting drift)",
-        "rss",
-        "zap forgets to decrement the RSS counter"),
+        ("rss",),
+        "zap forgets to decrement the RSS counter", {}),
     Bug("fault_no_ptl", "do_anonymous_page -> pte_offset_map_lock",
         "installing a PTE without the page table lock (two faulters both see pte_none)",
-        "frame_leak",
-        "the classical fault checks pte_none and installs the frame without taking the ptl"),
+        ("frame_leak",),
+        "the classical fault checks pte_none and installs the frame without taking the ptl",
+        {}),
     Bug("pte_alloc_no_recheck", "__pte_alloc -> pmd_populate",
         "'someone populated it meanwhile' re-check missing in a table allocation",
-        "pt_leak",
+        ("pt_leak",),
         "a new PTE table is installed without re-checking the pmd under the pmd lock, "
-        "overwriting a table another CPU just populated"),
+        "overwriting a table another CPU just populated", {}),
+    Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
+        "bug class 3: a speculative fault commits after munmap removed the VMA",
+        ("stale_pte", "pt_lost_ptes", "frame_leak", "pte_prot", "rss"),
+        "the speculative fault does not re-check mmap_seq once it holds the ptl",
+        {"fault_mode": "spf,classic"}),
+    Bug("spf_skip_vma_check", "SPF step 2: mmap_seq check after the VMA copy",
+        "the copy check of Lespinasse's series (a torn VMA copy decides the fault)",
+        ("torn_vma",),
+        "the VMA copy is used without checking mmap_seq, so a SIGSEGV can be decided on "
+        "a VMA that a concurrent split was rewriting",
+        {"fault_mode": "spf"}),
+    Bug("spf_walk_unprotected", "SPF step 3: speculative_page_walk_begin",
+        "bug class 1: a lockless walk with neither IRQs off nor RCU "
+        "(why the series walks with local_irq_disable, later rcu_read_lock)",
+        ("pt_uaf",),
+        "the speculative page-table walk takes no protection against table freeing",
+        {"fault_mode": "spf"}),
+    Bug("spf_ptl_spin", "SPF step 6: spin_trylock(ptl)",
+        "bug class 9: an IRQs-off walker spins on the ptl that zap_pte_range holds while "
+        "it waits for that walker's TLB-flush ack",
+        ("deadlock",),
+        "the speculative fault spins on the ptl with IRQs off instead of trying once",
+        {"fault_mode": "spf", "ipi_timeout": 3.0}),
+    Bug("pervma_no_recheck", "vma_start_read step (c)",
+        "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
+        "(the race vma_start_read's comment describes)",
+        ("pte_prot", "stale_pte", "pt_lost_ptes", "frame_leak", "rss", "pt_uaf"),
+        "a fault read-locks a VMA that the current writer has already write-locked",
+        {"fault_mode": "pervma"}),
+    Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
+        "bug class 10: a writer path that does not take the per-VMA lock "
+        "(cf. fb49c455323f, fork forgot to write-lock the parent's VMAs)",
+        ("pte_prot",),
+        "mprotect changes VMAs and PTEs without vma_start_write, so a per-VMA fault "
+        "installs a writable PTE in a VMA just made read-only",
+        {"fault_mode": "pervma"}),
 ]
 
 BY_NAME = {b.name: b for b in CATALOGUE}
@@ -65,5 +105,8 @@ def format_table():
     lines = []
     for b in CATALOGUE:
         lines.append("%s\n    breaks:  %s\n    expect:  %s\n    origin:  %s\n    what:    %s"
-                     % (b.name, b.step, b.expect, b.origin, b.description))
+                     "\n    needs:   %s"
+                     % (b.name, b.step, " | ".join(b.expect), b.origin, b.description,
+                        " ".join("--%s %s" % (k.replace("_", "-"), v)
+                                 for k, v in b.config.items()) or "-"))
     return "\n".join(lines)

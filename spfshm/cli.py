@@ -54,8 +54,17 @@ pos_float = _number(float, 0, True)
 nonneg_float = _number(float, 0, False)
 
 
+def delay_spec(value):
+    """P or P:MAX_US."""
+    p, _, mx = value.partition(":")
+    try:
+        return float(p), (float(mx) if mx else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected P or P:MAX_US, got %r" % value)
+
+
 def add_config_args(p):
-    from .config import Config, FAULT_MODES, TABLE_FREE
+    from .config import Config, TABLE_FREE, WALK_MODES
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -65,7 +74,14 @@ def add_config_args(p):
     g.add_argument("--ops", type=pos_int, default=None, metavar="N",
                    help="operations per CPU instead of a duration")
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
-    p.add_argument("--fault-mode", choices=FAULT_MODES, default=d.fault_mode)
+    p.add_argument("--fault-mode", default=d.fault_mode, metavar="MODES",
+                   help="classic, spf, pervma, or a comma list (CPU i uses the i-th, "
+                        "cyclically) so the paths race each other")
+    p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
+                   help="how lockless walkers protect themselves (auto: the kernel's "
+                        "pairing with --table-free)")
+    p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
+                   help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
                    help="tlb_remove_table policy: IPI sync then free, or RCU grace period")
     p.add_argument("--check-every", type=nonneg_float, default=d.check_every, metavar="SEC",
@@ -75,14 +91,23 @@ def add_config_args(p):
     p.add_argument("--window-pages", type=pos_int, default=d.window_pages,
                    help="pages in the address window the workload uses")
     p.add_argument("--tlb-entries", type=pos_int, default=d.tlb_entries)
+    p.add_argument("--delay", type=delay_spec, default=None, metavar="P[:MAX_US]",
+                   help="pause with probability P (up to MAX_US, default %g) at named "
+                        "protocol points; 0 turns perturbation off" % d.delay_max_us)
+    p.add_argument("--delay-points", type=lambda v: tuple(x for x in v.split(",") if x),
+                   default=(), metavar="A,B", help="restrict --delay to these points")
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
 
 
 def config_from_args(a):
     from .config import Config
     d = Config()
+    delay, delay_max = a.delay if a.delay else (d.delay, None)
     return Config(cpus=a.cpus or 0, duration=a.duration or d.duration, ops=a.ops or 0,
+                  delay=delay, delay_max_us=delay_max or d.delay_max_us,
+                  delay_points=a.delay_points,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
+                  walk=a.walk, ipi_timeout=a.ipi_timeout,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, pin=not a.no_pin)
 

@@ -8,7 +8,8 @@ from . import bugs as bugs_mod
 from . import native
 
 TABLE_FREE = ("ipi", "rcu")
-FAULT_MODES = ("classic",)
+FAULT_MODES = ("classic", "spf", "pervma")
+WALK_MODES = ("auto", "irq", "rcu")
 PAGE = 4096
 
 
@@ -24,18 +25,28 @@ class Config:
     seed: int = 1
     fault_mode: str = "classic"
     table_free: str = "ipi"
+    walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
     tlb_entries: int = 64
     ipi_timeout: float = 10.0
+    delay: float = 0.0             # perturbation: probability of a pause at each named point
+    delay_max_us: float = 200.0
+    delay_points: tuple = ()       # empty: every point
     pin: bool = True
 
     def resolved(self):
-        """A copy with defaults filled in (cpus=0 -> usable cores), validated."""
+        """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs
+        to be reachable, where the setting was left at its default), validated."""
         c = dataclasses.replace(self)
         if c.cpus == 0:
             c.cpus = max(2, len(os.sched_getaffinity(0)))
+        c.validate()
+        for name in c.bugs:
+            for key, value in bugs_mod.BY_NAME[name].config.items():
+                if getattr(c, key) == getattr(Config, key):
+                    setattr(c, key, value)
         c.validate()
         return c
 
@@ -48,8 +59,12 @@ class Config:
         need(self.duration > 0, "--duration must be positive, got %g" % self.duration)
         need(self.ops >= 0, "--ops must be >= 0, got %d" % self.ops)
         need(self.seed >= 0, "--seed must be >= 0, got %d" % self.seed)
-        need(self.fault_mode in FAULT_MODES,
-             "--fault-mode must be one of %s, got %r" % (",".join(FAULT_MODES), self.fault_mode))
+        modes = self.fault_mode.split(",")
+        need(all(m in FAULT_MODES for m in modes) and len(set(modes)) == len(modes),
+             "--fault-mode must be a list of %s, got %r" % ("/".join(FAULT_MODES),
+                                                           self.fault_mode))
+        need(self.walk in WALK_MODES,
+             "--walk must be one of %s, got %r" % (",".join(WALK_MODES), self.walk))
         need(self.table_free in TABLE_FREE,
              "--table-free must be ipi or rcu, got %r" % self.table_free)
         need(self.check_every >= 0, "--check-every must be >= 0, got %g" % self.check_every)
@@ -58,14 +73,32 @@ class Config:
         need(self.tlb_entries in (8, 16, 32, 64, 128, 256, 512),
              "--tlb-entries must be a power of two in 8..512, got %d" % self.tlb_entries)
         need(self.ipi_timeout > 0, "--ipi-timeout must be positive")
+        need(0 <= self.delay <= 1, "--delay probability must be in [0, 1], got %g" % self.delay)
+        need(0 < self.delay_max_us <= 1e6,
+             "--delay MAX_US must be in (0, 1000000], got %g" % self.delay_max_us)
+        from .mm.perturb import POINTS
+        bad = [p for p in self.delay_points if p not in POINTS]
+        need(not bad, "--delay-points: unknown point %r (known: %s)"
+             % (bad[0] if bad else "", ",".join(POINTS)))
         try:
             bugs_mod.Bugs(self.bugs)
         except ValueError as e:
             raise ConfigError("--bug: %s" % e)
 
+    def fault_modes(self):
+        """The fault path of each CPU: CPU i uses the (i mod n)-th listed mode."""
+        return self.fault_mode.split(",")
+
+    def walk_mode(self):
+        """irq or rcu: --walk, or with auto the one the kernel pairs with --table-free."""
+        if self.walk != "auto":
+            return self.walk
+        return "rcu" if self.table_free == "rcu" else "irq"
+
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["bugs"] = list(self.bugs)
+        d["delay_points"] = list(self.delay_points)
         return d
 
     @classmethod
@@ -76,6 +109,7 @@ class Config:
             raise ConfigError("unknown config key %r" % sorted(unknown)[0])
         d = dict(d)
         d["bugs"] = tuple(d.get("bugs", ()))
+        d["delay_points"] = tuple(d.get("delay_points", ()))
         return cls(**d)
 
     def repro(self):
@@ -84,6 +118,14 @@ class Config:
         a += ["--ops", str(self.ops)] if self.ops else ["--duration", "%g" % self.duration]
         a += ["--fault-mode", self.fault_mode, "--table-free", self.table_free,
               "--check-every", "%g" % self.check_every]
+        if self.walk != "auto":
+            a += ["--walk", self.walk]
+        if self.ipi_timeout != Config.ipi_timeout:
+            a += ["--ipi-timeout", "%g" % self.ipi_timeout]
+        if self.delay != Config.delay or self.delay_max_us != Config.delay_max_us:
+            a += ["--delay", "%g:%g" % (self.delay, self.delay_max_us)]
+        if self.delay_points:
+            a += ["--delay-points", ",".join(self.delay_points)]
         if self.window_pages != Config.window_pages:
             a += ["--window-pages", str(self.window_pages)]
         if self.tlb_entries != Config.tlb_entries:

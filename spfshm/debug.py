@@ -34,16 +34,22 @@ KINDS = {
     "pt_lost_ptes": "page table #{a0} freed with {a1} present PTEs",
     "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
+    "torn_vma": "SIGSEGV decided on a VMA copy torn by a concurrent writer "
+                "(VMA #{a0} read as [{a1:#x}, {a2:#x}))",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
     "fault_loop": "fault at {va:#x} did not make progress after {a0} tries",
-    "deadlock": "CPU waited {a0} ms for {a1}; holder CPU {a2}",
+    "deadlock": {"ipi": "waited {a0} ms for CPU {a1} to ack a TLB-flush IPI; it spins with "
+                        "IRQs off on the ptl of table #{a2}, which this CPU holds",
+                 "ptl": "spun {a0} ms with IRQs off on the ptl of table #{a1}, held by CPU {a2}",
+                 "ipi_timeout": "CPU {a1} did not ack a TLB-flush IPI for {a0} ms"},
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
-         "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc"]
+         "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
+         "pervma", "ptl", "ipi_timeout"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 
@@ -93,6 +99,9 @@ def total(arena):
 def describe(r):
     kind, site = KIND_NAMES[int(r["kind"])], SITES[int(r["site"])]
     ops = {k: int(r[k]) for k in ("va", "a0", "a1", "a2")}
+    text = KINDS[kind]
+    if isinstance(text, dict):
+        text = text[site]
     return {"kind": kind, "site": site, "cpu": int(r["cpu"]), "va": ops["va"],
-            "detail": KINDS[kind].format(**ops), "signature": "%s@%s" % (kind, site),
+            "detail": text.format(**ops), "signature": "%s@%s" % (kind, site),
             "stamp": int(r["stamp"])}

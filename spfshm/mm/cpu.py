@@ -14,6 +14,8 @@ from .fault import VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_RETRY, VM_FAULT_SIGSEGV, 
     do_user_addr_fault
 from .frames import VALUE_CPU_SHIFT, encode_value, value_cpu
 from .mm_types import FRAME_INUSE, PAGE, POISON
+from .pervma import do_pervma_fault
+from .spf import do_speculative_page_fault
 from .pagetable import GEN_MASK, P, RW, entry_gen, entry_pfn, walk_lockless
 
 OK, SEGV, OOM, VIOLATION = "ok", "segv", "oom", "violation"
@@ -29,6 +31,8 @@ class Cpu:
         self.out = native.ffi.new("uint64_t[4]")
         self.last_store = {}          # page va -> the last value this CPU stored there
         self.seq = 0
+        modes = mm.cfg.fault_modes()
+        self.mode = modes[mm.cpu % len(modes)]
         native.set_flush_region(mm.tlb_ptr, mm.tlb_words * 8)
 
     def _fill(self, va, write):
@@ -39,7 +43,7 @@ class Cpu:
             res = walk_lockless(mm, va, "hw_walk", use_pwc=True)
             if res is None:
                 return None
-            t, e = res
+            t, e, _ = res
             if t < 0 or not e & P or (write and not e & RW):
                 return False
             f = entry_pfn(e)
@@ -70,7 +74,7 @@ class Cpu:
                 return VIOLATION, 0
             if filled:
                 continue
-            fault = do_user_addr_fault(mm, va, write)
+            fault = self.handle_fault(va, write)
             if fault == VM_FAULT_SIGSEGV:
                 return SEGV, 0
             if fault == VM_FAULT_OOM:
@@ -79,6 +83,23 @@ class Cpu:
                 mm.count("fault_retry")
         mm.report("fault_loop", "fault", va, MAX_TRIES)
         return VIOLATION, 0
+
+    def handle_fault(self, va, write):
+        """This CPU's fault path (--fault-mode), falling back to mmap_lock."""
+        mm = self.mm
+        if self.mode == "spf":
+            r = do_speculative_page_fault(mm, va, write)
+            if r in (VM_FAULT_OK, VM_FAULT_SIGSEGV):
+                mm.count("spf_ok")
+                return r
+            mm.count("spf_abort_" + r)
+        elif self.mode == "pervma":
+            r = do_pervma_fault(mm, va, write)
+            if r is not None:
+                mm.count("pervma_ok")
+                return r
+            mm.count("pervma_fallback")
+        return do_user_addr_fault(mm, va, write)
 
     def load(self, va):
         res, v = self.access(va, 0)

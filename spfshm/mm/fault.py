@@ -18,6 +18,22 @@ from .vma import access_ok, find_vma
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
 
+def install_anon_pte(mm, vma, t, i, f, write):
+    """Steps (3)-(4), ptl held: map frame f at PTE t[i] if it is still none; otherwise
+    someone else faulted it in and f goes back."""
+    e = int(mm.pt[t, i])
+    if e == 0:                                                # (3)
+        mm.frame_meta[f]["mapcount"] = 1
+        mm.rss[0] += 1
+        native.store_release(mm.entry_ptr(t, i),              # (4)
+                             mk_entry(f, int(mm.frame_gen[f]),
+                                      P | (RW if vma.prot & PROT_WRITE else 0)))
+        return
+    put_page(mm, f)
+    if write and e & P and not e & RW and vma.prot & PROT_WRITE:
+        native.store_release(mm.entry_ptr(t, i), e | RW)      # do_wp_page, exclusive anon
+
+
 def do_anonymous_page(mm, vma, va, write):
     t = pte_alloc_walk(mm, va)
     if t < 0:
@@ -26,6 +42,7 @@ def do_anonymous_page(mm, vma, va, write):
     if f < 0:
         return VM_FAULT_OOM
     ptl = mm.ptl(t)
+    mm.delay("fault_before_ptl")
     locked = not mm.bugs.on("fault_no_ptl")
     if locked:
         native.spin_lock(ptl, mm.cpu)                         # (2) pte_offset_map_lock
@@ -34,18 +51,7 @@ def do_anonymous_page(mm, vma, va, write):
         if pmd_t < 0 or entry_pfn(int(mm.pt[pmd_t, pmd_i])) != t:
             put_page(mm, f)
             return VM_FAULT_RETRY
-        i = index(va, PTE)
-        e = int(mm.pt[t, i])
-        if e == 0:                                            # (3)
-            flags = P | (RW if vma.prot & PROT_WRITE else 0)
-            mm.frame_meta[f]["mapcount"] = 1
-            mm.rss[0] += 1
-            native.store_release(mm.entry_ptr(t, i),          # (4)
-                                 mk_entry(f, int(mm.frame_gen[f]), flags))
-            return VM_FAULT_OK
-        put_page(mm, f)                                       # someone else faulted it
-        if write and e & P and not e & RW and vma.prot & PROT_WRITE:
-            native.store_release(mm.entry_ptr(t, i), e | RW)  # do_wp_page, exclusive anon
+        install_anon_pte(mm, vma, t, index(va, PTE), f, write)
         return VM_FAULT_OK
     finally:
         if locked:
@@ -53,6 +59,7 @@ def do_anonymous_page(mm, vma, va, write):
 
 
 def do_user_addr_fault(mm, va, write):
+    """The classical fault under mmap_lock read (also every speculative fallback)."""
     mm.count("fault_classic")
     mmap_read_lock(mm)
     try:

@@ -12,7 +12,7 @@ from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
 from .pagetable import NEXT, P, PROTNONE, RW, ROOT, entry_pfn, pte_table_of
 
-GATHER_BATCH = 64            # frames gathered before a forced flush under the ptl
+GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
 
 
@@ -60,6 +60,7 @@ def zap_pte_range(mm, tlb, start, end):
             tlb.remove_page(f)
             if tlb.unflushed >= GATHER_BATCH:
                 tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
+        mm.delay("zap_under_ptl")
 
 
 def change_protection(mm, start, end, prot):
@@ -102,6 +103,7 @@ def _free_level(mm, tlb, table, level, table_va, start, end, floor, ceiling):
         child = entry_pfn(e)
         if a >= floor and a + size <= ceiling:
             native.store_relaxed(mm.entry_ptr(table, i), 0)       # (a) unlink, then free
+            mm.delay("pmd_clear_to_free")
             _remove_subtree(mm, tlb, child, NEXT[level])
         elif NEXT[level] != PTE:
             _free_level(mm, tlb, child, NEXT[level], a, start, end, floor, ceiling)

@@ -19,6 +19,7 @@ import numpy as np
 from .. import debug, native
 from ..rcu import CallRcu
 from . import pool
+from .perturb import Perturb, no_delay
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -44,15 +45,20 @@ TABLE_META = np.dtype([("state", "<u4"), ("level", "<u4"), ("ptl", "<u4"), ("pad
                        ("gen", "<u8"), ("pad2", "<u8"), ("pad3", "<u8")])
 FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"),
                        ("pad", "<u8")])
-VMA_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("prot", "<u4"), ("state", "<u4"),
-                      ("gen", "<u8")])
+RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")
+VMA_DTYPE = np.dtype([("lock", RWSEM_DTYPE), ("start", "<u8"), ("end", "<u8"),
+                      ("vm_lock_seq", "<u8"), ("gen", "<u8"), ("prot", "<u4"), ("state", "<u4"),
+                      ("detached", "<u4"), ("vseq", "<u4")])         # one cache line
 TREE_HDR = 4                         # [state, count, gen, -] then (start, end, id) triples
 
+SPF_ABORTS = ["seq_odd", "vma_copy", "no_table", "huge_pmd",
+              "seq_changed", "pmd_changed", "ptl_busy", "oom", "uaf"]
 STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
-         "segv", "oom", "fault_classic", "tlb_miss", "tlb_fill", "tables_alloc",
-         "tables_freed", "frames_freed", "ipi_sent", "mmap_err", "munmap_err",
-         "mprotect_err", "madvise_err", "call_rcu", "rcu_backlog_max", "pte_alloc_race",
-         "fault_retry", "tlb_flush", "mmap_lock_wait_ns"]
+         "segv", "oom", "fault_classic", "spf_ok", "pervma_ok", "pervma_fallback"] + \
+    ["spf_abort_" + r for r in SPF_ABORTS] + [
+        "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
+        "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
+        "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
@@ -81,12 +87,15 @@ class Geometry:
 
 def regions(g):
     n1 = g.ncpus + 1
-    r = [("mmap_lock", native.struct_dtype("struct spf_rwsem"), 1),
+    r = [("mmap_lock", RWSEM_DTYPE, 1),
          ("mmap_seq", np.uint64, 8),
+         ("mm_lock_seq", np.uint64, 8),
          ("mm_words", np.uint64, 8),                    # [0] current VMA tree
          ("page_table_lock", np.uint32, 16),
          ("rss", np.int64, (n1, 8)),
          ("stats", np.uint64, (n1, len(STATS))),
+         ("waiting", np.uint64, (n1, 8)),
+         ("delay_hits", np.uint64, (n1, 16)),               # lockdep: table+1 whose ptl we spin on
          ("ipi_hist", np.uint64, (n1, IPI_HIST_BUCKETS)),
          ("pt", np.uint64, (g.ntables, PTRS)),
          ("pt_meta", TABLE_META, g.ntables),
@@ -114,11 +123,18 @@ class MM:
         self.arena, self.cfg, self.bugs, self.cpu = arena, cfg, bugs, cpu
         self.mmap_lock = arena.ptr("mmap_lock", "struct spf_rwsem")
         self.mmap_seq = arena.ptr("mmap_seq")
+        self.mm_lock_seq = arena.ptr("mm_lock_seq")
+        self.vma_base = arena.ptr("vma", "char")
         self.mm_words = arena["mm_words"]
         self.page_table_lock = arena.ptr("page_table_lock", "uint32_t")
         self.rss = arena["rss"][cpu]
         self.rss_all = arena["rss"]
         self.stats_row = arena["stats"][cpu]
+        self.waiting = arena["waiting"][cpu]
+        self.waiting_all = arena["waiting"]
+        self.walk_rcu = cfg.walk_mode() == "rcu"
+        self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
+            else no_delay
         self.ipi_hist = arena["ipi_hist"][cpu]
         self.pt = arena["pt"]
         self.pt_ptr = arena.ptr("pt")
@@ -161,6 +177,13 @@ class MM:
     def ptl(self, table):
         """The split page table lock of a table (PTE tables: ptl; PMD tables: pmd lock)."""
         return self.ptl_base + table * self.ptl_stride
+
+    def vma_lock(self, vid):
+        return native.ffi.cast("struct spf_rwsem *", self.vma_base + vid * VMA_DTYPE.itemsize)
+
+    def vm_lock_seq_ptr(self, vid):
+        return native.ffi.cast("uint64_t *", self.vma_base + vid * VMA_DTYPE.itemsize
+                               + VMA_DTYPE.fields["vm_lock_seq"][1])
 
     def pt_gen_ptr(self, table):
         return self.pt_gen_base + table * (TABLE_META.itemsize // 8)

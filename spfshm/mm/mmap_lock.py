@@ -1,4 +1,4 @@
-"""mmap_lock and mmap_seq (include/linux/mmap_lock.h).
+"""mmap_lock, mmap_seq and the per-VMA locks (include/linux/mmap_lock.h).
 
 The write lock is visibly two primitives: down_write, then mmap_seq to odd; the unlock
 is mmap_seq to even, then up_write.  mmap_seq's barriers (native/spf_seqcount.h): the
@@ -26,6 +26,7 @@ def mmap_write_lock(mm):
 
 
 def mmap_write_unlock(mm):
+    vma_end_write_all(mm)
     native.seq_write_end(mm.mmap_seq)
     native.lib.spf_up_write(mm.mmap_lock)
 
@@ -38,3 +39,51 @@ def mmap_assert_write_locked(mm):
 def mmap_assert_locked(mm):
     if not native.lib.spf_rwsem_is_locked(mm.mmap_lock):
         raise AssertionError("mmap_lock not locked")
+
+
+# -- per-VMA locks (Linux 6.4) -----------------------------------------------------------
+# Protocol, a fault holding a VMA read lock against a writer holding mmap_lock write:
+#   writer: (1) vma_start_write: down_write(vm_lock) (waits for readers to drain),
+#               vm_lock_seq = mm_lock_seq, up_write (RELEASE)
+#           ... change the VMA and its page tables ...
+#           (2) mmap_write_unlock -> vma_end_write_all: mm_lock_seq + 1 (RELEASE),
+#               which unlocks every VMA locked in this write section at once
+#   reader: (a) vm_lock_seq == mm_lock_seq? fail (ACQUIRE on both; pairs with (2))
+#           (b) down_read_trylock(vm_lock)? else fail
+#           (c) vm_lock_seq == mm_lock_seq again? up_read, fail (pairs with (1): a reader
+#               that got the lock after (1) sees the new vm_lock_seq)
+# The loads and stores of the sequence counts need acquire/release: b1f02b95758d.
+
+def vma_start_read(mm, vid):
+    """Try to read-lock a VMA; False means fall back to mmap_lock."""
+    seq = native.load_acquire(mm.mm_lock_seq)
+    if native.load_acquire(mm.vm_lock_seq_ptr(vid)) == seq:                 # (a)
+        return False
+    lock = mm.vma_lock(vid)
+    if not native.lib.spf_down_read_trylock(lock):                          # (b)
+        return False
+    if mm.bugs.on("pervma_no_recheck"):
+        return True
+    if native.load_acquire(mm.vm_lock_seq_ptr(vid)) == native.load_acquire(mm.mm_lock_seq):
+        native.lib.spf_up_read(lock)                                        # (c)
+        return False
+    return True
+
+
+def vma_end_read(mm, vid):
+    native.lib.spf_up_read(mm.vma_lock(vid))
+
+
+def vma_start_write(mm, vid):
+    """Write-lock a VMA until mmap_write_unlock (mmap_lock write held)."""
+    seq = native.load_relaxed(mm.mm_lock_seq)
+    if native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == seq:
+        return                                                              # already ours
+    lock = mm.vma_lock(vid)
+    native.lib.spf_down_write(lock, mm.cpu)                                 # (1)
+    native.store_relaxed(mm.vm_lock_seq_ptr(vid), seq)
+    native.lib.spf_up_write(lock)                                           # RELEASE
+
+
+def vma_end_write_all(mm):
+    native.store_release(mm.mm_lock_seq, native.load_relaxed(mm.mm_lock_seq) + 1)   # (2)

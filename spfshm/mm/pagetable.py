@@ -1,6 +1,7 @@
 """Page tables: x86-64 4-level radix (PGD/PUD/PMD/PTE, 512 entries each, 48-bit VA).
 
-Entry format (u64):  bit 0 present, bit 1 writable, bit 8 PROT_NONE (software: the frame
+Entry format (u64):  bit 0 present, bit 1 writable, bit 7 huge (a PMD mapping 2 MiB),
+bit 8 PROT_NONE (software: the frame
 stays mapped but the hardware sees not-present), bits 12..39 the index of the next table
 or of the frame, bits 52..62 an 11-bit tag of that object's generation.  The tag lets a
 walker tell a table or frame that was freed and reused from the one the entry meant.
@@ -27,7 +28,7 @@ from .. import native
 from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PTE, PTRS, PUD, TABLE_FREE,
                        TABLE_LIVE, TABLE_PENDING)
 
-P, RW, PROTNONE = 0x1, 0x2, 0x100
+P, RW, PS, PROTNONE = 0x1, 0x2, 0x80, 0x100
 PFN_SHIFT, PFN_MASK = 12, (1 << 28) - 1
 GEN_SHIFT, GEN_MASK = 52, 0x7FF
 ROOT = 0                         # the PGD is table 0, allocated at mm creation
@@ -117,9 +118,10 @@ def check_table(mm, t, tag, level, site, va):
 def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     """Walk down to ``stop`` without locks (the caller holds IRQs off or RCU).
 
-    Returns (table, entry) of the deepest level reached: ``table`` is the table at
-    ``stop`` and ``entry`` its entry for va, or the first non-present upper entry with
-    the level it was found at as a negative table (-level).  None when a check failed.
+    Returns (table, entry, tag) of the deepest level reached: ``table`` is the table at
+    ``stop`` (``tag`` its generation tag) and ``entry`` its entry for va, or the first
+    non-present upper entry with the level it was found at as a negative table
+    (-level).  None when a check failed.
     ``use_pwc``: the hardware walker starts from its paging-structure cache when it
     holds va's PTE table, and fills it after a full walk (IRQs are off: no flush can
     interleave)."""
@@ -133,19 +135,21 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             e = int(pt[t, index(va, PTE)])
             if not check_table(mm, t, tag, PTE, site, va):
                 return None
-            return t, e
+            return t, e, tag
     t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
     while True:
         e = int(pt[t, index(va, level)])
         if not check_table(mm, t, tag, level, site, va):
             return None
+        if level == PMD and use_pwc:
+            mm.delay("hw_walk")
         if level == stop:
             if use_pwc and level == PTE:
                 slot[1] = t | (tag << 32)
                 slot[0] = (block << 1) | 1
-            return t, e
+            return t, e, tag
         if not e & P:
-            return -level, e
+            return -level, e, 0
         t, tag, level = entry_pfn(e), entry_gen(e), NEXT[level]
         if t >= mm.g.ntables:
             mm.report("pt_uaf", site, va, t, level, tag)

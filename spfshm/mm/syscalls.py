@@ -6,9 +6,12 @@ read, racing faults through the ptl.
 """
 import errno
 
+from .. import native
+
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
-from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock
+from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
+                        vma_start_write)
 from .tlb import MmuGather, assert_no_writable, flush_tlb_all
 from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
 
@@ -26,10 +29,21 @@ def _clone(mm, v, start, end, prot):
     return None if vid < 0 else Vma(vid, start, end, prot)
 
 
+SPLIT_WORK_NS = 20_000     # the work between __split_vma's bounds and mprotect's flags
+
+
 def _set_bounds(mm, v, start, end, prot):
-    """Shrink or re-protect the original record in place (mmap_lock write held)."""
+    """Shrink or re-protect the original record in place (mmap_lock write held), as
+    __split_vma then mprotect_fixup do: bounds first, flags after some work.  ``vseq``
+    is a debug-only seqcount around it (the checkers' view, not the protocol's)."""
     rec = mm.vma[v.id]
-    rec["start"], rec["end"], rec["prot"] = start, end, prot
+    rec["vseq"] += 1
+    rec["start"] = start
+    rec["end"] = end
+    native.sleep_ns(SPLIT_WORK_NS)
+    mm.delay("split_vma")
+    rec["prot"] = prot
+    rec["vseq"] += 1
     v.start, v.end, v.prot = start, end, prot
     return v
 
@@ -74,6 +88,9 @@ def _unmap_locked(mm, vmas, start, end):
         return vmas
     if not _split_fits(vmas, start, end):
         return None
+    for v in vmas:
+        if v.start < end and v.end > start:
+            vma_start_write(mm, v.id)
     res = _split(mm, vmas, start, end)
     if res is None:
         return None
@@ -192,6 +209,9 @@ def do_mprotect(mm, addr, length, prot):
             end = min(end, nstart)
         if not covered or end <= addr or not _split_fits(vmas, addr, end):
             return -errno.ENOMEM
+        if not mm.bugs.on("mprotect_no_vma_lock"):
+            for v in covered:
+                vma_start_write(mm, v.id)
         res = _split(mm, vmas, addr, end, prot_of=lambda v: prot)
         if res is None or not publish_tree(mm, res[0]):
             return -errno.ENOMEM

@@ -19,14 +19,32 @@ import numpy as np
 
 from .. import native
 from .frames import put_page
+from .lockdep import Deadlock, check_ipi_wait
 from .mm_types import IPI_HIST_BUCKETS
 from .pagetable import free_table_now, mark_pending
 
 
+IPI_SLICE_S = 0.05
+
+
 def flush_tlb_all(mm):
-    """Flush every CPU's TLB (this one's locally) and wait for the acks (step (2))."""
+    """Flush every CPU's TLB (this one's locally) and wait for the acks (step (2)).
+    A target silent past a slice is checked for a deadlock against us; past the IPI
+    timeout the wait itself is reported (both raise Deadlock: freeing now would be a
+    use-after-free)."""
     t0 = native.now_ns()
-    native.ipi_sync(mm.all_cpus, native.IPI_FLUSH_TLB, timeout_s=mm.cfg.ipi_timeout)
+    while True:
+        try:
+            native.ipi_sync(mm.all_cpus, native.IPI_FLUSH_TLB, timeout_s=IPI_SLICE_S)
+            break
+        except native.IPIError as e:
+            waited_ms = (native.now_ns() - t0) // 1_000_000
+            if e.code != native.lib.SPF_IPI_ERR_TIMEOUT:
+                raise
+            check_ipi_wait(mm, e.cpu, waited_ms)
+            if waited_ms > 1000 * mm.cfg.ipi_timeout:
+                mm.report("deadlock", "ipi_timeout", 0, waited_ms, e.cpu)
+                raise Deadlock()
     us = (native.now_ns() - t0) / 1000.0
     mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
     mm.count("ipi_sent", mm.g.ncpus - 1)

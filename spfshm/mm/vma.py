@@ -10,9 +10,12 @@ poisoned (start = end = POISON, state FREE, generation bumped).
 Writer protocol against a lockless reader:
   writer: (1) fill the new array  (2) publish its index (release)  (3) call_rcu(free old)
   reader: (a) rcu_read_lock  (b) read the index (acquire; pairs with (2))  (c) search
-          (d) copy the VMA record  (e) validate (mmap_seq, later)  (f) rcu_read_unlock
+          (d) copy the VMA record  (e) validate (mmap_seq for SPF, the VMA lock's
+          recheck for per-VMA locks)  (f) rcu_read_unlock
 """
 import bisect
+
+import numpy as np
 
 from .. import native
 from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
@@ -24,10 +27,11 @@ TREE_FREE, TREE_LIVE, TREE_PENDING = 0, 1, 2
 class Vma:
     """A private copy of a VMA record (what SPF calls the vma copy)."""
 
-    __slots__ = ("id", "start", "end", "prot")
+    __slots__ = ("id", "start", "end", "prot", "torn")
 
     def __init__(self, vid, start, end, prot):
         self.id, self.start, self.end, self.prot = vid, start, end, prot
+        self.torn = False
 
     def __repr__(self):
         return "Vma#%d[%#x,%#x) prot=%d" % (self.id, self.start, self.end, self.prot)
@@ -46,7 +50,11 @@ def vm_area_alloc(mm, start, end, prot):
         if vid < 0:
             return -1
     rec = mm.vma[vid]
+    native.lib.spf_rwsem_init(mm.vma_lock(vid))
     rec["start"], rec["end"], rec["prot"] = start, end, prot
+    rec["detached"] = 0
+    # Born write-locked: unlocked with every other VMA at mmap_write_unlock.
+    native.store_relaxed(mm.vm_lock_seq_ptr(vid), native.load_relaxed(mm.mm_lock_seq))
     native.smp_wmb()
     rec["state"] = VMA_LIVE
     return vid
@@ -54,25 +62,36 @@ def vm_area_alloc(mm, start, end, prot):
 
 def _vm_area_free_now(mm, vid):
     rec = mm.vma[vid]
+    rec["vseq"] += 1
     rec["state"] = VMA_FREE
     rec["gen"] = int(rec["gen"]) + 1
     rec["start"] = POISON
     rec["end"] = POISON
+    rec["vseq"] += 1
     mm.vmas.free(mm.cpu, vid)
 
 
 def vm_area_free(mm, vid):
-    """Free after a grace period (lockless readers may still hold it)."""
+    """Detach, then free after a grace period (lockless readers may still hold it)."""
+    mm.vma[vid]["detached"] = 1
     mm.vma[vid]["state"] = VMA_PENDING
     mm.rcu.call_rcu(_vm_area_free_now, mm, vid)
     mm.count("call_rcu")
 
 
-def read_vma(mm, vid, site, va=0):
-    """Copy a record; a freed one is a use-after-free (under the lock, or unvalidated)."""
+def read_vma(mm, vid, site, va=0, lockless=False):
+    """Copy a record.  Under mmap_lock or the VMA's lock it must be live; a lockless
+    reader (RCU) may also see it detached and waiting for its grace period, but never
+    freed: either is a use-after-free.  ``v.torn`` tells whether a writer changed the
+    record during the copy (the debug seqcount; only checkers look at it)."""
     rec = mm.vma[vid]
-    v = Vma(vid, int(rec["start"]), int(rec["end"]), int(rec["prot"]))
-    if rec["state"] != VMA_LIVE:
+    s0 = int(rec["vseq"])
+    start = int(rec["start"])
+    if lockless:
+        mm.delay("vma_copy")
+    v = Vma(vid, start, int(rec["end"]), int(rec["prot"]))
+    v.torn = bool(s0 & 1) or int(rec["vseq"]) != s0
+    if rec["state"] != VMA_LIVE and not (lockless and rec["state"] == VMA_PENDING):
         mm.report("vma_uaf", site, va, vid, int(rec["state"]), int(rec["gen"]))
         return None
     return v
@@ -95,6 +114,22 @@ def tree_entries(mm, tree):
             [int(x) for x in flat[:, 2]]) if n else ([], [], [])
     mm.tree_cache = (key, ents)
     return ents
+
+
+def find_vma_rcu(mm, va, site):
+    """Lockless lookup (rcu_read_lock held): the id of the VMA containing va in the
+    published tree, -1 if none, or None when the tree read was a use-after-free."""
+    tree = current_tree(mm)                                            # (b)
+    row = mm.vma_tree[tree]
+    if row[0] == TREE_FREE:          # retired and waiting for a grace period is fine
+        mm.report("vma_uaf", site, va, tree, int(row[0]), int(row[2]))
+        return None
+    n = int(row[1])
+    ends = row[TREE_HDR + 1:TREE_HDR + 3 * n:3]                         # (c)
+    i = int(np.searchsorted(ends, va, side="right"))
+    if i < n and int(row[TREE_HDR + 3 * i]) <= va:
+        return int(row[TREE_HDR + 3 * i + 2])
+    return -1
 
 
 def find_vma(mm, va):

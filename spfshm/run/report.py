@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from .. import __version__, debug
-from ..mm.mm_types import IPI_HIST_BUCKETS, STATS
+from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 
 OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise"]
 
@@ -28,21 +28,31 @@ def totals(arena, ncpus):
 def build_report(st, stress, elapsed):
     cfg, arena = st.cfg, st.arena
     t = totals(arena, cfg.cpus)
-    per_cpu_faults = arena["stats"][:cfg.cpus, STATS.index("fault_classic")].tolist()
+    rows = arena["stats"][:cfg.cpus]
+    per_cpu_faults = (rows[:, STATS.index("fault_classic")] + rows[:, STATS.index("spf_ok")]
+                      + rows[:, STATS.index("pervma_ok")]).tolist()
     hist = arena["ipi_hist"].sum(axis=0)
     viols = debug.collect(arena)
     exit_code = 3 if stress.errors and stress.errors != ["interrupted"] else \
         (1 if viols else 0)
-    faults = {"classic": t["fault_classic"], "retry": t["fault_retry"],
-              "segv": t["segv"], "oom": t["oom"], "tlb_miss": t["tlb_miss"],
-              "tlb_fill": t["tlb_fill"]}
+    aborts = {r: t["spf_abort_" + r] for r in SPF_ABORTS if t["spf_abort_" + r]}
+    spf_tries = t["spf_ok"] + sum(aborts.values())
+    pervma_tries = t["pervma_ok"] + t["pervma_fallback"]
+    faults = {"classic": t["fault_classic"], "spf_ok": t["spf_ok"], "spf_abort": aborts,
+              "spf_abort_rate": round(sum(aborts.values()) / spf_tries, 4) if spf_tries else 0.0,
+              "pervma_ok": t["pervma_ok"], "pervma_fallback": t["pervma_fallback"],
+              "pervma_fallback_rate": round(t["pervma_fallback"] / pervma_tries, 4)
+              if pervma_tries else 0.0,
+              "retry": t["fault_retry"], "segv": t["segv"], "oom": t["oom"],
+              "tlb_miss": t["tlb_miss"], "tlb_fill": t["tlb_fill"]}
+    handled = t["fault_classic"] + t["spf_ok"] + t["pervma_ok"]
     return {
         "config": dict(cfg.to_dict(), version=__version__),
         "ops": {k: t[k] for k in OP_KINDS},
         "ops_total": t["ops"],
         "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:]},
         "faults": faults,
-        "faults_per_s": round(t["fault_classic"] / elapsed, 1) if elapsed else 0.0,
+        "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
         "ops_per_s": round(t["ops"] / elapsed, 1) if elapsed else 0.0,
         "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
@@ -59,6 +69,7 @@ def build_report(st, stress, elapsed):
         "invariant_checks": {"sweeps": stress.sweeps, "objects_checked": stress.checked},
         "arena_bytes": st.layout.size,
         "errors": stress.errors,
+        "notes": stress.notes,
         "elapsed_s": round(elapsed, 3),
         "repro": cfg.repro(),
         "exit_code": exit_code,
@@ -67,14 +78,19 @@ def build_report(st, stress, elapsed):
 
 def summary(rep):
     c = rep["config"]
-    lines = ["--- spfshm stress: cpus=%d seed=%d fault_mode=%s table_free=%s bugs=%s ---"
-             % (c["cpus"], c["seed"], c["fault_mode"], c["table_free"],
+    f = rep["faults"]
+    lines = ["--- spfshm stress: cpus=%d seed=%d fault_mode=%s table_free=%s walk=%s bugs=%s ---"
+             % (c["cpus"], c["seed"], c["fault_mode"], c["table_free"], c["walk"],
                 ",".join(c["bugs"]) or "none"),
              "ops %d in %.1fs (%.0f/s): %s" % (rep["ops_total"], rep["elapsed_s"],
                                                rep["ops_per_s"], _kv(rep["ops"])),
-             "faults %s; %.0f faults/s (per CPU %s)"
-             % (_kv(rep["faults"]), rep["faults_per_s"],
-                "/".join("%.0f" % f for f in rep["faults_per_s_per_cpu"])),
+             "faults classic=%d spf_ok=%d (abort rate %.1f%%: %s) pervma_ok=%d "
+             "(fallback %.1f%%); segv=%d oom=%d tlb_miss=%d"
+             % (f["classic"], f["spf_ok"], 100 * f["spf_abort_rate"],
+                _kv(f["spf_abort"]) or "-", f["pervma_ok"], 100 * f["pervma_fallback_rate"],
+                f["segv"], f["oom"], f["tlb_miss"]),
+             "%.0f faults/s handled (per CPU %s)"
+             % (rep["faults_per_s"], "/".join("%.0f" % x for x in rep["faults_per_s_per_cpu"])),
              "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "
              "allocated %d freed %d" % (rep["ipi"]["sent"], rep["ipi"]["p50_us"],
                                         rep["ipi"]["p99_us"], rep["rcu"]["grace_periods"],
@@ -83,6 +99,8 @@ def summary(rep):
                                                  rep["invariant_checks"]["objects_checked"])]
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)
+    for n in rep["notes"]:
+        lines.append("note: %s" % n)
     for v in rep["violations"][:20]:
         lines.append("VIOLATION %s (CPU %d, va %#x): %s"
                      % (v["signature"], v["cpu"], v["va"], v["detail"]))

@@ -14,15 +14,17 @@ from ..bugs import Bugs
 from ..check.sweep import sweep
 from ..mm import mm_types
 from ..mm.cpu import Cpu
+from ..mm.lockdep import Deadlock
 from ..mm.mm_types import MM, STAT, Geometry, mm_init
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
-from .workers import Workers
+from .workers import WorkerError, Workers
 from .workload import Workload, initial_layout
 
 STOP, PAUSE, PARKED = 0, 1, 2
 PARK_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
 
 
@@ -80,7 +82,13 @@ def worker_main(st, cpu):
         if ctl[PAUSE]:
             _park(ctl, parked)
         op, args = wl.next()
-        res = run_op(mm, c, op, args)
+        try:
+            res = run_op(mm, c, op, args)
+        except Deadlock:
+            # Recorded; locks are held and a partner is stuck: leave without cleaning up,
+            # the runner kills the rest.
+            mm.flush_stats()
+            return
         local[i_ops] += 1
         local[STAT[op]] += 1
         if res in OUTCOME_STATS:
@@ -126,6 +134,7 @@ class Stress:
         self.sweeps = 0
         self.checked = 0
         self.errors = []
+        self.notes = []
 
     def _sweep(self, st, workers, mm):
         """Stop the world, sweep, resume.  False if the CPUs never all parked."""
@@ -166,8 +175,9 @@ class Stress:
             finally:
                 workers.kill()
             crashed = {c: s for c, s in workers.status.items() if s != 0}
-            for c, s in sorted(crashed.items()):
-                self.errors.append("CPU %d exited with status %d" % (c, s))
+            if debug.total(st.arena) == 0:
+                for c, s in sorted(crashed.items()):
+                    self.errors.append("CPU %d exited with status %d" % (c, s))
             if not crashed:
                 self.checked += sweep(mm)
                 self.sweeps += 1
@@ -186,14 +196,18 @@ class Stress:
             running = workers.poll()
             if not running:
                 break
-            if debug.total(st.arena) or (deadline and now >= deadline) \
-                    or len(running) < cfg.cpus:
+            violated = debug.total(st.arena) > 0
+            if violated or (deadline and now >= deadline) or len(running) < cfg.cpus:
                 ctl[STOP] = 1
                 ctl[PAUSE] = 0
                 try:
-                    workers.join(STOP_TIMEOUT_S)
-                except Exception:
-                    self.errors.append("CPUs did not stop within %.0fs (hang)" % STOP_TIMEOUT_S)
+                    workers.join(VIOLATION_GRACE_S if violated else STOP_TIMEOUT_S)
+                except WorkerError as e:
+                    if violated:
+                        self.notes.append("after the violation: %s" % e)
+                    else:
+                        self.errors.append("CPUs did not stop within %.0fs (hang)"
+                                           % STOP_TIMEOUT_S)
                 break
             if next_sweep and now >= next_sweep:
                 if not self._sweep(st, workers, mm):

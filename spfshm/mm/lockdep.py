@@ -1,0 +1,38 @@
+"""A wait-for graph for spinlocks, enough to name a deadlock instead of hanging.
+
+A CPU about to spin on a ptl publishes which table's lock it waits for (its own arena
+line).  When an IPI is not acked in time, the sender asks: is the silent target spinning
+on a lock that I hold?  That is the SPF deadlock of protocols.md section 3 (an IRQs-off
+walker spinning on the ptl that zap_pte_range holds while it waits for the ack).
+"""
+from .. import native
+
+
+class Deadlock(Exception):
+    """A detected deadlock; the violation is already recorded."""
+
+
+def ptl_lock_irqs_off(mm, t):
+    """spin_lock(ptl) with IRQs off (what SPF must never do: bug ``spf_ptl_spin``).
+    Gives up after twice the IPI timeout, reporting the deadlock from this side."""
+    ptl = mm.ptl(t)
+    if native.spin_trylock(ptl, mm.cpu):
+        return True
+    mm.waiting[0] = t + 1
+    try:
+        if native.spin_lock_timeout(ptl, mm.cpu, int(2e9 * mm.cfg.ipi_timeout)) == 0:
+            return True
+        mm.report("deadlock", "ptl", 0, int(2e3 * mm.cfg.ipi_timeout), t,
+                  native.spin_owner(ptl))
+        raise Deadlock()
+    finally:
+        mm.waiting[0] = 0
+
+
+def check_ipi_wait(mm, target, waited_ms):
+    """After an IPI to ``target`` timed out: report and raise Deadlock if the target
+    waits for a lock this CPU holds."""
+    t = int(mm.waiting_all[target, 0]) - 1
+    if t >= 0 and native.spin_owner(mm.ptl(t)) == mm.cpu:
+        mm.report("deadlock", "ipi", 0, waited_ms, target, t)
+        raise Deadlock()

@@ -1,0 +1,133 @@
+"""The speculative page fault (Michel Lespinasse's series, anonymous VMAs; protocols.md
+section 3), as the patches do it.  No mmap_lock: mmap_seq validates what was read.
+
+  1. seq = mmap_seq (acquire); odd: a writer is active, abort ("seq_odd"), never spin
+  2. under rcu_read_lock: look the VMA up in the published tree and copy it; then
+     check mmap_seq (abort "vma_copy").  The validated copy is the VMA as it was at a
+     moment of the fault, so its access check is final: SIGSEGV without the lock
+     (what per-VMA locks do too).  Deciding on an unvalidated copy that a writer was
+     changing (torn) is a wrong SIGSEGV: the checkers' debug seqcount reports it.
+  3. speculative_page_walk_begin: rcu_read_lock when tables are freed by RCU, IRQs off
+     when freed after an IPI (--walk; a mismatched pair is a real bug class)
+  4. walk existing tables only (a missing level aborts "no_table"); remember orig_pmd
+  5. prepare the frame before taking locks
+  6. __pte_map_lock: walk_begin; mmap_seq unchanged ("seq_changed"); pmd_same(*pmd,
+     orig_pmd) ("pmd_changed"); spin_trylock(ptl) ("ptl_busy": never spin with IRQs off,
+     zap holds the ptl while it waits for our ack); mmap_seq again; walk_end
+  7. commit the PTE if still none, unlock
+Any abort returns its reason; the caller falls back to the classical fault.
+
+Against munmap: its write lock makes mmap_seq odd before it touches a VMA or a table,
+so a fault that passes the checks of step 6 with its walk section held ran entirely
+before munmap began, and from there on the ptl orders it against zap_pte_range.
+"""
+from .. import native
+from .fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, install_anon_pte
+from .frames import alloc_frame, put_page
+from .lockdep import ptl_lock_irqs_off
+from .mm_types import PMD, PTE
+from .pagetable import P, PS, check_table, entry_gen, entry_pfn, index, walk_lockless
+from .vma import access_ok, find_vma_rcu, read_vma
+
+def speculative_page_walk_begin(mm):
+    if mm.bugs.on("spf_walk_unprotected"):
+        return
+    if mm.walk_rcu:
+        native.rcu_read_lock()
+    else:
+        native.local_irq_disable()
+
+
+def speculative_page_walk_end(mm):
+    if mm.bugs.on("spf_walk_unprotected"):
+        return
+    if mm.walk_rcu:
+        native.rcu_read_unlock()
+    else:
+        native.local_irq_enable()
+
+
+def do_speculative_page_fault(mm, va, write):
+    """VM_FAULT_OK or VM_FAULT_SIGSEGV, or the reason for aborting (the caller falls
+    back)."""
+    bugs = mm.bugs
+    seq = native.seq_try_begin(mm.mmap_seq)                                  # 1
+    if seq & 1:
+        return "seq_odd"
+    mm.delay("spf_after_seq_read")
+    native.rcu_read_lock()                                                   # 2
+    try:
+        vid = find_vma_rcu(mm, va, "spf")
+        vma = read_vma(mm, vid, "spf", va, lockless=True) if vid is not None and vid >= 0 \
+            else vid
+    finally:
+        native.rcu_read_unlock()
+    if vma is None:
+        return "uaf"
+    if not bugs.on("spf_skip_vma_check") and native.seq_read_retry(mm.mmap_seq, seq):
+        return "vma_copy"
+    if vma == -1 or not vma.start <= va < vma.end or not access_ok(vma.prot, write):
+        if vma != -1 and vma.torn:
+            mm.report("torn_vma", "spf", va, vma.id, vma.start, vma.end)
+        return VM_FAULT_SIGSEGV
+
+    speculative_page_walk_begin(mm)                                          # 3
+    try:
+        res = walk_lockless(mm, va, "spf_walk", stop=PMD)                    # 4
+        if res is None:
+            return "uaf"
+        pmd_t, orig_pmd, pmd_tag = res
+    finally:
+        speculative_page_walk_end(mm)
+    if pmd_t < 0 or not orig_pmd & P:
+        return "no_table"
+    if orig_pmd & PS:
+        return "huge_pmd"
+
+    f = alloc_frame(mm)                                                      # 5
+    if f < 0:
+        return "oom"
+    t, tag, i = entry_pfn(orig_pmd), entry_gen(orig_pmd), index(va, PTE)
+    speculative_page_walk_begin(mm)                                          # 6
+    try:
+        reason = __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t)
+    finally:
+        speculative_page_walk_end(mm)
+    if reason:
+        put_page(mm, f)
+        return reason
+    try:                                                                     # 7
+        if not check_table(mm, t, tag, PTE, "spf_walk", va):
+            put_page(mm, f)
+            return "uaf"
+        install_anon_pte(mm, vma, t, i, f, write)
+        return VM_FAULT_OK
+    finally:
+        native.spin_unlock(mm.ptl(t))
+
+
+def __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t):
+    """Step 6 (walk section held): None with the ptl of table t held, else the abort
+    reason with nothing held."""
+    bugs = mm.bugs
+    if native.seq_read_retry(mm.mmap_seq, seq):
+        return "seq_changed"
+    cur = int(mm.pt[pmd_t, index(va, PMD)])
+    if not check_table(mm, pmd_t, pmd_tag, PMD, "spf_walk", va):
+        return "uaf"
+    if cur != orig_pmd and not bugs.on("spf_skip_pmd_same"):
+        return "pmd_changed"
+    ptl = mm.ptl(t)
+    mm.delay("spf_before_ptl")
+    if bugs.on("spf_ptl_spin"):
+        if not ptl_lock_irqs_off(mm, t):
+            return "ptl_busy"
+    elif not native.spin_trylock(ptl, mm.cpu):
+        return "ptl_busy"
+    if not check_table(mm, t, entry_gen(orig_pmd), PTE, "spf_walk", va):
+        native.spin_unlock(ptl)          # the ptl lives in the table's page descriptor
+        return "uaf"
+    if not bugs.on("spf_skip_final_seq_check") and native.seq_read_retry(mm.mmap_seq, seq):
+        native.spin_unlock(ptl)
+        return "seq_changed"
+    return None
