@@ -36,6 +36,10 @@ KINDS = {
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
     "torn_vma": "SIGSEGV decided on a VMA copy torn by a concurrent writer "
                 "(VMA #{a0} read as [{a1:#x}, {a2:#x}))",
+    "vma_not_write_locked": "VMA #{a0} changed without its write lock (vm_lock_seq {a1}, "
+                            "mm_lock_seq {a2})",
+    "vma_unlocked_change": "VMA #{a0} changed under a fault that holds it locked "
+                           "(prot {a1} when copied, {a2} now)",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
     "fault_loop": "fault at {va:#x} did not make progress after {a0} tries",
@@ -49,7 +53,7 @@ KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
          "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
-         "pervma", "ptl", "ipi_timeout"]
+         "pervma", "ptl", "ipi_timeout", "split_vma"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

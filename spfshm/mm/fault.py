@@ -18,6 +18,14 @@ from .vma import access_ok, find_vma
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
 
+def assert_vma_stable(mm, vma, va):
+    """A fault that holds mmap_lock read or the VMA's read lock must find the VMA as it
+    copied it: a writer may change it only after waiting for those readers."""
+    rec = mm.vma[vma.id]
+    if (int(rec["start"]), int(rec["end"]), int(rec["prot"])) != (vma.start, vma.end, vma.prot):
+        mm.report("vma_unlocked_change", "fault", va, vma.id, vma.prot, int(rec["prot"]))
+
+
 def install_anon_pte(mm, vma, t, i, f, write):
     """Steps (3)-(4), ptl held: map frame f at PTE t[i] if it is still none; otherwise
     someone else faulted it in and f goes back."""
@@ -51,6 +59,7 @@ def do_anonymous_page(mm, vma, va, write):
         if pmd_t < 0 or entry_pfn(int(mm.pt[pmd_t, pmd_i])) != t:
             put_page(mm, f)
             return VM_FAULT_RETRY
+        assert_vma_stable(mm, vma, va)
         install_anon_pte(mm, vma, t, index(va, PTE), f, write)
         return VM_FAULT_OK
     finally:

@@ -59,8 +59,8 @@ def zap_pte_range(mm, tlb, start, end):
                 mm.rss[0] -= 1
             tlb.remove_page(f)
             if tlb.unflushed >= GATHER_BATCH:
+                mm.delay("zap_under_ptl")
                 tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
-        mm.delay("zap_under_ptl")
 
 
 def change_protection(mm, start, end, prot):

@@ -59,6 +59,7 @@ def vma_start_read(mm, vid):
     seq = native.load_acquire(mm.mm_lock_seq)
     if native.load_acquire(mm.vm_lock_seq_ptr(vid)) == seq:                 # (a)
         return False
+    mm.delay("vma_start_read")
     lock = mm.vma_lock(vid)
     if not native.lib.spf_down_read_trylock(lock):                          # (b)
         return False
@@ -83,6 +84,14 @@ def vma_start_write(mm, vid):
     native.lib.spf_down_write(lock, mm.cpu)                                 # (1)
     native.store_relaxed(mm.vm_lock_seq_ptr(vid), seq)
     native.lib.spf_up_write(lock)                                           # RELEASE
+
+
+def vma_assert_write_locked(mm, vid, site):
+    """What vm_flags_reset() and friends assert: a VMA changes only write-locked."""
+    seq = native.load_relaxed(mm.mm_lock_seq)
+    own = native.load_relaxed(mm.vm_lock_seq_ptr(vid))
+    if own != seq:
+        mm.report("vma_not_write_locked", site, int(mm.vma[vid]["start"]), vid, own, seq)
 
 
 def vma_end_write_all(mm):

@@ -11,7 +11,7 @@ from .. import native
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
-                        vma_start_write)
+                        vma_assert_write_locked, vma_start_write)
 from .tlb import MmuGather, assert_no_writable, flush_tlb_all
 from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
 
@@ -36,6 +36,7 @@ def _set_bounds(mm, v, start, end, prot):
     """Shrink or re-protect the original record in place (mmap_lock write held), as
     __split_vma then mprotect_fixup do: bounds first, flags after some work.  ``vseq``
     is a debug-only seqcount around it (the checkers' view, not the protocol's)."""
+    vma_assert_write_locked(mm, v.id, "split_vma")
     rec = mm.vma[v.id]
     rec["vseq"] += 1
     rec["start"] = start

@@ -39,6 +39,9 @@ def flush_tlb_all(mm):
             break
         except native.IPIError as e:
             waited_ms = (native.now_ns() - t0) // 1_000_000
+            if e.code == native.lib.SPF_IPI_ERR_DEAD:
+                native.cpu_mark_dead(e.cpu)     # a dead CPU holds no translations
+                continue
             if e.code != native.lib.SPF_IPI_ERR_TIMEOUT:
                 raise
             check_ipi_wait(mm, e.cpu, waited_ms)

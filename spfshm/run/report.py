@@ -21,6 +21,15 @@ def _hist_percentile(hist, q):
     return round(2 ** ((k + 1) / 4.0) - 1, 1)
 
 
+def delay_hits(arena, ncpus):
+    """Perturbation pauses taken, per named point (every point listed, hit or not)."""
+    from ..mm.perturb import POINT_NAMES
+    hits = arena["delay_hits"][:ncpus].sum(axis=0)
+    out = {p: int(hits[i]) for i, p in enumerate(POINT_NAMES) if p != "ipi_handler"}
+    out["ipi_handler"] = int(arena["percpu"]["handler_delays"][:ncpus].sum())
+    return out
+
+
 def totals(arena, ncpus):
     return dict(zip(STATS, arena["stats"][:ncpus + 1].sum(axis=0).tolist()))
 
@@ -64,6 +73,7 @@ def build_report(st, stress, elapsed):
                    "alloc_races": t["pte_alloc_race"]},
         "frames_freed": t["frames_freed"],
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
+        "delay_hits": delay_hits(arena, cfg.cpus),
         "violations": viols,
         "violation_count": debug.total(arena),
         "invariant_checks": {"sweeps": stress.sweeps, "objects_checked": stress.checked},
@@ -97,6 +107,9 @@ def summary(rep):
                                         rep["tables"]["allocated"], rep["tables"]["freed"]),
              "sweeps %d (%d objects checked)" % (rep["invariant_checks"]["sweeps"],
                                                  rep["invariant_checks"]["objects_checked"])]
+    if c["delay"]:
+        lines.append("delays taken: %s" % (_kv({k: v for k, v in rep["delay_hits"].items()
+                                                 if v}) or "none"))
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)
     for n in rep["notes"]:

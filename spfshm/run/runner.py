@@ -178,8 +178,8 @@ class Stress:
             if debug.total(st.arena) == 0:
                 for c, s in sorted(crashed.items()):
                     self.errors.append("CPU %d exited with status %d" % (c, s))
-            if not crashed:
-                self.checked += sweep(mm)
+            if not crashed and debug.total(st.arena) == 0:
+                self.checked += sweep(mm)     # after a violation the state is moot
                 self.sweeps += 1
             return self._result(st, time.monotonic() - t0)
         finally:

@@ -30,6 +30,7 @@ def initial_layout(g, seed):
     return out
 
 
+BLOCK = 2 << 20   # what one PTE table maps
 NHOT = 4          # hot spots shared by all CPUs, so that they contend on the same pages
 
 
@@ -78,9 +79,13 @@ class Workload:
                 break
         if op in ("load", "store"):
             return op, (self._page() + 8 * r.randrange(512),)
-        if op == "madvise":
-            return op, self._range(64)
-        if op == "munmap":             # sometimes whole tables' worth: tables get freed
+        if op == "madvise":            # sometimes a large arena's worth (malloc trim)
+            return op, self._range(512 if r.random() < 0.25 else 64)
+        if op == "munmap":
+            if r.random() < 0.1:       # a whole 2 MiB block: its page table gets freed
+                base = self._page() & ~(BLOCK - 1)
+                if base >= self.g.window_base and base + BLOCK <= self.g.window_end:
+                    return op, (base, BLOCK)
             return op, self._range(1024 if r.random() < 0.1 else 128)
         if op == "mprotect":
             va, n = self._range(128)
