@@ -77,6 +77,9 @@ def add_config_args(p):
     p.add_argument("--fault-mode", default=d.fault_mode, metavar="MODES",
                    help="classic, spf, pervma, or a comma list (CPU i uses the i-th, "
                         "cyclically) so the paths race each other")
+    p.add_argument("--workload", default=d.workload, metavar="KIND",
+                   help="mixed (default: the race finder's churn), faults (loads, stores "
+                        "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop)")
     p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
                    help="how lockless walkers protect themselves (auto: the kernel's "
                         "pairing with --table-free)")
@@ -107,7 +110,7 @@ def config_from_args(a):
                   delay=delay, delay_max_us=delay_max or d.delay_max_us,
                   delay_points=a.delay_points,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
-                  walk=a.walk, ipi_timeout=a.ipi_timeout,
+                  walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, pin=not a.no_pin)
 

@@ -27,6 +27,7 @@ class Config:
     table_free: str = "ipi"
     walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
+    workload: str = "mixed"
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
     tlb_entries: int = 64
@@ -63,6 +64,11 @@ class Config:
         need(all(m in FAULT_MODES for m in modes) and len(set(modes)) == len(modes),
              "--fault-mode must be a list of %s, got %r" % ("/".join(FAULT_MODES),
                                                            self.fault_mode))
+        from .run.workload import WORKLOADS
+        need(self.workload in WORKLOADS,
+             "--workload must be one of %s, got %r" % (",".join(WORKLOADS), self.workload))
+        need(self.workload != "faults+writer" or self.cpus >= 2,
+             "--workload faults+writer needs --cpus >= 2 (CPU 0 is the writer)")
         need(self.walk in WALK_MODES,
              "--walk must be one of %s, got %r" % (",".join(WALK_MODES), self.walk))
         need(self.table_free in TABLE_FREE,
@@ -120,6 +126,8 @@ class Config:
               "--check-every", "%g" % self.check_every]
         if self.walk != "auto":
             a += ["--walk", self.walk]
+        if self.workload != Config.workload:
+            a += ["--workload", self.workload]
         if self.ipi_timeout != Config.ipi_timeout:
             a += ["--ipi-timeout", "%g" % self.ipi_timeout]
         if self.delay != Config.delay or self.delay_max_us != Config.delay_max_us:

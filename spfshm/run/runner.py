@@ -70,7 +70,7 @@ def run_op(mm, cpu, op, args):
 def worker_main(st, cpu):
     mm = st.mm_for(cpu)
     c = Cpu(mm)
-    wl = Workload(st.g, st.cfg.seed, cpu)
+    wl = Workload(st.g, st.cfg.seed, cpu, st.cfg.workload)
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
     viol = mm.reporter.count
@@ -120,7 +120,7 @@ def setup_initial(st):
     st.smp.become_cpu(n)
     mm = st.mm_for(n)
     mm_init(mm)
-    for addr, npages, prot in initial_layout(st.g, st.cfg.seed):
+    for addr, npages, prot in initial_layout(st.g, st.cfg.seed, st.cfg.workload):
         do_mmap(mm, addr, npages * mm_types.PAGE, prot, MAP_FIXED)
     mm.rcu.rcu_barrier()
     mm.flush_stats()

@@ -1,8 +1,14 @@
 """The op mix, derived from the run's seed and the CPU id (every random choice here).
 
 Each CPU draws from its own ``random.Random`` seeded by (seed, cpu), so a run's workload is
-a pure function of its configuration.  Accesses dominate; address-space changes churn the
-layout so faults, zaps, splits and table frees keep happening.
+a pure function of its configuration.  ``--workload``:
+
+- ``mixed`` (default): accesses dominate; address-space changes churn the layout so
+  faults, zaps, splits and table frees keep happening (a race finder's mix).
+- ``faults``: loads and stores over a fully mapped window, with MADV_DONTNEED to make
+  pages fault again (no mmap_lock writer: will-it-scale page_fault style).
+- ``faults+writer``: the same, and CPU 0 maps and unmaps a small region of its own in a
+  loop (the mmap_lock contention the SPF and per-VMA lock series measured).
 """
 import random
 
@@ -10,7 +16,13 @@ from ..mm.mm_types import PAGE, PROT_BY_NAME
 from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT
 
 # op -> weight (per mille)
-MIX = {"load": 430, "store": 430, "madvise": 40, "mmap": 45, "munmap": 20, "mprotect": 35}
+MIXES = {
+    "mixed": {"load": 430, "store": 430, "madvise": 40, "mmap": 45, "munmap": 20,
+              "mprotect": 35},
+    "faults": {"load": 450, "store": 450, "madvise": 100},
+}
+WORKLOADS = ("mixed", "faults", "faults+writer")
+WRITER_PAGES = 64        # the writer's own region, at the top of the window
 PROTS = [PROT_BY_NAME["rw"]] * 16 + [PROT_BY_NAME["r"]] * 3 + [PROT_BY_NAME["none"]]
 
 
@@ -18,13 +30,17 @@ def rng_for(seed, cpu):
     return random.Random("spfshm:%d:%d" % (seed, cpu))
 
 
-def initial_layout(g, seed):
-    """(addr, npages, prot) VMAs covering most of the window, from the seed."""
+def initial_layout(g, seed, workload="mixed"):
+    """(addr, npages, prot) VMAs covering most of the window, from the seed (all of it,
+    read-write, for the fault workloads, except the writer's region)."""
     r = rng_for(seed, -1)
     out, page = [], 0
-    while page < g.window_pages:
-        n = min(g.window_pages - page, r.randint(16, 256))
-        if r.random() < 0.9:
+    limit = g.window_pages - (WRITER_PAGES if workload != "mixed" else 0)
+    while page < limit:
+        n = min(limit - page, r.randint(16, 256))
+        if workload != "mixed":
+            out.append((g.window_base + page * PAGE, n, PROT_BY_NAME["rw"]))
+        elif r.random() < 0.9:
             out.append((g.window_base + page * PAGE, n, r.choice(PROTS)))
         page += n
     return out
@@ -40,39 +56,49 @@ def hot_spots(g, seed):
 
 
 class Workload:
-    def __init__(self, g, seed, cpu):
+    def __init__(self, g, seed, cpu, kind="mixed"):
         self.g = g
         self.r = rng_for(seed, cpu)
-        self.spots = hot_spots(g, seed)
-        self.ops = list(MIX)
+        self.writer = kind == "faults+writer" and cpu == 0
+        self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
+        self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
+        mix = MIXES["mixed" if kind == "mixed" else "faults"]
+        self.ops = list(mix)
         self.cum = []
         acc = 0
         for op in self.ops:
-            acc += MIX[op]
+            acc += mix[op]
             self.cum.append(acc)
         self.total = acc
-        self.hot = self.spots[cpu % NHOT]
+        self.hot = self.spots[cpu % len(self.spots)]
+        self.mapped = False
 
     def _page(self):
         """A page address, mostly near this CPU's current hot spot (which wanders)."""
         r, g = self.r, self.g
         if r.random() < 0.02:
             self.hot = r.choice(self.spots) if r.random() < 0.7 else \
-                g.window_base + r.randrange(g.window_pages) * PAGE
+                g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
         if r.random() < 0.8:
             va = self.hot + r.randrange(-32, 32) * PAGE
-            if g.window_base <= va < g.window_end:
+            if g.window_base <= va < self.end:
                 return va
-        return g.window_base + r.randrange(g.window_pages) * PAGE
+        return g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
 
     def _range(self, maxpages):
         va = self._page()
-        n = min(self.r.randint(1, maxpages), (self.g.window_end - va) // PAGE)
+        n = min(self.r.randint(1, maxpages), (self.end - va) // PAGE)
         return va, n * PAGE
 
     def next(self):
         """(op, args)."""
         r = self.r
+        if self.writer:                  # mmap, then munmap, its own region, in a loop
+            self.mapped = not self.mapped
+            n = WRITER_PAGES * PAGE
+            if self.mapped:
+                return "mmap", (self.end, n, PROT_BY_NAME["rw"], MAP_FIXED_NOREPLACE)
+            return "munmap", (self.end, n)
         x = r.randrange(self.total)
         for op, c in zip(self.ops, self.cum):
             if x < c:
