@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -49,13 +50,21 @@ static void ipi_do_work(uint64_t work)
  * run finds no new ticket and no pending work). */
 void spf_insn_begin(void)
 {
-	spf_me.insn_nest++;
+	if (spf_me.insn_nest++ == 0 && spf_me.cpu >= 0) {
+		uint64_t *seq = &spf_me.slots[spf_me.cpu].insn_seq;
+		__atomic_store_n(seq, *seq + 1, __ATOMIC_RELAXED);        /* (a) */
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);                    /* (b) */
+	}
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 
 void spf_insn_end(void)
 {
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	if (spf_me.insn_nest == 1 && spf_me.cpu >= 0) {
+		uint64_t *seq = &spf_me.slots[spf_me.cpu].insn_seq;
+		__atomic_store_n(seq, *seq + 1, __ATOMIC_RELEASE);        /* (d) */
+	}
 	if (--spf_me.insn_nest == 0 && spf_me.insn_deferred) {
 		spf_me.insn_deferred = 0;
 		__atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -334,6 +343,26 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 int spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns)
 {
 	return ipi_sync_common(mask, nbits, work, timeout_ns, 1);
+}
+
+void spf_tlb_remote_wait(const uint64_t *mask, int nbits)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);                            /* (2) */
+	if (nbits > spf_me.ncpus)
+		nbits = spf_me.ncpus;
+	for (int c = 0; c < nbits; c++) {
+		if (!(mask[c / 64] >> (c % 64) & 1) || c == spf_me.cpu)
+			continue;
+		struct spf_percpu *t = &spf_me.slots[c];
+		uint64_t s = __atomic_load_n(&t->insn_seq, __ATOMIC_ACQUIRE);  /* (3) */
+		for (unsigned n = 0; (s & 1) && __atomic_load_n(&t->insn_seq, __ATOMIC_ACQUIRE) == s
+			     && __atomic_load_n(&t->alive, __ATOMIC_RELAXED) == SPF_CPU_ONLINE; n++) {
+			if (n < SPF_SPIN_TRIES)
+				spf_cpu_relax();
+			else
+				sched_yield();
+		}
+	}
 }
 
 int spf_ipi_sync_busted(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns)

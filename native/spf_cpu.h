@@ -36,7 +36,8 @@ struct spf_percpu {
 	uint64_t ipis_handled;
 	uint64_t flush_gen;      /* bumped by every TLB flush this CPU performs */
 	uint64_t handler_delays; /* perturbation: delays taken inside the IPI handler */
-	uint64_t pad[5];         /* one slot per 128 bytes: no false sharing */
+	uint64_t insn_seq;       /* odd while an instruction (access, walk+fill) runs */
+	uint64_t pad[4];         /* one slot per 128 bytes: no false sharing */
 };
 
 #define SPF_CPU_ONLINE  1
@@ -73,5 +74,14 @@ int  spf_irqs_disabled(void);
  * spf_ipi_last_error(); -2 when the caller itself is at fault (IRQs off). */
 int  spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);
 int  spf_ipi_last_error(void);
+/* Remote TLB invalidation without interrupting anyone (arm64's broadcast TLBI + DSB):
+ * the caller has already cleared the targets' TLBs in the arena; this waits only for
+ * the instructions each target had in flight (insn_seq), never for IRQs-off sections.
+ *   invalidator: (1) clear the entries  (2) smp_mb  (3) wait while insn_seq is the
+ *                same odd value it read
+ *   target:      (a) insn_seq++ (odd)   (b) smp_mb  (c) read the TLB ... (d) insn_seq++
+ * (2) pairs with (b): an instruction that began after (3) read its seq sees (1). */
+void spf_tlb_remote_wait(const uint64_t *mask, int nbits);
+
 /* Busted twin: sends, but returns without waiting for any ack. */
 int  spf_ipi_sync_busted(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);

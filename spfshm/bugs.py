@@ -45,6 +45,36 @@ CATALOGUE = [
         ("pt_leak",),
         "a new PTE table is installed without re-checking the pmd under the pmd lock, "
         "overwriting a table another CPU just populated", {}),
+    Bug("ptreclaim_after_ptl_drop", "PT_RECLAIM fast path after zap_pte_range",
+        "bug class 4: reclaim after the ptl was dropped mid-zap freed a refilled table "
+        "(Qi Zheng, 2025, 'Bad rss-counter state')",
+        ("pt_lost_ptes", "rss", "frame_leak", "stale_pte"),
+        "MADV_DONTNEED takes the reclaim fast path although zap dropped the ptl to free a "
+        "batch, so a fault may have refilled the table",
+        {"reclaim": "ptreclaim", "table_free": "rcu", "workload": "faults", "delay": 0.5,
+         "delay_max_us": 2000.0, "delay_points": ("zap_ptl_dropped",)}),
+    Bug("reclaim_no_recheck", "seed reclaim step 2: re-check the table is empty",
+        "bug class 4: a table removed on a stale scan (Hildenbrand's plan without the "
+        "re-check under the write lock)",
+        ("pt_lost_ptes", "rss", "frame_leak"),
+        "the scanner removes tables found empty under mmap_lock read without looking again",
+        {"reclaim": "seed"}),
+    Bug("walk_rcu_free_ipi", "pairing: --walk rcu with --table-free ipi",
+        "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker "
+        "(why x86 moved to RCU table freeing; Qi Zheng's series)",
+        ("pt_uaf",),
+        "a forbidden configuration, no code change: speculative walkers hold only RCU "
+        "while tables are freed right after the flush IPI",
+        {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi", "delay": 0.05,
+         "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
+    Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
+        "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
+        "interrupt the target, IRQs off protects nothing (cf. a37259732a7d)",
+        ("pt_uaf",),
+        "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
+        "after the flush, speculative walkers with IRQs off",
+        {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi",
+         "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
         ("stale_pte", "pt_lost_ptes", "frame_leak", "pte_prot", "rss"),

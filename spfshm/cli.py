@@ -64,7 +64,7 @@ def delay_spec(value):
 
 
 def add_config_args(p):
-    from .config import Config, TABLE_FREE, WALK_MODES
+    from .config import RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -83,6 +83,15 @@ def add_config_args(p):
     p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
                    help="how lockless walkers protect themselves (auto: the kernel's "
                         "pairing with --table-free)")
+    p.add_argument("--tlb-flush", choices=TLB_FLUSH, default=d.tlb_flush,
+                   help="ipi: the flush interrupts every CPU (x86); no-ipi: remote "
+                        "invalidation that waits for no IRQs-off section (arm64's TLBI)")
+    p.add_argument("--reclaim", choices=RECLAIM, default=d.reclaim,
+                   help="page-table reclaim: seed (scan under mmap_lock read, remove under "
+                        "write; Hildenbrand's plan) or ptreclaim (at MADV_DONTNEED, "
+                        "CONFIG_PT_RECLAIM; needs --table-free rcu)")
+    p.add_argument("--reclaimer", action="store_true",
+                   help="run the seed scanner on its own CPU (the last one)")
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
@@ -111,6 +120,7 @@ def config_from_args(a):
                   delay_points=a.delay_points,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
+                  tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, pin=not a.no_pin)
 

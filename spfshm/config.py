@@ -10,6 +10,8 @@ from . import native
 TABLE_FREE = ("ipi", "rcu")
 FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
+TLB_FLUSH = ("ipi", "no-ipi")
+RECLAIM = ("off", "seed", "ptreclaim")
 PAGE = 4096
 
 
@@ -26,6 +28,9 @@ class Config:
     fault_mode: str = "classic"
     table_free: str = "ipi"
     walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
+    tlb_flush: str = "ipi"         # ipi: interrupt every CPU; no-ipi: remote invalidation
+    reclaim: str = "off"           # page-table reclaim: off, seed (scanner), ptreclaim
+    reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
     bugs: tuple = ()
@@ -69,6 +74,15 @@ class Config:
              "--workload must be one of %s, got %r" % (",".join(WORKLOADS), self.workload))
         need(self.workload != "faults+writer" or self.cpus >= 2,
              "--workload faults+writer needs --cpus >= 2 (CPU 0 is the writer)")
+        need(self.tlb_flush in TLB_FLUSH,
+             "--tlb-flush must be ipi or no-ipi, got %r" % self.tlb_flush)
+        need(self.reclaim in RECLAIM,
+             "--reclaim must be one of %s, got %r" % (",".join(RECLAIM), self.reclaim))
+        need(self.reclaim != "ptreclaim" or self.table_free == "rcu",
+             "--reclaim ptreclaim needs --table-free rcu (CONFIG_PT_RECLAIM depends on "
+             "MMU_GATHER_RCU_TABLE_FREE: faults map a PTE table under RCU)")
+        need(not self.reclaimer or (self.reclaim == "seed" and self.cpus >= 2),
+             "--reclaimer needs --reclaim seed and --cpus >= 2 (the last CPU scans)")
         need(self.walk in WALK_MODES,
              "--walk must be one of %s, got %r" % (",".join(WALK_MODES), self.walk))
         need(self.table_free in TABLE_FREE,
@@ -126,6 +140,12 @@ class Config:
               "--check-every", "%g" % self.check_every]
         if self.walk != "auto":
             a += ["--walk", self.walk]
+        if self.tlb_flush != "ipi":
+            a += ["--tlb-flush", self.tlb_flush]
+        if self.reclaim != "off":
+            a += ["--reclaim", self.reclaim]
+        if self.reclaimer:
+            a += ["--reclaimer"]
         if self.workload != Config.workload:
             a += ["--workload", self.workload]
         if self.ipi_timeout != Config.ipi_timeout:

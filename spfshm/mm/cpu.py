@@ -31,6 +31,7 @@ class Cpu:
         self.out = native.ffi.new("uint64_t[4]")
         self.last_store = {}          # page va -> the last value this CPU stored there
         self.seq = 0
+        self.reclaimer_pause = 0
         modes = mm.cfg.fault_modes()
         self.mode = modes[mm.cpu % len(modes)]
         native.set_flush_region(mm.tlb_ptr, mm.tlb_words * 8)
@@ -39,6 +40,7 @@ class Cpu:
         """(2): True when the TLB now holds a usable translation; None on a violation."""
         mm = self.mm
         native.local_irq_disable()
+        _lib.spf_insn_begin()          # the walk and the fill are one hardware step
         try:
             res = walk_lockless(mm, va, "hw_walk", use_pwc=True)
             if res is None:
@@ -55,6 +57,7 @@ class Cpu:
             mm.count("tlb_fill")
             return True
         finally:
+            _lib.spf_insn_end()
             native.local_irq_enable()
 
     def access(self, va, write, value=0):

@@ -43,20 +43,28 @@ def install_anon_pte(mm, vma, t, i, f, write):
 
 
 def do_anonymous_page(mm, vma, va, write):
-    t = pte_alloc_walk(mm, va)
-    if t < 0:
-        return VM_FAULT_OOM
     f = alloc_frame(mm)                                       # (1)
     if f < 0:
         return VM_FAULT_OOM
-    ptl = mm.ptl(t)
-    mm.delay("fault_before_ptl")
-    locked = not mm.bugs.on("fault_no_ptl")
-    if locked:
-        native.spin_lock(ptl, mm.cpu)                         # (2) pte_offset_map_lock
+    # pte_offset_map_lock (6.5+): the PTE table is mapped under RCU, since reclaim may
+    # free it under mmap_lock read; its pmd is re-checked once the ptl is held.
+    native.rcu_read_lock()
     try:
+        t = pte_alloc_walk(mm, va)
+        if t < 0:
+            put_page(mm, f)
+            return VM_FAULT_OOM
+        ptl = mm.ptl(t)
+        mm.delay("fault_before_ptl")
+        locked = not mm.bugs.on("fault_no_ptl")
+        if locked:
+            native.spin_lock(ptl, mm.cpu)                     # (2)
         pmd_t, pmd_i = pmd_entry_of(mm, va)                   # pmd still points here?
-        if pmd_t < 0 or entry_pfn(int(mm.pt[pmd_t, pmd_i])) != t:
+    finally:
+        native.rcu_read_unlock()
+    try:
+        if pmd_t < 0 or entry_pfn(int(mm.pt[pmd_t, pmd_i])) != t \
+                or not int(mm.pt[pmd_t, pmd_i]) & P:
             put_page(mm, f)
             return VM_FAULT_RETRY
         assert_vma_stable(mm, vma, va)

@@ -2,15 +2,16 @@
 
 zap_pte_range clears PTEs under the ptl into the mmu_gather; every GATHER_BATCH pages it
 flushes the TLB while still holding the ptl (force_flush), which is exactly what makes an
-IRQs-off walker spinning on that ptl a deadlock.  The frames are freed at tlb_finish_mmu.  free_pgtables unlinks tables whose
-whole range lies in [floor, ceiling) (no VMA can use them) and hands them to
-tlb_remove_table.
+IRQs-off walker spinning on that ptl a deadlock; it then drops the ptl to free the batch
+and takes it again.  free_pgtables unlinks tables whose whole range lies in
+[floor, ceiling) (no VMA can use them) and hands them to tlb_remove_table.
 """
 import numpy as np
 
 from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
-from .pagetable import NEXT, P, PROTNONE, RW, ROOT, entry_pfn, pte_table_of
+from .pagetable import (NEXT, P, PROTNONE, RW, ROOT, entry_pfn, pmd_entry_of,
+                        pte_offset_map_lock)
 
 GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
@@ -27,32 +28,43 @@ def _pte_ranges(start, end):
 
 
 def _locked_tables(mm, start, end):
-    """For each existing PTE table over [start, end), with its ptl held: (position,
-    number of tables, table, indices of its mapped PTEs in the range).  The ptl is
-    released when the caller asks for the next table."""
-    spans = list(_pte_ranges(start, end))
-    for n, (base, i0, i1) in enumerate(spans):
-        t = pte_table_of(mm, base)
+    """For each existing PTE table over [start, end), with its ptl held: (table, indices
+    of its mapped PTEs in the range).  The ptl is released when the caller asks for the
+    next table."""
+    for base, i0, i1 in _pte_ranges(start, end):
+        t = pte_offset_map_lock(mm, base)
         if t < 0:
             continue
         ptl = mm.ptl(t)
-        native.spin_lock(ptl, mm.cpu)
         try:
-            yield n, len(spans), t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
+            yield t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
         finally:
             native.spin_unlock(ptl)
 
 
-def zap_pte_range(mm, tlb, start, end):
-    """Clear every mapped PTE in [start, end) and gather its frame (ptl held per table)."""
+def zap_pte_range(mm, tlb, start, end, reclaim=False):
+    """Clear every mapped PTE in [start, end) and gather its frame, ptl held per table.
+    When the gather fills up: flush under the ptl (force_flush), drop the ptl, free the
+    batch, take the ptl again and go on (the kernel's retry).  With ``reclaim``
+    (--reclaim ptreclaim, MADV_DONTNEED) a table whose whole range was zapped is freed."""
     skip_last = mm.bugs.on("zap_skip_last_pte")
     dec_rss = not mm.bugs.on("rss_no_dec")
-    for n, ntables, t, hits in _locked_tables(mm, start, end):
+    spans = list(_pte_ranges(start, end))
+    for n, (base, i0, i1) in enumerate(spans):
+        t = pte_offset_map_lock(mm, base)
+        if t < 0:
+            continue
+        ptl = mm.ptl(t)
         row = mm.pt[t]
-        if skip_last and n == ntables - 1 and len(hits):
+        hits = np.flatnonzero(row[i0:i1] & (P | PROTNONE)) + i0
+        if skip_last and n == len(spans) - 1 and len(hits):
             hits = hits[:-1]
+        dropped = False
         for i in hits.tolist():
-            f = entry_pfn(int(row[i]))
+            e = int(row[i])
+            if not e & (P | PROTNONE):
+                continue                     # zapped by someone else while we let go
+            f = entry_pfn(e)
             native.store_relaxed(mm.entry_ptr(t, i), 0)
             mm.frame_meta[f]["mapcount"] -= 1
             if dec_rss:
@@ -61,6 +73,51 @@ def zap_pte_range(mm, tlb, start, end):
             if tlb.unflushed >= GATHER_BATCH:
                 mm.delay("zap_under_ptl")
                 tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
+                native.spin_unlock(ptl)
+                tlb.flush()                  # free the batch without the ptl
+                mm.delay("zap_ptl_dropped")
+                native.spin_lock(ptl, mm.cpu)
+                dropped = True
+        if reclaim and i0 == 0 and i1 == PTRS and reclaim_pt(mm, tlb, t, base, dropped):
+            continue                         # reclaim_pt released the ptl
+        native.spin_unlock(ptl)
+
+
+def reclaim_pt(mm, tlb, t, base, dropped):
+    """CONFIG_PT_RECLAIM (mm/pt_reclaim.c), after zapping all of table t with its ptl held.
+    Fast path: the ptl was held throughout, so t is empty: spin_trylock the pmd lock and
+    clear the pmd.  Slow path: pmd lock, then ptl, rescan all 512 entries.  If the ptl was
+    dropped mid-zap, a fault may have refilled t: only the slow path is safe (Qi Zheng's
+    fix; bug ``ptreclaim_after_ptl_drop``).  Returns True with the ptl released."""
+    pmd_t, pmd_i = pmd_entry_of(mm, base)
+    pmdl = mm.ptl(pmd_t)
+    ptl = mm.ptl(t)
+    if (not dropped or mm.bugs.on("ptreclaim_after_ptl_drop")) \
+            and native.spin_trylock(pmdl, mm.cpu):
+        # pmd_same: another DONTNEED may have reclaimed t and a fault populated anew
+        mine = entry_pfn(int(mm.pt[pmd_t, pmd_i])) == t and int(mm.pt[pmd_t, pmd_i]) & P
+        if mine:
+            native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+        native.spin_unlock(pmdl)
+        native.spin_unlock(ptl)
+        if mine:
+            tlb.remove_table(t)
+            mm.count("pt_reclaimed")
+        return True
+    native.spin_unlock(ptl)
+    freed = False
+    native.spin_lock(pmdl, mm.cpu)
+    if entry_pfn(int(mm.pt[pmd_t, pmd_i])) == t and int(mm.pt[pmd_t, pmd_i]) & P:
+        native.spin_lock(ptl, mm.cpu)
+        if not (mm.pt[t] & (P | PROTNONE)).any():
+            native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+            freed = True
+        native.spin_unlock(ptl)
+    native.spin_unlock(pmdl)
+    if freed:
+        tlb.remove_table(t)
+        mm.count("pt_reclaimed")
+    return True
 
 
 def change_protection(mm, start, end, prot):
@@ -68,7 +125,7 @@ def change_protection(mm, start, end, prot):
     any translation lost a permission (the caller must flush TLBs before returning)."""
     downgrade = False
     want_none = prot == 0
-    for _, _, t, hits in _locked_tables(mm, start, end):
+    for t, hits in _locked_tables(mm, start, end):
         row = mm.pt[t]
         for i in hits.tolist():
             e = int(row[i])

@@ -58,7 +58,8 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
     ["spf_abort_" + r for r in SPF_ABORTS] + [
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
-        "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns"]
+        "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
+        "reclaim", "pt_reclaimed"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
@@ -94,8 +95,8 @@ def regions(g):
          ("page_table_lock", np.uint32, 16),
          ("rss", np.int64, (n1, 8)),
          ("stats", np.uint64, (n1, len(STATS))),
-         ("waiting", np.uint64, (n1, 8)),
-         ("delay_hits", np.uint64, (n1, 16)),               # lockdep: table+1 whose ptl we spin on
+         ("waiting", np.uint64, (n1, 8)),               # lockdep: table+1 whose ptl we spin on
+         ("delay_hits", np.uint64, (n1, 16)),           # perturbation hits per point
          ("ipi_hist", np.uint64, (n1, IPI_HIST_BUCKETS)),
          ("pt", np.uint64, (g.ntables, PTRS)),
          ("pt_meta", TABLE_META, g.ntables),
@@ -155,6 +156,7 @@ class MM:
         self.vma = arena["vma"]
         self.vma_tree = arena["vma_tree"]
         tlb_all = arena["tlb"]
+        self.tlb_rows = tlb_all[:g.ncpus]
         self.tlb_ptr = native.ffi.cast("struct spf_tlb_entry *",
                                        arena.ptr("tlb") + cpu * tlb_all.shape[1])
         self.tlb_words = tlb_all.shape[1]

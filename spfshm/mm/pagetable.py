@@ -34,6 +34,7 @@ GEN_SHIFT, GEN_MASK = 52, 0x7FF
 ROOT = 0                         # the PGD is table 0, allocated at mm creation
 
 NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
+EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = 10, 11, 12      # ring event types
 
 
 def mk_entry(pfn, gen, flags):
@@ -63,6 +64,7 @@ def alloc_table(mm, level):
     native.smp_wmb()             # contents before state: pairs with the walker's (3)
     mm.pt_state[t] = TABLE_LIVE
     mm.count("tables_alloc")
+    native.trace(EV_TABLE_ALLOC, t, level, int(mm.pt_gen[t]))
     return t
 
 
@@ -93,6 +95,7 @@ def free_table_now(mm, t):
         present = int(((mm.pt[t] & P) | ((mm.pt[t] & PROTNONE) >> 8)).astype(bool).sum())
         if present:
             mm.report("pt_lost_ptes", "free_pgtables", 0, t, present)
+    native.trace(EV_TABLE_FREE, t, int(mm.pt_level[t]), int(mm.pt_gen[t]))
     mm.pt_state[t] = TABLE_FREE
     native.fetch_add(mm.pt_gen_ptr(t), 1)
     native.smp_wmb()             # (c) before (d)
@@ -102,13 +105,17 @@ def free_table_now(mm, t):
 
 
 def mark_pending(mm, t):
+    """Unlinked from its parent, waiting for tlb_remove_table's sync."""
+    native.trace(EV_TABLE_UNLINK, t, int(mm.pt_level[t]), int(mm.pt_gen[t]))
     mm.pt_state[t] = TABLE_PENDING
 
 
 # -- lockless walk ------------------------------------------------------------------------
 def check_table(mm, t, tag, level, site, va):
-    """Step (3): the table we just read from must still be the live table the entry meant."""
-    if mm.pt_state[t] != TABLE_LIVE or mm.pt_level[t] != level \
+    """Step (3): the table we just read from must still be the table the entry meant: not
+    freed, not reused.  Unlinked and waiting for its sync (PENDING) is fine: that wait
+    is exactly what protects this walker."""
+    if mm.pt_state[t] == TABLE_FREE or mm.pt_level[t] != level \
             or (int(mm.pt_gen[t]) & GEN_MASK) != tag:
         mm.report("pt_uaf", site, va, t, level, tag)
         return False
@@ -201,6 +208,28 @@ def pte_table_of(mm, va):
             return -1
         t = entry_pfn(e)
     return t
+
+
+def pte_offset_map_lock(mm, va):
+    """The PTE table for va with its ptl held, or -1 (mm/pgtable-generic.c, 6.5+): the
+    table is looked up under RCU, since reclaim may free it under mmap_lock read, and the
+    pmd is re-checked once the ptl is held (a table reclaimed meanwhile is skipped)."""
+    native.rcu_read_lock()
+    try:
+        while True:
+            pmd_t, pmd_i = pmd_entry_of(mm, va)
+            if pmd_t < 0:
+                return -1
+            e = int(mm.pt[pmd_t, pmd_i])
+            if not e & P:
+                return -1
+            t = entry_pfn(e)
+            native.spin_lock(mm.ptl(t), mm.cpu)
+            if int(mm.pt[pmd_t, pmd_i]) == e:
+                return t
+            native.spin_unlock(mm.ptl(t))
+    finally:
+        native.rcu_read_unlock()
 
 
 def pmd_entry_of(mm, va):

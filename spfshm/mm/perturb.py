@@ -20,6 +20,7 @@ POINTS = {
     "vma_start_read": "vma_start_read: between the sequence check and the trylock",
     "hw_walk": "hardware walk (IRQs off): between reading the PMD and the PTE",
     "zap_under_ptl": "zap_pte_range: PTEs cleared, ptl held, before the forced flush",
+    "zap_ptl_dropped": "zap_pte_range: ptl dropped to free a batch, before taking it again",
     "pmd_clear_to_free": "free_pgtables: between clearing the pmd and freeing the table",
     "split_vma": "__split_vma: between updating the bounds and the flags",
     "ipi_handler": "inside the IPI handler, before the ack (native)",

@@ -240,7 +240,8 @@ def do_madvise_dontneed(mm, addr, length):
                 continue
             if v.start > nstart:
                 hole = True
-            zap_pte_range(mm, tlb, max(v.start, addr), min(v.end, end))
+            zap_pte_range(mm, tlb, max(v.start, addr), min(v.end, end),
+                          reclaim=mm.cfg.reclaim == "ptreclaim")
             nstart = v.end
         if nstart < end:
             hole = True

@@ -27,11 +27,28 @@ from .pagetable import free_table_now, mark_pending
 IPI_SLICE_S = 0.05
 
 
+def flush_tlb_remote(mm):
+    """--tlb-flush no-ipi: invalidate every CPU's TLB without interrupting it (broadcast
+    TLBI + DSB): wait for the instructions in flight (a walk that read an old PTE has
+    filled its TLB), clear every TLB, wait again (a user of an old entry has finished).
+    An IRQs-off section is not waited for: that is what this mode is about."""
+    wait = native.lib.spf_tlb_remote_wait
+    wait(mm.all_cpus.words, mm.g.ncpus)
+    # Only the valid words (TLB tags, PWC keys): each is one store, so an entry a CPU is
+    # filling at this moment is either whole or invalid, never torn.
+    mm.tlbs[:, :, 0] = 0
+    mm.pwcs[:, :, 0] = 0
+    wait(mm.all_cpus.words, mm.g.ncpus)
+    mm.count("tlb_flush")
+
+
 def flush_tlb_all(mm):
     """Flush every CPU's TLB (this one's locally) and wait for the acks (step (2)).
     A target silent past a slice is checked for a deadlock against us; past the IPI
     timeout the wait itself is reported (both raise Deadlock: freeing now would be a
     use-after-free)."""
+    if mm.cfg.tlb_flush == "no-ipi":
+        return flush_tlb_remote(mm)
     t0 = native.now_ns()
     while True:
         try:

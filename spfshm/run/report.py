@@ -9,7 +9,7 @@ import numpy as np
 from .. import __version__, debug
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 
-OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise"]
+OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim"]
 
 
 def _hist_percentile(hist, q):
@@ -59,7 +59,7 @@ def build_report(st, stress, elapsed):
         "config": dict(cfg.to_dict(), version=__version__),
         "ops": {k: t[k] for k in OP_KINDS},
         "ops_total": t["ops"],
-        "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:]},
+        "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:-1]},
         "faults": faults,
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
@@ -70,7 +70,10 @@ def build_report(st, stress, elapsed):
         "rcu": {"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
                 "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
         "tables": {"allocated": t["tables_alloc"], "freed": t["tables_freed"],
-                   "alloc_races": t["pte_alloc_race"]},
+                   "alloc_races": t["pte_alloc_race"], "reclaimed": t["pt_reclaimed"],
+                   "reclaimed_per_s": round(t["pt_reclaimed"] / elapsed, 1) if elapsed else 0,
+                   "reclaim_scans": t["reclaim"],
+                   "vmpte_kb_end": st.vmpte_kb_end, "vmpte_kb_peak": st.vmpte_kb_peak},
         "frames_freed": t["frames_freed"],
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
@@ -102,9 +105,11 @@ def summary(rep):
              "%.0f faults/s handled (per CPU %s)"
              % (rep["faults_per_s"], "/".join("%.0f" % x for x in rep["faults_per_s_per_cpu"])),
              "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "
-             "allocated %d freed %d" % (rep["ipi"]["sent"], rep["ipi"]["p50_us"],
-                                        rep["ipi"]["p99_us"], rep["rcu"]["grace_periods"],
-                                        rep["tables"]["allocated"], rep["tables"]["freed"]),
+             "allocated %d freed %d reclaimed %d; VmPTE at the end %d kB"
+             % (rep["ipi"]["sent"], rep["ipi"]["p50_us"], rep["ipi"]["p99_us"],
+                rep["rcu"]["grace_periods"], rep["tables"]["allocated"],
+                rep["tables"]["freed"], rep["tables"]["reclaimed"],
+                rep["tables"]["vmpte_kb_end"]),
              "sweeps %d (%d objects checked)" % (rep["invariant_checks"]["sweeps"],
                                                  rep["invariant_checks"]["objects_checked"])]
     if c["delay"]:

@@ -16,6 +16,7 @@ from ..mm import mm_types
 from ..mm.cpu import Cpu
 from ..mm.lockdep import Deadlock
 from ..mm.mm_types import MM, STAT, Geometry, mm_init
+from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
 from .workers import WorkerError, Workers
@@ -26,6 +27,7 @@ PARK_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
+RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
 
 
 class RunState:
@@ -41,6 +43,7 @@ class RunState:
         self.arena = Arena(self.layout)
         self.smp = Smp(self.arena, n + 1)
         self.ctl = self.arena["ctl"]
+        self.vmpte_kb_peak = self.vmpte_kb_end = 0
 
     def mm_for(self, cpu):
         return MM(self.arena, self.g, self.cfg, self.bugs, cpu)
@@ -54,6 +57,11 @@ def run_op(mm, cpu, op, args):
         return cpu.load(args[0])
     if op == "store":
         return cpu.store(args[0])
+    if op == "reclaim":
+        reclaim_scan(mm)
+        if cpu.reclaimer_pause:
+            native.sleep_ns(cpu.reclaimer_pause)
+        return "ok"
     if op == "mmap":
         r = do_mmap(mm, *args)
     elif op == "munmap":
@@ -70,7 +78,11 @@ def run_op(mm, cpu, op, args):
 def worker_main(st, cpu):
     mm = st.mm_for(cpu)
     c = Cpu(mm)
-    wl = Workload(st.g, st.cfg.seed, cpu, st.cfg.workload)
+    cfg = st.cfg
+    is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
+    wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
+                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer)
+    c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
     viol = mm.reporter.count
@@ -150,6 +162,7 @@ class Stress:
             time.sleep(0.0005)
         self.checked += sweep(mm)
         self.sweeps += 1
+        st.vmpte_kb_peak = max(st.vmpte_kb_peak, 4 * pt_pages(mm))
         ctl[PAUSE] = 0
         return True
 
@@ -181,6 +194,8 @@ class Stress:
             if not crashed and debug.total(st.arena) == 0:
                 self.checked += sweep(mm)     # after a violation the state is moot
                 self.sweeps += 1
+            st.vmpte_kb_end = 4 * pt_pages(mm)
+            st.vmpte_kb_peak = max(st.vmpte_kb_peak, st.vmpte_kb_end)
             return self._result(st, time.monotonic() - t0)
         finally:
             st.close()

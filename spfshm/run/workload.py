@@ -37,7 +37,7 @@ def initial_layout(g, seed, workload="mixed"):
     out, page = [], 0
     limit = g.window_pages - (WRITER_PAGES if workload != "mixed" else 0)
     while page < limit:
-        n = min(limit - page, r.randint(16, 256))
+        n = min(limit - page, r.randint(16, 1024))
         if workload != "mixed":
             out.append((g.window_base + page * PAGE, n, PROT_BY_NAME["rw"]))
         elif r.random() < 0.9:
@@ -56,13 +56,16 @@ def hot_spots(g, seed):
 
 
 class Workload:
-    def __init__(self, g, seed, cpu, kind="mixed"):
+    def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False):
         self.g = g
         self.r = rng_for(seed, cpu)
         self.writer = kind == "faults+writer" and cpu == 0
+        self.reclaimer = reclaimer
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
-        mix = MIXES["mixed" if kind == "mixed" else "faults"]
+        mix = dict(MIXES["mixed" if kind == "mixed" else "faults"])
+        if reclaim_op:
+            mix["reclaim"] = 10          # the seed scanner, inline (no --reclaimer)
         self.ops = list(mix)
         self.cum = []
         acc = 0
@@ -85,6 +88,13 @@ class Workload:
                 return va
         return g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
 
+    def _block(self):
+        """A whole 2 MiB-aligned block near the hot spot, or None."""
+        base = self._page() & ~(BLOCK - 1)
+        if base >= self.g.window_base and base + BLOCK <= self.end:
+            return base, BLOCK
+        return None
+
     def _range(self, maxpages):
         va = self._page()
         n = min(self.r.randint(1, maxpages), (self.end - va) // PAGE)
@@ -93,6 +103,8 @@ class Workload:
     def next(self):
         """(op, args)."""
         r = self.r
+        if self.reclaimer:
+            return "reclaim", ()
         if self.writer:                  # mmap, then munmap, its own region, in a loop
             self.mapped = not self.mapped
             n = WRITER_PAGES * PAGE
@@ -105,13 +117,19 @@ class Workload:
                 break
         if op in ("load", "store"):
             return op, (self._page() + 8 * r.randrange(512),)
+        if op == "reclaim":
+            return op, ()
         if op == "madvise":            # sometimes a large arena's worth (malloc trim)
+            if r.random() < 0.1:
+                block = self._block()
+                if block:
+                    return op, block
             return op, self._range(512 if r.random() < 0.25 else 64)
         if op == "munmap":
             if r.random() < 0.1:       # a whole 2 MiB block: its page table gets freed
-                base = self._page() & ~(BLOCK - 1)
-                if base >= self.g.window_base and base + BLOCK <= self.g.window_end:
-                    return op, (base, BLOCK)
+                block = self._block()
+                if block:
+                    return op, block
             return op, self._range(1024 if r.random() < 0.1 else 128)
         if op == "mprotect":
             va, n = self._range(128)
