@@ -37,8 +37,10 @@ static void ipi_do_work(uint64_t work)
 {
 	if ((work & SPF_IPI_FLUSH_TLB) && spf_me.flush_p) {
 		uint64_t *w = spf_me.flush_p;
+		/* In order: each entry's valid word (its first) is cleared before its other
+		 * words, which is what lets a remote reader tell a torn entry. */
 		for (uint64_t i = 0; i < spf_me.flush_len / 8; i++)
-			__atomic_store_n(&w[i], 0, __ATOMIC_RELAXED);
+			__atomic_store_n(&w[i], 0, __ATOMIC_RELEASE);
 		struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 		__atomic_fetch_add(&me->flush_gen, 1, __ATOMIC_RELEASE);
 	}

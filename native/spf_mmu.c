@@ -40,10 +40,13 @@ void spf_tlb_fill(struct spf_tlb_entry *tlb, uint64_t nentries, uint64_t va, uin
 	uint64_t vpn = va >> 12;
 	struct spf_tlb_entry *e = &tlb[vpn & (nentries - 1)];
 	spf_insn_begin();
+	/* The tag is cleared first and set last, so a remote reader (the checkers) that reads
+	 * the tag before and after the other words never accepts a torn entry. */
 	__atomic_store_n(&e->tag, 0, __ATOMIC_RELAXED);
-	e->data = (pfn << 12) | (writable ? SPF_TLB_RW : 0);
-	e->gen = gen;
-	e->va = va & ~0xfffull;
-	__atomic_store_n(&e->tag, (vpn << 1) | 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(&e->data, (pfn << 12) | (writable ? SPF_TLB_RW : 0), __ATOMIC_RELAXED);
+	__atomic_store_n(&e->gen, gen, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->va, va & ~0xfffull, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->tag, (vpn << 1) | 1, __ATOMIC_RELEASE);
 	spf_insn_end();
 }

@@ -77,7 +77,7 @@ CATALOGUE = [
          "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
-        ("stale_pte", "pt_lost_ptes", "frame_leak", "pte_prot", "rss"),
+        ("stale_pte", "pt_lost_ptes", "pt_uaf", "frame_leak", "pte_prot", "rss", "stale_tlb"),
         "the speculative fault does not re-check mmap_seq once it holds the ptl",
         {"fault_mode": "spf,classic", "delay": 0.05, "delay_max_us": 2000.0,
          "delay_points": ("spf_before_ptl",)}),
@@ -94,6 +94,15 @@ CATALOGUE = [
         ("pt_uaf",),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf", "delay": 0.05, "delay_max_us": 3000.0,
+         "delay_points": ("spf_before_ptl",)}),
+    Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
+        "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
+        "without mmap_lock) and nobody noticed",
+        ("pt_lost_ptes", "pt_uaf", "rss", "frame_leak"),
+        "the speculative fault does not re-check the pmd once it holds the ptl, so it "
+        "commits into a table that DONTNEED just reclaimed",
+        {"fault_mode": "spf", "reclaim": "ptreclaim", "table_free": "rcu",
+         "workload": "faults", "delay": 0.05, "delay_max_us": 1000.0,
          "delay_points": ("spf_before_ptl",)}),
     Bug("spf_ptl_spin", "SPF step 6: spin_trylock(ptl)",
         "bug class 9: an IRQs-off walker spins on the ptl that zap_pte_range holds while "

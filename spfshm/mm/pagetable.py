@@ -79,11 +79,13 @@ def assert_table_unreferenced(mm, t):
     """No CPU's paging-structure cache may still hold a table being freed (KASAN-style
     assertion: under a correct protocol the flush or grace period removed them all)."""
     pwc = mm.pwcs
-    hit = (pwc[:, :, 0] & 1 == 1) & ((pwc[:, :, 1] & 0xFFFFFFFF) == t) \
-        & ((pwc[:, :, 1] >> 32) == (int(mm.pt_gen[t]) & GEN_MASK))
+    k1 = pwc[:, :, 0].copy()                 # key, value, key: see tlb.tlb_snapshot
+    val = pwc[:, :, 1].copy()
+    hit = (k1 & 1 == 1) & (pwc[:, :, 0] == k1) & ((val & 0xFFFFFFFF) == t) \
+        & ((val >> 32) == (int(mm.pt_gen[t]) & GEN_MASK))
     if hit.any():
         cpu, slot = (int(x[0]) for x in np.nonzero(hit))
-        mm.report("pt_uaf", "free_pgtables", int(pwc[cpu, slot, 0] >> 1) << 21, t,
+        mm.report("pt_uaf", "free_pgtables", int(k1[cpu, slot] >> 1) << 21, t,
                   int(mm.pt_level[t]), cpu)
 
 
@@ -151,7 +153,8 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
         if level == PMD and use_pwc:
             mm.delay("hw_walk")
         if level == stop:
-            if use_pwc and level == PTE:
+            if use_pwc and level == PTE:       # key cleared first, set last
+                slot[0] = 0
                 slot[1] = t | (tag << 32)
                 slot[0] = (block << 1) | 1
             return t, e, tag

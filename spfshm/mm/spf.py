@@ -14,6 +14,10 @@ section 3), as the patches do it.  No mmap_lock: mmap_seq validates what was rea
   6. __pte_map_lock: walk_begin; mmap_seq unchanged ("seq_changed"); pmd_same(*pmd,
      orig_pmd) ("pmd_changed"); spin_trylock(ptl) ("ptl_busy": never spin with IRQs off,
      zap holds the ptl while it waits for our ack); mmap_seq again; walk_end
+  6b. once page tables can go away without mmap_lock write (PT_RECLAIM at DONTNEED,
+     retract_page_tables), pmd_same must also be checked under the ptl: a reclaimer
+     clears the pmd while holding this ptl, so a pmd that still matches then is ours
+     (the answer to the seed thread's question, and what pte_offset_map_lock does)
   7. commit the PTE if still none, unlock
 Any abort returns its reason; the caller falls back to the classical fault.
 
@@ -127,6 +131,9 @@ def __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t):
     if not check_table(mm, t, entry_gen(orig_pmd), PTE, "spf_walk", va):
         native.spin_unlock(ptl)          # the ptl lives in the table's page descriptor
         return "uaf"
+    if int(mm.pt[pmd_t, index(va, PMD)]) != orig_pmd and not bugs.on("spf_skip_pmd_same"):
+        native.spin_unlock(ptl)          # pmd_same again, under the ptl: see step 6b
+        return "pmd_changed"
     if not bugs.on("spf_skip_final_seq_check") and native.seq_read_retry(mm.mmap_seq, seq):
         native.spin_unlock(ptl)
         return "seq_changed"

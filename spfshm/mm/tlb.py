@@ -71,21 +71,32 @@ def flush_tlb_all(mm):
     mm.count("tlb_flush")
 
 
+def tlb_snapshot(mm):
+    """Every CPU's TLB entries as (valid, data, gen, va), read while they change: an entry
+    counts only if its tag read the same before and after its other words.  Every
+    change of an entry (a fill, a flush) clears the tag first and sets it last, so a
+    torn read never passes."""
+    ents = mm.tlbs
+    t1 = ents[:, :, 0].copy()
+    data, gen, va = ents[:, :, 1].copy(), ents[:, :, 2].copy(), ents[:, :, 3].copy()
+    valid = (t1 & 1 == 1) & (ents[:, :, 0] == t1)
+    return valid, data, gen, va
+
+
 def assert_no_translation(mm, frames):
     """KASAN-style assertion before frames are freed: no CPU's TLB may still translate to
     them (this incarnation).  Exact under a correct protocol: the PTEs were cleared
     before the flush, and a walker that read one had IRQs off, so its fill was flushed."""
     if not frames:
         return
-    ents = mm.tlbs
-    valid = ents[:, :, 0] & 1 == 1
-    pfn = (ents[:, :, 1] >> 12).astype(np.int64)
+    valid, data, gen, va = tlb_snapshot(mm)
+    pfn = (data >> 12).astype(np.int64)
     hit = valid & np.isin(pfn, frames)
     if hit.any():
-        hit &= ents[:, :, 2] == mm.frame_gen[np.where(hit, pfn, 0)]
+        hit &= gen == mm.frame_gen[np.where(hit, pfn, 0)]
         for cpu, slot in zip(*np.nonzero(hit)):
             f = int(pfn[cpu, slot])
-            mm.report("frame_uaf", "zap", int(ents[cpu, slot, 3]), int(ents[cpu, slot, 2]),
+            mm.report("frame_uaf", "zap", int(va[cpu, slot]), int(gen[cpu, slot]),
                       int(mm.frame_gen[f]), f)
             return
 
@@ -93,12 +104,11 @@ def assert_no_translation(mm, frames):
 def assert_no_writable(mm, start, end):
     """After a permission downgrade's flush: no CPU may still hold a writable translation
     in [start, end) (a refill after the flush reads the new, read-only PTE)."""
-    ents = mm.tlbs
-    va = ents[:, :, 3]
-    hit = (ents[:, :, 0] & 1 == 1) & (ents[:, :, 1] & 2 == 2) & (va >= start) & (va < end)
+    valid, data, _, va = tlb_snapshot(mm)
+    hit = valid & (data & 2 == 2) & (va >= start) & (va < end)
     for cpu, slot in zip(*np.nonzero(hit)):
-        mm.report("stale_tlb", "mprotect", int(va[cpu, slot]),
-                  int(ents[cpu, slot, 1] >> 12), 1, cpu)
+        mm.report("stale_tlb", "mprotect", int(va[cpu, slot]), int(data[cpu, slot] >> 12), 1,
+                  cpu)
         return
 
 
