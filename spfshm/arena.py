@@ -57,7 +57,7 @@ class Arena:
     def __init__(self, layout, linger=False, name=None):
         self.layout = layout
         if name is None:
-            _check_fits(layout.size)
+            check_fits(layout.size)
             name = "spfshm_" + secrets.token_hex(8)
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=layout.size)
             self.owner = True
@@ -109,7 +109,8 @@ class Arena:
         self.shm = None
 
 
-def _check_fits(size):
+def check_fits(size):
+    """ArenaError unless a segment of ``size`` bytes fits in available memory."""
     import psutil
     avail = psutil.virtual_memory().available
     if size > avail * MAX_FRACTION_OF_RAM:

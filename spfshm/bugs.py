@@ -75,6 +75,12 @@ CATALOGUE = [
         "after the flush, speculative walkers with IRQs off",
         {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi",
          "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
+    Bug("mmap_unlock_leak", "mmap_write_unlock on an error path",
+        "a lock leaked on an error path (the hang every runner must survive: the "
+        "watchdog names the holder and ends the run)",
+        ("hang",),
+        "one mmap_write_unlock in a hundred forgets up_write: every other CPU blocks",
+        {"stall_timeout": 3.0}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
         ("stale_pte", "pt_lost_ptes", "pt_uaf", "frame_leak", "pte_prot", "rss", "stale_tlb"),

@@ -108,6 +108,12 @@ def add_config_args(p):
                         "protocol points; 0 turns perturbation off" % d.delay_max_us)
     p.add_argument("--delay-points", type=lambda v: tuple(x for x in v.split(",") if x),
                    default=(), metavar="A,B", help="restrict --delay to these points")
+    p.add_argument("--stall-timeout", type=pos_float, default=d.stall_timeout, metavar="SEC",
+                   help="a CPU without progress this long ends the run as a hang (exit 3)")
+    p.add_argument("--kill-worker", type=_number(float, 0, False), default=d.kill_worker,
+                   metavar="P", help="fault injection: chance per 50 ms to SIGKILL a CPU")
+    p.add_argument("--artifacts", default=d.artifacts, metavar="DIR",
+                   help="where failure artifacts go (default: ./%s)" % d.artifacts)
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
 
 
@@ -121,6 +127,8 @@ def config_from_args(a):
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
+                  stall_timeout=a.stall_timeout, kill_worker=a.kill_worker,
+                  artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, pin=not a.no_pin)
 
@@ -163,12 +171,24 @@ def cmd_stress(args):
     from .run.progress import Progress
     from .run.report import summary, write_json
     from .run.runner import run_stress
+    from .run import artifacts
     try:
         cfg = config_from_args(args).resolved()
+        artifacts.check_writable(cfg.artifacts)
     except ConfigError as e:
         raise UsageError(str(e))
+    except PermissionError as e:
+        raise UsageError("--artifacts: %s" % e)
+    from .arena import ArenaError, check_fits
+    from .run.runner import RunState
+    size = RunState.layout_for(cfg).size
+    try:
+        check_fits(size)
+    except ArenaError as e:
+        raise UsageError("%s (lower --cpus or --window-pages)" % e)
     if not args.quiet:
         print("spfshm stress: %s" % cfg.repro(), flush=True)
+        print("arena: %.1f MiB (%s)" % (size / 2**20, RunState.geometry_text(cfg)), flush=True)
     prog = Progress(args.quiet)
     rep = run_stress(cfg, prog)
     prog.done()

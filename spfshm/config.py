@@ -40,6 +40,9 @@ class Config:
     delay: float = 0.0             # perturbation: probability of a pause at each named point
     delay_max_us: float = 200.0
     delay_points: tuple = ()       # empty: every point
+    stall_timeout: float = 20.0    # a CPU without progress this long is a hang (exit 3)
+    kill_worker: float = 0.0       # fault injection: chance per 50 ms tick to SIGKILL a CPU
+    artifacts: str = "spfshm-artifacts"   # where failure artifacts go (not in repro)
     pin: bool = True
 
     def resolved(self):
@@ -93,6 +96,10 @@ class Config:
         need(self.tlb_entries in (8, 16, 32, 64, 128, 256, 512),
              "--tlb-entries must be a power of two in 8..512, got %d" % self.tlb_entries)
         need(self.ipi_timeout > 0, "--ipi-timeout must be positive")
+        need(self.stall_timeout > 0, "--stall-timeout must be positive, got %g"
+             % self.stall_timeout)
+        need(0 <= self.kill_worker <= 1, "--kill-worker must be a probability in [0, 1], "
+             "got %g" % self.kill_worker)
         need(0 <= self.delay <= 1, "--delay probability must be in [0, 1], got %g" % self.delay)
         need(0 < self.delay_max_us <= 1e6,
              "--delay MAX_US must be in (0, 1000000], got %g" % self.delay_max_us)
@@ -146,6 +153,10 @@ class Config:
             a += ["--reclaim", self.reclaim]
         if self.reclaimer:
             a += ["--reclaimer"]
+        if self.stall_timeout != Config.stall_timeout:
+            a += ["--stall-timeout", "%g" % self.stall_timeout]
+        if self.kill_worker:
+            a += ["--kill-worker", "%g" % self.kill_worker]
         if self.workload != Config.workload:
             a += ["--workload", self.workload]
         if self.ipi_timeout != Config.ipi_timeout:

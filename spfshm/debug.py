@@ -40,6 +40,7 @@ KINDS = {
                             "mm_lock_seq {a2})",
     "vma_unlocked_change": "VMA #{a0} changed under a fault that holds it locked "
                            "(prot {a1} when copied, {a2} now)",
+    "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
     "fault_loop": "fault at {va:#x} did not make progress after {a0} tries",
@@ -53,7 +54,7 @@ KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
          "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
-         "pervma", "ptl", "ipi_timeout", "split_vma"]
+         "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

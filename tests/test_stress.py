@@ -43,12 +43,14 @@ def test_fast_paths_clean_with_perturbation(mode, table_free, walk):
 
 
 @pytest.mark.parametrize("bug", [b.name for b in CATALOGUE])
-def test_busted_variant_is_caught(bug):
+def test_busted_variant_is_caught(bug, tmp_path):
     expect = {b.name: b.expect for b in CATALOGUE}[bug]
-    rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=(bug,), check_every=0.2)
-                     .resolved())
+    rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=(bug,), check_every=0.2,
+                            artifacts=str(tmp_path)).resolved())
     kinds = {v["kind"] for v in rep["violations"]}
-    assert rep["exit_code"] == 1 and kinds & set(expect), (kinds, rep["errors"])
+    assert rep["exit_code"] == (3 if "hang" in expect else 1) and kinds & set(expect), \
+        (kinds, rep["errors"])
+    assert rep["artifacts"].startswith(str(tmp_path))
     assert "--bug %s" % bug in rep["repro"]
 
 
@@ -67,10 +69,11 @@ def test_cli_stress_json_and_exit_code(tmp_path):
     assert "SUCCESS" in r.stdout
 
 
-def test_cli_stress_bug_prints_repro():
+def test_cli_stress_bug_prints_repro(tmp_path):
     r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--cpus", "2",
                         "--duration", "60", "--bug", "rss_no_dec", "--check-every", "0.2",
-                        "--quiet"], capture_output=True, text=True, timeout=300)
+                        "--quiet", "--artifacts", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "VIOLATION rss@sweep" in r.stdout
     assert "re-run: spfshm stress --cpus 2 --seed 1" in r.stdout and "--bug rss_no_dec" in r.stdout

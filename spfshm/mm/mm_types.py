@@ -14,6 +14,8 @@ Lock table (Documentation/mm/process_addrs.rst style): which lock protects what.
 | frame refcount/mapcount        | ptl of the PTE that maps it            | sweeps                        |
 | RSS counters                   | per CPU, owner only                    | sweeps (sum)                  |
 """
+import random
+
 import numpy as np
 
 from .. import debug, native
@@ -134,6 +136,8 @@ class MM:
         self.waiting = arena["waiting"][cpu]
         self.waiting_all = arena["waiting"]
         self.walk_rcu = cfg.walk_mode() == "rcu"
+        leak = random.Random("spfshm-leak:%d:%d" % (cfg.seed, cpu))
+        self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.ipi_hist = arena["ipi_hist"][cpu]

@@ -8,18 +8,33 @@ the one before the even increment with its acquire read at the start.
 from .. import native
 
 
+# What this CPU waits for and holds, published in its own arena line for hang dumps
+# (mm.waiting: [0] ptl table + 1, [1] rwsem being waited for, [2] its VMA, [3] mmap_lock
+# held for read, [4] held for write).
+WAIT_MMAP_READ, WAIT_MMAP_WRITE, WAIT_VMA_WRITE = 1, 2, 3
+
+
 def mmap_read_lock(mm):
+    w = mm.waiting
+    w[1] = WAIT_MMAP_READ
     waited = native.lib.spf_down_read(mm.mmap_lock)
+    w[1] = 0
+    w[3] = 1
     if waited:
         mm.count("mmap_lock_wait_ns", waited)
 
 
 def mmap_read_unlock(mm):
+    mm.waiting[3] = 0
     native.lib.spf_up_read(mm.mmap_lock)
 
 
 def mmap_write_lock(mm):
+    w = mm.waiting
+    w[1] = WAIT_MMAP_WRITE
     waited = native.lib.spf_down_write(mm.mmap_lock, mm.cpu)
+    w[1] = 0
+    w[4] = 1
     if waited:
         mm.count("mmap_lock_wait_ns", waited)
     native.seq_write_begin(mm.mmap_seq)
@@ -28,6 +43,9 @@ def mmap_write_lock(mm):
 def mmap_write_unlock(mm):
     vma_end_write_all(mm)
     native.seq_write_end(mm.mmap_seq)
+    mm.waiting[4] = 0
+    if mm.bugs.on("mmap_unlock_leak") and mm.rng_leak():
+        return                          # BUSTED: an error path forgets the unlock
     native.lib.spf_up_write(mm.mmap_lock)
 
 
@@ -81,7 +99,9 @@ def vma_start_write(mm, vid):
     if native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == seq:
         return                                                              # already ours
     lock = mm.vma_lock(vid)
+    mm.waiting[1], mm.waiting[2] = WAIT_VMA_WRITE, vid
     native.lib.spf_down_write(lock, mm.cpu)                                 # (1)
+    mm.waiting[1] = 0
     native.store_relaxed(mm.vm_lock_seq_ptr(vid), seq)
     native.lib.spf_up_write(lock)                                           # RELEASE
 

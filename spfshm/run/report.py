@@ -21,6 +21,11 @@ def _hist_percentile(hist, q):
     return round(2 ** ((k + 1) / 4.0) - 1, 1)
 
 
+def signal_name(signum):
+    import signal
+    return signal.Signals(signum).name if signum else None
+
+
 def delay_hits(arena, ncpus):
     """Perturbation pauses taken, per named point (every point listed, hit or not)."""
     from ..mm.perturb import POINT_NAMES
@@ -42,8 +47,12 @@ def build_report(st, stress, elapsed):
                       + rows[:, STATS.index("pervma_ok")]).tolist()
     hist = arena["ipi_hist"].sum(axis=0)
     viols = debug.collect(arena)
-    exit_code = 3 if stress.errors and stress.errors != ["interrupted"] else \
-        (1 if viols else 0)
+    if stress.interrupted:
+        exit_code = 128 + stress.interrupted
+    elif stress.errors or stress.hang:
+        exit_code = 3
+    else:
+        exit_code = 1 if viols else 0
     aborts = {r: t["spf_abort_" + r] for r in SPF_ABORTS if t["spf_abort_" + r]}
     spf_tries = t["spf_ok"] + sum(aborts.values())
     pervma_tries = t["pervma_ok"] + t["pervma_fallback"]
@@ -83,6 +92,9 @@ def build_report(st, stress, elapsed):
         "arena_bytes": st.layout.size,
         "errors": stress.errors,
         "notes": stress.notes,
+        "kills": stress.kills,
+        "hang_dump": stress.hang,
+        "interrupted": signal_name(stress.interrupted),
         "elapsed_s": round(elapsed, 3),
         "repro": cfg.repro(),
         "exit_code": exit_code,
@@ -124,10 +136,14 @@ def summary(rep):
                      % (v["signature"], v["cpu"], v["va"], v["detail"]))
     if rep["violation_count"] > 20:
         lines.append("... %d violations in all" % rep["violation_count"])
+    for d in rep["hang_dump"] or ():
+        lines.append(d)
     verdict = {0: "SUCCESS", 1: "FAILURE: violations", 3: "FAILURE: hang/crash/internal"}
-    lines.append("--- End of test: %s (exit %d) ---" % (verdict[rep["exit_code"]],
-                                                        rep["exit_code"]))
-    if rep["exit_code"]:
+    v = verdict.get(rep["exit_code"], "INTERRUPTED by %s (partial results)" % rep["interrupted"])
+    lines.append("--- End of test: %s (exit %d) ---" % (v, rep["exit_code"]))
+    if rep.get("artifacts"):
+        lines.append("artifacts: %s" % rep["artifacts"])
+    if rep["exit_code"] in (1, 3):
         lines.append("re-run: %s" % rep["repro"])
     return "\n".join(lines)
 

@@ -4,6 +4,9 @@ Control words (``ctl``): [0] stop, [1] pause request for a sweep, [2] CPUs parke
 A CPU checks them between operations only, so a sweep sees no operation in flight; a
 parked CPU sleeps with IRQs on, so it still acks IPIs and holds no RCU read side.
 """
+import os
+import random
+import signal
 import time
 
 import numpy as np
@@ -19,11 +22,14 @@ from ..mm.mm_types import MM, STAT, Geometry, mm_init
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
+from . import artifacts
+from .watchdog import HB_OP, HB_SEQ, OPS, StallMonitor, dump_cpu, format_dump, holds_anything
 from .workers import WorkerError, Workers
+
+OP_INDEX = {op: i for i, op in enumerate(OPS)}
 from .workload import Workload, initial_layout
 
 STOP, PAUSE, PARKED = 0, 1, 2
-PARK_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
@@ -38,12 +44,24 @@ class RunState:
         self.g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
         self.bugs = Bugs(cfg.bugs)
         n = cfg.cpus
-        self.layout = Layout(smp_regions(n + 1) + mm_types.regions(self.g)
-                             + [("ctl", np.uint64, 8)])
+        self.layout = self.layout_for(cfg)
         self.arena = Arena(self.layout)
         self.smp = Smp(self.arena, n + 1)
         self.ctl = self.arena["ctl"]
         self.vmpte_kb_peak = self.vmpte_kb_end = 0
+
+    @staticmethod
+    def layout_for(cfg):
+        g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
+        n = cfg.cpus
+        return Layout(smp_regions(n + 1) + mm_types.regions(g)
+                      + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8))])
+
+    @staticmethod
+    def geometry_text(cfg):
+        g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
+        return "window %d pages at %#x, %d page tables, %d frames, %d VMA records" % (
+            g.window_pages, g.window_base, g.ntables, g.nframes, g.nvmas)
 
     def mm_for(self, cpu):
         return MM(self.arena, self.g, self.cfg, self.bugs, cpu)
@@ -89,13 +107,17 @@ def worker_main(st, cpu):
     limit = st.cfg.ops or (1 << 62)
     local = mm.local
     i_ops = STAT["ops"]
+    hb = st.arena["heartbeat"][cpu]
     n = 0
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
             _park(ctl, parked)
         op, args = wl.next()
+        hb[HB_OP] = OP_INDEX[op]
+        hb[HB_SEQ] += 1                       # odd: inside an operation
         try:
             res = run_op(mm, c, op, args)
+            hb[HB_SEQ] += 1
         except Deadlock:
             # Recorded; locks are held and a partner is stuck: leave without cleaning up,
             # the runner kills the rest.
@@ -147,17 +169,21 @@ class Stress:
         self.checked = 0
         self.errors = []
         self.notes = []
+        self.kills = []
+        self.hang = None
+        self.interrupted = 0
 
     def _sweep(self, st, workers, mm):
         """Stop the world, sweep, resume.  False if the CPUs never all parked."""
         ctl = st.ctl
         ctl[PAUSE] = 1
-        deadline = time.monotonic() + PARK_TIMEOUT_S
+        deadline = time.monotonic() + self.cfg.stall_timeout
+        hb = st.arena["heartbeat"][:, HB_SEQ]
         while int(ctl[PARKED]) < len(workers.poll()):
             if time.monotonic() > deadline:
                 ctl[PAUSE] = 0
-                self.errors.append("CPUs did not park for a sweep within %.0fs"
-                                   % PARK_TIMEOUT_S)
+                unparked = [c for c in workers.poll() if hb[c] & 1]
+                self._report_hang(st, mm, unparked or workers.poll())
                 return False
             time.sleep(0.0005)
         self.checked += sweep(mm)
@@ -177,34 +203,54 @@ class Stress:
             mm.report = sweeper.report
             workers = Workers(st.smp, cfg.cpus, lambda cpu: worker_main(st, cpu), pin=cfg.pin)
             workers.start()
+            old = {sig: signal.signal(sig, self._on_signal(workers))
+                   for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 self._drive(st, workers, mm, t0)
-            except KeyboardInterrupt:
-                self.errors.append("interrupted")
-                st.ctl[STOP] = 1
-                st.ctl[PAUSE] = 0
-                workers.join(STOP_TIMEOUT_S)
-                raise
             finally:
                 workers.kill()
+                for sig, h in old.items():
+                    signal.signal(sig, h)
+            killed = {k["cpu"] for k in self.kills}
             crashed = {c: s for c, s in workers.status.items() if s != 0}
-            if debug.total(st.arena) == 0:
+            if debug.total(st.arena) == 0 and not self.interrupted:
                 for c, s in sorted(crashed.items()):
-                    self.errors.append("CPU %d exited with status %d" % (c, s))
+                    if c not in killed:
+                        self.errors.append("CPU %d exited with status %d" % (c, s))
+            if not any(k["run_continued"] is False for k in self.kills) and \
+                    set(crashed) <= {k["cpu"] for k in self.kills if k["run_continued"]}:
+                crashed = {}
             if not crashed and debug.total(st.arena) == 0:
                 self.checked += sweep(mm)     # after a violation the state is moot
                 self.sweeps += 1
             st.vmpte_kb_end = 4 * pt_pages(mm)
             st.vmpte_kb_peak = max(st.vmpte_kb_peak, st.vmpte_kb_end)
-            return self._result(st, time.monotonic() - t0)
+            rep = self._result(st, time.monotonic() - t0)
+            if rep["exit_code"] != 0:
+                try:
+                    rep["artifacts"] = artifacts.write(st, rep, self.cfg.artifacts)
+                except OSError as e:
+                    self.notes.append("could not write artifacts: %s" % e)
+            return rep
         finally:
             st.close()
+
+    def _on_signal(self, workers):
+        """First SIGINT/SIGTERM: stop, report what was done.  Second: leave at once."""
+        def handler(signum, frame):
+            if self.interrupted:
+                workers.kill()
+                os._exit(128 + signum)
+            self.interrupted = signum
+        return handler
 
     def _drive(self, st, workers, mm, t0):
         cfg = self.cfg
         ctl = st.ctl
         deadline = None if cfg.ops else t0 + cfg.duration
         next_sweep = t0 + cfg.check_every if cfg.check_every else None
+        monitor = StallMonitor(st, cfg.stall_timeout)
+        killer = random.Random("spfshm-kill:%d" % cfg.seed)
         while True:
             time.sleep(0.05)
             now = time.monotonic()
@@ -212,23 +258,77 @@ class Stress:
             if not running:
                 break
             violated = debug.total(st.arena) > 0
-            if violated or (deadline and now >= deadline) or len(running) < cfg.cpus:
+            crashed = [c for c, code in workers.status.items()
+                       if code != 0 and c not in [k["cpu"] for k in self.kills]]
+            stop = violated or (deadline and now >= deadline) or self.interrupted or crashed
+            if not stop and cfg.kill_worker and killer.random() < cfg.kill_worker:
+                stop = self._kill_one(st, workers, killer)
+            if not stop:
+                stuck = monitor.stuck(now, running)
+                if stuck:
+                    self._report_hang(st, mm, stuck)
+                    workers.kill()
+                    break
+            if stop:
                 ctl[STOP] = 1
                 ctl[PAUSE] = 0
+                grace = VIOLATION_GRACE_S if (violated or self.kills or self.interrupted) \
+                    else STOP_TIMEOUT_S
                 try:
-                    workers.join(VIOLATION_GRACE_S if violated else STOP_TIMEOUT_S)
+                    workers.join(grace)
                 except WorkerError as e:
-                    if violated:
-                        self.notes.append("after the violation: %s" % e)
+                    if violated or self.kills or self.interrupted:
+                        self.notes.append("at the end: %s" % e)
                     else:
-                        self.errors.append("CPUs did not stop within %.0fs (hang)"
-                                           % STOP_TIMEOUT_S)
+                        self.errors.append("CPUs did not stop within %.0fs (hang)" % grace)
                 break
             if next_sweep and now >= next_sweep:
                 if not self._sweep(st, workers, mm):
-                    ctl[STOP] = 1
+                    workers.kill()
+                    break
+                monitor.reset(time.monotonic())
                 next_sweep = time.monotonic() + cfg.check_every
             self.progress(st, now - t0, self.sweeps)
+
+    def _kill_one(self, st, workers, rng):
+        """--kill-worker: SIGKILL a random running CPU.  Returns True when the run must
+        end (the CPU died inside an operation or holding something: the model cannot
+        recover its half-done work), False when it continues without it."""
+        running = workers.poll()
+        if len(running) < 2:
+            return False
+        cpu = rng.choice(running)
+        os.kill(workers.pids[cpu], signal.SIGKILL)
+        d = dump_cpu(st, cpu)          # as it died: the lock words and its line stay
+        while cpu in workers.poll():
+            time.sleep(0.001)
+        fatal = holds_anything(d)
+        self.kills.append({"cpu": cpu, "in_op": d["in_op"], "holds": d["holds"],
+                           "irqs_off": bool(d["irq_depth"]), "rcu_reader": d["in_rcu_reader"],
+                           "ipi_unacked": d["ipi_unacked"], "run_continued": not fatal})
+        what = "%s; holding %s%s%s" % (
+            "in %s" % d["in_op"] if d["in_op"] else "between operations",
+            ", ".join(d["holds"]) or "no lock",
+            ", IRQs off" if d["irq_depth"] else "",
+            ", inside an RCU read-side section" if d["in_rcu_reader"] else "")
+        if fatal:
+            self.errors.append("CPU %d was killed (--kill-worker) %s: the run cannot "
+                               "continue" % (cpu, what))
+        else:
+            self.notes.append("CPU %d was killed (--kill-worker) %s; the run continued "
+                              "without it" % (cpu, what))
+        return fatal
+
+    def _report_hang(self, st, mm, stuck):
+        secs = self.cfg.stall_timeout
+        dumps = [dump_cpu(st, c) for c in range(self.cfg.cpus)]
+        self.hang = [format_dump(d) for d in dumps]
+        for c in stuck:
+            d = dumps[c]
+            mm.report("hang", "watchdog", 0, c, int(secs * 1000), 0)
+            self.errors.append("hang: CPU %d made no progress for %.0fs (%s; waits for %s)"
+                               % (c, secs, "in %s" % d["in_op"] if d["in_op"] else "idle",
+                                  ", ".join(d["waits_for"]) or "nothing"))
 
     def _result(self, st, elapsed):
         from .report import build_report

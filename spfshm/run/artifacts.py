@@ -1,0 +1,56 @@
+"""The failure artifact: a directory a person (or ``spfshm replay``) can work from.
+
+  config.json    every parameter, the seed and the version
+  report.json    the full report (violations, counters, errors)
+  violations.txt one line per violation, with its signature
+  dump.txt       per CPU: what it was doing, holds, waits for, IRQ/RCU state, last events
+  timeline.txt   one column per CPU, one row per event in global order, around the first
+                 violation (or the end)
+  repro.txt      the command that re-runs it
+"""
+import json
+import os
+import tempfile
+import time
+
+from .. import __version__
+from .events import timeline
+from .watchdog import dump_cpu, format_dump
+
+
+def check_writable(root):
+    """Usage check before a run: the artifact root can be created and written (tried for
+    real: permission bits say nothing to root, or about /proc)."""
+    base = os.path.abspath(root)
+    while not os.path.exists(base):              # created on the first failure, not now
+        base = os.path.dirname(base)
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".spfshm-probe-"))
+    except OSError as e:
+        raise PermissionError("artifact directory %r is not writable (%s)"
+                              % (root, e.strerror or e))
+
+
+def write(st, rep, root):
+    cfg = st.cfg
+    d = os.path.join(root, "%s-seed%d-%d" % (time.strftime("%Y%m%d-%H%M%S"), cfg.seed,
+                                             os.getpid()))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(dict(cfg.to_dict(), version=__version__), f, indent=2)
+    with open(os.path.join(d, "report.json"), "w") as f:
+        json.dump(rep, f, indent=2)
+    with open(os.path.join(d, "violations.txt"), "w") as f:
+        for v in rep["violations"]:
+            f.write("%s CPU %d va %#x: %s\n" % (v["signature"], v["cpu"], v["va"], v["detail"]))
+        for e in rep["errors"]:
+            f.write("ERROR: %s\n" % e)
+    with open(os.path.join(d, "dump.txt"), "w") as f:
+        for c in range(cfg.cpus):
+            f.write(format_dump(dump_cpu(st, c, nevents=64)) + "\n\n")
+    first = rep["violations"][0]["stamp"] if rep["violations"] else None
+    with open(os.path.join(d, "timeline.txt"), "w") as f:
+        f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first)) + "\n")
+    with open(os.path.join(d, "repro.txt"), "w") as f:
+        f.write(cfg.repro() + "\n")
+    return d
