@@ -112,6 +112,10 @@ def add_config_args(p):
                    help="a CPU without progress this long ends the run as a hang (exit 3)")
     p.add_argument("--kill-worker", type=_number(float, 0, False), default=d.kill_worker,
                    metavar="P", help="fault injection: chance per 50 ms to SIGKILL a CPU")
+    p.add_argument("--kill-at", default=d.kill_at, metavar="WHEN",
+                   help="with --kill-worker, wait (up to 0.5 s) for the victim to be: any, idle "
+                        "(between operations), lock (holding a lock), rcu (in a read-side "
+                        "section), irqs-off")
     p.add_argument("--artifacts", default=d.artifacts, metavar="DIR",
                    help="where failure artifacts go (default: ./%s)" % d.artifacts)
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
@@ -127,7 +131,7 @@ def config_from_args(a):
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
-                  stall_timeout=a.stall_timeout, kill_worker=a.kill_worker,
+                  stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, pin=not a.no_pin)

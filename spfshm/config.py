@@ -12,6 +12,7 @@ FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("off", "seed", "ptreclaim")
+KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PAGE = 4096
 
 
@@ -42,6 +43,7 @@ class Config:
     delay_points: tuple = ()       # empty: every point
     stall_timeout: float = 20.0    # a CPU without progress this long is a hang (exit 3)
     kill_worker: float = 0.0       # fault injection: chance per 50 ms tick to SIGKILL a CPU
+    kill_at: str = "any"           # ... at a moment when it: any, idle, lock, rcu, irqs-off
     artifacts: str = "spfshm-artifacts"   # where failure artifacts go (not in repro)
     pin: bool = True
 
@@ -98,6 +100,8 @@ class Config:
         need(self.ipi_timeout > 0, "--ipi-timeout must be positive")
         need(self.stall_timeout > 0, "--stall-timeout must be positive, got %g"
              % self.stall_timeout)
+        need(self.kill_at in KILL_AT,
+             "--kill-at must be one of %s, got %r" % (",".join(KILL_AT), self.kill_at))
         need(0 <= self.kill_worker <= 1, "--kill-worker must be a probability in [0, 1], "
              "got %g" % self.kill_worker)
         need(0 <= self.delay <= 1, "--delay probability must be in [0, 1], got %g" % self.delay)
@@ -156,7 +160,7 @@ class Config:
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
         if self.kill_worker:
-            a += ["--kill-worker", "%g" % self.kill_worker]
+            a += ["--kill-worker", "%g" % self.kill_worker, "--kill-at", self.kill_at]
         if self.workload != Config.workload:
             a += ["--workload", self.workload]
         if self.ipi_timeout != Config.ipi_timeout:

@@ -84,6 +84,19 @@ def test_kill_worker_reports_and_ends_clean(tmp_path):
     assert_no_leftovers(pids)
 
 
+def test_killed_idle_cpu_lets_the_run_continue(tmp_path):
+    p = start(["--cpus", "3", "--duration", "6", "--kill-worker", "0.3", "--kill-at", "idle",
+               "--seed", "2", "--json", str(tmp_path / "r.json"), "--quiet"], tmp_path)
+    pids = workers_of(p, 3)
+    out, err = p.communicate(timeout=120)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["kills"] and rep["kills"][0]["in_op"] is None, rep["kills"]
+    assert rep["kills"][0]["run_continued"] and "the run continued" in out
+    assert p.returncode == 0 and rep["violations"] == [], out
+    assert rep["invariant_checks"]["sweeps"] > 0
+    assert_no_leftovers(pids)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_quickly_with_partial_report(tmp_path, sig, code):
     p = start(["--cpus", "3", "--duration", "300", "--json", str(tmp_path / "r.json")],

@@ -105,7 +105,7 @@ def sweep(mm):
         rep("rss", "sweep", 0, rss, present)
 
     # TLBs
-    for cpu in range(g.ncpus):
+    for cpu in np.flatnonzero(mm.online()).tolist():
         tlb = mm.tlbs[cpu]
         for tag, data, gen, va in tlb[tlb[:, 0] & 1 == 1].tolist():
             e = ptes.get(va)

@@ -184,6 +184,10 @@ class MM:
         """The split page table lock of a table (PTE tables: ptl; PMD tables: pmd lock)."""
         return self.ptl_base + table * self.ptl_stride
 
+    def online(self):
+        """Which CPUs are online (a dead or offline CPU holds no translations)."""
+        return self.arena["percpu"]["alive"][:self.g.ncpus] == native.lib.SPF_CPU_ONLINE
+
     def vma_lock(self, vid):
         return native.ffi.cast("struct spf_rwsem *", self.vma_base + vid * VMA_DTYPE.itemsize)
 

@@ -81,7 +81,8 @@ def assert_table_unreferenced(mm, t):
     pwc = mm.pwcs
     k1 = pwc[:, :, 0].copy()                 # key, value, key: see tlb.tlb_snapshot
     val = pwc[:, :, 1].copy()
-    hit = (k1 & 1 == 1) & (pwc[:, :, 0] == k1) & ((val & 0xFFFFFFFF) == t) \
+    hit = (k1 & 1 == 1) & (pwc[:, :, 0] == k1) & mm.online()[:, None] \
+        & ((val & 0xFFFFFFFF) == t) \
         & ((val >> 32) == (int(mm.pt_gen[t]) & GEN_MASK))
     if hit.any():
         cpu, slot = (int(x[0]) for x in np.nonzero(hit))

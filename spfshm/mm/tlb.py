@@ -75,11 +75,11 @@ def tlb_snapshot(mm):
     """Every CPU's TLB entries as (valid, data, gen, va), read while they change: an entry
     counts only if its tag read the same before and after its other words.  Every
     change of an entry (a fill, a flush) clears the tag first and sets it last, so a
-    torn read never passes."""
+    torn read never passes.  A dead CPU's TLB went with it."""
     ents = mm.tlbs
     t1 = ents[:, :, 0].copy()
     data, gen, va = ents[:, :, 1].copy(), ents[:, :, 2].copy(), ents[:, :, 3].copy()
-    valid = (t1 & 1 == 1) & (ents[:, :, 0] == t1)
+    valid = (t1 & 1 == 1) & (ents[:, :, 0] == t1) & mm.online()[:, None]
     return valid, data, gen, va
 
 

@@ -298,6 +298,7 @@ class Stress:
         if len(running) < 2:
             return False
         cpu = rng.choice(running)
+        self._wait_for_kill_point(st, cpu)
         os.kill(workers.pids[cpu], signal.SIGKILL)
         d = dump_cpu(st, cpu)          # as it died: the lock words and its line stay
         while cpu in workers.poll():
@@ -319,6 +320,30 @@ class Stress:
                               "without it" % (cpu, what))
         return fatal
 
+    def _wait_for_kill_point(self, st, cpu, limit_s=0.5):
+        """--kill-at: freeze the victim (SIGSTOP), look at its published state, and leave
+        it frozen if it is where we want it; otherwise let it run a little and look
+        again.  The SIGKILL that follows lands in exactly the state we saw."""
+        want = self.cfg.kill_at
+        pc, w = st.arena["percpu"][cpu], st.arena["waiting"][cpu]
+        ptl = st.arena["pt_meta"]["ptl"]
+        hb = st.arena["heartbeat"][cpu]
+        test = {"any": lambda: True,
+                "idle": lambda: not hb[HB_SEQ] & 1,
+                "irqs-off": lambda: pc["irq_depth"] > 0,
+                "rcu": lambda: pc["rcu_snap"] != 0,
+                "lock": lambda: bool(w[3] or w[4] or (ptl == cpu + 1).any())}[want]
+        pid = int(pc["pid"])
+        deadline = time.monotonic() + limit_s
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            while not _stopped(pid):
+                pass
+            if test() or time.monotonic() > deadline:
+                return
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(random.random() * 0.0002)
+
     def _report_hang(self, st, mm, stuck):
         secs = self.cfg.stall_timeout
         dumps = [dump_cpu(st, c) for c in range(self.cfg.cpus)]
@@ -333,6 +358,14 @@ class Stress:
     def _result(self, st, elapsed):
         from .report import build_report
         return build_report(st, self, elapsed)
+
+
+def _stopped(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "TtZX"
+    except OSError:
+        return True
 
 
 def run_stress(cfg, progress=lambda *a: None):
