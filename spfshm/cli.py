@@ -167,6 +167,35 @@ def build_parser():
     prim.add_argument("--json", type=writable_path, metavar="PATH",
                       help="also write the results as JSON")
     prim.add_argument("--quick", action="store_true", help="fewer rounds (seconds, noisier)")
+    det = bsub.add_parser("detect", help="time to first detection of every busted variant")
+    det.add_argument("--bugs", default="", metavar="A,B", help="these variants (default: all)")
+    det.add_argument("--seeds", type=pos_int, default=5)
+    det.add_argument("--cpus", type=pos_int, default=2)
+    det.add_argument("--max-duration", type=pos_float, default=30.0, metavar="SEC",
+                     help="give up on a seed after this long (default 30)")
+    det.add_argument("--perturbation", choices=("on", "off"), default="on",
+                     help="off: no delay points at all, to measure what they buy")
+    det.add_argument("--json", type=writable_path, metavar="PATH")
+
+    fz = sub.add_parser("fuzz", help="a seed campaign over the correct configurations")
+    fz.add_argument("--seeds", default="0:50", metavar="A:B", help="seeds A..B-1 (default 0:50)")
+    fz.add_argument("--jobs", default="auto", metavar="N",
+                    help="parallel pytest-xdist workers (default auto)")
+    fz.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="run only seeds with (seed - A) %% N == I (CI matrix jobs)")
+    fz.add_argument("--ops", type=pos_int, default=1500, help="operations per CPU per seed")
+    fz.add_argument("--corpus", default=None, metavar="DIR",
+                    help="add new failure signatures here (e.g. stress/corpus)")
+    fz.add_argument("--json", type=writable_path, metavar="PATH",
+                    help="the merged results")
+    fz.add_argument("--merge", nargs="+", metavar="SHARD.json",
+                    help="instead of running: merge shard results (from --json) into one")
+
+    rp = sub.add_parser("replay", help="re-run a failure artifact and measure its hit rate")
+    rp.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
+    rp.add_argument("--repeat", type=pos_int, default=5, metavar="K")
+    rp.add_argument("--cpus", type=pos_int, default=None, help="change the CPU count")
+    rp.add_argument("--json", type=writable_path, metavar="PATH")
     return p
 
 
@@ -200,6 +229,73 @@ def cmd_stress(args):
     if args.json:
         write_json(rep, args.json)
     return rep["exit_code"]
+
+
+def cmd_fuzz(args):
+    import json
+    import subprocess
+    import tempfile
+    from .config import ConfigError
+    from .run import campaign, campaign_tests
+    if args.merge:
+        try:
+            merged = campaign.merge_json(args.merge)
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError("--merge: %s" % e)
+        print("fuzz: merged %d shard(s): %d runs, %d clean, %d failure signature(s)"
+              % (len(args.merge), merged["runs"], merged["clean"], len(merged["failures"])))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(merged, f, indent=2)
+        return EXIT_OK if not merged["failures"] else EXIT_VIOLATIONS
+    try:
+        seeds = campaign.seeds_of(args.seeds, args.shard)
+    except ConfigError as e:
+        raise UsageError(str(e))
+    if not (args.jobs == "auto" or args.jobs.isdigit() and int(args.jobs) > 0):
+        raise UsageError("--jobs must be a positive integer or auto, got %r" % args.jobs)
+    with tempfile.TemporaryDirectory() as results:
+        env = dict(os.environ, SPFSHM_SEEDS=args.seeds, SPFSHM_SHARD=args.shard,
+                   SPFSHM_RESULTS=results, SPFSHM_OPS=str(args.ops))
+        print("fuzz: %d seeds (%s, shard %s), %d ops per CPU, %s jobs"
+              % (len(seeds), args.seeds, args.shard, args.ops, args.jobs), flush=True)
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-n", args.jobs, "--rootdir", os.path.dirname(campaign_tests.__file__),
+                        campaign_tests.__file__], env=env)
+        merged = campaign.merge(results)
+    merged.update(seed_spec=args.seeds, shard=args.shard)
+    print("fuzz: %d runs, %d clean, %d failure signature(s)"
+          % (merged["runs"], merged["clean"], len(merged["failures"])))
+    for sig, f in merged["failures"].items():
+        print("  %s: seeds %s\n    re-run: %s" % (sig, f["seeds"], f["repro"]))
+    if args.corpus:
+        for path in campaign.add_to_corpus(args.corpus, merged):
+            print("  added to the corpus: %s" % path)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(merged, f, indent=2)
+    missing = len(seeds) - merged["runs"]
+    if missing:
+        print("fuzz: %d seed(s) left no result (crashed worker?)" % missing)
+    return EXIT_OK if not merged["failures"] and not missing else EXIT_VIOLATIONS
+
+
+def cmd_replay(args):
+    import json
+    from .config import ConfigError
+    from .run.replay import replay
+    try:
+        r = replay(args.artifact, args.repeat, args.cpus)
+    except ConfigError as e:
+        raise UsageError(str(e))
+    print("replayed %s %d times on %d CPUs: signature %s hit %d/%d (%.0f%%), time to hit "
+          "median %s s, max %s s" % (args.artifact, r["repeat"], r["cpus"], r["signature"],
+                                     r["hits"], r["repeat"], 100 * r["hit_rate"],
+                                     r["time_to_hit_median_s"], r["time_to_hit_max_s"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return EXIT_OK if r["hits"] else EXIT_VIOLATIONS
 
 
 def cmd_diff_kernel(args):
@@ -243,6 +339,17 @@ def main(argv=None):
             from .bugs import format_table
             print(format_table())
             return EXIT_OK
+        if args.command == "bench" and args.bench == "detect":
+            from .bugs import BY_NAME
+            from .bench import detect
+            bad = [b for b in args.bugs.split(",") if b and b not in BY_NAME]
+            if bad:
+                raise UsageError("--bugs: unknown bug %r (see 'spfshm bugs')" % bad[0])
+            return detect.main(args)
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "fuzz":
+            return cmd_fuzz(args)
         if args.command == "bench" and args.bench == "primitives":
             from .bench import primitives
             return primitives.main(args)

@@ -38,8 +38,8 @@ KINDS = {
                 "(VMA #{a0} read as [{a1:#x}, {a2:#x}))",
     "vma_not_write_locked": "VMA #{a0} changed without its write lock (vm_lock_seq {a1}, "
                             "mm_lock_seq {a2})",
-    "vma_unlocked_change": "VMA #{a0} changed under a fault that holds it locked "
-                           "(prot {a1} when copied, {a2} now)",
+    "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
+                           "(prot {a1} in the copy, {a2} now)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",

@@ -93,10 +93,16 @@ def vma_end_read(mm, vid):
     native.lib.spf_up_read(mm.vma_lock(vid))
 
 
+def _seq_eq(mm, a, b):
+    """Sequence counts compared as the kernel does, or (bug ``vma_seq_wrap``) as a 3-bit
+    counter would: one that wrapped looks equal to a value from 8 sections ago."""
+    return (a & 7) == (b & 7) if mm.bugs.on("vma_seq_wrap") else a == b
+
+
 def vma_start_write(mm, vid):
     """Write-lock a VMA until mmap_write_unlock (mmap_lock write held)."""
     seq = native.load_relaxed(mm.mm_lock_seq)
-    if native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == seq:
+    if _seq_eq(mm, native.load_relaxed(mm.vm_lock_seq_ptr(vid)), seq):
         return                                                              # already ours
     lock = mm.vma_lock(vid)
     mm.waiting[1], mm.waiting[2] = WAIT_VMA_WRITE, vid

@@ -21,13 +21,19 @@ def lock_vma_under_rcu(mm, va):
         if vid is None or vid < 0:
             return None
         mm.delay("pervma_lookup")
+        # Bug ``pervma_seq_no_acquire`` emulates what a missing ACQUIRE on the sequence
+        # loads lets a weakly ordered CPU do: satisfy the reads of the VMA before them.
+        early = read_vma(mm, vid, "pervma", va, lockless=True) \
+            if mm.bugs.on("pervma_seq_no_acquire") else None
+        if early is not None:
+            mm.delay("vma_start_read")
         if not vma_start_read(mm, vid):
             return None
     finally:
         native.rcu_read_unlock()
     # Locked, but maybe detached by a write section that ended since our lookup: then it
     # may be waiting for its grace period (not yet freed), which is not a use-after-free.
-    vma = read_vma(mm, vid, "pervma", va, lockless=True)
+    vma = early or read_vma(mm, vid, "pervma", va, lockless=True)
     if vma is None or not vma.start <= va < vma.end or mm.vma[vid]["detached"]:   # 2
         vma_end_read(mm, vid)
         return None

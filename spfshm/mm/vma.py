@@ -121,15 +121,18 @@ def find_vma_rcu(mm, va, site):
     published tree, -1 if none, or None when the tree read was a use-after-free."""
     tree = current_tree(mm)                                            # (b)
     row = mm.vma_tree[tree]
-    if row[0] == TREE_FREE:          # retired and waiting for a grace period is fine
-        mm.report("vma_uaf", site, va, tree, int(row[0]), int(row[2]))
-        return None
-    n = int(row[1])
+    gen = int(row[2])
+    n = min(int(row[1]), MAX_VMAS)
     ends = row[TREE_HDR + 1:TREE_HDR + 3 * n:3]                         # (c)
     i = int(np.searchsorted(ends, va, side="right"))
-    if i < n and int(row[TREE_HDR + 3 * i]) <= va:
-        return int(row[TREE_HDR + 3 * i + 2])
-    return -1
+    found = i < n and int(row[TREE_HDR + 3 * i]) <= va
+    vid = int(row[TREE_HDR + 3 * i + 2]) if found else -1
+    # Retired and waiting for a grace period is fine; freed (or freed and reused) while
+    # we were in it is a use-after-free, whatever we read.
+    if row[0] == TREE_FREE or int(row[2]) != gen or vid >= len(mm.vma):
+        mm.report("vma_uaf", site, va, tree, int(row[0]), int(row[2]))
+        return None
+    return vid
 
 
 def find_vma(mm, va):
@@ -167,7 +170,10 @@ def publish_tree(mm, vmas):
     old = current_tree(mm)
     native.store_release(mm.arena.ptr("mm_words"), new)             # (2)
     mm.vma_tree[old][0] = TREE_PENDING
-    mm.rcu.call_rcu(_tree_free_now, mm, old)                       # (3)
+    if mm.bugs.on("vma_tree_free_no_rcu"):
+        _tree_free_now(mm, old)                 # BUSTED: readers may still be in it
+    else:
+        mm.rcu.call_rcu(_tree_free_now, mm, old)                   # (3)
     return True
 
 

@@ -143,6 +143,7 @@ def summary(rep):
     lines.append("--- End of test: %s (exit %d) ---" % (v, rep["exit_code"]))
     if rep.get("artifacts"):
         lines.append("artifacts: %s" % rep["artifacts"])
+        lines.append("replay: spfshm replay %s --repeat 10" % rep["artifacts"])
     if rep["exit_code"] in (1, 3):
         lines.append("re-run: %s" % rep["repro"])
     return "\n".join(lines)

@@ -298,7 +298,8 @@ class Stress:
         if len(running) < 2:
             return False
         cpu = rng.choice(running)
-        self._wait_for_kill_point(st, cpu)
+        if not self._wait_for_kill_point(st, cpu):
+            return False                 # never in the wanted state: no kill this time
         os.kill(workers.pids[cpu], signal.SIGKILL)
         d = dump_cpu(st, cpu)          # as it died: the lock words and its line stay
         while cpu in workers.poll():
@@ -320,10 +321,11 @@ class Stress:
                               "without it" % (cpu, what))
         return fatal
 
-    def _wait_for_kill_point(self, st, cpu, limit_s=0.5):
+    def _wait_for_kill_point(self, st, cpu, limit_s=2.0):
         """--kill-at: freeze the victim (SIGSTOP), look at its published state, and leave
         it frozen if it is where we want it; otherwise let it run a little and look
-        again.  The SIGKILL that follows lands in exactly the state we saw."""
+        again.  The SIGKILL that follows lands in exactly the state we saw.  False if the
+        state never came."""
         want = self.cfg.kill_at
         pc, w = st.arena["percpu"][cpu], st.arena["waiting"][cpu]
         ptl = st.arena["pt_meta"]["ptl"]
@@ -339,9 +341,11 @@ class Stress:
             os.kill(pid, signal.SIGSTOP)
             while not _stopped(pid):
                 pass
-            if test() or time.monotonic() > deadline:
-                return
+            if test():
+                return True
             os.kill(pid, signal.SIGCONT)
+            if time.monotonic() > deadline:
+                return False
             time.sleep(random.random() * 0.0002)
 
     def _report_hang(self, st, mm, stuck):

@@ -1,0 +1,127 @@
+"""Seed campaigns: every seed runs one correct configuration (they rotate with the seed)
+for a short, fixed number of operations and must stay clean.
+
+A campaign is a pytest parametrization (one test per seed), so it spreads over cores or
+hosts with pytest-xdist (``-n``) and over CI matrix jobs with ``--shard I/N``; each test
+drops its result as JSON in a directory, and ``spfshm fuzz`` merges them, deduplicates
+failures by signature and adds new ones to the corpus.  Environment: SPFSHM_SEEDS
+("A:B"), SPFSHM_SHARD ("I/N"), SPFSHM_RESULTS (directory), SPFSHM_OPS (per CPU).
+"""
+import dataclasses
+import json
+import os
+import tempfile
+
+from ..config import Config, ConfigError
+from .runner import run_stress
+
+# The correct configurations a campaign rotates through (each the kernel's own pairing).
+CONFIGS = [
+    dict(fault_mode="classic", table_free="ipi"),
+    dict(fault_mode="spf", table_free="ipi"),
+    dict(fault_mode="pervma", table_free="rcu"),
+    dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="ptreclaim",
+         workload="faults"),
+    dict(fault_mode="spf,classic", table_free="ipi", reclaim="seed"),
+    dict(fault_mode="pervma,spf", table_free="rcu", tlb_flush="no-ipi", delay=0.01),
+    dict(fault_mode="spf", table_free="rcu", walk="irq", delay=0.02),
+    dict(fault_mode="classic,pervma", table_free="ipi", workload="faults+writer"),
+]
+
+
+def parse_seeds(spec):
+    try:
+        a, b = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ConfigError("--seeds must be A:B (integers), got %r" % spec)
+    if not 0 <= a < b:
+        raise ConfigError("--seeds A:B needs 0 <= A < B, got %r" % spec)
+    return a, b
+
+
+def parse_shard(spec):
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigError("--shard must be I/N, got %r" % spec)
+    if not 0 <= i < n:
+        raise ConfigError("--shard I/N needs 0 <= I < N, got %r" % spec)
+    return i, n
+
+
+def seeds_of(seeds="0:6", shard="0/1"):
+    (a, b), (i, n) = parse_seeds(seeds), parse_shard(shard)
+    return [s for s in range(a, b) if (s - a) % n == i]
+
+
+def config_for(seed, ops=1500, cpus=2):
+    base = CONFIGS[seed % len(CONFIGS)]
+    return Config(cpus=max(cpus, 3 if base.get("workload") == "faults+writer" else cpus),
+                  ops=ops, seed=seed, check_every=0.5, **base)
+
+
+def run_one(seed, ops=1500, results=None):
+    cfg = config_for(seed, ops)
+    with tempfile.TemporaryDirectory() as art:
+        rep = run_stress(dataclasses.replace(cfg, artifacts=art).resolved())
+    out = {"seed": seed, "config": cfg.to_dict(), "exit_code": rep["exit_code"],
+           "signature": rep["violations"][0]["signature"] if rep["violations"] else None,
+           "violations": rep["violations"][:5], "errors": rep["errors"],
+           "elapsed_s": rep["elapsed_s"], "repro": rep["repro"]}
+    if results:
+        with open(os.path.join(results, "seed-%d.json" % seed), "w") as f:
+            json.dump(out, f)
+    return out
+
+
+def merge(results_dir):
+    """Every result in a directory, merged: totals and failures by signature."""
+    runs = []
+    for name in sorted(os.listdir(results_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(results_dir, name)) as f:
+                runs.append(json.load(f))
+    failures = {}
+    for r in runs:
+        if r["exit_code"] != 0:
+            failures.setdefault(r["signature"] or "exit %d" % r["exit_code"], []).append(r)
+    return {"runs": len(runs), "clean": sum(r["exit_code"] == 0 for r in runs),
+            "failures": {sig: {"seeds": [r["seed"] for r in rs], "repro": rs[0]["repro"],
+                               "config": rs[0]["config"]} for sig, rs in failures.items()},
+            "seeds": sorted(r["seed"] for r in runs)}
+
+
+def merge_json(paths):
+    """Shard results (``spfshm fuzz --json``) merged into one document."""
+    out = {"runs": 0, "clean": 0, "failures": {}, "seeds": []}
+    for p in paths:
+        with open(p) as f:
+            d = json.load(f)
+        out["runs"] += d["runs"]
+        out["clean"] += d["clean"]
+        out["seeds"] = sorted(out["seeds"] + d["seeds"])
+        for sig, f in d["failures"].items():
+            cur = out["failures"].setdefault(sig, dict(f, seeds=[]))
+            cur["seeds"] = sorted(cur["seeds"] + f["seeds"])
+    return out
+
+
+def add_to_corpus(corpus, merged):
+    """New failure signatures become corpus entries (JSON, never pickle)."""
+    os.makedirs(corpus, exist_ok=True)
+    known = set()
+    for name in os.listdir(corpus):
+        if name.endswith(".json"):
+            with open(os.path.join(corpus, name)) as f:
+                known.add(json.load(f).get("signature"))
+    added = []
+    for sig, f in merged["failures"].items():
+        if sig in known:
+            continue
+        path = os.path.join(corpus, "fuzz-%s-seed%d.json" % (
+            sig.replace("@", "-at-").replace(" ", "_"), f["seeds"][0]))
+        with open(path, "w") as fh:
+            json.dump({"config": f["config"], "expect": "clean", "signature": sig,
+                       "note": "failed in a fuzz campaign: %s" % f["repro"]}, fh, indent=2)
+        added.append(path)
+    return added
