@@ -49,8 +49,12 @@ def write(st, rep, root):
         for c in range(cfg.cpus):
             f.write(format_dump(dump_cpu(st, c, nevents=64)) + "\n\n")
     first = rep["violations"][0]["stamp"] if rep["violations"] else None
+    marks = [(v["stamp"], "VIOLATION %s (%s): %s" % (v["signature"], "sweep" if v["cpu"] < 0
+                                                      else "CPU %d" % v["cpu"], v["detail"]))
+             for v in rep["violations"] if v["cpu"] < 0]
     with open(os.path.join(d, "timeline.txt"), "w") as f:
-        f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first)) + "\n")
+        f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first, marks=marks))
+                + "\n")
     with open(os.path.join(d, "repro.txt"), "w") as f:
         f.write(cfg.repro() + "\n")
     return d

@@ -23,8 +23,10 @@ def describe_event(e):
     return "[%d.%06d] %s" % (int(e["stamp"]) // 10**9, int(e["stamp"]) // 1000 % 10**6, text)
 
 
-def timeline(smp, cpus, around=None, before=40, after=10, width=44):
-    """Rows of text: a time offset (us from ``around``), then one column per CPU."""
+def timeline(smp, cpus, around=None, before=40, after=10, width=44, marks=()):
+    """Rows of text: a time offset (us from ``around``), then one column per CPU.
+    ``marks`` are (stamp, text) rows spanning all columns (violations found by the
+    sweeper, which is no CPU)."""
     tl = smp.timeline(cpus)
     if not len(tl):
         return []
@@ -36,10 +38,16 @@ def timeline(smp, cpus, around=None, before=40, after=10, width=44):
     col = {c: i for i, c in enumerate(cpus)}
     head = "%12s | " % "us" + " | ".join(("CPU %d" % c).ljust(width) for c in cpus)
     out = [head, "-" * len(head)]
+    pending = sorted(m for m in marks if int(rows[0]["stamp"]) <= m[0])
     for e in rows:
+        while pending and pending[0][0] <= int(e["stamp"]):
+            st, text = pending.pop(0)
+            out.append("%+12.1f | !!! %s" % ((st - around) / 1000.0, text))
         cells = [""] * len(cpus)
         text = describe_event(e).split("] ", 1)[1]
         cells[col[int(e["cpu"])]] = text[:width]
         out.append("%+12.1f | " % ((int(e["stamp"]) - around) / 1000.0)
                    + " | ".join(c.ljust(width) for c in cells))
+    for st, text in pending:
+        out.append("%+12.1f | !!! %s" % ((st - around) / 1000.0, text))
     return out
