@@ -31,6 +31,7 @@ def install_anon_pte(mm, vma, t, i, f, write):
     someone else faulted it in and f goes back."""
     e = int(mm.pt[t, i])
     if e == 0:                                                # (3)
+        mm.delay("install_pte")
         mm.frame_meta[f]["mapcount"] = 1
         mm.rss[0] += 1
         native.store_release(mm.entry_ptr(t, i),              # (4)

@@ -178,6 +178,7 @@ def _alloc_level(mm, parent, va, level, lock):
     new = alloc_table(mm, level)
     if new < 0:
         return -1
+    mm.delay("pte_alloc")
     native.spin_lock(lock, mm.cpu)
     e = int(mm.pt[parent, idx])
     if e & P and not mm.bugs.on("pte_alloc_no_recheck"):

@@ -16,6 +16,8 @@ POINTS = {
     "vma_copy": "lockless VMA copy: between reading the fields",
     "spf_before_ptl": "SPF: between the pmd re-read and spin_trylock(ptl) (step 6)",
     "fault_before_ptl": "classical fault: between the table walk and the ptl",
+    "install_pte": "anonymous fault: between the pte_none check and setting the PTE",
+    "pte_alloc": "__pte_alloc: between finding the pmd empty and taking the pmd lock",
     "pervma_lookup": "per-VMA fault: between the RCU lookup and vma_start_read",
     "vma_start_read": "vma_start_read: between the sequence check and the trylock",
     "hw_walk": "hardware walk (IRQs off): between reading the PMD and the PTE",
