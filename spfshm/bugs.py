@@ -101,6 +101,13 @@ CATALOGUE = [
         "the replaced VMA tree is freed at once instead of after a grace period",
         {"fault_mode": "spf,pervma", "delay": 0.05, "delay_max_us": 500.0,
          "delay_points": ("vma_copy", "pervma_lookup")}),
+    Bug("gup_fast_no_recheck", "gup_fast step (4): re-check the PTE after the reference",
+        "mm/gup.c's '(1) pin the page, then (2) check pte not changed' skipped: a frame "
+        "freed and reused under a lockless pinner gets pinned",
+        ("frame_uaf",),
+        "gup_fast keeps the reference without checking that the PTE still maps the frame",
+        {"tlb_flush": "no-ipi", "table_free": "rcu", "delay": 1.0, "delay_max_us": 3000.0,
+         "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
         ("stale_pte", "pt_lost_ptes", "pt_uaf", "frame_leak", "pte_prot", "rss", "stale_tlb"),

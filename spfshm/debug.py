@@ -54,7 +54,7 @@ KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
          "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
-         "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog"]
+         "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -61,7 +61,7 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
-        "reclaim", "pt_reclaimed"]
+        "reclaim", "pt_reclaimed", "gup"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
@@ -98,7 +98,7 @@ def regions(g):
          ("rss", np.int64, (n1, 8)),
          ("stats", np.uint64, (n1, len(STATS))),
          ("waiting", np.uint64, (n1, 8)),               # lockdep: table+1 whose ptl we spin on
-         ("delay_hits", np.uint64, (n1, 16)),           # perturbation hits per point
+         ("delay_hits", np.uint64, (n1, 32)),           # perturbation hits per point
          ("ipi_hist", np.uint64, (n1, IPI_HIST_BUCKETS)),
          ("pt", np.uint64, (g.ntables, PTRS)),
          ("pt_meta", TABLE_META, g.ntables),

@@ -18,6 +18,8 @@ POINTS = {
     "fault_before_ptl": "classical fault: between the table walk and the ptl",
     "install_pte": "anonymous fault: between the pte_none check and setting the PTE",
     "pte_alloc": "__pte_alloc: between finding the pmd empty and taking the pmd lock",
+    "gup_pin": "gup_fast: between reading the PTE and taking the reference",
+    "gup_hold": "gup_fast holder: between pinning pages and releasing them (DMA)",
     "pervma_lookup": "per-VMA fault: between the RCU lookup and vma_start_read",
     "vma_start_read": "vma_start_read: between the sequence check and the trylock",
     "hw_walk": "hardware walk (IRQs off): between reading the PMD and the PTE",

@@ -9,7 +9,7 @@ import numpy as np
 from .. import __version__, debug
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 
-OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim"]
+OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup"]
 
 
 def _hist_percentile(hist, q):
@@ -68,7 +68,7 @@ def build_report(st, stress, elapsed):
         "config": dict(cfg.to_dict(), version=__version__),
         "ops": {k: t[k] for k in OP_KINDS},
         "ops_total": t["ops"],
-        "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:-1]},
+        "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:6]},
         "faults": faults,
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],

@@ -19,6 +19,7 @@ from ..mm import mm_types
 from ..mm.cpu import Cpu
 from ..mm.lockdep import Deadlock
 from ..mm.mm_types import MM, STAT, Geometry, mm_init
+from ..mm.gup import gup_fast, gup_hold_and_release
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
@@ -75,6 +76,9 @@ def run_op(mm, cpu, op, args):
         return cpu.load(args[0])
     if op == "store":
         return cpu.store(args[0])
+    if op == "gup":
+        gup_hold_and_release(mm, gup_fast(mm, *args))
+        return "ok"
     if op == "reclaim":
         reclaim_scan(mm)
         if cpu.reclaimer_pause:

@@ -17,8 +17,8 @@ from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT
 
 # op -> weight (per mille)
 MIXES = {
-    "mixed": {"load": 430, "store": 430, "madvise": 40, "mmap": 45, "munmap": 20,
-              "mprotect": 35},
+    "mixed": {"load": 420, "store": 420, "madvise": 40, "mmap": 45, "munmap": 20,
+              "mprotect": 35, "gup": 20},
     "faults": {"load": 450, "store": 450, "madvise": 100},
 }
 WORKLOADS = ("mixed", "faults", "faults+writer")
@@ -119,6 +119,8 @@ class Workload:
             return op, (self._page() + 8 * r.randrange(512),)
         if op == "reclaim":
             return op, ()
+        if op == "gup":
+            return op, (self._page(), r.randint(1, 16))
         if op == "madvise":            # sometimes a large arena's worth (malloc trim)
             if r.random() < 0.1:
                 block = self._block()
