@@ -91,7 +91,7 @@ CATALOGUE = [
     Bug("vma_seq_wrap", "vma_start_write: vm_lock_seq == mm_lock_seq",
         "bug class 7: a sequence count that wrapped is taken for 'no writer' / 'already "
         "locked' (7135a05838e8 class); emulated with a 3-bit comparison",
-        ("vma_not_write_locked", "vma_unlocked_change"),
+        ("vma_not_write_locked", "vma_read_held", "vma_unlocked_change"),
         "vma_start_write believes a VMA locked 8 write sections ago is still locked by it",
         {"fault_mode": "pervma"}),
     Bug("vma_tree_free_no_rcu", "VMA tree publication step (3): call_rcu",
@@ -147,15 +147,16 @@ CATALOGUE = [
     Bug("pervma_no_recheck", "vma_start_read step (c)",
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
-        ("vma_unlocked_change", "pte_prot", "stale_pte", "pt_lost_ptes", "frame_leak", "rss",
-         "pt_uaf"),
+        ("vma_read_held", "vma_unlocked_change", "pte_prot", "stale_pte", "pt_lost_ptes",
+         "frame_leak", "rss", "pt_uaf"),
         "a fault read-locks a VMA that the current writer has already write-locked",
         {"fault_mode": "pervma", "delay": 0.2, "delay_max_us": 1000.0,
          "delay_points": ("vma_start_read",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
         "bug class 10: a writer path that does not take the per-VMA lock "
         "(cf. fb49c455323f, fork forgot to write-lock the parent's VMAs)",
-        ("vma_not_write_locked", "vma_unlocked_change", "pte_prot", "stale_tlb"),
+        ("vma_not_write_locked", "vma_read_held", "vma_unlocked_change", "pte_prot",
+         "stale_tlb"),
         "mprotect changes VMAs and PTEs without vma_start_write, so a per-VMA fault "
         "installs a writable PTE in a VMA just made read-only",
         {"fault_mode": "pervma"}),

@@ -40,6 +40,7 @@ KINDS = {
                             "mm_lock_seq {a2})",
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
                            "(prot {a1} in the copy, {a2} now)",
+    "vma_read_held": "VMA #{a0} is being changed while CPU {a1} holds it read-locked",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",

@@ -5,12 +5,14 @@ is mmap_seq to even, then up_write.  mmap_seq's barriers (native/spf_seqcount.h)
 smp_wmb after the odd increment pairs with a speculative reader's final smp_rmb check,
 the one before the even increment with its acquire read at the start.
 """
+import numpy as np
+
 from .. import native
 
 
 # What this CPU waits for and holds, published in its own arena line for hang dumps
 # (mm.waiting: [0] ptl table + 1, [1] rwsem being waited for, [2] its VMA, [3] mmap_lock
-# held for read, [4] held for write).
+# held for read, [4] held for write, [5] VMA read-locked + 1).
 WAIT_MMAP_READ, WAIT_MMAP_WRITE, WAIT_VMA_WRITE = 1, 2, 3
 
 
@@ -81,16 +83,25 @@ def vma_start_read(mm, vid):
     lock = mm.vma_lock(vid)
     if not native.lib.spf_down_read_trylock(lock):                          # (b)
         return False
-    if mm.bugs.on("pervma_no_recheck"):
-        return True
-    if native.load_acquire(mm.vm_lock_seq_ptr(vid)) == native.load_acquire(mm.mm_lock_seq):
+    if not mm.bugs.on("pervma_no_recheck") and \
+            native.load_acquire(mm.vm_lock_seq_ptr(vid)) == native.load_acquire(mm.mm_lock_seq):
         native.lib.spf_up_read(lock)                                        # (c)
         return False
+    mm.waiting[5] = vid + 1             # published for vma_assert_no_readers
     return True
 
 
 def vma_end_read(mm, vid):
+    mm.waiting[5] = 0
     native.lib.spf_up_read(mm.vma_lock(vid))
+
+
+def vma_assert_no_readers(mm, vid, site):
+    """After vma_start_write, no fault may hold the VMA read-locked: a reader publishes
+    its hold only once step (c) passed, and (c) cannot pass while we hold it written."""
+    held = np.flatnonzero(mm.waiting_all[:mm.g.ncpus, 5] == vid + 1)
+    if len(held):
+        mm.report("vma_read_held", site, int(mm.vma[vid]["start"]), vid, int(held[0]))
 
 
 def _seq_eq(mm, a, b):
@@ -113,11 +124,13 @@ def vma_start_write(mm, vid):
 
 
 def vma_assert_write_locked(mm, vid, site):
-    """What vm_flags_reset() and friends assert: a VMA changes only write-locked."""
+    """What vm_flags_reset() and friends assert: a VMA changes only write-locked, and
+    then no fault holds it."""
     seq = native.load_relaxed(mm.mm_lock_seq)
     own = native.load_relaxed(mm.vm_lock_seq_ptr(vid))
     if own != seq:
         mm.report("vma_not_write_locked", site, int(mm.vma[vid]["start"]), vid, own, seq)
+    vma_assert_no_readers(mm, vid, site)
 
 
 def vma_end_write_all(mm):

@@ -11,7 +11,7 @@ from .. import native
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
-                        vma_assert_write_locked, vma_start_write)
+                        vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
 from .tlb import MmuGather, assert_no_writable, flush_tlb_all
 from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
 
@@ -92,6 +92,7 @@ def _unmap_locked(mm, vmas, start, end):
     for v in vmas:
         if v.start < end and v.end > start:
             vma_start_write(mm, v.id)
+            vma_assert_no_readers(mm, v.id, "munmap")
     res = _split(mm, vmas, start, end)
     if res is None:
         return None
@@ -103,6 +104,7 @@ def _unmap_locked(mm, vmas, start, end):
     ceiling = min([v.start for v in keep if v.start >= end], default=MAX_ADDR)
     tlb = MmuGather(mm)
     for v in inside:
+        vma_assert_no_readers(mm, v.id, "munmap")
         zap_pte_range(mm, tlb, v.start, v.end)
     free_pgtables(mm, tlb, inside[0].start, inside[-1].end, floor, ceiling)
     tlb.finish()
