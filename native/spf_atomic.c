@@ -1,5 +1,4 @@
 #include <stdint.h>
-#include <string.h>
 #include "spf_internal.h"
 
 uint64_t spf_load_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
@@ -42,10 +41,4 @@ uint64_t spf_fetch_add_busted(uint64_t *p, uint64_t v)
 		spf_cpu_relax();
 	*(volatile uint64_t *)p = old + v;
 	return old;
-}
-
-void spf_zero_words(uint64_t *p, uint64_t n)
-{
-	for (uint64_t i = 0; i < n; i++)
-		__atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);
 }

@@ -30,6 +30,3 @@ void spf_fence_release(void);  /* smp_wmb() */
 
 /* Busted twin: a "fetch_add" made of a plain load and a plain store (no atomic RMW). */
 uint64_t spf_fetch_add_busted(uint64_t *p, uint64_t v);
-
-/* Batch helpers: many relaxed RMWs in one call (per-CPU stat counters, bulk clears). */
-void spf_zero_words(uint64_t *p, uint64_t n);

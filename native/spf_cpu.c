@@ -23,7 +23,6 @@ void spf_ipi_set_handler_delay(uint32_t per_million, uint64_t max_ns, uint64_t s
 	spf_me.delay_max_ns = max_ns;
 	spf_me.delay_rng = seed | 1;
 }
-int spf_ipi_signo(void) { return ipi_sig; }
 int spf_ipi_last_error(void) { return spf_me.ipi_err; }
 
 void spf_ipi_set_flush_region(void *p, uint64_t len)

@@ -58,7 +58,6 @@ void spf_cpu_mark_dead(int cpu);         /* by the runner, once it reaped the wo
 /* spf_cpu_unregister takes this CPU offline cleanly: its TLB flushed, pending IPIs
  * count as acked.  A CPU that died instead is reported by ipi_sync as dead. */
 int  spf_cpu_id(void);
-int  spf_ipi_signo(void);
 void spf_ipi_set_flush_region(void *p, uint64_t len);
 
 /* Perturbation inside the IPI handler (a named delay point): with probability

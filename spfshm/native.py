@@ -20,7 +20,6 @@ xchg = lib.spf_xchg
 fetch_add = lib.spf_fetch_add
 fetch_or = lib.spf_fetch_or
 fetch_and = lib.spf_fetch_and
-load32_relaxed = lib.spf_load32_relaxed
 load32_acquire = lib.spf_load32_acquire
 store32_release = lib.spf_store32_release
 cmpxchg32 = lib.spf_cmpxchg32
@@ -28,7 +27,6 @@ fetch_add32 = lib.spf_fetch_add32
 smp_mb = lib.spf_fence_full
 smp_rmb = lib.spf_fence_acquire
 smp_wmb = lib.spf_fence_release
-zero_words = lib.spf_zero_words
 
 # -- futex and clock (spf_futex.h) --------------------------------------------------------
 futex_wait = lib.spf_futex_wait
@@ -46,7 +44,6 @@ rcu_read_depth = lib.spf_rcu_read_depth
 rcu_start_gp = lib.spf_rcu_start_gp
 rcu_gp_blocker = lib.spf_rcu_gp_blocker
 trace = lib.spf_trace
-cpu_id = lib.spf_cpu_id
 cpu_mark_dead = lib.spf_cpu_mark_dead
 
 IPI_FLUSH_TLB = lib.SPF_IPI_FLUSH_TLB
@@ -263,9 +260,6 @@ seq_write_end = lib.spf_seq_write_end
 
 # -- process plumbing -----------------------------------------------------------------
 set_pdeathsig = lib.spf_set_pdeathsig
-gettid = lib.spf_gettid
-tgkill = lib.spf_tgkill
-ipi_signo = lib.spf_ipi_signo
 
 
 def struct_dtype(ctype):

@@ -232,3 +232,17 @@ def test_seqcount_try_begin_fails_at_once_on_odd(make_smp):
     assert seq.read_retry(s)
     seq.write_end()
     assert seq.try_begin() == 2 and seq.read_retry(s)
+
+
+def test_atomic_verbs(make_smp):
+    arena, smp = make_smp(1, [("w", np.uint64, 8), ("h", np.uint32, 16)])
+    p, h = arena.ptr("w"), arena.ptr("h", "uint32_t")
+    native.store_release(p, 0b1010)
+    assert native.fetch_or(p, 0b0101) == 0b1010 and native.load_acquire(p) == 0b1111
+    assert native.fetch_and(p, 0b0110) == 0b1111 and native.load_relaxed(p) == 0b0110
+    assert native.xchg(p, 7) == 0b0110 and native.cmpxchg(p, 7, 9) == 7
+    assert native.cmpxchg(p, 7, 11) == 9 and native.load_relaxed(p) == 9   # failed: seen 9
+    native.store32_release(h, 3)
+    assert native.fetch_add32(h, 2) == 3 and native.cmpxchg32(h, 5, 1) == 5
+    assert native.load32_acquire(h) == 1
+    native.smp_mb(), native.smp_rmb(), native.smp_wmb()

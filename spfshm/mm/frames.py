@@ -32,10 +32,6 @@ def alloc_frame(mm):
     return f
 
 
-def get_page(mm, f):
-    native.fetch_add(mm.frame_ref_ptr + f * mm.frame_stride, 1)
-
-
 def put_page(mm, f):
     """Drop a reference; the last one frees the frame."""
     if native.fetch_add(mm.frame_ref_ptr + f * mm.frame_stride, 2**64 - 1) == 1:

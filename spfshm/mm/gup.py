@@ -15,7 +15,8 @@ incarnation it pinned (a pinned frame is never freed under its holder) and unpin
 from .. import native
 from .frames import put_page
 from .mm_types import PAGE, PTE
-from .pagetable import GEN_MASK, P, entry_gen, entry_pfn, index, walk_lockless
+from .pagetable import (GEN_MASK, P, entry_gen, entry_pfn, index, lockless_walk_begin,
+                        lockless_walk_end, walk_lockless)
 
 GUP_MAX = 16
 
@@ -35,8 +36,7 @@ def try_grab(mm, f):
 def gup_fast(mm, start, npages):
     """Pin up to npages present pages from start; returns [(va, frame, gen tag)]."""
     pinned = []
-    walk_rcu = mm.walk_rcu
-    (native.rcu_read_lock if walk_rcu else native.local_irq_disable)()          # (1)
+    lockless_walk_begin(mm)                                                     # (1)
     try:
         for k in range(min(npages, GUP_MAX)):
             va = start + k * PAGE
@@ -54,7 +54,7 @@ def gup_fast(mm, start, npages):
                 break
             pinned.append((va, f, entry_gen(e)))
     finally:
-        (native.rcu_read_unlock if walk_rcu else native.local_irq_enable)()      # (5)
+        lockless_walk_end(mm)                                                   # (5)
     return pinned
 
 

@@ -83,6 +83,12 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
         native.spin_unlock(ptl)
 
 
+def _pmd_maps(mm, pmd_t, pmd_i, t):
+    """Whether the pmd entry still links PTE table t (pmd_same; pmd lock held)."""
+    e = int(mm.pt[pmd_t, pmd_i])
+    return bool(e & P) and entry_pfn(e) == t
+
+
 def reclaim_pt(mm, tlb, t, base, dropped):
     """CONFIG_PT_RECLAIM (mm/pt_reclaim.c), after zapping all of table t with its ptl held.
     Fast path: the ptl was held throughout, so t is empty: spin_trylock the pmd lock and
@@ -95,7 +101,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
     if (not dropped or mm.bugs.on("ptreclaim_after_ptl_drop")) \
             and native.spin_trylock(pmdl, mm.cpu):
         # pmd_same: another DONTNEED may have reclaimed t and a fault populated anew
-        mine = entry_pfn(int(mm.pt[pmd_t, pmd_i])) == t and int(mm.pt[pmd_t, pmd_i]) & P
+        mine = _pmd_maps(mm, pmd_t, pmd_i, t)
         if mine:
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
         native.spin_unlock(pmdl)
@@ -107,7 +113,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
     native.spin_unlock(ptl)
     freed = False
     native.spin_lock(pmdl, mm.cpu)
-    if entry_pfn(int(mm.pt[pmd_t, pmd_i])) == t and int(mm.pt[pmd_t, pmd_i]) & P:
+    if _pmd_maps(mm, pmd_t, pmd_i, t):
         native.spin_lock(ptl, mm.cpu)
         if not (mm.pt[t] & (P | PROTNONE)).any():
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)

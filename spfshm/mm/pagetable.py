@@ -114,6 +114,16 @@ def mark_pending(mm, t):
 
 
 # -- lockless walk ------------------------------------------------------------------------
+def lockless_walk_begin(mm):
+    """A software walker's protection (--walk): rcu_read_lock where tables are freed by
+    RCU, IRQs off where they are freed after the flush IPI (gup_fast, SPF)."""
+    (native.rcu_read_lock if mm.walk_rcu else native.local_irq_disable)()
+
+
+def lockless_walk_end(mm):
+    (native.rcu_read_unlock if mm.walk_rcu else native.local_irq_enable)()
+
+
 def check_table(mm, t, tag, level, site, va):
     """Step (3): the table we just read from must still be the table the entry meant: not
     freed, not reused.  Unlinked and waiting for its sync (PENDING) is fine: that wait

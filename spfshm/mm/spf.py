@@ -30,25 +30,18 @@ from .fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, install_anon_pte
 from .frames import alloc_frame, put_page
 from .lockdep import ptl_lock_irqs_off
 from .mm_types import PMD, PTE
-from .pagetable import P, PS, check_table, entry_gen, entry_pfn, index, walk_lockless
+from .pagetable import (P, PS, check_table, entry_gen, entry_pfn, index, lockless_walk_begin,
+                        lockless_walk_end, walk_lockless)
 from .vma import access_ok, find_vma_rcu, read_vma
 
 def speculative_page_walk_begin(mm):
-    if mm.bugs.on("spf_walk_unprotected"):
-        return
-    if mm.walk_rcu:
-        native.rcu_read_lock()
-    else:
-        native.local_irq_disable()
+    if not mm.bugs.on("spf_walk_unprotected"):
+        lockless_walk_begin(mm)
 
 
 def speculative_page_walk_end(mm):
-    if mm.bugs.on("spf_walk_unprotected"):
-        return
-    if mm.walk_rcu:
-        native.rcu_read_unlock()
-    else:
-        native.local_irq_enable()
+    if not mm.bugs.on("spf_walk_unprotected"):
+        lockless_walk_end(mm)
 
 
 def do_speculative_page_fault(mm, va, write):

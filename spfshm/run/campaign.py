@@ -29,24 +29,24 @@ CONFIGS = [
 ]
 
 
-def parse_seeds(spec):
+def _pair(spec, sep, option, form):
+    """Two integers x < y written ``x<sep>y`` (ConfigError naming the option)."""
     try:
-        a, b = (int(x) for x in spec.split(":"))
+        x, y = (int(v) for v in spec.split(sep))
     except ValueError:
-        raise ConfigError("--seeds must be A:B (integers), got %r" % spec)
-    if not 0 <= a < b:
-        raise ConfigError("--seeds A:B needs 0 <= A < B, got %r" % spec)
-    return a, b
+        raise ConfigError("%s must be %s (integers), got %r" % (option, form, spec))
+    if not 0 <= x < y:
+        raise ConfigError("%s %s needs 0 <= %s < %s, got %r"
+                          % (option, form, form[0], form[-1], spec))
+    return x, y
+
+
+def parse_seeds(spec):
+    return _pair(spec, ":", "--seeds", "A:B")
 
 
 def parse_shard(spec):
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise ConfigError("--shard must be I/N, got %r" % spec)
-    if not 0 <= i < n:
-        raise ConfigError("--shard I/N needs 0 <= I < N, got %r" % spec)
-    return i, n
+    return _pair(spec, "/", "--shard", "I/N")
 
 
 def seeds_of(seeds="0:6", shard="0/1"):
