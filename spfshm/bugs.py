@@ -62,7 +62,7 @@ CATALOGUE = [
     Bug("walk_rcu_free_ipi", "pairing: --walk rcu with --table-free ipi",
         "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker "
         "(why x86 moved to RCU table freeing; Qi Zheng's series)",
-        ("pt_uaf",),
+        ("pt_uaf", "pipe_age"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
         {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi", "delay": 0.15,
@@ -81,6 +81,16 @@ CATALOGUE = [
         ("hang",),
         "one mmap_write_unlock in a hundred forgets up_write: every other CPU blocks",
         {"stall_timeout": 0.5}),
+    Bug("khugepaged_no_sync", "collapse_huge_page step 8: free the old PTE table",
+        "bug class 1: Jann Horn's 2022 fix 2ba99c5e0881 'mm/khugepaged: fix GUP-fast "
+        "interaction by sending IPI' (the table was freed right after "
+        "pmdp_collapse_flush, whose flush need not interrupt a lockless walker)",
+        ("pt_uaf",),
+        "khugepaged frees the PTE table it replaced right after the TLB flush, without "
+        "tlb_remove_table's IPI sync or grace period",
+        {"collapse": "write-lock", "tlb_flush": "no-ipi", "table_free": "rcu",
+         "fault_mode": "spf", "workload": "faults", "delay": 0.1, "delay_max_us": 3000.0,
+         "delay_points": ("spf_before_ptl",)}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
         "bug class 6: sequence counts read without acquire ordering (b1f02b95758d); "
         "emulated: the VMA is read before the checks, as a weakly ordered CPU may",

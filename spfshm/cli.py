@@ -64,7 +64,7 @@ def delay_spec(value):
 
 
 def add_config_args(p):
-    from .config import RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
+    from .config import COLLAPSE, RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -92,6 +92,10 @@ def add_config_args(p):
                         "CONFIG_PT_RECLAIM; needs --table-free rcu)")
     p.add_argument("--reclaimer", action="store_true",
                    help="run the seed scanner on its own CPU (the last one)")
+    p.add_argument("--collapse", choices=COLLAPSE, default=d.collapse,
+                   help="khugepaged collapse op in the mix: write-lock (classic, under "
+                        "mmap_lock write) or retract (6.6: mmap_lock read, pmd re-checked "
+                        "under the ptl, table freed by RCU)")
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
@@ -131,6 +135,7 @@ def config_from_args(a):
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
+                  collapse=a.collapse,
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,

@@ -12,6 +12,7 @@ FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("off", "seed", "ptreclaim")
+COLLAPSE = ("off", "write-lock", "retract")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PAGE = 4096
 
@@ -32,6 +33,7 @@ class Config:
     tlb_flush: str = "ipi"         # ipi: interrupt every CPU; no-ipi: remote invalidation
     reclaim: str = "off"           # page-table reclaim: off, seed (scanner), ptreclaim
     reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
+    collapse: str = "off"          # khugepaged collapse: off, write-lock, retract
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
     bugs: tuple = ()
@@ -86,6 +88,8 @@ class Config:
         need(self.reclaim != "ptreclaim" or self.table_free == "rcu",
              "--reclaim ptreclaim needs --table-free rcu (CONFIG_PT_RECLAIM depends on "
              "MMU_GATHER_RCU_TABLE_FREE: faults map a PTE table under RCU)")
+        need(self.collapse in COLLAPSE,
+             "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
         need(not self.reclaimer or (self.reclaim == "seed" and self.cpus >= 2),
              "--reclaimer needs --reclaim seed and --cpus >= 2 (the last CPU scans)")
         need(self.walk in WALK_MODES,
@@ -157,6 +161,8 @@ class Config:
             a += ["--reclaim", self.reclaim]
         if self.reclaimer:
             a += ["--reclaimer"]
+        if self.collapse != "off":
+            a += ["--collapse", self.collapse]
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
         if self.kill_worker:

@@ -41,6 +41,8 @@ KINDS = {
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
                            "(prot {a1} in the copy, {a2} now)",
     "vma_read_held": "VMA #{a0} is being changed while CPU {a1} holds it read-locked",
+    "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame: {a0}) read by a lockless "
+                "walker {a2} completed syncs after it was retired (legal: 0)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
     "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
@@ -55,7 +57,8 @@ KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
          "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
-         "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup"]
+         "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
+         "khugepaged"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -13,9 +13,10 @@ from . import native
 
 class CallRcu:
     __slots__ = ("queue", "limit", "busted", "stall_timeout_s", "invoked", "max_backlog",
-                 "forced")
+                 "forced", "on_elapsed")
 
-    def __init__(self, limit=4096, busted=False, stall_timeout_s=10.0):
+    def __init__(self, limit=4096, busted=False, stall_timeout_s=10.0, on_elapsed=None):
+        """``on_elapsed(cookie)`` is told of each grace period seen to elapse."""
         if limit <= 0:
             raise ValueError("call_rcu queue limit must be positive, got %d" % limit)
         self.queue = deque()
@@ -25,6 +26,7 @@ class CallRcu:
         self.invoked = 0
         self.max_backlog = 0
         self.forced = 0
+        self.on_elapsed = on_elapsed
 
     def call_rcu(self, fn, *args):
         """Run fn(*args) after a grace period (no reader that may see the object remains)."""
@@ -39,11 +41,15 @@ class CallRcu:
         """Invoke every callback whose grace period has elapsed; returns how many ran."""
         n = 0
         q = self.queue
+        last = 0
         while q:
             cookie, fn, args = q[0]
             if not self.busted and native.rcu_gp_blocker(cookie) >= 0:
                 break
             q.popleft()
+            if cookie != last and self.on_elapsed:
+                self.on_elapsed(cookie)
+                last = cookie
             fn(*args)
             n += 1
         self.invoked += n

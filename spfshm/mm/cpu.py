@@ -16,7 +16,7 @@ from .frames import VALUE_CPU_SHIFT, encode_value, value_cpu
 from .mm_types import FRAME_INUSE, PAGE, POISON
 from .pervma import do_pervma_fault
 from .spf import do_speculative_page_fault
-from .pagetable import GEN_MASK, P, RW, entry_gen, entry_pfn, walk_lockless
+from .pagetable import GEN_MASK, P, RW, entry_gen, leaf_frame, walk_lockless
 
 OK, SEGV, OOM, VIOLATION = "ok", "segv", "oom", "violation"
 MAX_TRIES = 64
@@ -48,7 +48,7 @@ class Cpu:
             t, e, _ = res
             if t < 0 or not e & P or (write and not e & RW):
                 return False
-            f = entry_pfn(e)
+            f = leaf_frame(e, va)          # a huge pmd: the TLB caches its 4 KiB subpage
             g = int(mm.frame_gen[f])
             if (g & GEN_MASK) != entry_gen(e) or mm.frame_meta[f]["state"] != FRAME_INUSE:
                 mm.report("frame_uaf", "tlb_fill", va, entry_gen(e), g, f)

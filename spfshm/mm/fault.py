@@ -12,7 +12,8 @@ from .. import native
 from .frames import alloc_frame, put_page
 from .mm_types import PROT_WRITE, PTE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock
-from .pagetable import P, RW, entry_pfn, index, mk_entry, pmd_entry_of, pte_alloc_walk
+from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
+                        pte_alloc_walk)
 from .vma import access_ok, find_vma
 
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
@@ -53,8 +54,10 @@ def do_anonymous_page(mm, vma, va, write):
     try:
         t = pte_alloc_walk(mm, va)
         if t < 0:
+            # HUGE: collapsed since the TLB missed; the access retries through it (a huge
+            # pmd is as permissive as its VMA, so a present one needs no fault).
             put_page(mm, f)
-            return VM_FAULT_OOM
+            return VM_FAULT_RETRY if t == HUGE else VM_FAULT_OOM
         ptl = mm.ptl(t)
         mm.delay("fault_before_ptl")
         locked = not mm.bugs.on("fault_no_ptl")
@@ -64,8 +67,7 @@ def do_anonymous_page(mm, vma, va, write):
     finally:
         native.rcu_read_unlock()
     try:
-        if pmd_t < 0 or entry_pfn(int(mm.pt[pmd_t, pmd_i])) != t \
-                or not int(mm.pt[pmd_t, pmd_i]) & P:
+        if pmd_t < 0 or not pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
             put_page(mm, f)
             return VM_FAULT_RETRY
         assert_vma_stable(mm, vma, va)

@@ -1,12 +1,18 @@
 """Physical frames: allocation (zeroed), reference counts, freeing with poison.
 
+A huge page (THP) is HPAGE_NR consecutive frames from the huge range; its head carries
+the reference and map counts, and every subpage shares the head's state and generation
+(they are allocated, bumped and freed together), so a TLB entry for a subpage is checked
+exactly as one for a small page.
+
 A frame's generation is bumped every time it is freed; PTEs carry an 11-bit tag of it and
 TLB entries the full value, so any use of a frame after it was freed or reused is seen.
 Payload: zero after allocation (clear_page), the last stored value otherwise.  A value
 encodes who stored it: ((cpu + 1) << 40) | sequence.
 """
 from .. import native
-from .mm_types import FRAME_FREE, FRAME_INUSE, POISON
+from .mm_types import FRAME_FREE, FRAME_INUSE, HPAGE_NR, POISON
+from .pipe import FRAMES
 
 VALUE_CPU_SHIFT = 40
 
@@ -29,6 +35,32 @@ def alloc_frame(mm):
     meta["refcount"] = 1
     meta["mapcount"] = 0
     mm.frame_payload[f] = 0
+    mm.pipe.unretire(FRAMES, f)
+    return f
+
+
+def is_huge(mm, f):
+    return f >= mm.g.nsmall
+
+
+def frame_pages(mm, f):
+    """The frames a mapping of f covers (its subpages for a huge page)."""
+    return range(f, f + HPAGE_NR) if f >= mm.g.nsmall else (f,)
+
+
+def alloc_huge_frame(mm):
+    """A zeroed huge page (its head frame) with refcount 1 and no mapping, or -1."""
+    k = mm.hpages.alloc(mm.cpu)
+    if k < 0:
+        return -1
+    f = mm.g.nsmall + k * HPAGE_NR
+    sub = mm.frame_meta[f:f + HPAGE_NR]
+    sub["state"] = FRAME_INUSE
+    sub["refcount"] = 0
+    sub["mapcount"] = 0
+    mm.frame_meta[f]["refcount"] = 1
+    mm.frame_payload[f:f + HPAGE_NR] = 0
+    mm.pipe.unretire(FRAMES, f)
     return f
 
 
@@ -41,6 +73,14 @@ def put_page(mm, f):
 def free_frame(mm, f):
     """Generation first, then poison (a reader of the poison also sees the new
     generation: the smp_wmb pairs with spf_tlb_access's acquire load of the gen)."""
+    if is_huge(mm, f):
+        mm.frame_meta[f:f + HPAGE_NR]["state"] = FRAME_FREE
+        mm.frame_gen[f:f + HPAGE_NR] += 1        # nobody else writes a free page's gens
+        native.smp_wmb()
+        mm.frame_payload[f:f + HPAGE_NR] = POISON
+        mm.hpages.free(mm.cpu, (f - mm.g.nsmall) // HPAGE_NR)
+        mm.count("frames_freed", HPAGE_NR)
+        return
     mm.frame_meta[f]["state"] = FRAME_FREE
     native.fetch_add(mm.frame_gen_ptr + f, 1)
     native.smp_wmb()

@@ -1,12 +1,17 @@
 """gup_fast (mm/gup.c lockless_pages_from_mm): pin pages without mmap_lock.
 
 The two-sided protocol, as mm/gup.c states it:
-  gup_fast: (1) IRQs off (or the --walk protection)  (2) walk to the PTE locklessly
-            (3) take a reference if the frame still has one (try_grab: refcount > 0)
-            (4) re-check the PTE is unchanged, else drop the reference (5) IRQs on
+  gup_fast: (1) IRQs off (or the --walk protection)  (2) walk to the PTE (or a huge pmd)
+            locklessly  (3) take a reference if the page still has one (try_grab:
+            refcount > 0; a huge page's reference is its head's)
+            (4) re-check the pmd and the PTE are unchanged, else drop the reference
+            (5) IRQs on
   zap:      (a) clear the PTE  (b) flush TLBs  (c) drop the mapping's reference
-If (3) raced with (a)-(c), (4) sees the PTE changed: the pin never outlives the check on a
-frame that the address no longer maps.  Without (4) (bug ``gup_fast_no_recheck``) a
+  collapse: (a') clear the pmd  (b) flush  (c') fail if a page has a reference besides
+            its mapping (a pin), else copy and drop them (khugepaged.py)
+If (3) raced with (a)-(c), (4) sees the PTE changed; if it raced with (a'), (4) sees the
+pmd changed (70cbc3cc78a9, "fix the fast GUP race against THP collapse"): the pin never
+outlives the check on a page that the address no longer maps.  Without (4) (bug ``gup_fast_no_recheck``) a
 frame freed and reused by someone else can be pinned: where the flush does not wait for
 IRQs-off sections (--tlb-flush no-ipi) that happens.
 The holder keeps its pins for a while (DMA), then checks that each pinned frame is the
@@ -14,9 +19,10 @@ incarnation it pinned (a pinned frame is never freed under its holder) and unpin
 """
 from .. import native
 from .frames import put_page
-from .mm_types import PAGE, PTE
-from .pagetable import (GEN_MASK, P, entry_gen, entry_pfn, index, lockless_walk_begin,
-                        lockless_walk_end, walk_lockless)
+from .mm_types import PAGE, PMD, PTE
+from .pagetable import (GEN_MASK, P, PS, check_table, entry_gen, entry_pfn, index,
+                        lockless_walk_begin, lockless_walk_end, walk_lockless)
+from .pipe import FRAMES
 
 GUP_MAX = 16
 
@@ -33,23 +39,42 @@ def try_grab(mm, f):
     return False
 
 
+def _walk(mm, va):
+    """(2): (pmd table, pmd entry, PTE table or -1, leaf entry), or None."""
+    res = walk_lockless(mm, va, "gup", stop=PMD)
+    if res is None or res[0] < 0 or not res[1] & P:
+        return None
+    pmd_t, pmd_e, _ = res
+    if pmd_e & PS:
+        return pmd_t, pmd_e, -1, pmd_e
+    t = entry_pfn(pmd_e)
+    e = int(mm.pt[t, index(va, PTE)])
+    if not check_table(mm, t, entry_gen(pmd_e), PTE, "gup", va) or not e & P:
+        return None
+    return pmd_t, pmd_e, t, e
+
+
 def gup_fast(mm, start, npages):
-    """Pin up to npages present pages from start; returns [(va, frame, gen tag)]."""
+    """Pin up to npages present pages from start; returns [(va, page, gen tag)]."""
     pinned = []
+    # The shootdown that frees a page waits for an IRQs-off pinner: its pipe age holds.
+    irqs_off = not mm.walk_rcu
     lockless_walk_begin(mm)                                                     # (1)
     try:
         for k in range(min(npages, GUP_MAX)):
             va = start + k * PAGE
-            res = walk_lockless(mm, va, "gup")                                  # (2)
-            if res is None or res[0] < 0 or not res[1] & P:
+            res = _walk(mm, va)
+            if res is None:
                 break
-            t, e, _ = res
-            f = entry_pfn(e)
+            pmd_t, pmd_e, t, e = res
+            f = entry_pfn(e)                   # a huge page's head holds its reference
             mm.delay("gup_pin")
             if f >= mm.g.nframes or not try_grab(mm, f):                          # (3)
                 break
-            if not mm.bugs.on("gup_fast_no_recheck") \
-                    and int(mm.pt[t, index(va, PTE)]) != e:                      # (4)
+            mm.pipe.observe(FRAMES, f, "gup", va, checked=irqs_off)
+            if not mm.bugs.on("gup_fast_no_recheck") and (
+                    int(mm.pt[pmd_t, index(va, PMD)]) != pmd_e
+                    or (t >= 0 and int(mm.pt[t, index(va, PTE)]) != e)):         # (4)
                 put_page(mm, f)
                 break
             pinned.append((va, f, entry_gen(e)))

@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
-from .pagetable import (NEXT, P, PROTNONE, RW, ROOT, entry_pfn, pmd_entry_of,
-                        pte_offset_map_lock)
+from .huge_memory import split_huge_pmd, zap_huge_pmd
+from .pagetable import (HUGE, NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, pmd_entry_of,
+                        pmd_maps_table, pte_offset_map_lock)
 
 GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
@@ -34,7 +35,7 @@ def _locked_tables(mm, start, end):
     for base, i0, i1 in _pte_ranges(start, end):
         t = pte_offset_map_lock(mm, base)
         if t < 0:
-            continue
+            continue                     # none, or huge: mprotect split those first
         ptl = mm.ptl(t)
         try:
             yield t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
@@ -45,48 +46,63 @@ def _locked_tables(mm, start, end):
 def zap_pte_range(mm, tlb, start, end, reclaim=False):
     """Clear every mapped PTE in [start, end) and gather its frame, ptl held per table.
     When the gather fills up: flush under the ptl (force_flush), drop the ptl, free the
-    batch, take the ptl again and go on (the kernel's retry).  With ``reclaim``
+    batch, then look the table up again (the kernel's retry: while the ptl was dropped
+    the table may have been reclaimed or collapsed) and go on.  With ``reclaim``
     (--reclaim ptreclaim, MADV_DONTNEED) a table whose whole range was zapped is freed."""
     skip_last = mm.bugs.on("zap_skip_last_pte")
     dec_rss = not mm.bugs.on("rss_no_dec")
     spans = list(_pte_ranges(start, end))
     for n, (base, i0, i1) in enumerate(spans):
-        t = pte_offset_map_lock(mm, base)
-        if t < 0:
-            continue
-        ptl = mm.ptl(t)
-        row = mm.pt[t]
-        hits = np.flatnonzero(row[i0:i1] & (P | PROTNONE)) + i0
-        if skip_last and n == len(spans) - 1 and len(hits):
-            hits = hits[:-1]
         dropped = False
-        for i in hits.tolist():
-            e = int(row[i])
-            if not e & (P | PROTNONE):
-                continue                     # zapped by someone else while we let go
-            f = entry_pfn(e)
-            native.store_relaxed(mm.entry_ptr(t, i), 0)
-            mm.frame_meta[f]["mapcount"] -= 1
-            if dec_rss:
-                mm.rss[0] -= 1
-            tlb.remove_page(f)
-            if tlb.unflushed >= GATHER_BATCH:
-                mm.delay("zap_under_ptl")
-                tlb.flush_tlbonly()          # under the ptl, as the kernel's force_flush
-                native.spin_unlock(ptl)
-                tlb.flush()                  # free the batch without the ptl
-                mm.delay("zap_ptl_dropped")
-                native.spin_lock(ptl, mm.cpu)
-                dropped = True
-        if reclaim and i0 == 0 and i1 == PTRS and reclaim_pt(mm, tlb, t, base, dropped):
-            continue                         # reclaim_pt released the ptl
-        native.spin_unlock(ptl)
+        i = i0
+        while i is not None:
+            t = _pte_table_or_zap_huge(mm, tlb, base, i == 0 and i1 == PTRS)
+            if t < 0:
+                break
+            ptl = mm.ptl(t)
+            row = mm.pt[t]
+            hits = np.flatnonzero(row[i:i1] & (P | PROTNONE)) + i
+            if skip_last and n == len(spans) - 1 and len(hits):
+                hits = hits[:-1]
+            i = None
+            for k in hits.tolist():
+                f = entry_pfn(int(row[k]))
+                native.store_relaxed(mm.entry_ptr(t, k), 0)
+                mm.frame_meta[f]["mapcount"] -= 1
+                if dec_rss:
+                    mm.rss[0] -= 1
+                tlb.remove_page(f)
+                if tlb.unflushed >= GATHER_BATCH:
+                    mm.delay("zap_under_ptl")
+                    tlb.flush_tlbonly()      # under the ptl, as the kernel's force_flush
+                    native.spin_unlock(ptl)
+                    tlb.flush()              # free the batch without the ptl
+                    mm.delay("zap_ptl_dropped")
+                    dropped = True
+                    i = k + 1                # retry from here
+                    break
+            if i is not None:
+                continue
+            if reclaim and i0 == 0 and i1 == PTRS and reclaim_pt(mm, tlb, t, base, dropped):
+                break                        # reclaim_pt released the ptl
+            native.spin_unlock(ptl)
 
 
-def _pmd_maps(mm, pmd_t, pmd_i, t):
-    """Whether the pmd entry still links PTE table t (pmd_same; pmd lock held)."""
-    e = int(mm.pt[pmd_t, pmd_i])
-    return bool(e & P) and entry_pfn(e) == t
+def _pte_table_or_zap_huge(mm, tlb, base, whole):
+    """zap_pmd_range's step for one pmd: a huge pmd is zapped whole when the range covers
+    it, else split first (out of memory: zapped whole, counted as thp_oom).  Returns
+    the PTE table with its ptl held, or -1 (nothing, or the huge pmd was zapped)."""
+    while True:
+        t = pte_offset_map_lock(mm, base)
+        if t != HUGE:
+            return t
+        pmd_t, pmd_i = pmd_entry_of(mm, base)
+        e = int(mm.pt[pmd_t, pmd_i])
+        if not e & PS:
+            continue                     # changed since: look again
+        if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
+            if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e):
+                return -1
 
 
 def reclaim_pt(mm, tlb, t, base, dropped):
@@ -101,7 +117,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
     if (not dropped or mm.bugs.on("ptreclaim_after_ptl_drop")) \
             and native.spin_trylock(pmdl, mm.cpu):
         # pmd_same: another DONTNEED may have reclaimed t and a fault populated anew
-        mine = _pmd_maps(mm, pmd_t, pmd_i, t)
+        mine = pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t)
         if mine:
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
         native.spin_unlock(pmdl)
@@ -113,7 +129,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
     native.spin_unlock(ptl)
     freed = False
     native.spin_lock(pmdl, mm.cpu)
-    if _pmd_maps(mm, pmd_t, pmd_i, t):
+    if pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
         native.spin_lock(ptl, mm.cpu)
         if not (mm.pt[t] & (P | PROTNONE)).any():
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
@@ -163,6 +179,9 @@ def _free_level(mm, tlb, table, level, table_va, start, end, floor, ceiling):
         if not e & P:
             continue
         a = table_va + i * size
+        if e & PS:                       # zap removed those inside the VMAs
+            mm.report("pt_lost_ptes", "free_pgtables", a, table, 1)
+            continue
         child = entry_pfn(e)
         if a >= floor and a + size <= ceiling:
             native.store_relaxed(mm.entry_ptr(table, i), 0)       # (a) unlink, then free
@@ -176,7 +195,11 @@ def _remove_subtree(mm, tlb, table, level):
     if level != PTE:
         row = mm.pt[table]
         for i in np.flatnonzero(row & P).tolist():
-            _remove_subtree(mm, tlb, entry_pfn(int(row[i])), NEXT[level])
+            e = int(row[i])
+            if e & PS:
+                mm.report("pt_lost_ptes", "free_pgtables", 0, table, 1)
+                continue
+            _remove_subtree(mm, tlb, entry_pfn(e), NEXT[level])
     tlb.remove_table(table)
 
 

@@ -20,12 +20,13 @@ import numpy as np
 
 from .. import debug, native
 from ..rcu import CallRcu
-from . import pool
+from . import pipe, pool
 from .perturb import Perturb, no_delay
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
 PTRS = 512
+HPAGE_NR = PTRS                      # 4 KiB pages in a 2 MiB huge page
 PGD, PUD, PMD, PTE = 4, 3, 2, 1
 LEVEL_SHIFT = {PGD: 39, PUD: 30, PMD: 21, PTE: 12}
 
@@ -61,7 +62,8 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
-        "reclaim", "pt_reclaimed", "gup"]
+        "reclaim", "pt_reclaimed", "gup", "collapse", "thp_collapsed", "thp_collapse_fail",
+        "thp_split", "thp_zap", "thp_oom"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
@@ -82,7 +84,12 @@ class Geometry:
         # Live tables at most: PGD + 2 PUD + 2 PMD (+1) + PTE tables; the rest is room for
         # tables waiting for their grace period and per-CPU caches.
         self.ntables = 8 + 2 * pte_tables + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH)
-        self.nframes = window_pages + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH) + 256
+        # Frames [0, nsmall) are 4 KiB pages; then nhuge 2 MiB pages of HPAGE_NR frames
+        # each (THP: a PMD maps one, its subpages are frames head..head+511).  Room for
+        # every 2 MiB block of the window, those waiting for a flush, and per-CPU caches.
+        self.nsmall = window_pages + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH) + 256
+        self.nhuge = window_pages // HPAGE_NR + 3 * (ncpus + 1) + 4
+        self.nframes = self.nsmall + self.nhuge * HPAGE_NR
         self.nvmas = MAX_VMAS + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH) + 64
         self.ntrees = 64 + (ncpus + 1) * (pool.PCP_HIGH + pool.BATCH)
         self.tlb_entries = tlb_entries
@@ -109,10 +116,12 @@ def regions(g):
          ("vma_tree", np.uint64, (g.ntrees, TREE_HDR + 3 * MAX_VMAS)),
          ("tlb", np.uint64, (n1, g.tlb_entries * 4 + PWC_ENTRIES * 2))]
     r += pool.regions("tables", g.ntables, g.ncpus)
-    r += pool.regions("frames", g.nframes, g.ncpus)
+    r += pool.regions("frames", g.nsmall, g.ncpus)
+    r += pool.regions("hpages", g.nhuge, g.ncpus)
     r += pool.regions("vmas", g.nvmas, g.ncpus)
     r += pool.regions("trees", g.ntrees, g.ncpus)
     r += debug.regions(g.ncpus)
+    r += pipe.regions(g)
     return r
 
 
@@ -169,13 +178,15 @@ class MM:
         self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)
         self.pwc = tlb_all[cpu, g.tlb_entries * 4:].reshape(PWC_ENTRIES, 2)
         self.tables = pool.Pool(arena, "tables", g.ntables)
-        self.frames = pool.Pool(arena, "frames", g.nframes)
+        self.frames = pool.Pool(arena, "frames", g.nsmall)
+        self.hpages = pool.Pool(arena, "hpages", g.nhuge, batch=1)
         self.vmas = pool.Pool(arena, "vmas", g.nvmas)
         self.trees = pool.Pool(arena, "trees", g.ntrees)
         self.reporter = debug.Reporter(arena, cpu, cpu)
         self.report = self.reporter.report
+        self.pipe = pipe.Pipe(arena, cpu, self.report)
         self.rcu = CallRcu(limit=max(8, g.ntables // (4 * (g.ncpus + 1))),
-                           stall_timeout_s=cfg.ipi_timeout)
+                           stall_timeout_s=cfg.ipi_timeout, on_elapsed=self.pipe.gp_done)
         self.all_cpus = native.CpuMask(g.ncpus, range(g.ncpus))
         self.local = [0] * len(STATS)          # per-CPU stats, flushed to the arena
         self.tree_cache = (None, None)
@@ -215,6 +226,7 @@ def mm_init(mm):
     native.lib.spf_rwsem_init(mm.mmap_lock)
     mm.tables.init(reserved={0})
     mm.frames.init()
+    mm.hpages.init()
     mm.vmas.init()
     mm.trees.init()
     mm.pt[0, :] = 0

@@ -1,9 +1,9 @@
 """Page tables: x86-64 4-level radix (PGD/PUD/PMD/PTE, 512 entries each, 48-bit VA).
 
-Entry format (u64):  bit 0 present, bit 1 writable, bit 7 huge (a PMD mapping 2 MiB),
-bit 8 PROT_NONE (software: the frame
-stays mapped but the hardware sees not-present), bits 12..39 the index of the next table
-or of the frame, bits 52..62 an 11-bit tag of that object's generation.  The tag lets a
+Entry format (u64):  bit 0 present, bit 1 writable, bit 7 huge (PS: a PMD entry that maps
+a 2 MiB page instead of a PTE table), bit 8 PROT_NONE (software: the frame stays mapped
+but the hardware sees not-present), bits 12..39 the index of the next table or of the
+frame (a huge page's head), bits 52..62 an 11-bit tag of that object's generation.  The tag lets a
 walker tell a table or frame that was freed and reused from the one the entry meant.
 
 Table lifecycle: alloc (zero, then LIVE, then published in the parent with a release
@@ -27,11 +27,13 @@ import numpy as np
 from .. import native
 from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PTE, PTRS, PUD, TABLE_FREE,
                        TABLE_LIVE, TABLE_PENDING)
+from .pipe import TABLES
 
 P, RW, PS, PROTNONE = 0x1, 0x2, 0x80, 0x100
 PFN_SHIFT, PFN_MASK = 12, (1 << 28) - 1
 GEN_SHIFT, GEN_MASK = 52, 0x7FF
 ROOT = 0                         # the PGD is table 0, allocated at mm creation
+HUGE = -2                        # "the pmd maps a huge page", where a PTE table was asked for
 
 NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
 EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = 10, 11, 12      # ring event types
@@ -53,6 +55,16 @@ def index(va, level):
     return (va >> LEVEL_SHIFT[level]) & (PTRS - 1)
 
 
+def pmd_maps_table(e, t):
+    """Whether pmd entry e links PTE table t (not a huge page that has t's number)."""
+    return e & (P | PS) == P and entry_pfn(e) == t
+
+
+def leaf_frame(e, va):
+    """The frame a leaf entry maps at va: the PTE's frame, or a huge pmd's subpage."""
+    return entry_pfn(e) + (index(va, PTE) if e & PS else 0)
+
+
 # -- allocation and freeing ---------------------------------------------------------------
 def alloc_table(mm, level):
     """A zeroed LIVE table of ``level``, or -1.  Publish it with ``populate``."""
@@ -61,6 +73,7 @@ def alloc_table(mm, level):
         return -1
     mm.pt[t, :] = 0
     mm.pt_level[t] = level
+    mm.pipe.unretire(TABLES, t)
     native.smp_wmb()             # contents before state: pairs with the walker's (3)
     mm.pt_state[t] = TABLE_LIVE
     mm.count("tables_alloc")
@@ -127,11 +140,14 @@ def lockless_walk_end(mm):
 def check_table(mm, t, tag, level, site, va):
     """Step (3): the table we just read from must still be the table the entry meant: not
     freed, not reused.  Unlinked and waiting for its sync (PENDING) is fine: that wait
-    is exactly what protects this walker."""
-    if mm.pt_state[t] == TABLE_FREE or mm.pt_level[t] != level \
+    is exactly what protects this walker, and its pipe age says whether it did."""
+    state = mm.pt_state[t]
+    if state == TABLE_FREE or mm.pt_level[t] != level \
             or (int(mm.pt_gen[t]) & GEN_MASK) != tag:
         mm.report("pt_uaf", site, va, t, level, tag)
         return False
+    if state == TABLE_PENDING:
+        mm.pipe.observe(TABLES, t, site, va)
     return True
 
 
@@ -139,7 +155,8 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     """Walk down to ``stop`` without locks (the caller holds IRQs off or RCU).
 
     Returns (table, entry, tag) of the deepest level reached: ``table`` is the table at
-    ``stop`` (``tag`` its generation tag) and ``entry`` its entry for va, or the first
+    ``stop`` (``tag`` its generation tag) and ``entry`` its entry for va, or the PMD
+    table and a huge pmd (a leaf above ``stop``: ``entry & PS``), or the first
     non-present upper entry with the level it was found at as a negative table
     (-level).  None when a check failed.
     ``use_pwc``: the hardware walker starts from its paging-structure cache when it
@@ -171,6 +188,8 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             return t, e, tag
         if not e & P:
             return -level, e, 0
+        if e & PS:
+            return t, e, tag
         t, tag, level = entry_pfn(e), entry_gen(e), NEXT[level]
         if t >= mm.g.ntables:
             mm.report("pt_uaf", site, va, t, level, tag)
@@ -180,9 +199,12 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
 # -- allocation on the fault path (mmap_read_lock held) ----------------------------------
 def _alloc_level(mm, parent, va, level, lock):
     """__pud_alloc / __pmd_alloc / __pte_alloc: allocate the table below parent for va
-    unless present; re-check under ``lock`` ("someone populated it meanwhile")."""
+    unless present; re-check under ``lock`` ("someone populated it meanwhile").
+    HUGE when the pmd maps a huge page."""
     idx = index(va, level + 1)
     e = int(mm.pt[parent, idx])
+    if e & PS:
+        return HUGE
     if e & P:
         return entry_pfn(e)
     new = alloc_table(mm, level)
@@ -195,14 +217,15 @@ def _alloc_level(mm, parent, va, level, lock):
         native.spin_unlock(lock)
         free_table_now(mm, new)          # never published: no walker can hold it
         mm.count("pte_alloc_race")
-        return entry_pfn(e)
+        return HUGE if e & PS else entry_pfn(e)
     populate(mm, parent, idx, new)
     native.spin_unlock(lock)
     return new
 
 
 def pte_alloc_walk(mm, va):
-    """The PTE table for va, allocating missing levels (mmap_read_lock held), or -1.
+    """The PTE table for va, allocating missing levels (mmap_read_lock held), or -1
+    (out of tables), or HUGE.
     PGD and PUD entries are populated under page_table_lock, PMD entries under the pmd
     lock (the ptl of the PMD table), as the kernel does with split pmd locks."""
     pud = _alloc_level(mm, ROOT, va, PUD, mm.page_table_lock)
@@ -215,20 +238,22 @@ def pte_alloc_walk(mm, va):
 
 
 def pte_table_of(mm, va):
-    """The PTE table for va, or -1 when a level is missing (locked callers only)."""
+    """The PTE table for va, or -1 when a level is missing or the pmd is huge (locked
+    callers only)."""
     t = ROOT
     for level in (PGD, PUD, PMD):
         e = int(mm.pt[t, index(va, level)])
-        if not e & P:
+        if e & (P | PS) != P:
             return -1
         t = entry_pfn(e)
     return t
 
 
 def pte_offset_map_lock(mm, va):
-    """The PTE table for va with its ptl held, or -1 (mm/pgtable-generic.c, 6.5+): the
-    table is looked up under RCU, since reclaim may free it under mmap_lock read, and the
-    pmd is re-checked once the ptl is held (a table reclaimed meanwhile is skipped)."""
+    """The PTE table for va with its ptl held, or -1 (none), or HUGE
+    (mm/pgtable-generic.c, 6.5+): the table is looked up under RCU, since reclaim and
+    collapse may free it under mmap_lock read, and the pmd is re-checked once the ptl is
+    held (a table reclaimed or collapsed meanwhile is looked up again)."""
     native.rcu_read_lock()
     try:
         while True:
@@ -238,6 +263,8 @@ def pte_offset_map_lock(mm, va):
             e = int(mm.pt[pmd_t, pmd_i])
             if not e & P:
                 return -1
+            if e & PS:
+                return HUGE
             t = entry_pfn(e)
             native.spin_lock(mm.ptl(t), mm.cpu)
             if int(mm.pt[pmd_t, pmd_i]) == e:

@@ -26,6 +26,7 @@ POINTS = {
     "zap_under_ptl": "zap_pte_range: PTEs cleared, ptl held, before the forced flush",
     "zap_ptl_dropped": "zap_pte_range: ptl dropped to free a batch, before taking it again",
     "pmd_clear_to_free": "free_pgtables: between clearing the pmd and freeing the table",
+    "collapse_flush": "khugepaged: pmd cleared, ptl and pmd lock held, before the flush",
     "split_vma": "__split_vma: between updating the bounds and the flags",
     "ipi_handler": "inside the IPI handler, before the ack (native)",
 }

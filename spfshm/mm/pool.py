@@ -20,10 +20,11 @@ def regions(name, n, ncpus):
 
 
 class Pool:
-    __slots__ = ("n", "stack", "hdr", "pcp", "lock", "name")
+    __slots__ = ("n", "stack", "hdr", "pcp", "lock", "name", "batch")
 
-    def __init__(self, arena, name, n):
-        self.name, self.n = name, n
+    def __init__(self, arena, name, n, batch=BATCH):
+        """``batch``: objects moved per refill or drain (a cache holds up to 3 batches)."""
+        self.name, self.n, self.batch = name, n, batch
         self.stack = arena[name + "_stack"]
         self.hdr = arena[name + "_hdr"]
         self.pcp = arena[name + "_pcp"]
@@ -31,7 +32,8 @@ class Pool:
 
     def init(self, reserved=()):
         """Every object free except ``reserved`` (allocated by the caller)."""
-        free = np.array([i for i in range(self.n - 1, -1, -1) if i not in set(reserved)],
+        reserved = set(reserved)
+        free = np.array([i for i in range(self.n - 1, -1, -1) if i not in reserved],
                         dtype=np.uint32)
         self.stack[:len(free)] = free
         self.hdr[8] = len(free)
@@ -53,13 +55,13 @@ class Pool:
         n = int(pcp[0]) + 1
         pcp[n] = idx
         pcp[0] = n
-        if n > PCP_HIGH:
-            self._drain(cpu, pcp, BATCH)
+        if n > 3 * self.batch:
+            self._drain(cpu, pcp, self.batch)
 
     def _refill(self, cpu, pcp):
         native.spin_lock(self.lock, cpu)
         top = int(self.hdr[8])
-        k = min(BATCH, top)
+        k = min(self.batch, top)
         if k:
             pcp[1:k + 1] = self.stack[top - k:top]
             self.hdr[8] = top - k

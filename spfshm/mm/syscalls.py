@@ -8,6 +8,7 @@ import errno
 
 from .. import native
 
+from .huge_memory import split_huge_range
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
@@ -215,6 +216,8 @@ def do_mprotect(mm, addr, length, prot):
         if not mm.bugs.on("mprotect_no_vma_lock"):
             for v in covered:
                 vma_start_write(mm, v.id)
+        if not split_huge_range(mm, addr, end):        # huge pmds first (vma_adjust_trans_huge)
+            return -errno.ENOMEM
         res = _split(mm, vmas, addr, end, prot_of=lambda v: prot)
         if res is None or not publish_tree(mm, res[0]):
             return -errno.ENOMEM

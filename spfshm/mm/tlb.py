@@ -18,10 +18,11 @@ import math
 import numpy as np
 
 from .. import native
-from .frames import put_page
+from .frames import frame_pages, put_page
 from .lockdep import Deadlock, check_ipi_wait
 from .mm_types import IPI_HIST_BUCKETS
 from .pagetable import free_table_now, mark_pending
+from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
 
 IPI_SLICE_S = 0.05
@@ -50,6 +51,7 @@ def flush_tlb_all(mm):
     if mm.cfg.tlb_flush == "no-ipi":
         return flush_tlb_remote(mm)
     t0 = native.now_ns()
+    ticket = mm.pipe.ipi_sync_begin()
     while True:
         try:
             native.ipi_sync(mm.all_cpus, native.IPI_FLUSH_TLB, timeout_s=IPI_SLICE_S)
@@ -65,6 +67,7 @@ def flush_tlb_all(mm):
             if waited_ms > 1000 * mm.cfg.ipi_timeout:
                 mm.report("deadlock", "ipi_timeout", 0, waited_ms, e.cpu)
                 raise Deadlock()
+    mm.pipe.ipi_sync_done(ticket)
     us = (native.now_ns() - t0) / 1000.0
     mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
     mm.count("ipi_sent", mm.g.ncpus - 1)
@@ -112,6 +115,14 @@ def assert_no_writable(mm, start, end):
         return
 
 
+def pte_free_defer(mm, t):
+    """Free an unlinked table after a grace period (its pipe stamp is taken just before
+    the grace period starts: see pipe.py)."""
+    mm.pipe.retire(TABLES, t, CLOCK_RCU)
+    mm.rcu.call_rcu(free_table_now, mm, t)
+    mm.count("call_rcu")
+
+
 class MmuGather:
     """Frames and tables unlinked by a teardown, held until it is safe to free them."""
 
@@ -128,10 +139,13 @@ class MmuGather:
         """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
         self.need_flush = True
         self.unflushed += 1
-        if self.mm.bugs.on("free_frame_before_flush"):
-            assert_no_translation(self.mm, [f])
-            put_page(self.mm, f)
+        mm = self.mm
+        if mm.bugs.on("free_frame_before_flush"):
+            assert_no_translation(mm, list(frame_pages(mm, f)))
+            put_page(mm, f)
         else:
+            if mm.cfg.tlb_flush == "ipi":
+                mm.pipe.retire(FRAMES, f, CLOCK_IPI)
             self.frames.append(f)
 
     def remove_table(self, t):
@@ -143,6 +157,8 @@ class MmuGather:
             free_table_now(mm, t)
         else:
             mark_pending(mm, t)
+            if mm.cfg.table_free == "ipi":
+                mm.pipe.retire(TABLES, t, CLOCK_IPI)
             self.tables.append(t)
 
     def flush_tlbonly(self):
@@ -155,13 +171,12 @@ class MmuGather:
         """tlb_flush_mmu: flush, then free what the flush made unreachable."""
         self.flush_tlbonly()
         mm = self.mm
-        assert_no_translation(mm, self.frames)
+        assert_no_translation(mm, [p for f in self.frames for p in frame_pages(mm, f)])
         for f in self.frames:
             put_page(mm, f)
         for t in self.tables:
             if mm.cfg.table_free == "rcu":
-                mm.rcu.call_rcu(free_table_now, mm, t)
-                mm.count("call_rcu")
+                pte_free_defer(mm, t)
             else:
                 free_table_now(mm, t)
         self.frames = []

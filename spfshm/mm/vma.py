@@ -18,6 +18,7 @@ import bisect
 import numpy as np
 
 from .. import native
+from .pipe import CLOCK_RCU, VMAS
 from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
                        VMA_PENDING)
 
@@ -53,6 +54,7 @@ def vm_area_alloc(mm, start, end, prot):
     native.lib.spf_rwsem_init(mm.vma_lock(vid))
     rec["start"], rec["end"], rec["prot"] = start, end, prot
     rec["detached"] = 0
+    mm.pipe.unretire(VMAS, vid)
     # Born write-locked: unlocked with every other VMA at mmap_write_unlock.
     native.store_relaxed(mm.vm_lock_seq_ptr(vid), native.load_relaxed(mm.mm_lock_seq))
     native.smp_wmb()
@@ -75,6 +77,7 @@ def vm_area_free(mm, vid):
     """Detach, then free after a grace period (lockless readers may still hold it)."""
     mm.vma[vid]["detached"] = 1
     mm.vma[vid]["state"] = VMA_PENDING
+    mm.pipe.retire(VMAS, vid, CLOCK_RCU)
     mm.rcu.call_rcu(_vm_area_free_now, mm, vid)
     mm.count("call_rcu")
 
@@ -91,9 +94,12 @@ def read_vma(mm, vid, site, va=0, lockless=False):
         mm.delay("vma_copy")
     v = Vma(vid, start, int(rec["end"]), int(rec["prot"]))
     v.torn = bool(s0 & 1) or int(rec["vseq"]) != s0
-    if rec["state"] != VMA_LIVE and not (lockless and rec["state"] == VMA_PENDING):
+    state = rec["state"]
+    if state != VMA_LIVE and not (lockless and state == VMA_PENDING):
         mm.report("vma_uaf", site, va, vid, int(rec["state"]), int(rec["gen"]))
         return None
+    if state == VMA_PENDING:         # the grace period claims only RCU readers
+        mm.pipe.observe(VMAS, vid, site, va, checked=native.rcu_read_depth() > 0)
     return v
 
 

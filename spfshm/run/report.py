@@ -7,9 +7,10 @@ import json
 import numpy as np
 
 from .. import __version__, debug
+from ..mm import pipe
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 
-OP_KINDS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup"]
+from .watchdog import OPS as OP_KINDS
 
 
 def _hist_percentile(hist, q):
@@ -83,6 +84,10 @@ def build_report(st, stress, elapsed):
                    "reclaimed_per_s": round(t["pt_reclaimed"] / elapsed, 1) if elapsed else 0,
                    "reclaim_scans": t["reclaim"],
                    "vmpte_kb_end": st.vmpte_kb_end, "vmpte_kb_peak": st.vmpte_kb_peak},
+        "thp": {"collapsed": t["thp_collapsed"], "collapse_failed": t["thp_collapse_fail"],
+                "collapse_scans": t["collapse"], "split": t["thp_split"],
+                "zapped": t["thp_zap"], "oom": t["thp_oom"]},
+        "pipe_ages": dict(pipe.histograms(arena, cfg.cpus), legal_max=pipe.LEGAL_AGE),
         "frames_freed": t["frames_freed"],
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
@@ -122,6 +127,12 @@ def summary(rep):
                 rep["rcu"]["grace_periods"], rep["tables"]["allocated"],
                 rep["tables"]["freed"], rep["tables"]["reclaimed"],
                 rep["tables"]["vmpte_kb_end"]),
+             "thp: collapsed %d (failed %d), split %d, zapped %d; retired objects read by "
+             "lockless walkers (pipe ages 0/1+): %s"
+             % (rep["thp"]["collapsed"], rep["thp"]["collapse_failed"], rep["thp"]["split"],
+                rep["thp"]["zapped"],
+                " ".join("%s=%d/%d" % (k, h[0], sum(h[1:]))
+                         for k, h in rep["pipe_ages"].items() if k != "legal_max")),
              "sweeps %d (%d objects checked)" % (rep["invariant_checks"]["sweeps"],
                                                  rep["invariant_checks"]["objects_checked"])]
     if c["delay"]:

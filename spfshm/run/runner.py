@@ -20,6 +20,7 @@ from ..mm.cpu import Cpu
 from ..mm.lockdep import Deadlock
 from ..mm.mm_types import MM, STAT, Geometry, mm_init
 from ..mm.gup import gup_fast, gup_hold_and_release
+from ..mm.khugepaged import khugepaged_scan
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
@@ -79,6 +80,9 @@ def run_op(mm, cpu, op, args):
     if op == "gup":
         gup_hold_and_release(mm, gup_fast(mm, *args))
         return "ok"
+    if op == "collapse":
+        khugepaged_scan(mm, *args)
+        return "ok"
     if op == "reclaim":
         reclaim_scan(mm)
         if cpu.reclaimer_pause:
@@ -103,7 +107,8 @@ def worker_main(st, cpu):
     cfg = st.cfg
     is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
     wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
-                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer)
+                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer,
+                  collapse_op=cfg.collapse != "off")
     c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)

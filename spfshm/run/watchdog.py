@@ -13,7 +13,7 @@ from ..mm.mm_types import STAT
 from .events import describe_event
 
 HB_SEQ, HB_OP = 0, 1
-OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup"]
+OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
 WAIT_NAMES = {1: "mmap_lock (read)", 2: "mmap_lock (write)", 3: "a VMA lock (write)"}
 
 

@@ -56,7 +56,8 @@ def hot_spots(g, seed):
 
 
 class Workload:
-    def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False):
+    def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False,
+                 collapse_op=False):
         self.g = g
         self.r = rng_for(seed, cpu)
         self.writer = kind == "faults+writer" and cpu == 0
@@ -66,6 +67,8 @@ class Workload:
         mix = dict(MIXES["mixed" if kind == "mixed" else "faults"])
         if reclaim_op:
             mix["reclaim"] = 10          # the seed scanner, inline (no --reclaimer)
+        if collapse_op:
+            mix["collapse"] = 5          # a khugepaged scan from a page near the hot spot
         self.ops = list(mix)
         self.cum = []
         acc = 0
@@ -119,6 +122,8 @@ class Workload:
             return op, (self._page() + 8 * r.randrange(512),)
         if op == "reclaim":
             return op, ()
+        if op == "collapse":
+            return op, (self._page(),)
         if op == "gup":
             return op, (self._page(), r.randint(1, 16))
         if op == "madvise":            # sometimes a large arena's worth (malloc trim)

@@ -1,0 +1,107 @@
+"""Pipe-count ages (rcutorture's pipe check) of retired objects seen by lockless walkers.
+
+An object (a page table, a VMA record, a frame) is *retired* when it has been unlinked
+and its free waits for a sync: a shootdown IPI or a grace period.  At that moment it is
+stamped with the clock of that sync.  A lockless walker that later reads it records its
+*age*: how many syncs began after the stamp and are known to have completed.  A sync that
+began after the unlink waits for every walker that could still reach the object, so while
+a walker reads it that sync cannot have finished: the legal bucket is 0, and any read in
+a bucket past it is a violation (``pipe_age``), even when the free itself has not
+happened yet (rcutorture's "pipe too long").
+
+Clocks, stated once (each completes out of order on many CPUs; per-CPU slots, no shared
+counter on a hot path):
+  IPI:  the flusher (1) takes a ticket (a shared fetch_add, on the flusher's path only)
+        before sending, (2) waits for every ack, (3) records ticket+1 in its CPU's slot.
+        A walker with IRQs off cannot ack, so (2) waits for it.
+  RCU:  a CPU that sees a grace-period cookie elapse (its call_rcu queue) records the
+        cookie in its slot.  The stamp is the gp_seq before the free's own cookie.
+age = max over the CPUs' slots - stamp.
+"""
+import numpy as np
+
+from .. import native
+
+CLOCK_IPI, CLOCK_RCU = 0, 1
+KINDS = ("tables", "vmas", "frames")
+TABLES, VMAS, FRAMES = range(3)
+BUCKETS = 8                                  # ages 0..6, and 7 for 7 or more
+LEGAL_AGE = 0
+_CLOCK_BIT = 1 << 63
+
+
+def regions(g):
+    n1 = g.ncpus + 1
+    return [("pipe_ticket", np.uint64, 8),                   # [0] IPI sync tickets
+            ("pipe_clock", np.uint64, (n1, 8)),             # [cpu, clock] completed up to
+            ("pipe_hist", np.uint64, (n1, len(KINDS), BUCKETS)),
+            ("pipe_stamp_tables", np.uint64, g.ntables),     # 0: not retired
+            ("pipe_stamp_vmas", np.uint64, g.nvmas),
+            ("pipe_stamp_frames", np.uint64, g.nframes)]
+
+
+class Pipe:
+    """One CPU's view: its clock slots, its histogram row, and the stamp arrays."""
+
+    __slots__ = ("ticket_ptr", "gp_seq_ptr", "clocks", "my_clock", "hist", "stamps",
+                 "report")
+
+    def __init__(self, arena, cpu, report):
+        self.ticket_ptr = arena.ptr("pipe_ticket")
+        self.gp_seq_ptr = arena.ptr("rcu_gp_seq")
+        self.clocks = arena["pipe_clock"]
+        self.my_clock = self.clocks[cpu]
+        self.hist = arena["pipe_hist"][cpu]
+        self.stamps = [arena["pipe_stamp_" + k] for k in KINDS]
+        self.report = report
+
+    # -- the syncs' side ------------------------------------------------------------------
+    def ipi_sync_begin(self):
+        """(1): the ticket of a shootdown about to be sent."""
+        return native.fetch_add(self.ticket_ptr, 1)
+
+    def ipi_sync_done(self, ticket):
+        """(3): every ack is in."""
+        if ticket + 1 > self.my_clock[CLOCK_IPI]:
+            self.my_clock[CLOCK_IPI] = ticket + 1
+
+    def gp_done(self, cookie):
+        """A grace period with this cookie has elapsed."""
+        if cookie > self.my_clock[CLOCK_RCU]:
+            self.my_clock[CLOCK_RCU] = cookie
+
+    # -- the objects' side ----------------------------------------------------------------
+    def retire(self, kind, idx, clock):
+        """Stamp an unlinked object with the clock its free waits on."""
+        now = native.load_relaxed(self.ticket_ptr if clock == CLOCK_IPI else self.gp_seq_ptr)
+        self.stamps[kind][idx] = (now + 1) | (_CLOCK_BIT if clock == CLOCK_RCU else 0)
+
+    def unretire(self, kind, idx):
+        """Allocated again: not retired."""
+        self.stamps[kind][idx] = 0
+
+    def age(self, kind, idx):
+        """The object's age in syncs, or -1 when it is not retired."""
+        s = int(self.stamps[kind][idx])
+        if not s:
+            return -1
+        clock = CLOCK_RCU if s & _CLOCK_BIT else CLOCK_IPI
+        done = int(self.clocks[:, clock].max())
+        return max(0, done - ((s & ~_CLOCK_BIT) - 1))
+
+    def observe(self, kind, idx, site, va=0, checked=True):
+        """A lockless walker read the object: histogram its age; past the legal bucket is
+        a violation when the walker is one the object's sync claims to wait for
+        (``checked``).  Returns the age (-1: not retired)."""
+        a = self.age(kind, idx)
+        if a >= 0:
+            self.hist[kind, min(a, BUCKETS - 1)] += 1
+            if a > LEGAL_AGE and checked:
+                self.report("pipe_age", site, va, kind, idx, a)
+        return a
+
+
+def histograms(arena, ncpus):
+    """{kind: [count per bucket]} summed over CPUs."""
+    h = arena["pipe_hist"][:ncpus + 1].sum(axis=0)
+    return {k: h[i].tolist() for i, k in enumerate(KINDS)}
