@@ -196,6 +196,16 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             return None
 
 
+def pwc_invalidate(mm, va):
+    """A page fault drops this CPU's paging-structure cache entry for the faulting
+    address (x86 does: Intel SDM 4.10.4.1), so the retried walk reads the tables again
+    instead of a PTE table that reclaim or collapse unlinked and whose flush is pending."""
+    block = va >> LEVEL_SHIFT[PMD]
+    slot = mm.pwc[block & (len(mm.pwc) - 1)]
+    if int(slot[0]) == (block << 1) | 1:
+        slot[0] = 0
+
+
 # -- allocation on the fault path (mmap_read_lock held) ----------------------------------
 def _alloc_level(mm, parent, va, level, lock):
     """__pud_alloc / __pmd_alloc / __pte_alloc: allocate the table below parent for va
