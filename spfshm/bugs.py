@@ -136,7 +136,7 @@ CATALOGUE = [
         "(why the series walks with local_irq_disable, later rcu_read_lock)",
         ("pt_uaf",),
         "the speculative page-table walk takes no protection against table freeing",
-        {"fault_mode": "spf", "delay": 0.05, "delay_max_us": 3000.0,
+        {"fault_mode": "spf", "delay": 0.2, "delay_max_us": 3000.0,
          "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
