@@ -134,7 +134,7 @@ CATALOGUE = [
     Bug("spf_walk_unprotected", "SPF step 3: speculative_page_walk_begin",
         "bug class 1: a lockless walk with neither IRQs off nor RCU "
         "(why the series walks with local_irq_disable, later rcu_read_lock)",
-        ("pt_uaf",),
+        ("pt_uaf", "pipe_age"),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf", "delay": 0.2, "delay_max_us": 3000.0,
          "delay_points": ("spf_before_ptl",)}),
