@@ -26,6 +26,10 @@ CONFIGS = [
     dict(fault_mode="pervma,spf", table_free="rcu", tlb_flush="no-ipi", delay=0.01),
     dict(fault_mode="spf", table_free="rcu", walk="irq", delay=0.02),
     dict(fault_mode="classic,pervma", table_free="ipi", workload="faults+writer"),
+    dict(fault_mode="spf,pervma,classic", table_free="ipi", collapse="write-lock",
+         workload="faults"),
+    dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="retract",
+         reclaim="ptreclaim"),
 ]
 
 
