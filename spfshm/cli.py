@@ -80,6 +80,9 @@ def add_config_args(p):
     p.add_argument("--workload", default=d.workload, metavar="KIND",
                    help="mixed (default: the race finder's churn), faults (loads, stores "
                         "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop)")
+    p.add_argument("--writer-rate", type=nonneg_float, default=d.writer_rate, metavar="R",
+                   help="with faults+writer: the writer's mmap+munmap pairs per second "
+                        "(0, the default: as fast as it can)")
     p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
                    help="how lockless walkers protect themselves (auto: the kernel's "
                         "pairing with --table-free)")
@@ -130,6 +133,7 @@ def config_from_args(a):
                   delay_points=a.delay_points,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
+                  writer_rate=a.writer_rate,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,

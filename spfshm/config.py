@@ -34,6 +34,7 @@ class Config:
     reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
+    writer_rate: float = 0.0       # faults+writer: mmap+munmap pairs per second (0: flat out)
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
     tlb_entries: int = 64
@@ -79,6 +80,9 @@ class Config:
              "--workload must be one of %s, got %r" % (",".join(WORKLOADS), self.workload))
         need(self.workload != "faults+writer" or self.cpus >= 2,
              "--workload faults+writer needs --cpus >= 2 (CPU 0 is the writer)")
+        need(self.writer_rate >= 0, "--writer-rate must be >= 0, got %g" % self.writer_rate)
+        need(not self.writer_rate or self.workload == "faults+writer",
+             "--writer-rate needs --workload faults+writer")
         need(self.tlb_flush in TLB_FLUSH,
              "--tlb-flush must be ipi or no-ipi, got %r" % self.tlb_flush)
         need(self.reclaim in RECLAIM,
@@ -163,6 +167,8 @@ class Config:
             a += ["--kill-worker", "%g" % self.kill_worker, "--kill-at", self.kill_at]
         if self.workload != Config.workload:
             a += ["--workload", self.workload]
+        if self.writer_rate:
+            a += ["--writer-rate", "%g" % self.writer_rate]
         if self.ipi_timeout != Config.ipi_timeout:
             a += ["--ipi-timeout", "%g" % self.ipi_timeout]
         if self.delay != Config.delay or self.delay_max_us != Config.delay_max_us:

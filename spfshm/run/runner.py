@@ -35,6 +35,7 @@ STOP_TIMEOUT_S = 30.0
 VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
+PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
 
 
 class RunState:
@@ -103,7 +104,9 @@ def worker_main(st, cpu):
     cfg = st.cfg
     is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
     wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
-                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer)
+                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer,
+                  writer_rate=cfg.writer_rate)
+    paced = wl.period_ns > 0
     c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
@@ -116,6 +119,12 @@ def worker_main(st, cpu):
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
             _park(ctl, parked)
+        if paced:
+            wait = wl.wait_ns(native.now_ns())
+            if wait > 0:                      # --writer-rate: idle (IRQs on, no locks)
+                native.sleep_ns(min(wait, PACE_SLICE_NS))
+                hb[HB_SEQ] += 2               # alive, between operations
+                continue
         op, args = wl.next()
         hb[HB_OP] = OP_INDEX[op]
         hb[HB_SEQ] += 1                       # odd: inside an operation

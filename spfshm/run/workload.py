@@ -8,7 +8,9 @@ a pure function of its configuration.  ``--workload``:
 - ``faults``: loads and stores over a fully mapped window, with MADV_DONTNEED to make
   pages fault again (no mmap_lock writer: will-it-scale page_fault style).
 - ``faults+writer``: the same, and CPU 0 maps and unmaps a small region of its own in a
-  loop (the mmap_lock contention the SPF and per-VMA lock series measured).
+  loop (the mmap_lock contention the SPF and per-VMA lock series measured); with
+  ``--writer-rate R`` it starts one mmap+munmap pair every 1/R seconds (a fixed schedule,
+  no randomness: the op sequence stays a function of the configuration), idling between.
 """
 import random
 
@@ -56,10 +58,14 @@ def hot_spots(g, seed):
 
 
 class Workload:
-    def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False):
+    def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False,
+                 writer_rate=0.0):
         self.g = g
         self.r = rng_for(seed, cpu)
         self.writer = kind == "faults+writer" and cpu == 0
+        # --writer-rate: the writer's pair k is due at start + k * period (0: no pacing)
+        self.period_ns = int(1e9 / writer_rate) if self.writer and writer_rate > 0 else 0
+        self.due_ns = None
         self.reclaimer = reclaimer
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
@@ -99,6 +105,19 @@ class Workload:
         va = self._page()
         n = min(self.r.randint(1, maxpages), (self.end - va) // PAGE)
         return va, n * PAGE
+
+    def wait_ns(self, now_ns):
+        """With --writer-rate: how long the writer must idle before its next pair is due
+        (0: go).  A writer that fell behind does not burst: it restarts the schedule."""
+        if not self.period_ns or self.mapped:
+            return 0                     # not paced, or the munmap half of a pair
+        if self.due_ns is None:
+            self.due_ns = now_ns
+        wait = self.due_ns - now_ns
+        if wait > 0:
+            return wait
+        self.due_ns = max(self.due_ns + self.period_ns, now_ns - self.period_ns)
+        return 0
 
     def next(self):
         """(op, args)."""
