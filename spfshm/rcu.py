@@ -13,7 +13,7 @@ from . import native
 
 class CallRcu:
     __slots__ = ("queue", "limit", "busted", "stall_timeout_s", "invoked", "max_backlog",
-                 "forced")
+                 "forced", "lat_sum_ns", "lat_max_ns")
 
     def __init__(self, limit=4096, busted=False, stall_timeout_s=10.0):
         if limit <= 0:
@@ -25,13 +25,14 @@ class CallRcu:
         self.invoked = 0
         self.max_backlog = 0
         self.forced = 0
+        self.lat_sum_ns = self.lat_max_ns = 0     # call_rcu -> invocation, over `invoked`
 
     def call_rcu(self, fn, *args):
         """Run fn(*args) after a grace period (no reader that may see the object remains)."""
         if len(self.queue) >= self.limit:
             self.forced += 1
             self.rcu_barrier()
-        self.queue.append((native.rcu_start_gp(), fn, args))
+        self.queue.append((native.rcu_start_gp(), native.now_ns(), fn, args))
         if len(self.queue) > self.max_backlog:
             self.max_backlog = len(self.queue)
 
@@ -39,11 +40,15 @@ class CallRcu:
         """Invoke every callback whose grace period has elapsed; returns how many ran."""
         n = 0
         q = self.queue
+        now = None
         while q:
-            cookie, fn, args = q[0]
+            cookie, t, fn, args = q[0]
             if not self.busted and native.rcu_gp_blocker(cookie) >= 0:
                 break
             q.popleft()
+            now = now or native.now_ns()
+            self.lat_sum_ns += now - t
+            self.lat_max_ns = max(self.lat_max_ns, now - t)
             fn(*args)
             n += 1
         self.invoked += n

@@ -39,6 +39,16 @@ def totals(arena, ncpus):
     return dict(zip(STATS, arena["stats"][:ncpus + 1].sum(axis=0).tolist()))
 
 
+def _rcu_latency(arena, ncpus):
+    """call_rcu -> invocation latency (a grace period plus the wait for the next
+    rcu_process_callbacks), over every CPU's callbacks."""
+    lat = arena["rcu_lat"][:ncpus]
+    n, total = int(lat[:, 0].sum()), int(lat[:, 1].sum())
+    return {"callbacks_invoked": n,
+            "cb_latency_mean_us": round(total / n / 1000.0, 1) if n else 0.0,
+            "cb_latency_max_us": round(int(lat[:, 2].max()) / 1000.0, 1) if n else 0.0}
+
+
 def build_report(st, stress, elapsed):
     cfg, arena = st.cfg, st.arena
     t = totals(arena, cfg.cpus)
@@ -76,8 +86,9 @@ def build_report(st, stress, elapsed):
         "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
                 "p50_us": _hist_percentile(hist, 0.5), "p99_us": _hist_percentile(hist, 0.99),
                 "hist_buckets": IPI_HIST_BUCKETS},
-        "rcu": {"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
-                "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
+        "rcu": dict({"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
+                     "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
+                    **_rcu_latency(arena, cfg.cpus)),
         "tables": {"allocated": t["tables_alloc"], "freed": t["tables_freed"],
                    "alloc_races": t["pte_alloc_race"], "reclaimed": t["pt_reclaimed"],
                    "reclaimed_per_s": round(t["pt_reclaimed"] / elapsed, 1) if elapsed else 0,

@@ -57,7 +57,8 @@ class RunState:
         g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
         n = cfg.cpus
         return Layout(smp_regions(n + 1) + mm_types.regions(g)
-                      + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8))])
+                      + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8)),
+                         ("rcu_lat", np.uint64, (n + 1, 8))])   # [invoked, sum_ns, max_ns]
 
     @staticmethod
     def geometry_text(cfg):
@@ -115,6 +116,7 @@ def worker_main(st, cpu):
     local = mm.local
     i_ops = STAT["ops"]
     hb = st.arena["heartbeat"][cpu]
+    rcu_lat = st.arena["rcu_lat"][cpu]
     n = 0
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
@@ -145,12 +147,18 @@ def worker_main(st, cpu):
             mm.rcu.rcu_process_callbacks()
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
+            _flush_rcu_lat(mm.rcu, rcu_lat)
         if viol[0]:
             break
     mm.rcu.rcu_barrier()
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
+    _flush_rcu_lat(mm.rcu, rcu_lat)
     native.cpu_unregister()
+
+
+def _flush_rcu_lat(rcu, row):
+    row[0], row[1], row[2] = rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
 
 
 def _park(ctl, parked):
