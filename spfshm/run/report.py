@@ -42,11 +42,21 @@ def totals(arena, ncpus):
 def _rcu_latency(arena, ncpus):
     """call_rcu -> invocation latency (a grace period plus the wait for the next
     rcu_process_callbacks), over every CPU's callbacks."""
-    lat = arena["rcu_lat"][:ncpus]
-    n, total = int(lat[:, 0].sum()), int(lat[:, 1].sum())
+    from .runner import ACCT_RCU_MAX, ACCT_RCU_N, ACCT_RCU_SUM
+    acct = arena["cpu_acct"][:ncpus]
+    n, total = int(acct[:, ACCT_RCU_N].sum()), int(acct[:, ACCT_RCU_SUM].sum())
     return {"callbacks_invoked": n,
             "cb_latency_mean_us": round(total / n / 1000.0, 1) if n else 0.0,
-            "cb_latency_max_us": round(int(lat[:, 2].max()) / 1000.0, 1) if n else 0.0}
+            "cb_latency_max_us": round(int(acct[:, ACCT_RCU_MAX].max()) / 1000.0, 1)
+            if n else 0.0}
+
+
+def _run_seconds(arena, ncpus):
+    """How long each CPU ran its operation loop (start-up and the final sweep excluded)."""
+    from .runner import ACCT_END, ACCT_START
+    acct = arena["cpu_acct"][:ncpus]
+    return [round((int(e) - int(s)) / 1e9, 4) if e > s else 0.0
+            for s, e in zip(acct[:, ACCT_START], acct[:, ACCT_END])]
 
 
 def build_report(st, stress, elapsed):
@@ -82,6 +92,8 @@ def build_report(st, stress, elapsed):
         "faults": faults,
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
+        "faults_per_cpu": per_cpu_faults,
+        "cpu_run_s": _run_seconds(arena, cfg.cpus),
         "ops_per_s": round(t["ops"] / elapsed, 1) if elapsed else 0.0,
         "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
                 "p50_us": _hist_percentile(hist, 0.5), "p99_us": _hist_percentile(hist, 0.99),

@@ -36,6 +36,8 @@ VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are kill
 OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
 PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
+# cpu_acct row of a CPU: when its loop started and (last) ended, call_rcu latency sums
+ACCT_START, ACCT_END, ACCT_RCU_N, ACCT_RCU_SUM, ACCT_RCU_MAX = range(5)
 
 
 class RunState:
@@ -58,7 +60,7 @@ class RunState:
         n = cfg.cpus
         return Layout(smp_regions(n + 1) + mm_types.regions(g)
                       + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8)),
-                         ("rcu_lat", np.uint64, (n + 1, 8))])   # [invoked, sum_ns, max_ns]
+                         ("cpu_acct", np.uint64, (n + 1, 8))])   # see ACCT_*
 
     @staticmethod
     def geometry_text(cfg):
@@ -116,7 +118,8 @@ def worker_main(st, cpu):
     local = mm.local
     i_ops = STAT["ops"]
     hb = st.arena["heartbeat"][cpu]
-    rcu_lat = st.arena["rcu_lat"][cpu]
+    acct = st.arena["cpu_acct"][cpu]
+    acct[ACCT_START] = native.now_ns()
     n = 0
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
@@ -147,18 +150,21 @@ def worker_main(st, cpu):
             mm.rcu.rcu_process_callbacks()
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
-            _flush_rcu_lat(mm.rcu, rcu_lat)
+            _flush_acct(mm.rcu, acct)
         if viol[0]:
             break
+    acct[ACCT_END] = native.now_ns()
     mm.rcu.rcu_barrier()
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
-    _flush_rcu_lat(mm.rcu, rcu_lat)
+    _flush_acct(mm.rcu, acct)
     native.cpu_unregister()
 
 
-def _flush_rcu_lat(rcu, row):
-    row[0], row[1], row[2] = rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
+def _flush_acct(rcu, row):
+    row[ACCT_END] = native.now_ns()
+    row[ACCT_RCU_N], row[ACCT_RCU_SUM], row[ACCT_RCU_MAX] = \
+        rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
 
 
 def _park(ctl, parked):

@@ -116,7 +116,9 @@ class Workload:
         wait = self.due_ns - now_ns
         if wait > 0:
             return wait
-        self.due_ns = max(self.due_ns + self.period_ns, now_ns - self.period_ns)
+        self.due_ns += self.period_ns
+        if self.due_ns < now_ns - self.period_ns:      # more than a period late: restart
+            self.due_ns = now_ns + self.period_ns
         return 0
 
     def next(self):
