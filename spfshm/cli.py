@@ -106,9 +106,11 @@ def add_config_args(p):
                         "cyclically) so the paths race each other")
     p.add_argument("--workload", default=d.workload, metavar="KIND",
                    help="mixed (default: the race finder's churn), faults (loads, stores "
-                        "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop)")
+                        "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop), "
+                        "pf1, pf1+writer (page_fault1's shape: private slices, touched "
+                        "in order, then zapped whole)")
     p.add_argument("--writer-rate", type=nonneg_float, default=d.writer_rate, metavar="R",
-                   help="with faults+writer: the writer's mmap+munmap pairs per second "
+                   help="with a +writer workload: the writer's mmap+munmap pairs per second "
                         "(0, the default: as fast as it can)")
     p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
                    help="how lockless walkers protect themselves (auto: the kernel's "
@@ -217,6 +219,12 @@ def build_parser():
     sc.add_argument("--fault-modes", type=csv_list(str, FAULT_MODES, "fault mode"),
                     default=list(FAULT_MODES), metavar="MODES",
                     help="comma list of classic, spf, pervma (default: all)")
+    sc.add_argument("--workload", type=csv_list(str, ("faults", "pf1"), "workload"),
+                    default=["faults"], metavar="faults,pf1",
+                    help="faults (the stress workload: shared hot spots, a DONTNEED every "
+                         "few faults; default) and/or pf1 (page_fault1's shape: private "
+                         "slices, touched in order, zapped whole); +writer added for "
+                         "--writer on")
     sc.add_argument("--writer", type=csv_list(str, ("off", "on"), "writer setting"),
                     default=["off", "on"], metavar="off,on",
                     help="without (faults) and/or with (faults+writer) the mmap/munmap "

@@ -75,14 +75,14 @@ class Config:
         need(all(m in FAULT_MODES for m in modes) and len(set(modes)) == len(modes),
              "--fault-mode must be a list of %s, got %r" % ("/".join(FAULT_MODES),
                                                            self.fault_mode))
-        from .run.workload import WORKLOADS
+        from .run.workload import WORKLOADS, WRITER_WORKLOADS
         need(self.workload in WORKLOADS,
              "--workload must be one of %s, got %r" % (",".join(WORKLOADS), self.workload))
-        need(self.workload != "faults+writer" or self.cpus >= 2,
-             "--workload faults+writer needs --cpus >= 2 (CPU 0 is the writer)")
+        need(self.workload not in WRITER_WORKLOADS or self.cpus >= 2,
+             "--workload %s needs --cpus >= 2 (CPU 0 is the writer)" % self.workload)
         need(self.writer_rate >= 0, "--writer-rate must be >= 0, got %g" % self.writer_rate)
-        need(not self.writer_rate or self.workload == "faults+writer",
-             "--writer-rate needs --workload faults+writer")
+        need(not self.writer_rate or self.workload in WRITER_WORKLOADS,
+             "--writer-rate needs --workload faults+writer or pf1+writer")
         need(self.tlb_flush in TLB_FLUSH,
              "--tlb-flush must be ipi or no-ipi, got %r" % self.tlb_flush)
         need(self.reclaim in RECLAIM,

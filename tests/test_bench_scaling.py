@@ -28,6 +28,7 @@ def run_cli(argv, capsys):
     (["--fault-modes", "classic,fast"], "--fault-modes"),
     (["--table-free", "ipi,never"], "--table-free"),
     (["--writer", "maybe"], "--writer"),
+    (["--workload", "mixed"], "--workload"),
     (["--writer-rate", "-1"], "--writer-rate"),
     (["--writer", "off", "--writer-rate", "10"], "--writer-rate"),
     (["--repeat", "0"], "--repeat"),
@@ -90,7 +91,7 @@ def test_tiny_run_json(tiny_run):
 
 def test_tiny_run_csv(tiny_run):
     _, doc, rows = tiny_run
-    assert rows and set(rows[0]) == {"mode", "writer", "writer_rate", "table_free", "cpus",
+    assert rows and set(rows[0]) == {"workload", "mode", "writer", "writer_rate", "table_free", "cpus",
                                      "workers", "metric", "unit", "median", "min", "max",
                                      "repeats"}
     per_conf = {}
@@ -136,3 +137,22 @@ def test_writer_pacing_schedule():
     fast = Workload(g, 1, 0, "faults+writer", writer_rate=0)
     faulter = Workload(g, 1, 1, "faults+writer", writer_rate=1000)
     assert fast.period_ns == 0 and faulter.period_ns == 0
+
+
+def test_pf1_slices():
+    """pf1: each fault CPU stores to every page of its own slice in order, then zaps the
+    whole slice; the slices of the fault CPUs are disjoint (the writer has none)."""
+    g = Geometry(3, 4096, 64)
+    seen = []
+    for cpu in (1, 2):
+        w = Workload(g, 1, cpu, "pf1+writer")
+        n = w.slice_pages
+        ops = [w.next() for _ in range(n + 1)]
+        assert all(op == "store" for op, _ in ops[:n])
+        addrs = [a[0] for _, a in ops[:n]]
+        assert addrs == [w.slice + i * 4096 for i in range(n)]
+        assert ops[n] == ("madvise", (w.slice, n * 4096))
+        assert w.next() == ("store", (w.slice,))
+        seen.append(set(addrs))
+    assert not seen[0] & seen[1]
+    assert Workload(g, 1, 0, "pf1+writer").next()[0] == "mmap"

@@ -32,6 +32,8 @@ WRITER_LABEL = {False: "off", True: "on"}
 METRICS = {
     "faults_per_s": ("1/s", "faults handled per second, all fault CPUs"),
     "faults_per_s_per_cpu": ("1/s", "faults per second per fault CPU (mean)"),
+    "faults_per_cpu_s": ("1/s", "faults per second of the fault CPUs' own CPU time "
+                                "(what a preempting neighbour cannot lower)"),
     "spf_abort_rate": ("", "speculative faults aborted / attempted"),
     "pervma_fallback_rate": ("", "per-VMA attempts that fell back to mmap_lock"),
     "classic_share": ("", "faults handled under mmap_lock / all faults"),
@@ -67,9 +69,11 @@ def metrics_of(rep, cpus, writer):
     f = rep["faults"]
     handled = f["classic"] + f["spf_ok"] + f["pervma_ok"]
     spf_tries = f["spf_ok"] + sum(f["spf_abort"].values())
+    busy = sum(rep["cpu_busy_s"][first:])
     m = {
         "faults_per_s": sum(per),
         "faults_per_s_per_cpu": sum(per) / cpus,
+        "faults_per_cpu_s": sum(rep["faults_per_cpu"][first:]) / busy if busy else 0.0,
         "spf_abort_rate": f["spf_abort_rate"],
         "pervma_fallback_rate": f["pervma_fallback_rate"],
         "classic_share": f["classic"] / handled if handled else 0.0,
@@ -94,11 +98,13 @@ def summarize(values):
 
 
 def configurations(args):
-    for tf in args.table_free:
-        for writer in args.writer:
-            for mode in args.fault_modes:
-                for cpus in args.cpus:
-                    yield {"mode": mode, "writer": writer, "table_free": tf, "cpus": cpus}
+    for wl in args.workload:
+        for tf in args.table_free:
+            for writer in args.writer:
+                for mode in args.fault_modes:
+                    for cpus in args.cpus:
+                        yield {"mode": mode, "writer": writer, "table_free": tf, "cpus": cpus,
+                               "workload": wl, "group": "%s/%s" % (wl, tf)}
 
 
 def config_for(c, args, seed, artifacts):
@@ -106,7 +112,7 @@ def config_for(c, args, seed, artifacts):
     writer = c["writer"] == "on"
     return Config(cpus=c["cpus"] + (1 if writer else 0), duration=args.duration, seed=seed,
                   fault_mode=c["mode"], table_free=c["table_free"], check_every=0,
-                  workload="faults+writer" if writer else "faults",
+                  workload=c["workload"] + ("+writer" if writer else ""),
                   writer_rate=args.writer_rate if writer else 0.0,
                   artifacts=artifacts, pin=True).resolved()
 
@@ -154,15 +160,17 @@ def kernel_rates(args, log):
 
 
 def run(args, log=lambda s: None):
-    """Every configuration, repeated; returns the JSON document."""
+    """Every configuration, repeated; returns the JSON document.  The repeats go round
+    robin (every configuration once, then again): a burst of noise from a neighbour
+    then hits one repeat of many configurations, not every repeat of one."""
     confs = list(configurations(args))
+    raws = [[] for _ in confs]
     total = len(confs) * args.repeat
-    results, done, t0 = [], 0, time.monotonic()
+    done, t0 = 0, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spfshm-scaling-") as art:
-        for c in confs:
-            writer = c["writer"] == "on"
-            raw, per_cpu = [], []
-            for k in range(args.repeat):
+        for k in range(args.repeat):
+            for c, raw in zip(confs, raws):
+                writer = c["writer"] == "on"
                 cfg, rep = run_one(c, args, args.seed + k, art)
                 m, per = metrics_of(rep, c["cpus"], writer)
                 raw.append({"seed": cfg.seed, "repro": rep["repro"],
@@ -170,22 +178,26 @@ def run(args, log=lambda s: None):
                             "faults_per_s_per_cpu": per, "report": _trim(rep)})
                 done += 1
                 eta = (time.monotonic() - t0) / done * (total - done)
-                log("[%d/%d] %-7s cpus=%-3d writer=%-3s table-free=%s repeat %d/%d: "
-                    "%.0f faults/s%s  (eta %.0fs)"
-                    % (done, total, c["mode"], c["cpus"], c["writer"], c["table_free"], k + 1,
-                       args.repeat, m["faults_per_s"],
+                log("[%d/%d] %-7s cpus=%-3d writer=%-3s %s repeat %d/%d: "
+                    "%.0f faults/s (noise %.2f cores)%s  eta %.0fs"
+                    % (done, total, c["mode"], c["cpus"], c["writer"], c["group"], k + 1,
+                       args.repeat, m["faults_per_s"], m["foreign_load"],
                        "" if rep["exit_code"] == 0 else "  EXIT %d: re-run: %s"
                        % (rep["exit_code"], rep["repro"]), eta))
-            keys = sorted(set().union(*(r["metrics"] for r in raw)),
-                          key=lambda k: (k not in METRICS, list(METRICS).index(k)
-                                         if k in METRICS else 0, k))
-            summary = {k: summarize([r["metrics"].get(k, 0.0) for r in raw]) for k in keys}
-            results.append(dict(c, writer_rate=args.writer_rate if writer else None,
-                                workers=c["cpus"] + (1 if writer else 0),
-                                summary=summary, repeats=raw,
-                                failed=[r["repro"] for r in raw if r["exit_code"] != 0]))
+    results = []
+    for c, raw in zip(confs, raws):
+        writer = c["writer"] == "on"
+        keys = sorted(set().union(*(r["metrics"] for r in raw)),
+                      key=lambda k: (k not in METRICS, list(METRICS).index(k)
+                                     if k in METRICS else 0, k))
+        summary = {k: summarize([r["metrics"].get(k, 0.0) for r in raw]) for k in keys}
+        results.append(dict(c, writer_rate=args.writer_rate if writer else None,
+                            workers=c["cpus"] + (1 if writer else 0),
+                            summary=summary, repeats=raw,
+                            failed=[r["repro"] for r in raw if r["exit_code"] != 0]))
     doc = {"bench": "scaling",
            "params": {"cpus": args.cpus, "fault_modes": args.fault_modes,
+                      "workload": args.workload,
                       "writer": args.writer, "writer_rate": args.writer_rate,
                       "table_free": args.table_free, "duration_s": args.duration,
                       "repeat": args.repeat, "seed": args.seed},
@@ -212,10 +224,10 @@ def machine():
             "loadavg_at_start": load}
 
 
-def _find(doc, mode, writer, cpus, tf=None):
+def _find(doc, mode, writer, cpus, group):
     for r in doc["results"]:
         if r["mode"] == mode and r["writer"] == writer and r["cpus"] == cpus and \
-                (tf is None or r["table_free"] == tf):
+                r["group"] == group:
             return r
     return None
 
@@ -227,7 +239,7 @@ def _med(r, metric="faults_per_s"):
 def goals(doc):
     """Where the issue's goals stand (figures, not assertions)."""
     res = doc["results"]
-    tfs = sorted({r["table_free"] for r in res})
+    tfs = list(dict.fromkeys(r["group"] for r in res))
     cpus = sorted({r["cpus"] for r in res})
     out = {"scaling_1_to_2": [], "writer_speedup_vs_classic": [], "abort_rate_no_writer": [],
            "model_vs_kernel": []}
@@ -236,7 +248,7 @@ def goals(doc):
             for w in ("off", "on"):
                 a, b = _find(doc, mode, w, 1, tf), _find(doc, mode, w, 2, tf)
                 if a and b and _med(a):
-                    out["scaling_1_to_2"].append({"mode": mode, "writer": w, "table_free": tf,
+                    out["scaling_1_to_2"].append({"mode": mode, "writer": w, "group": tf,
                                                   "ratio": _med(b) / _med(a)})
             if mode != "classic":
                 for n in cpus:
@@ -244,7 +256,7 @@ def goals(doc):
                     if r and c and _med(c):
                         x = _med(r) / _med(c)
                         out["writer_speedup_vs_classic"].append(
-                            {"mode": mode, "cpus": n, "table_free": tf, "speedup": x,
+                            {"mode": mode, "cpus": n, "group": tf, "speedup": x,
                              "goal_2x_met": x >= 2.0})
                 for n in cpus:
                     r = _find(doc, mode, "off", n, tf)
@@ -252,7 +264,7 @@ def goals(doc):
                         key = "spf_abort_rate" if mode == "spf" else "pervma_fallback_rate"
                         rate = _med(r, key)
                         out["abort_rate_no_writer"].append(
-                            {"mode": mode, "cpus": n, "table_free": tf, "metric": key,
+                            {"mode": mode, "cpus": n, "group": tf, "metric": key,
                              "rate": rate, "goal_5pct_met": rate < 0.05})
     k = doc.get("kernel")
     if k:
@@ -260,7 +272,7 @@ def goals(doc):
         for r in res:
             if r["cpus"] == 1 and r["writer"] == "off":
                 x = _med(r) / kern if kern else 0.0
-                out["model_vs_kernel"].append({"mode": r["mode"], "table_free": r["table_free"],
+                out["model_vs_kernel"].append({"mode": r["mode"], "group": r["group"],
                                                "model_faults_per_s": _med(r),
                                                "kernel_faults_per_s": kern, "fraction": x,
                                                "goal_tenth_met": x >= 0.1})
@@ -274,18 +286,18 @@ def _fmt_rate(s):
 
 
 def format_table(doc):
-    lines = ["%-7s %-6s %-4s %4s  %-24s %9s %6s  %-7s %-9s %8s  %-13s %6s %6s"
-             % ("mode", "writer", "tf", "cpus", "faults/s median (min-max)", "per CPU",
+    lines = ["%-7s %-6s %-10s %4s  %-24s %9s %6s  %-7s %-9s %8s  %-13s %6s %6s"
+             % ("mode", "writer", "wl/tf", "cpus", "faults/s median (min-max)", "per CPU",
                 "x 1CPU", "abort%", "fallback%", "lockw ms/s", "ipi p50/p99us", "gp/s",
                 "noise")]
     for r in doc["results"]:
         s = r["summary"]
-        one = _find(doc, r["mode"], r["writer"], 1, r["table_free"])
+        one = _find(doc, r["mode"], r["writer"], 1, r["group"])
         x = _med(r) / _med(one) if one and _med(one) else None
         wr = r["writer"] if r["writer"] == "off" else \
             ("on@%g" % r["writer_rate"] if r["writer_rate"] else "on")
-        lines.append("%-7s %-6s %-4s %4d  %-24s %9.0f %6s  %-7s %-9s %8.1f  %-13s %6.0f %6.2f%s"
-                     % (r["mode"], wr, r["table_free"], r["cpus"], _fmt_rate(s["faults_per_s"]),
+        lines.append("%-7s %-6s %-10s %4d  %-24s %9.0f %6s  %-7s %-9s %8.1f  %-13s %6.0f %6.2f%s"
+                     % (r["mode"], wr, r["group"], r["cpus"], _fmt_rate(s["faults_per_s"]),
                         s["faults_per_s_per_cpu"]["median"],
                         "%.2f" % x if x is not None else "-",
                         "%.1f" % (100 * s["spf_abort_rate"]["median"]) if r["mode"] == "spf"
@@ -303,15 +315,15 @@ def format_goals(doc):
     g = doc["goals"]
     lines = []
     for e in g["scaling_1_to_2"]:
-        lines.append("scaling 1->2 CPUs, %s, writer %s, table-free %s: %.2fx (ideal 2x)"
-                     % (e["mode"], e["writer"], e["table_free"], e["ratio"]))
+        lines.append("scaling 1->2 CPUs, %s, writer %s, %s: %.2fx (ideal 2x)"
+                     % (e["mode"], e["writer"], e["group"], e["ratio"]))
     for e in g["writer_speedup_vs_classic"]:
         lines.append("goal: %s >= 2x classic with a writer (%d CPUs, %s): %.2fx  %s"
-                     % (e["mode"], e["cpus"], e["table_free"], e["speedup"],
+                     % (e["mode"], e["cpus"], e["group"], e["speedup"],
                         "MET" if e["goal_2x_met"] else "NOT MET"))
     for e in g["abort_rate_no_writer"]:
         lines.append("goal: %s %s < 5%% without writer (%d CPUs, %s): %.2f%%  %s"
-                     % (e["mode"], e["metric"].replace("_", " "), e["cpus"], e["table_free"],
+                     % (e["mode"], e["metric"].replace("_", " "), e["cpus"], e["group"],
                         100 * e["rate"], "MET" if e["goal_5pct_met"] else "NOT MET"))
     k = doc.get("kernel")
     if k:
@@ -321,7 +333,7 @@ def format_goals(doc):
                                   else 0))
     for e in g["model_vs_kernel"]:
         lines.append("goal: model 1-CPU rate >= 1/10 of the kernel's (%s, %s): %.0f / %.0f = "
-                     "1/%.0f  %s" % (e["mode"], e["table_free"], e["model_faults_per_s"],
+                     "1/%.0f  %s" % (e["mode"], e["group"], e["model_faults_per_s"],
                                      e["kernel_faults_per_s"],
                                      1 / e["fraction"] if e["fraction"] else float("inf"),
                                      "MET" if e["goal_tenth_met"] else "NOT MET"))
@@ -332,19 +344,19 @@ def write_csv(doc, path):
     """One row per configuration per metric: median, min, max over the repeats."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["mode", "writer", "writer_rate", "table_free", "cpus", "workers",
+        w.writerow(["workload", "mode", "writer", "writer_rate", "table_free", "cpus", "workers",
                     "metric", "unit", "median", "min", "max", "repeats"])
         for r in doc["results"]:
             for k, s in r["summary"].items():
                 unit = METRICS.get(k, ("",))[0]
-                w.writerow([r["mode"], r["writer"],
+                w.writerow([r["workload"], r["mode"], r["writer"],
                             "" if r["writer_rate"] is None else r["writer_rate"],
                             r["table_free"], r["cpus"], r["workers"], k, unit,
                             _num(s["median"]), _num(s["min"]), _num(s["max"]), s["n"]])
         k = doc.get("kernel")
         if k:
             for n, s in k.items():
-                w.writerow(["kernel", "off", "", "", n, n, "faults_per_s", "1/s",
+                w.writerow(["page_fault1", "kernel", "off", "", "", n, n, "faults_per_s", "1/s",
                             _num(s["median"]), _num(s["min"]), _num(s["max"]), len(s["raw"])])
 
 
@@ -373,17 +385,17 @@ def write_plot(doc, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     res = doc["results"]
-    tfs = sorted({r["table_free"] for r in res})
+    tfs = list(dict.fromkeys(r["group"] for r in res))
     colours = {"classic": "tab:blue", "spf": "tab:orange", "pervma": "tab:green"}
     fig, axes = plt.subplots(1, len(tfs), figsize=(6.5 * len(tfs), 4.8), squeeze=False)
     cpus = sorted({r["cpus"] for r in res})
     for ax, tf in zip(axes[0], tfs):
         best1 = max((_med(r) for r in res if r["cpus"] == 1 and r["writer"] == "off"
-                     and r["table_free"] == tf), default=None)
+                     and r["group"] == tf), default=None)
         for mode in [m for m in doc["params"]["fault_modes"]]:
             for w in ("off", "on"):
                 pts = sorted((r["cpus"], r["summary"]["faults_per_s"]) for r in res
-                             if r["mode"] == mode and r["writer"] == w and r["table_free"] == tf)
+                             if r["mode"] == mode and r["writer"] == w and r["group"] == tf)
                 if not pts:
                     continue
                 xs = [p[0] for p in pts]
@@ -407,7 +419,8 @@ def write_plot(doc, path):
         ax.set_ylabel("faults handled per second (median of %d)" % doc["params"]["repeat"])
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-        ax.set_title("spfshm scaling, table-free %s" % tf)
+        wl, tfree = tf.split("/")
+        ax.set_title("spfshm scaling: workload %s, table-free %s" % (wl, tfree))
         ax.legend(fontsize=8)
     m = doc["machine"]
     k = doc.get("kernel")

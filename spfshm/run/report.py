@@ -51,15 +51,16 @@ def _rcu_latency(arena, ncpus):
             if n else 0.0}
 
 
-def _run_seconds(arena, ncpus):
-    """How long each CPU ran its operation loop (start-up and the final sweep excluded)."""
-    from .runner import ACCT_END, ACCT_START
+def _run_seconds(arena, ncpus, start, end):
+    """How long each CPU ran its operation loop (start-up and the final sweep excluded),
+    in wall time or in its own CPU time."""
     acct = arena["cpu_acct"][:ncpus]
     return [round((int(e) - int(s)) / 1e9, 4) if e > s else 0.0
-            for s, e in zip(acct[:, ACCT_START], acct[:, ACCT_END])]
+            for s, e in zip(acct[:, start], acct[:, end])]
 
 
 def build_report(st, stress, elapsed):
+    from .runner import ACCT_CPU, ACCT_CPU0, ACCT_END, ACCT_START
     cfg, arena = st.cfg, st.arena
     t = totals(arena, cfg.cpus)
     rows = arena["stats"][:cfg.cpus]
@@ -93,7 +94,8 @@ def build_report(st, stress, elapsed):
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
         "faults_per_cpu": per_cpu_faults,
-        "cpu_run_s": _run_seconds(arena, cfg.cpus),
+        "cpu_run_s": _run_seconds(arena, cfg.cpus, ACCT_START, ACCT_END),
+        "cpu_busy_s": _run_seconds(arena, cfg.cpus, ACCT_CPU0, ACCT_CPU),
         "ops_per_s": round(t["ops"] / elapsed, 1) if elapsed else 0.0,
         "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
                 "p50_us": _hist_percentile(hist, 0.5), "p99_us": _hist_percentile(hist, 0.99),

@@ -37,7 +37,8 @@ OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
 PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
 # cpu_acct row of a CPU: when its loop started and (last) ended, call_rcu latency sums
-ACCT_START, ACCT_END, ACCT_RCU_N, ACCT_RCU_SUM, ACCT_RCU_MAX = range(5)
+# and the CPU time it used meanwhile (user + system: IPI handling and spinning included)
+ACCT_START, ACCT_END, ACCT_RCU_N, ACCT_RCU_SUM, ACCT_RCU_MAX, ACCT_CPU0, ACCT_CPU = range(7)
 
 
 class RunState:
@@ -120,6 +121,7 @@ def worker_main(st, cpu):
     hb = st.arena["heartbeat"][cpu]
     acct = st.arena["cpu_acct"][cpu]
     acct[ACCT_START] = native.now_ns()
+    acct[ACCT_CPU0] = time.process_time_ns()
     n = 0
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
@@ -154,6 +156,7 @@ def worker_main(st, cpu):
         if viol[0]:
             break
     acct[ACCT_END] = native.now_ns()
+    acct[ACCT_CPU] = time.process_time_ns()
     mm.rcu.rcu_barrier()
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
@@ -163,6 +166,7 @@ def worker_main(st, cpu):
 
 def _flush_acct(rcu, row):
     row[ACCT_END] = native.now_ns()
+    row[ACCT_CPU] = time.process_time_ns()
     row[ACCT_RCU_N], row[ACCT_RCU_SUM], row[ACCT_RCU_MAX] = \
         rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
 
