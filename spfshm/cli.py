@@ -241,6 +241,9 @@ def build_parser():
                          "(default 3; 1 with --quick)")
     sc.add_argument("--seed", type=nonneg_int, default=1,
                     help="repeat k uses seed SEED+k")
+    sc.add_argument("--max-noise", type=nonneg_float, default=None, metavar="CORES",
+                    help="on a shared machine: re-run (after a pause, up to 5 times) a run "
+                         "during which other processes used more than CORES cores")
     sc.add_argument("--quick", action="store_true",
                     help="--duration 1 --repeat 1 unless given (a smoke test)")
     sc.add_argument("--no-kernel", dest="kernel", action="store_false",

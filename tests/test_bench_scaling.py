@@ -156,3 +156,24 @@ def test_pf1_slices():
         seen.append(set(addrs))
     assert not seen[0] & seen[1]
     assert Workload(g, 1, 0, "pf1+writer").next()[0] == "mmap"
+
+
+def test_max_noise_discards_and_reruns(monkeypatch, tmp_path, capsys):
+    """A run during which other processes kept the machine busier than --max-noise is
+    discarded and run again (after a pause), up to a bound; the last one is kept."""
+    monkeypatch.setattr(scaling, "NOISY_PAUSE_S", 0.0)
+    monkeypatch.setattr(scaling, "MAX_NOISY_RETRIES", 2)
+    real = scaling.run_one
+
+    def noisy(*a):
+        cfg, rep = real(*a)
+        rep["foreign_load"] = 9.0
+        return cfg, rep
+    monkeypatch.setattr(scaling, "run_one", noisy)
+    js = tmp_path / "n.json"
+    code, out, err = run_cli(["bench", "scaling", "--cpus", "1", "--fault-modes", "classic",
+                              "--writer", "off", "--duration", "0.3", "--repeat", "1",
+                              "--no-kernel", "--max-noise", "0.5", "--json", str(js)], capsys)
+    assert code == 0 and err.count("discarded") == 2
+    rep = json.loads(js.read_text())["results"][0]["repeats"][0]
+    assert rep["noisy"] and rep["discarded_noise"] == [9.0, 9.0]
