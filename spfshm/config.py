@@ -34,7 +34,7 @@ class Config:
     reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
-    writer_rate: float = 0.0       # faults+writer: mmap+munmap pairs per second (0: flat out)
+    writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
     tlb_entries: int = 64

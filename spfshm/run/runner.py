@@ -152,7 +152,7 @@ def worker_main(st, cpu):
             mm.rcu.rcu_process_callbacks()
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
-            _flush_acct(mm.rcu, acct)
+            _flush_acct(mm.rcu, acct, times=True)
         if viol[0]:
             break
     acct[ACCT_END] = native.now_ns()
@@ -164,9 +164,10 @@ def worker_main(st, cpu):
     native.cpu_unregister()
 
 
-def _flush_acct(rcu, row):
-    row[ACCT_END] = native.now_ns()
-    row[ACCT_CPU] = time.process_time_ns()
+def _flush_acct(rcu, row, times=False):
+    if times:                           # the loop so far (a CPU killed mid-run has these)
+        row[ACCT_END] = native.now_ns()
+        row[ACCT_CPU] = time.process_time_ns()
     row[ACCT_RCU_N], row[ACCT_RCU_SUM], row[ACCT_RCU_MAX] = \
         rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
 
