@@ -405,8 +405,8 @@ def check_plot_available():
 
 
 def write_plot(doc, path):
-    """faults/s vs fault CPUs: one colour per mode, solid without the writer, dashed with
-    it, min-max bars, and the linear ideal from the best 1-CPU rate (one panel per
+    """faults/s vs fault CPUs: one colour and marker per mode, solid (filled markers)
+    without the writer, dashed (hollow) with it, min-max bars, and the linear ideal from the best 1-CPU rate (one panel per
     table-free policy)."""
     check_plot_available()
     import matplotlib
@@ -415,6 +415,7 @@ def write_plot(doc, path):
     res = doc["results"]
     tfs = list(dict.fromkeys(r["group"] for r in res))
     colours = {"classic": "tab:blue", "spf": "tab:orange", "pervma": "tab:green"}
+    markers = {"classic": "o", "spf": "^", "pervma": "s"}     # lines that coincide stay told apart
     fig, axes = plt.subplots(1, len(tfs), figsize=(6.5 * len(tfs), 4.8), squeeze=False)
     cpus = sorted({r["cpus"] for r in res})
     for ax, tf in zip(axes[0], tfs):
@@ -434,8 +435,10 @@ def write_plot(doc, path):
                     " %g/s" % doc["params"]["writer_rate"] if doc["params"]["writer_rate"]
                     else " flat out"))
                 ax.errorbar(xs, ys, yerr=err, color=colours.get(mode), capsize=3,
-                            linestyle="-" if w == "off" else "--", marker="o" if w == "off"
-                            else "s", label=label)
+                            linestyle="-" if w == "off" else "--",
+                            marker=markers.get(mode, "o"), markersize=7,
+                            markerfacecolor=colours.get(mode) if w == "off" else "white",
+                            label=label)
         if best1:
             ax.plot(cpus, [best1 * n for n in cpus], color="grey", linestyle=":",
                     label="linear ideal (best 1-CPU x N)")
