@@ -54,6 +54,33 @@ pos_float = _number(float, 0, True)
 nonneg_float = _number(float, 0, False)
 
 
+def csv_list(kind, choices=None, name="value"):
+    """An argparse type: a comma list of distinct ``kind`` values (in ``choices``)."""
+    def parse(value):
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma list, got %r" % value)
+        out = []
+        for x in items:
+            if kind is int:
+                try:
+                    v = int(x)
+                except ValueError:
+                    raise argparse.ArgumentTypeError("%r is not an integer" % x)
+                if v < 1:
+                    raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
+            else:
+                v = x
+                if choices and v not in choices:
+                    raise argparse.ArgumentTypeError("unknown %s %r (choose from %s)"
+                                                     % (name, v, ",".join(choices)))
+            if v in out:
+                raise argparse.ArgumentTypeError("%r given twice" % x)
+            out.append(v)
+        return out
+    return parse
+
+
 def delay_spec(value):
     """P or P:MAX_US."""
     p, _, mx = value.partition(":")
@@ -79,7 +106,12 @@ def add_config_args(p):
                         "cyclically) so the paths race each other")
     p.add_argument("--workload", default=d.workload, metavar="KIND",
                    help="mixed (default: the race finder's churn), faults (loads, stores "
-                        "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop)")
+                        "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop), "
+                        "pf1, pf1+writer (page_fault1's shape: private slices, touched "
+                        "in order, then zapped whole)")
+    p.add_argument("--writer-rate", type=nonneg_float, default=d.writer_rate, metavar="R",
+                   help="with a +writer workload: the writer's mmap+munmap pairs per second "
+                        "(0, the default: as fast as it can)")
     p.add_argument("--walk", choices=WALK_MODES, default=d.walk,
                    help="how lockless walkers protect themselves (auto: the kernel's "
                         "pairing with --table-free)")
@@ -134,6 +166,7 @@ def config_from_args(a):
                   delay_points=a.delay_points,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
+                  writer_rate=a.writer_rate,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
                   collapse=a.collapse,
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
@@ -181,6 +214,52 @@ def build_parser():
     det.add_argument("--perturbation", choices=("on", "off"), default="on",
                      help="off: no delay points at all, to measure what they buy")
     det.add_argument("--json", type=writable_path, metavar="PATH")
+
+    from .config import FAULT_MODES, TABLE_FREE
+    sc = bsub.add_parser("scaling", help="fault throughput vs CPUs per fault path (and the "
+                                         "real kernel's page-fault rate)")
+    sc.add_argument("--cpus", type=csv_list(int), default=None, metavar="1,2,4",
+                    help="fault CPUs to measure (default: 1, 2, 4, ... up to the usable "
+                         "cores); with the writer, the run has one worker more")
+    sc.add_argument("--fault-modes", type=csv_list(str, FAULT_MODES, "fault mode"),
+                    default=list(FAULT_MODES), metavar="MODES",
+                    help="comma list of classic, spf, pervma (default: all)")
+    sc.add_argument("--workload", type=csv_list(str, ("faults", "pf1"), "workload"),
+                    default=["faults"], metavar="faults,pf1",
+                    help="faults (the stress workload: shared hot spots, a DONTNEED every "
+                         "few faults; default) and/or pf1 (page_fault1's shape: private "
+                         "slices, touched in order, zapped whole); +writer added for "
+                         "--writer on")
+    sc.add_argument("--writer", type=csv_list(str, ("off", "on"), "writer setting"),
+                    default=["off", "on"], metavar="off,on",
+                    help="without (faults) and/or with (faults+writer) the mmap/munmap "
+                         "writer (default: both)")
+    sc.add_argument("--writer-rate", type=nonneg_float, default=0.0, metavar="R",
+                    help="the writer's mmap+munmap pairs per second (0, the default: "
+                         "flat out)")
+    sc.add_argument("--table-free", type=csv_list(str, TABLE_FREE, "table-free policy"),
+                    default=["ipi"], metavar="ipi,rcu", help="default: ipi")
+    sc.add_argument("--duration", type=pos_float, default=None, metavar="SEC",
+                    help="seconds per run (default 5; 1 with --quick)")
+    sc.add_argument("--repeat", type=pos_int, default=None, metavar="K",
+                    help="runs per configuration, reported as median with min/max "
+                         "(default 3; 1 with --quick)")
+    sc.add_argument("--seed", type=nonneg_int, default=1,
+                    help="repeat k uses seed SEED+k")
+    sc.add_argument("--max-noise", type=nonneg_float, default=None, metavar="CORES",
+                    help="on a shared machine: re-run (after a pause, up to 5 times) a run "
+                         "during which other processes used more than CORES cores")
+    sc.add_argument("--quick", action="store_true",
+                    help="--duration 1 --repeat 1 unless given (a smoke test)")
+    sc.add_argument("--no-kernel", dest="kernel", action="store_false",
+                    help="skip the real kernel's page-fault rate")
+    sc.add_argument("--json", type=writable_path, metavar="PATH",
+                    help="everything, including every repeat's report")
+    sc.add_argument("--csv", type=writable_path, metavar="PATH",
+                    help="one row per configuration per metric (median, min, max)")
+    sc.add_argument("--plot", type=writable_path, metavar="PNG",
+                    help="faults/s vs CPUs (needs matplotlib: pip install 'spfshm[plot]')")
+    sc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     fz = sub.add_parser("fuzz", help="a seed campaign over the correct configurations")
     fz.add_argument("--seeds", default="0:50", metavar="A:B", help="seeds A..B-1 (default 0:50)")
@@ -285,6 +364,33 @@ def cmd_fuzz(args):
     return EXIT_OK if not merged["failures"] and not missing else EXIT_VIOLATIONS
 
 
+def cmd_bench_scaling(args):
+    from .arena import ArenaError, check_fits
+    from .bench import scaling
+    from .config import ConfigError
+    from .run.runner import RunState
+    args.duration = args.duration or (1.0 if args.quick else 5.0)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.cpus = args.cpus or scaling.default_cpus()
+    if args.writer_rate and "on" not in args.writer:
+        raise UsageError("--writer-rate needs the writer (--writer on)")
+    for c in scaling.configurations(args):       # every configuration valid before any run
+        try:
+            cfg = scaling.config_for(c, args, args.seed, ".")
+            check_fits(RunState.layout_for(cfg).size)
+        except ConfigError as e:
+            raise UsageError("%s (cpus %d%s)" % (e, c["cpus"], ", with the writer"
+                                                 if c["writer"] == "on" else ""))
+        except ArenaError as e:
+            raise UsageError("%s (lower --cpus)" % e)
+    if args.plot:
+        try:
+            scaling.check_plot_available()
+        except scaling.PlotUnavailable as e:
+            raise UsageError(str(e))
+    return scaling.main(args)
+
+
 def cmd_replay(args):
     import json
     from .config import ConfigError
@@ -355,6 +461,8 @@ def main(argv=None):
             return cmd_replay(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
+        if args.command == "bench" and args.bench == "scaling":
+            return cmd_bench_scaling(args)
         if args.command == "bench" and args.bench == "primitives":
             from .bench import primitives
             return primitives.main(args)

@@ -36,6 +36,7 @@ class Config:
     collapse: str = "off"          # khugepaged collapse: off, write-lock, retract
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
+    writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
     tlb_entries: int = 64
@@ -76,11 +77,14 @@ class Config:
         need(all(m in FAULT_MODES for m in modes) and len(set(modes)) == len(modes),
              "--fault-mode must be a list of %s, got %r" % ("/".join(FAULT_MODES),
                                                            self.fault_mode))
-        from .run.workload import WORKLOADS
+        from .run.workload import WORKLOADS, WRITER_WORKLOADS
         need(self.workload in WORKLOADS,
              "--workload must be one of %s, got %r" % (",".join(WORKLOADS), self.workload))
-        need(self.workload != "faults+writer" or self.cpus >= 2,
-             "--workload faults+writer needs --cpus >= 2 (CPU 0 is the writer)")
+        need(self.workload not in WRITER_WORKLOADS or self.cpus >= 2,
+             "--workload %s needs --cpus >= 2 (CPU 0 is the writer)" % self.workload)
+        need(self.writer_rate >= 0, "--writer-rate must be >= 0, got %g" % self.writer_rate)
+        need(not self.writer_rate or self.workload in WRITER_WORKLOADS,
+             "--writer-rate needs --workload faults+writer or pf1+writer")
         need(self.tlb_flush in TLB_FLUSH,
              "--tlb-flush must be ipi or no-ipi, got %r" % self.tlb_flush)
         need(self.reclaim in RECLAIM,
@@ -90,6 +94,10 @@ class Config:
              "MMU_GATHER_RCU_TABLE_FREE: faults map a PTE table under RCU)")
         need(self.collapse in COLLAPSE,
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
+        need(not self.workload.startswith("pf1") or (
+                 self.collapse == "off" and (self.reclaim != "seed" or self.reclaimer)),
+             "--workload %s runs no op mix: --collapse and an inline --reclaim seed need "
+             "another workload (or use --reclaimer)" % self.workload)
         need(not self.reclaimer or (self.reclaim == "seed" and self.cpus >= 2),
              "--reclaimer needs --reclaim seed and --cpus >= 2 (the last CPU scans)")
         need(self.walk in WALK_MODES,
@@ -169,6 +177,8 @@ class Config:
             a += ["--kill-worker", "%g" % self.kill_worker, "--kill-at", self.kill_at]
         if self.workload != Config.workload:
             a += ["--workload", self.workload]
+        if self.writer_rate:
+            a += ["--writer-rate", "%g" % self.writer_rate]
         if self.ipi_timeout != Config.ipi_timeout:
             a += ["--ipi-timeout", "%g" % self.ipi_timeout]
         if self.delay != Config.delay or self.delay_max_us != Config.delay_max_us:

@@ -262,6 +262,24 @@ seq_write_end = lib.spf_seq_write_end
 set_pdeathsig = lib.spf_set_pdeathsig
 
 
+def kernel_fault_rate(nprocs=1, seconds=1.0, region_mib=128, pin=True):
+    """The real kernel's page-fault rate (spf_kfault.h, will-it-scale page_fault1 style):
+    ``nprocs`` processes each map ``region_mib`` MiB, touch every 4 KiB page, unmap, for
+    ``seconds``.  Returns {"procs", "faults", "per_proc_per_s", "faults_per_s"}."""
+    if not 1 <= nprocs <= lib.SPF_KFAULT_MAX_PROCS:
+        raise ValueError("nprocs must be 1..%d, got %d" % (lib.SPF_KFAULT_MAX_PROCS, nprocs))
+    faults = ffi.new("uint64_t[]", nprocs)
+    elapsed = ffi.new("uint64_t[]", nprocs)
+    err = lib.spf_kfault_run(nprocs, region_mib << 20, int(seconds * 1e9), 1 if pin else 0,
+                             faults, elapsed)
+    if err:
+        import os
+        raise OSError(-err, "kernel fault helper: %s" % os.strerror(-err))
+    per = [faults[i] * 1e9 / elapsed[i] if elapsed[i] else 0.0 for i in range(nprocs)]
+    return {"procs": nprocs, "faults": sum(faults[i] for i in range(nprocs)),
+            "per_proc_per_s": per, "faults_per_s": sum(per)}
+
+
 def struct_dtype(ctype):
     """A numpy dtype laid out exactly as the C struct (offsets taken from the compiler)."""
     import numpy as np

@@ -13,7 +13,7 @@ from . import native
 
 class CallRcu:
     __slots__ = ("queue", "limit", "busted", "stall_timeout_s", "invoked", "max_backlog",
-                 "forced", "on_elapsed")
+                 "forced", "on_elapsed", "lat_sum_ns", "lat_max_ns")
 
     def __init__(self, limit=4096, busted=False, stall_timeout_s=10.0, on_elapsed=None):
         """``on_elapsed(cookie)`` is told of each grace period seen to elapse."""
@@ -27,13 +27,14 @@ class CallRcu:
         self.max_backlog = 0
         self.forced = 0
         self.on_elapsed = on_elapsed
+        self.lat_sum_ns = self.lat_max_ns = 0     # call_rcu -> invocation, over `invoked`
 
     def call_rcu(self, fn, *args):
         """Run fn(*args) after a grace period (no reader that may see the object remains)."""
         if len(self.queue) >= self.limit:
             self.forced += 1
             self.rcu_barrier()
-        self.queue.append((native.rcu_start_gp(), fn, args))
+        self.queue.append((native.rcu_start_gp(), native.now_ns(), fn, args))
         if len(self.queue) > self.max_backlog:
             self.max_backlog = len(self.queue)
 
@@ -42,14 +43,18 @@ class CallRcu:
         n = 0
         q = self.queue
         last = 0
+        now = None
         while q:
-            cookie, fn, args = q[0]
+            cookie, t, fn, args = q[0]
             if not self.busted and native.rcu_gp_blocker(cookie) >= 0:
                 break
             q.popleft()
             if cookie != last and self.on_elapsed:
                 self.on_elapsed(cookie)
                 last = cookie
+            now = now or native.now_ns()
+            self.lat_sum_ns += now - t
+            self.lat_max_ns = max(self.lat_max_ns, now - t)
             fn(*args)
             n += 1
         self.invoked += n

@@ -40,7 +40,28 @@ def totals(arena, ncpus):
     return dict(zip(STATS, arena["stats"][:ncpus + 1].sum(axis=0).tolist()))
 
 
+def _rcu_latency(arena, ncpus):
+    """call_rcu -> invocation latency (a grace period plus the wait for the next
+    rcu_process_callbacks), over every CPU's callbacks."""
+    from .runner import ACCT_RCU_MAX, ACCT_RCU_N, ACCT_RCU_SUM
+    acct = arena["cpu_acct"][:ncpus]
+    n, total = int(acct[:, ACCT_RCU_N].sum()), int(acct[:, ACCT_RCU_SUM].sum())
+    return {"callbacks_invoked": n,
+            "cb_latency_mean_us": round(total / n / 1000.0, 1) if n else 0.0,
+            "cb_latency_max_us": round(int(acct[:, ACCT_RCU_MAX].max()) / 1000.0, 1)
+            if n else 0.0}
+
+
+def _run_seconds(arena, ncpus, start, end):
+    """How long each CPU ran its operation loop (start-up and the final sweep excluded),
+    in wall time or in its own CPU time."""
+    acct = arena["cpu_acct"][:ncpus]
+    return [round((int(e) - int(s)) / 1e9, 4) if e > s else 0.0
+            for s, e in zip(acct[:, start], acct[:, end])]
+
+
 def build_report(st, stress, elapsed):
+    from .runner import ACCT_CPU, ACCT_CPU0, ACCT_END, ACCT_START
     cfg, arena = st.cfg, st.arena
     t = totals(arena, cfg.cpus)
     rows = arena["stats"][:cfg.cpus]
@@ -73,12 +94,16 @@ def build_report(st, stress, elapsed):
         "faults": faults,
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
+        "faults_per_cpu": per_cpu_faults,
+        "cpu_run_s": _run_seconds(arena, cfg.cpus, ACCT_START, ACCT_END),
+        "cpu_busy_s": _run_seconds(arena, cfg.cpus, ACCT_CPU0, ACCT_CPU),
         "ops_per_s": round(t["ops"] / elapsed, 1) if elapsed else 0.0,
         "ipi": {"sent": t["ipi_sent"], "flushes": t["tlb_flush"],
                 "p50_us": _hist_percentile(hist, 0.5), "p99_us": _hist_percentile(hist, 0.99),
                 "hist_buckets": IPI_HIST_BUCKETS},
-        "rcu": {"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
-                "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
+        "rcu": dict({"grace_periods": int(st.arena["rcu_gp_seq"][0]) - 1,
+                     "callbacks": t["call_rcu"], "max_backlog": t["rcu_backlog_max"]},
+                    **_rcu_latency(arena, cfg.cpus)),
         "tables": {"allocated": t["tables_alloc"], "freed": t["tables_freed"],
                    "alloc_races": t["pte_alloc_race"], "reclaimed": t["pt_reclaimed"],
                    "reclaimed_per_s": round(t["pt_reclaimed"] / elapsed, 1) if elapsed else 0,

@@ -36,6 +36,10 @@ STOP_TIMEOUT_S = 30.0
 VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
+PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
+# cpu_acct row of a CPU: when its loop started and (last) ended, call_rcu latency sums
+# and the CPU time it used meanwhile (user + system: IPI handling and spinning included)
+ACCT_START, ACCT_END, ACCT_RCU_N, ACCT_RCU_SUM, ACCT_RCU_MAX, ACCT_CPU0, ACCT_CPU = range(7)
 
 
 class RunState:
@@ -57,7 +61,8 @@ class RunState:
         g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
         n = cfg.cpus
         return Layout(smp_regions(n + 1) + mm_types.regions(g)
-                      + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8))])
+                      + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8)),
+                         ("cpu_acct", np.uint64, (n + 1, 8))])   # see ACCT_*
 
     @staticmethod
     def geometry_text(cfg):
@@ -108,7 +113,8 @@ def worker_main(st, cpu):
     is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
     wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
                   reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer,
-                  collapse_op=cfg.collapse != "off")
+                  collapse_op=cfg.collapse != "off", writer_rate=cfg.writer_rate)
+    paced = wl.period_ns > 0
     c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
@@ -117,10 +123,19 @@ def worker_main(st, cpu):
     local = mm.local
     i_ops = STAT["ops"]
     hb = st.arena["heartbeat"][cpu]
+    acct = st.arena["cpu_acct"][cpu]
+    acct[ACCT_START] = native.now_ns()
+    acct[ACCT_CPU0] = time.process_time_ns()
     n = 0
     while n < limit and not ctl[STOP]:
         if ctl[PAUSE]:
             _park(ctl, parked)
+        if paced:
+            wait = wl.wait_ns(native.now_ns())
+            if wait > 0:                      # --writer-rate: idle (IRQs on, no locks)
+                native.sleep_ns(min(wait, PACE_SLICE_NS))
+                hb[HB_SEQ] += 2               # alive, between operations
+                continue
         op, args = wl.next()
         hb[HB_OP] = OP_INDEX[op]
         hb[HB_SEQ] += 1                       # odd: inside an operation
@@ -141,12 +156,24 @@ def worker_main(st, cpu):
             mm.rcu.rcu_process_callbacks()
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
+            _flush_acct(mm.rcu, acct, times=True)
         if viol[0]:
             break
+    acct[ACCT_END] = native.now_ns()
+    acct[ACCT_CPU] = time.process_time_ns()
     mm.rcu.rcu_barrier()
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
+    _flush_acct(mm.rcu, acct)
     native.cpu_unregister()
+
+
+def _flush_acct(rcu, row, times=False):
+    if times:                           # the loop so far (a CPU killed mid-run has these)
+        row[ACCT_END] = native.now_ns()
+        row[ACCT_CPU] = time.process_time_ns()
+    row[ACCT_RCU_N], row[ACCT_RCU_SUM], row[ACCT_RCU_MAX] = \
+        rcu.invoked, rcu.lat_sum_ns, rcu.lat_max_ns
 
 
 def _park(ctl, parked):

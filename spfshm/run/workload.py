@@ -8,7 +8,15 @@ a pure function of its configuration.  ``--workload``:
 - ``faults``: loads and stores over a fully mapped window, with MADV_DONTNEED to make
   pages fault again (no mmap_lock writer: will-it-scale page_fault style).
 - ``faults+writer``: the same, and CPU 0 maps and unmaps a small region of its own in a
-  loop (the mmap_lock contention the SPF and per-VMA lock series measured).
+  loop (the mmap_lock contention the SPF and per-VMA lock series measured); with
+  ``--writer-rate R`` it starts one mmap+munmap pair every 1/R seconds (a fixed schedule,
+  no randomness: the op sequence stays a function of the configuration), idling between.
+- ``pf1`` / ``pf1+writer``: will-it-scale page_fault1's shape for the scaling benchmark:
+  each fault CPU owns a private slice of the window, stores to every page of it in
+  order (each store a fault) and then MADV_DONTNEEDs the whole slice, so there is no
+  sharing between CPUs and one zap (one shootdown per GATHER_BATCH pages) per slice
+  instead of one per few faults; ``+writer`` adds the same writer as ``faults+writer``
+  (CPU 0, not a fault CPU).
 """
 import random
 
@@ -21,7 +29,8 @@ MIXES = {
               "mprotect": 35, "gup": 20},
     "faults": {"load": 450, "store": 450, "madvise": 100},
 }
-WORKLOADS = ("mixed", "faults", "faults+writer")
+WORKLOADS = ("mixed", "faults", "faults+writer", "pf1", "pf1+writer")
+WRITER_WORKLOADS = ("faults+writer", "pf1+writer")
 WRITER_PAGES = 64        # the writer's own region, at the top of the window
 PROTS = [PROT_BY_NAME["rw"]] * 16 + [PROT_BY_NAME["r"]] * 3 + [PROT_BY_NAME["none"]]
 
@@ -57,10 +66,13 @@ def hot_spots(g, seed):
 
 class Workload:
     def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False,
-                 collapse_op=False):
+                 collapse_op=False, writer_rate=0.0):
         self.g = g
         self.r = rng_for(seed, cpu)
-        self.writer = kind == "faults+writer" and cpu == 0
+        self.writer = kind in WRITER_WORKLOADS and cpu == 0
+        # --writer-rate: the writer's pair k is due at start + k * period (0: no pacing)
+        self.period_ns = int(1e9 / writer_rate) if self.writer and writer_rate > 0 else 0
+        self.due_ns = None
         self.reclaimer = reclaimer
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
@@ -78,6 +90,13 @@ class Workload:
         self.total = acc
         self.hot = self.spots[cpu % len(self.spots)]
         self.mapped = False
+        self.pf1 = kind.startswith("pf1") and not self.writer
+        if self.pf1:                     # this CPU's private slice of the window
+            first = 1 if kind in WRITER_WORKLOADS else 0
+            nfault = max(1, g.ncpus - first)
+            self.slice_pages = (self.end - g.window_base) // PAGE // nfault
+            self.slice = g.window_base + (cpu - first) % nfault * self.slice_pages * PAGE
+            self.cursor = 0
 
     def _page(self):
         """A page address, mostly near this CPU's current hot spot (which wanders)."""
@@ -103,11 +122,32 @@ class Workload:
         n = min(self.r.randint(1, maxpages), (self.end - va) // PAGE)
         return va, n * PAGE
 
+    def wait_ns(self, now_ns):
+        """With --writer-rate: how long the writer must idle before its next pair is due
+        (0: go).  A writer that fell behind does not burst: it restarts the schedule."""
+        if not self.period_ns or self.mapped:
+            return 0                     # not paced, or the munmap half of a pair
+        if self.due_ns is None:
+            self.due_ns = now_ns
+        wait = self.due_ns - now_ns
+        if wait > 0:
+            return wait
+        self.due_ns += self.period_ns
+        if self.due_ns < now_ns - self.period_ns:      # more than a period late: restart
+            self.due_ns = now_ns + self.period_ns
+        return 0
+
     def next(self):
         """(op, args)."""
         r = self.r
         if self.reclaimer:
             return "reclaim", ()
+        if self.pf1:                     # touch every page of the slice, then zap it all
+            if self.cursor < self.slice_pages:
+                self.cursor += 1
+                return "store", (self.slice + (self.cursor - 1) * PAGE,)
+            self.cursor = 0
+            return "madvise", (self.slice, self.slice_pages * PAGE)
         if self.writer:                  # mmap, then munmap, its own region, in a loop
             self.mapped = not self.mapped
             n = WRITER_PAGES * PAGE
