@@ -4,8 +4,7 @@ access(): (1) one instruction through the TLB (native: an IPI waits for its end)
           (2) on a miss, a hardware walk with IRQs off (it cannot ack a shootdown, and
               IRQs-off is an RCU reader, so no table it reads can be freed under it);
               a present PTE with the right permission fills the TLB, then back to (1)
-          (3) otherwise the page fault handler (the fault drops the paging-structure
-              cache entry for va first); SIGSEGV and OOM are results, not crashes.
+          (3) otherwise the page fault handler; SIGSEGV and OOM are results, not crashes.
 Loads are checked against this CPU's own stores: a value it stored earlier at the same
 address that is not its last store there is a lost update (the last store went to a
 frame that is no longer mapped there).
@@ -17,7 +16,7 @@ from .frames import VALUE_CPU_SHIFT, encode_value, value_cpu
 from .mm_types import FRAME_INUSE, PAGE, POISON
 from .pervma import do_pervma_fault
 from .spf import do_speculative_page_fault
-from .pagetable import GEN_MASK, P, RW, entry_gen, leaf_frame, pwc_invalidate, walk_lockless
+from .pagetable import GEN_MASK, P, RW, entry_gen, leaf_frame, walk_lockless
 
 OK, SEGV, OOM, VIOLATION = "ok", "segv", "oom", "violation"
 MAX_TRIES = 64
@@ -48,7 +47,6 @@ class Cpu:
                 return None
             t, e, _ = res
             if t < 0 or not e & P or (write and not e & RW):
-                pwc_invalidate(mm, va)     # the fault's own invalidation
                 return False
             f = leaf_frame(e, va)          # a huge pmd: the TLB caches its 4 KiB subpage
             g = int(mm.frame_gen[f])

@@ -39,13 +39,12 @@ def alloc_frame(mm):
     return f
 
 
-def is_huge(mm, f):
-    return f >= mm.g.nsmall
-
-
-def frame_pages(mm, f):
-    """The frames a mapping of f covers (its subpages for a huge page)."""
-    return range(f, f + HPAGE_NR) if f >= mm.g.nsmall else (f,)
+def frame_pages(mm, frames):
+    """The frames mappings of ``frames`` cover (a huge page's: its subpages)."""
+    small = mm.g.nsmall
+    if not any(f >= small for f in frames):
+        return frames
+    return [p for f in frames for p in (range(f, f + HPAGE_NR) if f >= small else (f,))]
 
 
 def alloc_huge_frame(mm):
@@ -73,7 +72,7 @@ def put_page(mm, f):
 def free_frame(mm, f):
     """Generation first, then poison (a reader of the poison also sees the new
     generation: the smp_wmb pairs with spf_tlb_access's acquire load of the gen)."""
-    if is_huge(mm, f):
+    if f >= mm.g.nsmall:                         # a huge page
         mm.frame_meta[f:f + HPAGE_NR]["state"] = FRAME_FREE
         mm.frame_gen[f:f + HPAGE_NR] += 1        # nobody else writes a free page's gens
         native.smp_wmb()

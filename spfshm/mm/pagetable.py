@@ -161,7 +161,12 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     (-level).  None when a check failed.
     ``use_pwc``: the hardware walker starts from its paging-structure cache when it
     holds va's PTE table, and fills it after a full walk (IRQs are off: no flush can
-    interleave)."""
+    interleave).  A PTE it finds not present through the cache drops the cache entry
+    when that table was unlinked (the page fault that follows does, x86 Intel SDM
+    4.10.4.1), so the retried walk reads the tables again instead of a table that
+    reclaim or collapse removed and whose flush is still to come.  (x86 drops it in every
+    fault; a cached table that is still LIVE is still linked, so keeping it changes
+    nothing but the cost.)"""
     pt = mm.pt
     block = va >> LEVEL_SHIFT[PMD]
     if use_pwc:
@@ -172,6 +177,8 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             e = int(pt[t, index(va, PTE)])
             if not check_table(mm, t, tag, PTE, site, va):
                 return None
+            if not e & P and mm.pt_state[t] != TABLE_LIVE:
+                slot[0] = 0
             return t, e, tag
     t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
     while True:
@@ -194,16 +201,6 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
         if t >= mm.g.ntables:
             mm.report("pt_uaf", site, va, t, level, tag)
             return None
-
-
-def pwc_invalidate(mm, va):
-    """A page fault drops this CPU's paging-structure cache entry for the faulting
-    address (x86 does: Intel SDM 4.10.4.1), so the retried walk reads the tables again
-    instead of a PTE table that reclaim or collapse unlinked and whose flush is pending."""
-    block = va >> LEVEL_SHIFT[PMD]
-    slot = mm.pwc[block & (len(mm.pwc) - 1)]
-    if int(slot[0]) == (block << 1) | 1:
-        slot[0] = 0
 
 
 # -- allocation on the fault path (mmap_read_lock held) ----------------------------------

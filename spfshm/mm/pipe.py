@@ -76,6 +76,11 @@ class Pipe:
         now = native.load_relaxed(self.ticket_ptr if clock == CLOCK_IPI else self.gp_seq_ptr)
         self.stamps[kind][idx] = (now + 1) | (_CLOCK_BIT if clock == CLOCK_RCU else 0)
 
+    def retire_many(self, kind, idxs, clock):
+        """retire() for a batch (an mmu_gather's pages, just before its flush)."""
+        now = native.load_relaxed(self.ticket_ptr if clock == CLOCK_IPI else self.gp_seq_ptr)
+        self.stamps[kind][idxs] = (now + 1) | (_CLOCK_BIT if clock == CLOCK_RCU else 0)
+
     def unretire(self, kind, idx):
         """Allocated again: not retired."""
         self.stamps[kind][idx] = 0

@@ -126,7 +126,7 @@ def pte_free_defer(mm, t):
 class MmuGather:
     """Frames and tables unlinked by a teardown, held until it is safe to free them."""
 
-    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed")
+    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped")
 
     def __init__(self, mm):
         self.mm = mm
@@ -134,6 +134,7 @@ class MmuGather:
         self.tables = []
         self.need_flush = False
         self.unflushed = 0          # pages gathered since the last flush
+        self.stamped = 0            # frames given their pipe stamp
 
     def remove_page(self, f):
         """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
@@ -141,11 +142,9 @@ class MmuGather:
         self.unflushed += 1
         mm = self.mm
         if mm.bugs.on("free_frame_before_flush"):
-            assert_no_translation(mm, list(frame_pages(mm, f)))
+            assert_no_translation(mm, frame_pages(mm, [f]))
             put_page(mm, f)
         else:
-            if mm.cfg.tlb_flush == "ipi":
-                mm.pipe.retire(FRAMES, f, CLOCK_IPI)
             self.frames.append(f)
 
     def remove_table(self, t):
@@ -163,7 +162,12 @@ class MmuGather:
 
     def flush_tlbonly(self):
         if self.need_flush:
-            flush_tlb_all(self.mm)
+            mm = self.mm
+            if mm.cfg.tlb_flush == "ipi" and len(self.frames) > self.stamped:
+                # Retired since their PTEs were cleared; stamped before the flush's ticket
+                mm.pipe.retire_many(FRAMES, self.frames[self.stamped:], CLOCK_IPI)
+                self.stamped = len(self.frames)
+            flush_tlb_all(mm)
             self.need_flush = False
             self.unflushed = 0
 
@@ -171,7 +175,7 @@ class MmuGather:
         """tlb_flush_mmu: flush, then free what the flush made unreachable."""
         self.flush_tlbonly()
         mm = self.mm
-        assert_no_translation(mm, [p for f in self.frames for p in frame_pages(mm, f)])
+        assert_no_translation(mm, frame_pages(mm, self.frames))
         for f in self.frames:
             put_page(mm, f)
         for t in self.tables:
@@ -181,5 +185,6 @@ class MmuGather:
                 free_table_now(mm, t)
         self.frames = []
         self.tables = []
+        self.stamped = 0
 
     finish = flush       # tlb_finish_mmu
