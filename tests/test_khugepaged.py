@@ -128,3 +128,33 @@ def test_collapse_option_is_checked():
     r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--collapse", "sometimes"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--collapse" in r.stderr
+
+
+def test_reclaim_scan_skips_a_block_collapsed_since_its_scan(model, monkeypatch):
+    """Seed reclaim's phase 2 re-reads the pmd: a huge pmd is not a table to remove."""
+    from spfshm.mm import reclaim
+    store_pages(model, [0])
+    assert collapse_huge_page(model.mm, BASE)
+    before = pmd(model)
+    monkeypatch.setattr(reclaim, "_candidates", lambda mm: [BASE])   # the stale scan
+    assert reclaim.reclaim_scan(model.mm) == 0
+    assert pmd(model) == before and kinds(model) == set()
+
+
+def test_dontneed_of_a_block_collapsed_while_its_ptl_was_dropped(model):
+    """The zap retry after its forced flush finds a huge pmd: it zaps it whole."""
+    if model.mm.cfg.collapse != "retract":
+        pytest.skip("only a retract collapse runs under mmap_lock read, against DONTNEED")
+    store_pages(model, range(100))
+    done = []
+
+    def delay(point):
+        if point == "zap_ptl_dropped" and not done:
+            done.append(collapse_huge_page(model.mm, BASE))
+    model.mm.delay = delay
+    assert do_madvise_dontneed(model.mm, BASE, BLOCK) == 0 and done == [True]
+    assert pmd(model) == 0                                # nothing left mapped
+    model.mm.rcu.rcu_barrier()
+    model.mm.flush_stats()
+    sweep(model.mm)
+    assert kinds(model) == set() and int(model.mm.rss_all[:, 0].sum()) == 0

@@ -8,22 +8,22 @@ every frame a single page and exercises the same locking):
 
   split: (1) new PTE table and 512 small frames allocated (no locks held)
          (2) pmd lock; re-check the pmd is still this huge page
-         (3) clear the pmd and flush every TLB (pmdp_invalidate: once we copy, no CPU
-             may still write through the huge mapping, and no walk can refill it)
+         (3) invalidate the pmd and flush every TLB (pmdp_invalidate: once we copy, no
+             CPU may still write through the huge mapping, and no walk can refill it)
          (4) copy each subpage into its small frame, fill the table, populate the pmd
              (release), unlock
          (5) drop the huge page (no translation to it is left)
-  Partners: faults and DONTNEED find the pmd through pte_offset_map_lock or the pmd
-  lock of __pte_alloc, so they see the huge pmd or the new table, never the gap; the
-  hardware walker and SPF may see the gap: a fault, or the "no_table" abort.
+  Partners: the invalidated pmd is not present but not none (PMD_INVALID), so DONTNEED
+  and munmap wait for the pmd lock and then see the new table, and a fault retries; the
+  hardware walker and SPF see "not present": a fault, or the "no_table" abort.
 """
 import numpy as np
 
 from .. import native
 from .frames import alloc_frame, put_page
 from .mm_types import HPAGE_NR, PTE, PTRS
-from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PS, RW, alloc_table, entry_pfn,
-                        free_table_now, mk_entry, pmd_entry_of, populate)
+from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PMD_INVALID, PS, RW, alloc_table,
+                        entry_pfn, free_table_now, mk_entry, pmd_entry_of, populate)
 from .tlb import assert_no_translation, flush_tlb_all
 
 PMD_SIZE = HPAGE_NR << 12
@@ -85,7 +85,7 @@ def split_huge_pmd(mm, pmd_t, pmd_i, e):
     here, or changed by someone else), False when out of memory."""
     new = _alloc_small(mm)                                                     # (1)
     if new is None:
-        mm.rcu.rcu_barrier()             # frames waiting for a grace period: once more
+        mm.rcu.rcu_barrier()             # tables waiting for a grace period: once more
         new = _alloc_small(mm)
         if new is None:
             mm.count("thp_oom")
@@ -99,7 +99,7 @@ def split_huge_pmd(mm, pmd_t, pmd_i, e):
         for f in frames.tolist():
             put_page(mm, f)
         return True
-    native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)                      # (3)
+    native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), PMD_INVALID)            # (3)
     flush_tlb_all(mm)
     head = entry_pfn(e)
     mm.frame_payload[frames.astype(np.int64)] = mm.frame_payload[head:head + HPAGE_NR]  # (4)

@@ -11,8 +11,9 @@ collapse_huge_page, as a CPU's op (``--collapse write-lock|retract``):
      (pte_offset_map_lock, SPF step 6b)
   3. pmd lock (held to the end: no fault can populate the pmd meanwhile); re-check the
      VMA and that the pmd still links the table; take its ptl
-  4. pmdp_collapse_flush: clear the pmd, flush every TLB: from here no CPU writes a
-     small page through an old translation and no new walk enters the table
+  4. pmdp_collapse_flush: invalidate the pmd (PMD_INVALID: not present, but DONTNEED
+     waits for us instead of taking the block for empty), flush every TLB: from here no
+     CPU writes a small page through an old translation and no new walk enters the table
   5. isolate: no present page may have a reference besides its mapping (a gup pin:
      SCAN_PAGE_COUNT); else put the pmd back and give up
   6. copy each small page into its subpage (none: zero), clear the PTEs, gather the
@@ -34,8 +35,8 @@ from .huge_memory import PMD_SIZE, mk_huge_pmd
 from .mm_types import HPAGE_NR, PROT_WRITE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
                         mmap_write_unlock, vma_start_write)
-from .pagetable import (P, PROTNONE, entry_pfn, free_table_now, mark_pending, pmd_entry_of,
-                        pmd_maps_table, pte_table_of)
+from .pagetable import (PMD_INVALID, P, PROTNONE, entry_pfn, free_table_now, mark_pending,
+                        pmd_entry_of, pmd_maps_table, pte_table_of)
 from .tlb import MmuGather, flush_tlb_all, pte_free_defer
 from .vma import find_vma
 
@@ -111,7 +112,7 @@ def _collapse_locked(mm, base, v, head, retract):
         ptl = mm.ptl(t)
         native.spin_lock(ptl, mm.cpu)
         try:
-            native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)               # 4
+            native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), PMD_INVALID)     # 4
             mm.delay("collapse_flush")
             flush_tlb_all(mm)
             row = mm.pt[t]

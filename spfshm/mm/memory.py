@@ -54,11 +54,14 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
     spans = list(_pte_ranges(start, end))
     for n, (base, i0, i1) in enumerate(spans):
         dropped = False
-        i = i0
+        i, prev = i0, -1
         while i is not None:
-            t = _pte_table_or_zap_huge(mm, tlb, base, i == 0 and i1 == PTRS)
+            t = _pte_table_or_zap_huge(mm, tlb, base, i0 == 0 and i1 == PTRS)
             if t < 0:
                 break
+            if prev >= 0 and t != prev:
+                i = i0                       # a new table meanwhile: all of it again
+            prev = t
             ptl = mm.ptl(t)
             row = mm.pt[t]
             hits = np.flatnonzero(row[i:i1] & (P | PROTNONE)) + i
@@ -90,7 +93,8 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
 
 def _pte_table_or_zap_huge(mm, tlb, base, whole):
     """zap_pmd_range's step for one pmd: a huge pmd is zapped whole when the range covers
-    it, else split first (out of memory: zapped whole, counted as thp_oom).  Returns
+    it, else split first (out of memory: zapped whole, counted as thp_oom); an
+    invalidated pmd (a split or collapse in progress) is waited for.  Returns
     the PTE table with its ptl held, or -1 (nothing, or the huge pmd was zapped)."""
     while True:
         t = pte_offset_map_lock(mm, base)
@@ -100,6 +104,10 @@ def _pte_table_or_zap_huge(mm, tlb, base, whole):
         e = int(mm.pt[pmd_t, pmd_i])
         if not e & PS:
             continue                     # changed since: look again
+        if not e & P:                    # invalidated: a split or collapse holds the pmd
+            native.spin_lock(mm.ptl(pmd_t), mm.cpu)             # lock; wait for it
+            native.spin_unlock(mm.ptl(pmd_t))
+            continue
         if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
             if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e):
                 return -1
@@ -117,28 +125,23 @@ def reclaim_pt(mm, tlb, t, base, dropped):
     if (not dropped or mm.bugs.on("ptreclaim_after_ptl_drop")) \
             and native.spin_trylock(pmdl, mm.cpu):
         # pmd_same: another DONTNEED may have reclaimed t and a fault populated anew
-        mine = pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t)
-        if mine:
+        if pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+            tlb.remove_table(t)          # PENDING before a walker's PWC can miss on it
+            mm.count("pt_reclaimed")
         native.spin_unlock(pmdl)
         native.spin_unlock(ptl)
-        if mine:
-            tlb.remove_table(t)
-            mm.count("pt_reclaimed")
         return True
     native.spin_unlock(ptl)
-    freed = False
     native.spin_lock(pmdl, mm.cpu)
     if pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
         native.spin_lock(ptl, mm.cpu)
         if not (mm.pt[t] & (P | PROTNONE)).any():
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
-            freed = True
+            tlb.remove_table(t)
+            mm.count("pt_reclaimed")
         native.spin_unlock(ptl)
     native.spin_unlock(pmdl)
-    if freed:
-        tlb.remove_table(t)
-        mm.count("pt_reclaimed")
     return True
 
 

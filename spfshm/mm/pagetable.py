@@ -34,6 +34,9 @@ PFN_SHIFT, PFN_MASK = 12, (1 << 28) - 1
 GEN_SHIFT, GEN_MASK = 52, 0x7FF
 ROOT = 0                         # the PGD is table 0, allocated at mm creation
 HUGE = -2                        # "the pmd maps a huge page", where a PTE table was asked for
+PMD_INVALID = PS                 # pmdp_invalidate: not present, but not none either: a split
+                                 # or collapse holds the pmd lock (zap waits for it, faults
+                                 # retry, lockless walkers see "not present")
 
 NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
 EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = 10, 11, 12      # ring event types
@@ -210,6 +213,10 @@ def _alloc_level(mm, parent, va, level, lock):
     HUGE when the pmd maps a huge page."""
     idx = index(va, level + 1)
     e = int(mm.pt[parent, idx])
+    while e & (P | PS) == PMD_INVALID:   # a split or collapse holds the pmd lock: wait
+        native.spin_lock(lock, mm.cpu)
+        native.spin_unlock(lock)
+        e = int(mm.pt[parent, idx])
     if e & PS:
         return HUGE
     if e & P:
@@ -268,10 +275,10 @@ def pte_offset_map_lock(mm, va):
             if pmd_t < 0:
                 return -1
             e = int(mm.pt[pmd_t, pmd_i])
+            if e & PS:
+                return HUGE              # a huge pmd, or an invalidated one
             if not e & P:
                 return -1
-            if e & PS:
-                return HUGE
             t = entry_pfn(e)
             native.spin_lock(mm.ptl(t), mm.cpu)
             if int(mm.pt[pmd_t, pmd_i]) == e:

@@ -18,7 +18,7 @@ from .memory import PMD_SIZE
 from .mm_types import TABLE_LIVE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, \
     mmap_write_unlock, vma_start_write
-from .pagetable import P, PROTNONE, entry_pfn, pmd_entry_of, pte_table_of
+from .pagetable import P, PROTNONE, entry_pfn, pmd_entry_of, pmd_maps_table, pte_table_of
 from .tlb import MmuGather
 from .vma import vmas_snapshot
 
@@ -63,18 +63,15 @@ def reclaim_scan(mm):
             native.spin_lock(pmdl, mm.cpu)
             e = int(mm.pt[pmd_t, pmd_i])
             t = entry_pfn(e)
-            ok = False
-            if e & P:
+            if pmd_maps_table(e, t):         # not a huge pmd collapsed since the scan
                 ptl = mm.ptl(t)
                 native.spin_lock(ptl, mm.cpu)
                 if not (mm.pt[t] & (P | PROTNONE)).any() or mm.bugs.on("reclaim_no_recheck"):
                     native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)       # 3
-                    ok = True
+                    tlb.remove_table(t)      # PENDING before a walker's PWC can miss on it
+                    removed += 1
                 native.spin_unlock(ptl)
             native.spin_unlock(pmdl)
-            if ok:
-                tlb.remove_table(t)
-                removed += 1
         tlb.finish()
     finally:
         mmap_write_unlock(mm)
