@@ -158,3 +158,24 @@ def test_dontneed_of_a_block_collapsed_while_its_ptl_was_dropped(model):
     model.mm.flush_stats()
     sweep(model.mm)
     assert kinds(model) == set() and int(model.mm.rss_all[:, 0].sum()) == 0
+
+
+def test_sweep_catches_a_huge_pmd_beyond_its_vma_and_torn_subpages(model):
+    """The sweep's huge-pmd checks fire: a VMA that no longer covers the whole huge page
+    (a split skipped), and a subpage whose state left its head's."""
+    from spfshm.mm.vma import current_tree
+    from spfshm.mm.mm_types import TREE_HDR
+    store_pages(model, [0])
+    assert collapse_huge_page(model.mm, BASE)
+    mm = model.mm
+    head = pmd(model) >> 12 & ((1 << 28) - 1)
+    mm.frame_meta[head + 7]["state"] = 0
+    row = mm.vma_tree[current_tree(mm)]
+    assert row[TREE_HDR] == BASE
+    row[TREE_HDR + 1] = BASE + 16 * PAGE             # the VMA now ends inside the block
+    mm.tree_cache = (None, None)
+    sweep(mm)
+    assert {"stale_pte", "frame_leak"} <= kinds(model)
+    row[TREE_HDR + 1] = BASE + 2 * BLOCK
+    mm.frame_meta[head + 7]["state"] = 1
+    mm.tree_cache = (None, None)

@@ -8,7 +8,7 @@ from spfshm import debug, native
 from spfshm.diffkernel import Model
 from spfshm.mm import pipe
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
-from spfshm.mm.mm_types import PAGE, PMD, PROT_BY_NAME, PTE
+from spfshm.mm.mm_types import PAGE, PROT_BY_NAME, PTE
 from spfshm.mm.pagetable import check_table, entry_gen, mark_pending, pmd_entry_of, \
     pte_table_of
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap
@@ -84,4 +84,3 @@ def test_frame_pinned_after_a_later_shootdown(model):
     ipi_sync(mm)
     gup_hold_and_release(mm, gup_fast(mm, BASE, 1))
     assert ages(model, "frames")[:2] == [1, 1] and reported(model)[0]["site"] == "gup"
-    assert PMD != PTE

@@ -35,8 +35,9 @@ from .huge_memory import PMD_SIZE, mk_huge_pmd
 from .mm_types import HPAGE_NR, PROT_WRITE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
                         mmap_write_unlock, vma_start_write)
-from .pagetable import (PMD_INVALID, P, PROTNONE, entry_pfn, free_table_now, mark_pending,
-                        pmd_entry_of, pmd_maps_table, pte_table_of)
+from .pagetable import (PFN_MASK, PFN_SHIFT, PMD_INVALID, P, PROTNONE, entry_pfn,
+                        free_table_now, mark_pending, pmd_entry_of, pmd_maps_table,
+                        pte_table_of)
 from .tlb import MmuGather, flush_tlb_all, pte_free_defer
 from .vma import find_vma
 
@@ -116,10 +117,10 @@ def _collapse_locked(mm, base, v, head, retract):
             mm.delay("collapse_flush")
             flush_tlb_all(mm)
             row = mm.pt[t]
-            hits = np.flatnonzero(row & (P | PROTNONE))
-            frames = (row[hits] >> np.uint64(12)) & np.uint64((1 << 28) - 1)
+            hits = np.flatnonzero(row & P)       # no PROT_NONE: _eligible, same lock hold
+            frames = (row[hits] >> np.uint64(PFN_SHIFT)) & np.uint64(PFN_MASK)
             refs = mm.frame_meta["refcount"][frames.astype(np.int64)]
-            if (refs != 1).any() or (row[hits] & PROTNONE).any():             # 5
+            if (refs != 1).any():                                             # 5
                 native.store_release(mm.entry_ptr(pmd_t, pmd_i), orig)
                 return False
             mm.frame_payload[head + hits] = mm.frame_payload[frames.astype(np.int64)]  # 6

@@ -12,7 +12,7 @@ from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
 from .huge_memory import split_huge_pmd, zap_huge_pmd
 from .pagetable import (HUGE, NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, pmd_entry_of,
-                        pmd_maps_table, pte_offset_map_lock)
+                        pmd_maps_table, pmd_read_settled, pte_offset_map_lock)
 
 GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
@@ -94,20 +94,16 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
 def _pte_table_or_zap_huge(mm, tlb, base, whole):
     """zap_pmd_range's step for one pmd: a huge pmd is zapped whole when the range covers
     it, else split first (out of memory: zapped whole, counted as thp_oom); an
-    invalidated pmd (a split or collapse in progress) is waited for.  Returns
+    invalidated pmd (a split or collapse in progress) is waited out.  Returns
     the PTE table with its ptl held, or -1 (nothing, or the huge pmd was zapped)."""
     while True:
         t = pte_offset_map_lock(mm, base)
         if t != HUGE:
             return t
         pmd_t, pmd_i = pmd_entry_of(mm, base)
-        e = int(mm.pt[pmd_t, pmd_i])
+        e = pmd_read_settled(mm, pmd_t, pmd_i)
         if not e & PS:
             continue                     # changed since: look again
-        if not e & P:                    # invalidated: a split or collapse holds the pmd
-            native.spin_lock(mm.ptl(pmd_t), mm.cpu)             # lock; wait for it
-            native.spin_unlock(mm.ptl(pmd_t))
-            continue
         if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
             if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e):
                 return -1

@@ -213,12 +213,10 @@ def _alloc_level(mm, parent, va, level, lock):
     HUGE when the pmd maps a huge page."""
     idx = index(va, level + 1)
     e = int(mm.pt[parent, idx])
-    while e & (P | PS) == PMD_INVALID:   # a split or collapse holds the pmd lock: wait
-        native.spin_lock(lock, mm.cpu)
-        native.spin_unlock(lock)
-        e = int(mm.pt[parent, idx])
-    if e & PS:
-        return HUGE
+    if e & PS:                           # huge, or invalidated: wait that out
+        e = pmd_read_settled(mm, parent, idx)
+        if e & PS:
+            return HUGE
     if e & P:
         return entry_pfn(e)
     new = alloc_table(mm, level)
@@ -276,7 +274,9 @@ def pte_offset_map_lock(mm, va):
                 return -1
             e = int(mm.pt[pmd_t, pmd_i])
             if e & PS:
-                return HUGE              # a huge pmd, or an invalidated one
+                if pmd_read_settled(mm, pmd_t, pmd_i) & PS:
+                    return HUGE
+                continue                 # split meanwhile: look the table up again
             if not e & P:
                 return -1
             t = entry_pfn(e)
@@ -286,6 +286,19 @@ def pte_offset_map_lock(mm, va):
             native.spin_unlock(mm.ptl(t))
     finally:
         native.rcu_read_unlock()
+
+
+def pmd_read_settled(mm, pmd_t, pmd_i):
+    """The entry at pmd_t[pmd_i]; an invalidated pmd (PMD_INVALID: a split or collapse
+    holds the pmd lock) is waited out on that lock and read again.  Only PMD entries
+    are ever invalidated, so upper levels read straight through."""
+    e = int(mm.pt[pmd_t, pmd_i])
+    while e & (P | PS) == PMD_INVALID:
+        lock = mm.ptl(pmd_t)
+        native.spin_lock(lock, mm.cpu)
+        native.spin_unlock(lock)
+        e = int(mm.pt[pmd_t, pmd_i])
+    return e
 
 
 def pmd_entry_of(mm, va):

@@ -72,16 +72,11 @@ class Pipe:
 
     # -- the objects' side ----------------------------------------------------------------
     def retire(self, kind, idx, clock):
-        """Stamp an unlinked object with the clock its free waits on."""
+        """Stamp an unlinked object (or a list of them: an mmu_gather's pages, just
+        before its flush) with the clock its free waits on."""
         native.smp_mb()                  # the unlink before the clock read
         now = native.load_relaxed(self.ticket_ptr if clock == CLOCK_IPI else self.gp_seq_ptr)
         self.stamps[kind][idx] = (now + 1) | (_CLOCK_BIT if clock == CLOCK_RCU else 0)
-
-    def retire_many(self, kind, idxs, clock):
-        """retire() for a batch (an mmu_gather's pages, just before its flush)."""
-        native.smp_mb()
-        now = native.load_relaxed(self.ticket_ptr if clock == CLOCK_IPI else self.gp_seq_ptr)
-        self.stamps[kind][idxs] = (now + 1) | (_CLOCK_BIT if clock == CLOCK_RCU else 0)
 
     def unretire(self, kind, idx):
         """Allocated again: not retired."""

@@ -165,7 +165,7 @@ class MmuGather:
             mm = self.mm
             if mm.cfg.tlb_flush == "ipi" and len(self.frames) > self.stamped:
                 # Retired since their PTEs were cleared; stamped before the flush's ticket
-                mm.pipe.retire_many(FRAMES, self.frames[self.stamped:], CLOCK_IPI)
+                mm.pipe.retire(FRAMES, self.frames[self.stamped:], CLOCK_IPI)
                 self.stamped = len(self.frames)
             flush_tlb_all(mm)
             self.need_flush = False
