@@ -2,7 +2,8 @@
 
 The cdef is the public headers themselves (one per primitive), minus preprocessor lines
 other than integer ``#define``s, so a declaration is written once.  Paths are relative to
-the project root: setuptools refuses absolute ``sources=``.
+the project root, where setuptools builds (it refuses absolute ``sources=``); the sdist
+carries ``native/`` (MANIFEST.in).
 """
 import glob
 import os
@@ -41,8 +42,8 @@ ffibuilder.cdef("\n".join(
 ffibuilder.set_source(
     "spfshm._native",
     "#include <stdint.h>\n" + "".join('#include "%s"\n' % h for h in HEADERS),
-    sources=sorted(os.path.relpath(p, _root_dir) if os.path.isabs(p) else p
-                   for p in glob.glob(os.path.join(NATIVE, "*.c"))),
+    sources=sorted(os.path.relpath(p, _root_dir)
+                   for p in glob.glob(os.path.join(_root_dir, NATIVE, "*.c"))),
     include_dirs=[NATIVE],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
 )

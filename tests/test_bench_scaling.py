@@ -105,7 +105,7 @@ def test_tiny_run_csv(tiny_run):
 
 
 def test_plot_png(tiny_run, tmp_path):
-    pytest.importorskip("matplotlib")
+    """The plot is a user-facing output (matplotlib comes with the test extra)."""
     _, doc, _ = tiny_run
     scaling.write_plot(doc, str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,7 @@
 """Replay, campaigns and the detection benchmark: the round trips users rely on."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,19 @@ def test_seed_selection_and_sharding():
     assert campaign.seeds_of("0:10", "0/1") == list(range(10))
     a, b = campaign.seeds_of("5:15", "0/2"), campaign.seeds_of("5:15", "1/2")
     assert sorted(a + b) == list(range(5, 15)) and not set(a) & set(b)
+
+
+def test_the_fixed_campaign_covers_the_rotation():
+    """The test command's campaign (stress/test_campaign.py, no SPFSHM_SEEDS) runs every
+    configuration of the rotation."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPFSHM_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                        "stress/test_campaign.py"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=120)
+    seeds = [int(s) for s in re.findall(r"test_campaign_seed\[(\d+)\]", r.stdout)]
+    n = len(campaign.CONFIGS)
+    assert sorted({s % n for s in seeds}) == list(range(n)), r.stdout + r.stderr
 
 
 def test_fuzz_shards_merge_and_feed_the_corpus(tmp_path, monkeypatch):

@@ -23,11 +23,25 @@ BASE = 0x3F0000000000                       # 2 MiB aligned
 BLOCK = HPAGE_NR * PAGE
 
 
+def make_model(collapse):
+    """One CPU's model with two 2 MiB blocks mapped read-write at BASE."""
+    m = Model(2 * HPAGE_NR, BASE)
+    m.mm.cfg.collapse = collapse
+    assert do_mmap(m.mm, BASE, 2 * BLOCK, PROT_BY_NAME["rw"], MAP_FIXED) == BASE
+    return m
+
+
 @pytest.fixture(params=["write-lock", "retract"])
 def model(request):
-    m = Model(2 * HPAGE_NR, BASE)
-    m.mm.cfg.collapse = request.param
-    assert do_mmap(m.mm, BASE, 2 * BLOCK, PROT_BY_NAME["rw"], MAP_FIXED) == BASE
+    m = make_model(request.param)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def retract_model():
+    """Only a retract collapse runs under mmap_lock read, so only it can race DONTNEED."""
+    m = make_model("retract")
     yield m
     m.close()
 
@@ -141,23 +155,22 @@ def test_reclaim_scan_skips_a_block_collapsed_since_its_scan(model, monkeypatch)
     assert pmd(model) == before and kinds(model) == set()
 
 
-def test_dontneed_of_a_block_collapsed_while_its_ptl_was_dropped(model):
+def test_dontneed_of_a_block_collapsed_while_its_ptl_was_dropped(retract_model):
     """The zap retry after its forced flush finds a huge pmd: it zaps it whole."""
-    if model.mm.cfg.collapse != "retract":
-        pytest.skip("only a retract collapse runs under mmap_lock read, against DONTNEED")
-    store_pages(model, range(100))
+    m = retract_model
+    store_pages(m, range(100))
     done = []
 
     def delay(point):
         if point == "zap_ptl_dropped" and not done:
-            done.append(collapse_huge_page(model.mm, BASE))
-    model.mm.delay = delay
-    assert do_madvise_dontneed(model.mm, BASE, BLOCK) == 0 and done == [True]
-    assert pmd(model) == 0                                # nothing left mapped
-    model.mm.rcu.rcu_barrier()
-    model.mm.flush_stats()
-    sweep(model.mm)
-    assert kinds(model) == set() and int(model.mm.rss_all[:, 0].sum()) == 0
+            done.append(collapse_huge_page(m.mm, BASE))
+    m.mm.delay = delay
+    assert do_madvise_dontneed(m.mm, BASE, BLOCK) == 0 and done == [True]
+    assert pmd(m) == 0                                    # nothing left mapped
+    m.mm.rcu.rcu_barrier()
+    m.mm.flush_stats()
+    sweep(m.mm)
+    assert kinds(m) == set() and int(m.mm.rss_all[:, 0].sum()) == 0
 
 
 def test_sweep_catches_a_huge_pmd_beyond_its_vma_and_torn_subpages(model):

@@ -5,7 +5,8 @@ A campaign is a pytest parametrization (one test per seed), so it spreads over c
 hosts with pytest-xdist (``-n``) and over CI matrix jobs with ``--shard I/N``; each test
 drops its result as JSON in a directory, and ``spfshm fuzz`` merges them, deduplicates
 failures by signature and adds new ones to the corpus.  Environment: SPFSHM_SEEDS
-("A:B"), SPFSHM_SHARD ("I/N"), SPFSHM_RESULTS (directory), SPFSHM_OPS (per CPU).
+("A:B", default ``ROTATION``), SPFSHM_SHARD ("I/N"), SPFSHM_RESULTS (directory),
+SPFSHM_OPS (per CPU).
 """
 import dataclasses
 import json
@@ -29,8 +30,11 @@ CONFIGS = [
     dict(fault_mode="spf,pervma,classic", table_free="ipi", collapse="write-lock",
          workload="faults"),
     dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="retract",
-         reclaim="ptreclaim"),
+         reclaim="ptreclaim", workload="faults"),
 ]
+
+# The fixed campaign (stress/test_campaign.py): every configuration of the rotation once.
+ROTATION = "0:%d" % len(CONFIGS)
 
 
 def _pair(spec, sep, option, form):
@@ -53,7 +57,7 @@ def parse_shard(spec):
     return _pair(spec, "/", "--shard", "I/N")
 
 
-def seeds_of(seeds="0:6", shard="0/1"):
+def seeds_of(seeds=ROTATION, shard="0/1"):
     (a, b), (i, n) = parse_seeds(seeds), parse_shard(shard)
     return [s for s in range(a, b) if (s - a) % n == i]
 

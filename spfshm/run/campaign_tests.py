@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-from .campaign import run_one, seeds_of
+from .campaign import ROTATION, run_one, seeds_of
 
-SEEDS = seeds_of(os.environ.get("SPFSHM_SEEDS", "0:8"), os.environ.get("SPFSHM_SHARD", "0/1"))
+SEEDS = seeds_of(os.environ.get("SPFSHM_SEEDS", ROTATION),
+                 os.environ.get("SPFSHM_SHARD", "0/1"))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
