@@ -6,13 +6,21 @@ name maps it at another address.  Workers are forked and inherit the parent's ma
 
 Clean-up contract: the segment is created with a random name and mode 0600 and is
 unlinked as soon as it is mapped (``linger=False``, the default), so nothing can leak in
-/dev/shm whatever happens next (Ctrl-C, an exception, kill -9 of any process).  With
-``linger=True`` the name stays until ``close()`` so an unrelated process can attach;
+/dev/shm whatever happens next (Ctrl-C, an exception, kill -9 of any process).  Between
+creation and unlink the segment is registered with multiprocessing's resource tracker (a
+process of its own, which ``SharedMemory`` starts): if the creator dies in that window,
+the tracker sees its pipe close and unlinks the segment.  With ``linger=True`` the name
+stays until ``close()`` (or the tracker's clean-up) so an unrelated process can attach;
 ``close()`` also runs from an atexit hook.
+
+Test hook: ``SPFSHM_TEST_PAUSE_BEFORE_UNLINK=SECONDS`` holds the window between creation
+and unlink open that long, so a test can kill the creator inside it.  Not for other use.
 """
 import atexit
 import math
+import os
 import secrets
+import time
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -69,6 +77,7 @@ class Arena:
         self.name = name
         self.linked = True
         if self.owner and not linger:
+            time.sleep(float(os.environ.get("SPFSHM_TEST_PAUSE_BEFORE_UNLINK", 0)))
             self.unlink()
         self._base = native.ffi.from_buffer("char[]", self.shm.buf)
         self.views = {}

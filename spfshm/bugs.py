@@ -1,54 +1,75 @@
 """The busted-variant catalogue (rcutorture's "busted" flavour, one per protocol step).
 
 Each entry names the protocol step it breaks, the real kernel bug or CVE it mirrors, and
-the violation kind the checkers must report.  The model asks ``bugs.on(NAME)`` where the
-step lives; ``spfshm bugs`` lists the table; ``spfshm stress --bug NAME`` switches it on.
+the signatures (kind@site) the checkers must report first.  The model asks
+``bugs.on(NAME)`` where the step lives; ``spfshm bugs`` lists the table; ``spfshm stress
+--bug NAME`` switches it on.  The names the model asks about are read from its source when
+the first ``Bugs`` is made: a name missing from the catalogue, or an entry nothing asks
+about (other than a forbidden pairing, which is configuration only), fails the start-up.
 """
+import ast
+import dataclasses
+import difflib
+import functools
+import glob
+import os
 from collections import namedtuple
 
-Bug = namedtuple("Bug", "name step origin expect description config")
-# expect: the violation kinds any one of which proves the variant caught.
+Bug = namedtuple("Bug", "name step origin expect description config control",
+                 defaults=({},))
+# expect: the signatures (kind@site) one of which the FIRST violation of a run with the
+#   variant must have: what the bug causes first, not whatever a broken run reports later.
 # config: settings the variant needs to be reachable (merged into the run's defaults).
+# control: for a configuration-only entry (step "pairing: ..."), the settings that make
+#   its control run the kernel's pairing; code entries get theirs by switching the bug off.
+
+PAIRING = "pairing:"
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class CatalogueError(Exception):
+    """The model and the catalogue disagree (an internal error, not a usage error)."""
+
 
 CATALOGUE = [
     Bug("free_table_no_sync", "free_pgtables -> tlb_remove_table",
         "bug class 1: table freed with no IPI sync or grace period "
         "(cf. 2ba99c5e0881 'mm/khugepaged: fix GUP-fast interaction by sending IPI')",
-        ("pt_uaf",),
+        ("pt_uaf@free_pgtables", "pt_uaf@hw_walk", "pt_uaf@gup"),
         "munmap frees an emptied page table at once, while a lockless walker may be in it",
         {}),
     Bug("free_frame_before_flush", "zap_pte_range -> tlb_finish_mmu",
         "bug class 5: CVE-2018-18281 (mremap/ftruncate freed pages before the TLB flush)",
-        ("frame_uaf",),
+        ("frame_uaf@zap", "frame_uaf@tlb_access"),
         "zap frees the frames before the TLB shootdown; another CPU's stale TLB entry "
         "still reaches them", {}),
     Bug("mprotect_no_flush", "change_protection -> flush_tlb_range",
         "stale writable TLB entries after a permission downgrade "
         "(cf. 4647706ebeee 'mm: always flush VMA ranges affected by zap_page_range')",
-        ("stale_tlb",),
+        ("stale_tlb@mprotect",),
         "mprotect makes PTEs read-only but skips the TLB flush", {}),
     Bug("zap_skip_last_pte", "zap_pte_range",
         "incomplete zap leaves a mapped page behind (bad rss-counter / leaked page class)",
-        ("stale_pte", "pt_lost_ptes"),
+        ("pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
         "munmap and DONTNEED miss the last PTE of the range", {"check_every": 0.25}),
     Bug("rss_no_dec", "zap_pte_range -> add_mm_rss_vec",
         "'BUG: Bad rss-counter state' reports (RSS accounting drift)",
-        ("rss",),
+        ("rss@sweep",),
         "zap forgets to decrement the RSS counter", {"check_every": 0.25}),
     Bug("fault_no_ptl", "do_anonymous_page -> pte_offset_map_lock",
         "installing a PTE without the page table lock (two faulters both see pte_none)",
-        ("frame_leak",),
+        ("frame_leak@sweep", "lost_update@load"),
         "the classical fault checks pte_none and installs the frame without taking the ptl",
         {"delay": 0.3, "delay_max_us": 300.0, "delay_points": ("install_pte",)}),
     Bug("pte_alloc_no_recheck", "__pte_alloc -> pmd_populate",
         "'someone populated it meanwhile' re-check missing in a table allocation",
-        ("pt_leak",),
+        ("pt_leak@sweep",),
         "a new PTE table is installed without re-checking the pmd under the pmd lock, "
         "overwriting a table another CPU just populated", {}),
     Bug("ptreclaim_after_ptl_drop", "PT_RECLAIM fast path after zap_pte_range",
         "bug class 4: reclaim after the ptl was dropped mid-zap freed a refilled table "
         "(Qi Zheng, 2025, 'Bad rss-counter state')",
-        ("pt_lost_ptes", "rss", "frame_leak", "stale_pte"),
+        ("pt_lost_ptes@free_pgtables",),
         "MADV_DONTNEED takes the reclaim fast path although zap dropped the ptl to free a "
         "batch, so a fault may have refilled the table",
         {"reclaim": "ptreclaim", "table_free": "rcu", "workload": "faults", "delay": 0.5,
@@ -56,36 +77,38 @@ CATALOGUE = [
     Bug("reclaim_no_recheck", "seed reclaim step 2: re-check the table is empty",
         "bug class 4: a table removed on a stale scan (Hildenbrand's plan without the "
         "re-check under the write lock)",
-        ("pt_lost_ptes", "rss", "frame_leak"),
+        ("pt_lost_ptes@free_pgtables",),
         "the scanner removes tables found empty under mmap_lock read without looking again",
         {"reclaim": "seed"}),
     Bug("walk_rcu_free_ipi", "pairing: --walk rcu with --table-free ipi",
         "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker "
         "(why x86 moved to RCU table freeing; Qi Zheng's series)",
-        ("pt_uaf", "pipe_age"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
         {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi", "delay": 0.15,
-         "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
+         "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)},
+        {"table_free": "rcu"}),
     Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
         "interrupt the target, IRQs off protects nothing (cf. a37259732a7d)",
-        ("pt_uaf",),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
         "after the flush, speculative walkers with IRQs off",
         {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi",
-         "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)}),
+         "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)},
+        {"tlb_flush": "ipi"}),
     Bug("mmap_unlock_leak", "mmap_write_unlock on an error path",
         "a lock leaked on an error path (the hang every runner must survive: the "
         "watchdog names the holder and ends the run)",
-        ("hang",),
+        ("hang@watchdog",),
         "one mmap_write_unlock in a hundred forgets up_write: every other CPU blocks",
         {"stall_timeout": 0.5}),
     Bug("khugepaged_no_sync", "collapse_huge_page step 8: free the old PTE table",
         "bug class 1: Jann Horn's 2022 fix 2ba99c5e0881 'mm/khugepaged: fix GUP-fast "
         "interaction by sending IPI' (the table was freed right after "
         "pmdp_collapse_flush, whose flush need not interrupt a lockless walker)",
-        ("pt_uaf",),
+        ("pt_uaf@spf_walk",),
         "khugepaged frees the PTE table it replaced right after the TLB flush, without "
         "tlb_remove_table's IPI sync or grace period",
         {"collapse": "write-lock", "tlb_flush": "no-ipi", "table_free": "rcu",
@@ -94,39 +117,39 @@ CATALOGUE = [
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
         "bug class 6: sequence counts read without acquire ordering (b1f02b95758d); "
         "emulated: the VMA is read before the checks, as a weakly ordered CPU may",
-        ("vma_unlocked_change", "pte_prot", "stale_tlb"),
+        ("vma_unlocked_change@fault",),
         "the per-VMA fault's reads of the VMA are not ordered after its lock checks",
         {"fault_mode": "pervma", "delay": 0.2, "delay_max_us": 1000.0,
          "delay_points": ("vma_start_read",)}),
     Bug("vma_seq_wrap", "vma_start_write: vm_lock_seq == mm_lock_seq",
         "bug class 7: a sequence count that wrapped is taken for 'no writer' / 'already "
         "locked' (7135a05838e8 class); emulated with a 3-bit comparison",
-        ("vma_not_write_locked", "vma_read_held", "vma_unlocked_change"),
+        ("vma_not_write_locked@split_vma",),
         "vma_start_write believes a VMA locked 8 write sections ago is still locked by it",
         {"fault_mode": "pervma"}),
     Bug("vma_tree_free_no_rcu", "VMA tree publication step (3): call_rcu",
         "bug class 8: a VMA tree node freed while a lockless reader walks it "
         "(StackRot, CVE-2023-3269)",
-        ("vma_uaf",),
+        ("vma_uaf@pervma", "vma_uaf@spf"),
         "the replaced VMA tree is freed at once instead of after a grace period",
         {"fault_mode": "spf,pervma", "delay": 0.05, "delay_max_us": 500.0,
          "delay_points": ("vma_copy", "pervma_lookup")}),
     Bug("gup_fast_no_recheck", "gup_fast step (4): re-check the PTE after the reference",
         "mm/gup.c's '(1) pin the page, then (2) check pte not changed' skipped: a frame "
         "freed and reused under a lockless pinner gets pinned",
-        ("frame_uaf",),
+        ("pipe_age@gup", "frame_uaf@gup"),
         "gup_fast keeps the reference without checking that the PTE still maps the frame",
         {"tlb_flush": "no-ipi", "table_free": "rcu", "delay": 1.0, "delay_max_us": 3000.0,
          "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
-        ("stale_pte", "pt_lost_ptes", "pt_uaf", "frame_leak", "pte_prot", "rss", "stale_tlb"),
+        ("stale_tlb@mprotect", "pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
         "the speculative fault does not re-check mmap_seq once it holds the ptl",
         {"fault_mode": "spf,classic", "delay": 0.15, "delay_max_us": 3000.0,
          "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_vma_check", "SPF step 2: mmap_seq check after the VMA copy",
         "the copy check of Lespinasse's series (a torn VMA copy decides the fault)",
-        ("torn_vma",),
+        ("torn_vma@spf",),
         "the VMA copy is used without checking mmap_seq, so a SIGSEGV can be decided on "
         "a VMA that a concurrent split was rewriting",
         {"fault_mode": "spf", "delay": 0.05, "delay_max_us": 500.0,
@@ -134,14 +157,14 @@ CATALOGUE = [
     Bug("spf_walk_unprotected", "SPF step 3: speculative_page_walk_begin",
         "bug class 1: a lockless walk with neither IRQs off nor RCU "
         "(why the series walks with local_irq_disable, later rcu_read_lock)",
-        ("pt_uaf", "pipe_age"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf", "delay": 0.2, "delay_max_us": 3000.0,
          "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
         "without mmap_lock) and nobody noticed",
-        ("pt_lost_ptes", "pt_uaf", "rss", "frame_leak"),
+        ("pt_lost_ptes@free_pgtables",),
         "the speculative fault does not re-check the pmd once it holds the ptl, so it "
         "commits into a table that DONTNEED just reclaimed",
         {"fault_mode": "spf", "reclaim": "ptreclaim", "table_free": "rcu",
@@ -150,23 +173,22 @@ CATALOGUE = [
     Bug("spf_ptl_spin", "SPF step 6: spin_trylock(ptl)",
         "bug class 9: an IRQs-off walker spins on the ptl that zap_pte_range holds while "
         "it waits for that walker's TLB-flush ack",
-        ("deadlock",),
+        ("deadlock@ipi",),
         "the speculative fault spins on the ptl with IRQs off instead of trying once",
         {"fault_mode": "spf", "ipi_timeout": 3.0, "delay": 0.6, "delay_max_us": 3000.0,
          "delay_points": ("zap_under_ptl",)}),
     Bug("pervma_no_recheck", "vma_start_read step (c)",
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
-        ("vma_read_held", "vma_unlocked_change", "pte_prot", "stale_pte", "pt_lost_ptes",
-         "frame_leak", "rss", "pt_uaf"),
+        ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
+         "pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
         "a fault read-locks a VMA that the current writer has already write-locked",
         {"fault_mode": "pervma", "delay": 0.2, "delay_max_us": 1000.0,
          "delay_points": ("vma_start_read",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
         "bug class 10: a writer path that does not take the per-VMA lock "
         "(cf. fb49c455323f, fork forgot to write-lock the parent's VMAs)",
-        ("vma_not_write_locked", "vma_read_held", "vma_unlocked_change", "pte_prot",
-         "stale_tlb"),
+        ("vma_not_write_locked@split_vma",),
         "mprotect changes VMAs and PTEs without vma_start_write, so a per-VMA fault "
         "installs a writable PTE in a VMA just made read-only",
         {"fault_mode": "pervma"}),
@@ -175,12 +197,73 @@ CATALOGUE = [
 BY_NAME = {b.name: b for b in CATALOGUE}
 
 
+def _is_bugs(node):
+    """``bugs`` or ``<anything>.bugs``: the receiver of a switch query."""
+    return (isinstance(node, ast.Name) and node.id == "bugs") or \
+        (isinstance(node, ast.Attribute) and node.attr == "bugs")
+
+
+def asked_names(root=PACKAGE_DIR):
+    """Every name the code under ``root`` asks ``bugs.on(NAME)`` about, read from the
+    source: {name: ["file:line", ...]}.  A query whose name is not a string literal
+    cannot be checked and is refused."""
+    asked = {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        with open(path) as f:
+            src = f.read()
+        if ".on(" not in src:
+            continue
+        for node in ast.walk(ast.parse(src, path)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "on" and _is_bugs(node.func.value)):
+                continue
+            where = "%s:%d" % (os.path.relpath(path, root), node.lineno)
+            arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                raise CatalogueError("%s: bugs.on() must name its variant with a string "
+                                     "literal (so it can be checked)" % where)
+            asked.setdefault(arg.value, []).append(where)
+    return asked
+
+
+def check_catalogue(catalogue, asked):
+    """Raise CatalogueError unless every asked name is an entry, every entry that is not
+    a pairing is asked about, no pairing is, and every pairing has its control."""
+    names = {b.name for b in catalogue}
+    for name, where in sorted(asked.items()):
+        if name not in names:
+            close = difflib.get_close_matches(name, names, 1)
+            raise CatalogueError("%s: bugs.on(%r): no such variant in the catalogue%s"
+                                 % (where[0], name, " (did you mean %r?)" % close[0]
+                                    if close else ""))
+    for b in catalogue:
+        pairing = b.step.startswith(PAIRING)
+        if pairing and b.name in asked:
+            raise CatalogueError("%s: %r is a pairing (configuration only) but the code "
+                                 "asks about it" % (asked[b.name][0], b.name))
+        if not pairing and b.name not in asked:
+            raise CatalogueError("catalogue entry %r: nothing asks bugs.on(%r) and its step "
+                                 "is not a %r configuration" % (b.name, b.name, PAIRING))
+        if pairing != bool(b.control):
+            raise CatalogueError("catalogue entry %r: a pairing needs a control (the "
+                                 "kernel's pairing), a code entry none" % b.name)
+
+
+@functools.cache
+def check_model():
+    """check_catalogue against the package's source, once per process."""
+    check_catalogue(CATALOGUE, asked_names())
+
+
 class Bugs:
-    """The set switched on for this run (read by the model at each step)."""
+    """The set switched on for this run (read by the model at each step).  Making one
+    checks the catalogue against the model first (check_model): ``on`` stays a set
+    lookup."""
 
     __slots__ = ("names",)
 
     def __init__(self, names=()):
+        check_model()
         unknown = [n for n in names if n not in BY_NAME]
         if unknown:
             raise ValueError("unknown bug %r (see 'spfshm bugs')" % unknown[0])
@@ -190,12 +273,30 @@ class Bugs:
         return name in self.names
 
 
+def control(cfg):
+    """The control run of a run with busted variants (a resolved Config): the same
+    settings and seed with the variants off (a pairing replaced by the kernel's), which
+    must be clean.  The watchdogs' timeouts go back to their generous defaults: one
+    shortened to catch a hang fast must not decide a clean run on a loaded machine."""
+    default = {f.name: f.default for f in dataclasses.fields(cfg)}
+    c = dataclasses.replace(cfg, bugs=(), stall_timeout=default["stall_timeout"],
+                            ipi_timeout=default["ipi_timeout"])
+    for name in cfg.bugs:
+        c = dataclasses.replace(c, **BY_NAME[name].control)
+    c.validate()
+    return c
+
+
+def _flags(settings):
+    return " ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in settings.items())
+
+
 def format_table():
     lines = []
     for b in CATALOGUE:
         lines.append("%s\n    breaks:  %s\n    expect:  %s\n    origin:  %s\n    what:    %s"
-                     "\n    needs:   %s"
+                     "\n    needs:   %s%s"
                      % (b.name, b.step, " | ".join(b.expect), b.origin, b.description,
-                        " ".join("--%s %s" % (k.replace("_", "-"), v)
-                                 for k, v in b.config.items()) or "-"))
+                        _flags(b.config) or "-",
+                        "\n    control: %s" % _flags(b.control) if b.control else ""))
     return "\n".join(lines)

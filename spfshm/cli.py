@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import __version__
+from .bugs import CatalogueError
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -213,6 +214,8 @@ def build_parser():
                      help="give up on a seed after this long (default 30)")
     det.add_argument("--perturbation", choices=("on", "off"), default="on",
                      help="off: no delay points at all, to measure what they buy")
+    det.add_argument("--no-control", action="store_true",
+                     help="skip each seed's control run (the same run without the bug)")
     det.add_argument("--json", type=writable_path, metavar="PATH")
 
     from .config import FAULT_MODES, TABLE_FREE
@@ -469,6 +472,9 @@ def main(argv=None):
     except UsageError as e:
         sys.stderr.write("spfshm: error: %s\n" % e)
         return EXIT_USAGE
+    except CatalogueError as e:
+        sys.stderr.write("spfshm: internal error: %s\n" % e)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         sys.stderr.write("spfshm: interrupted\n")
         return 130

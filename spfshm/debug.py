@@ -21,7 +21,8 @@ KINDS = {
     "frame_uaf": "frame #{a2} (now generation {a1}) was freed or reused while a "
                  "translation made at generation {a0} still reached it",
     "stale_pte": "present PTE to frame #{a0} ({a1:#x}) where no VMA allows it",
-    "pte_prot": "PTE {a0:#x} is writable but the VMA (prot {a1}) is not",
+    "pte_prot": "PTE {a0:#x} grants more than its VMA (prot {a1}: 0 none, 1 r, 3 rw), "
+                "or is PROT_NONE in an accessible VMA",
     "stale_tlb": "CPU {a2} still holds a TLB entry for frame #{a0} (writable={a1}) that "
                  "the page tables no longer allow",
     "rss": "RSS counter says {a0} pages, page tables map {a1}",
@@ -32,6 +33,22 @@ KINDS = {
     "pt_free_reachable": "page table #{a0} is free/pending (state {a1}) but still linked "
                          "from table #{a2}",
     "pt_lost_ptes": "page table #{a0} freed with {a1} present PTEs",
+    "double_free": {"free_frame": "frame #{a0} freed while already free (generation {a1})",
+                    "put_page": "frame #{a0} put with no reference left (generation {a1})",
+                    "free_pgtables": "page table #{a0} (level {a1}) unlinked or freed while "
+                                     "already pending or free (state {a2})",
+                    "vm_area_free": "VMA record #{a0} freed while already pending or free "
+                                    "(state {a1})",
+                    "sweep": "object #{a1} of pool {a0} (0 tables, 1 frames, 2 huge pages, "
+                             "3 VMA records, 4 VMA trees) is on the free lists {a2} times"},
+    "free_unlisted": "object #{a1} of pool {a0} (0 tables, 1 frames, 2 huge pages, 3 VMA "
+                     "records, 4 VMA trees) is free (state {a2}) but on no free list",
+    "listed_inuse": "object #{a1} of pool {a0} (0 tables, 1 frames, 2 huge pages, 3 VMA "
+                    "records, 4 VMA trees) is on a free list but in use (state {a2})",
+    "obj_leak": "object #{a1} of pool {a0} (3 VMA records, 4 VMA trees) is live (state "
+                "{a2}) but in no published VMA tree",
+    "never_freed": "object #{a1} of pool {a0} (0 tables, 3 VMA records, 4 VMA trees) was "
+                   "unlinked (state {a2}) but never freed, after every CPU's rcu_barrier",
     "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
     "torn_vma": "SIGSEGV decided on a VMA copy torn by a concurrent writer "
@@ -41,11 +58,17 @@ KINDS = {
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
                            "(prot {a1} in the copy, {a2} now)",
     "vma_read_held": "VMA #{a0} is being changed while CPU {a1} holds it read-locked",
-    "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame: {a0}) read by a lockless "
-                "walker {a2} completed syncs after it was retired (legal: 0)",
+    "mmap_not_locked": "mmap_lock must be held here (need {a0}: 1 read or write, 2 write) "
+                       "but this CPU holds it for read: {a1}, for write: {a2}",
+    "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame, 3 VMA tree: {a0}) read "
+                "by a lockless walker {a2} completed syncs after it was retired (legal: 0)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
-    "lost_update": "read {a0:#x}, but this CPU's last store here was {a1:#x}",
-    "bad_value": "read {a0:#x}: neither zero nor a value any CPU stored",
+    "lost_update": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, and no "
+                   "zap since could have taken it away (page zap clock {a2:#x}: completed "
+                   "<< 32 | begun)",
+    "bad_value": "read {a0:#x}: no CPU could have stored it here (not a stored value, no "
+                 "such CPU, another page, or stored before a zap that has completed; page "
+                 "zap clock {a1:#x}: completed << 32 | begun)",
     "fault_loop": "fault at {va:#x} did not make progress after {a0} tries",
     "deadlock": {"ipi": "waited {a0} ms for CPU {a1} to ack a TLB-flush IPI; it spins with "
                         "IRQs off on the ptl of table #{a2}, which this CPU holds",
@@ -58,7 +81,8 @@ KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
          "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
-         "khugepaged"]
+         "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
+         "khugepaged", "free_frame", "put_page", "vm_area_free"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

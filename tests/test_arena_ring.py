@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from multiprocessing import shared_memory
 
 import numpy as np
 import psutil
@@ -13,9 +14,9 @@ import pytest
 from spfshm import native
 from spfshm.arena import Arena, ArenaError, Layout
 from spfshm.run.workers import Workers
-from spfshm.smp import EVENT_DTYPE, PERCPU_DTYPE, smp_regions
+from spfshm.smp import EVENT_DTYPE, PERCPU_DTYPE
 
-from conftest import shm_leftovers
+from conftest import arena_mappings
 
 
 def test_layout_aligned_and_typed():
@@ -47,6 +48,9 @@ def test_segment_is_private_and_never_left_behind():
     assert not os.path.exists(path)
     c = Arena(Layout([("x", np.uint64, 8)]))       # default: unlinked at once
     assert not os.path.exists("/dev/shm/" + c.name)
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=c.name)   # the name no longer resolves
+    assert "/dev/shm/%s (deleted)" % c.name in arena_mappings(os.getpid())
     c.close()
 
 
@@ -115,7 +119,30 @@ def test_kill9_parent_leaves_no_orphans_or_segments():
     assert not os.path.exists("/dev/shm/" + name)
 
 
-def test_zz_no_shm_leftovers_after_suite():
-    """Runs last in this file (and each xdist worker); nothing of ours in /dev/shm."""
-    time.sleep(0.2)
-    assert shm_leftovers() == []
+_CREATOR = textwrap.dedent("""
+    import numpy as np
+    from spfshm.arena import Arena, Layout
+    Arena(Layout([("x", np.uint64, 8)]))
+""")
+
+
+def test_kill9_between_create_and_unlink_leaves_no_segment():
+    """The one window where the name exists: the creator killed inside it (held open by
+    the test hook) leaves nothing behind; the resource tracker unlinks the segment."""
+    env = dict(os.environ, SPFSHM_TEST_PAUSE_BEFORE_UNLINK="60")
+    p = subprocess.Popen([sys.executable, "-c", _CREATOR], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        maps = []
+        while not maps and time.monotonic() < deadline and p.poll() is None:
+            maps = arena_mappings(p.pid)
+            time.sleep(0.02)
+        assert len(maps) == 1 and not maps[0].endswith("(deleted)"), maps
+        assert os.path.exists(maps[0])             # inside the window: still linked
+    finally:
+        p.kill()
+        p.wait(10)
+    deadline = time.monotonic() + 10
+    while os.path.exists(maps[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(maps[0]), "%s left behind" % maps[0]

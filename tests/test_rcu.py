@@ -140,21 +140,37 @@ def test_call_rcu_defers_until_readers_leave(make_smp):
     assert freed == ["a"] + list(range(20))
 
 
-def test_busted_call_rcu_frees_under_reader(make_smp):
-    arena, smp = make_smp(2, [("flags", np.uint64, 8)])
+@pytest.mark.parametrize("busted", [False, True], ids=["correct", "busted"])
+def test_call_rcu_free_reaches_a_reader_only_when_busted(make_smp, busted):
+    """A reader inside rcu_read_lock() reads an object, the writer retires it with
+    call_rcu and runs the callbacks, the reader reads it again before leaving: it must
+    still see the object, not the free's poison, unless call_rcu is busted."""
+    arena, smp = make_smp(2, [("flags", np.uint64, 8), ("obj", np.uint64, 8)])
+    arena["obj"][0] = 1
 
     def body(cpu):
         if cpu == 1:
+            flags, obj = arena["flags"], arena["obj"]
             native.rcu_read_lock()
-            arena["flags"][0] = 1
-            while arena["flags"][1] == 0:
+            flags[2] = obj[0]
+            flags[0] = 1
+            while flags[1] == 0:
                 native.sleep_ns(100_000)
+            flags[3] = obj[0]                       # the same section, after the frees
+            native.rcu_read_unlock()
 
-    freed = []
-    cr = CallRcu(busted=True)
-    with Workers(smp, 2, body):
+    def free(i):
+        arena["obj"][i] = POISON
+
+    cr = CallRcu(busted=busted)
+    with Workers(smp, 2, body) as w:
         while arena["flags"][0] == 0:
             native.sleep_ns(100_000)
-        cr.call_rcu(freed.append, "x")
-        assert cr.rcu_process_callbacks() == 1      # freed under a live reader: the bug
+        cr.call_rcu(free, 0)
+        cr.rcu_process_callbacks()
         arena["flags"][1] = 1
+        assert w.join(10) == {0: 0, 1: 0}
+    cr.rcu_barrier()
+    assert arena["obj"][0] == POISON                # freed in the end either way
+    seen = arena["flags"][2:4].tolist()
+    assert seen == ([1, POISON] if busted else [1, 1]), seen

@@ -1,12 +1,16 @@
 """The stress runner end to end: correct runs stay clean, every busted variant is caught
-with the violation kind the catalogue promises, the report carries what it says."""
+with the signature the catalogue promises (and its control run is clean), the report
+carries what it says."""
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from spfshm.bugs import CATALOGUE
+from spfshm import bugs
+from spfshm.bench import detect
+from spfshm.bugs import BY_NAME, CATALOGUE
 from spfshm.config import Config
 from spfshm.run.runner import run_stress
 
@@ -35,24 +39,41 @@ def test_fast_paths_clean_with_perturbation(mode, table_free, walk):
     f = rep["faults"]
     if "spf" in mode:
         assert f["spf_ok"] > 0 and 0 < f["spf_abort_rate"] < 0.5, f
-        assert set(f["spf_abort"]) <= {"seq_odd", "vma_copy", "no_table", "huge_pmd",
-                                       "seq_changed", "pmd_changed", "ptl_busy", "oom", "uaf"}
-        assert "uaf" not in f["spf_abort"]
+        # speculative faults raced the writers and mmap_seq sent some of them back
+        assert {"seq_odd", "vma_copy", "seq_changed"} & set(f["spf_abort"]), f
     if "pervma" in mode:
         assert f["pervma_ok"] > 0 and f["pervma_fallback"] > 0
     assert sum(rep["delay_hits"].values()) > 0
 
 
+def busted_config(bug, tmp_path):
+    return Config(cpus=2, duration=60, seed=1, bugs=(bug,), check_every=0.2,
+                  artifacts=str(tmp_path)).resolved()
+
+
 @pytest.mark.parametrize("bug", [b.name for b in CATALOGUE])
 def test_busted_variant_is_caught(bug, tmp_path):
-    expect = {b.name: b.expect for b in CATALOGUE}[bug]
-    rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=(bug,), check_every=0.2,
-                            artifacts=str(tmp_path)).resolved())
-    kinds = {v["kind"] for v in rep["violations"]}
-    assert rep["exit_code"] == (3 if "hang" in expect else 1) and kinds & set(expect), \
-        (kinds, rep["errors"])
+    """The FIRST violation must have one of the signatures the catalogue expects: what the
+    bug causes first (later ones may be consequences, or another checker's luck)."""
+    expect = BY_NAME[bug].expect
+    rep = run_stress(busted_config(bug, tmp_path))
+    assert rep["violations"], (rep["exit_code"], rep["errors"])
+    assert rep["violations"][0]["signature"] in expect, \
+        ([v["signature"] for v in rep["violations"]], expect)
+    assert rep["exit_code"] == (3 if "hang@watchdog" in expect else 1), rep["errors"]
     assert rep["artifacts"].startswith(str(tmp_path))
     assert "--bug %s" % bug in rep["repro"]
+
+
+@pytest.mark.parametrize("bug", [b.name for b in CATALOGUE])
+def test_busted_variant_control_is_clean(bug, tmp_path):
+    """The same configuration and seed without the bug (a pairing: with the kernel's
+    pairing instead), for as many ops as most variants need to be caught, finds nothing."""
+    cfg = dataclasses.replace(bugs.control(busted_config(bug, tmp_path)),
+                              ops=detect.CONTROL_OPS)
+    rep = run_stress(cfg)
+    assert rep["violations"] == [] and rep["errors"] == [] and rep["exit_code"] == 0, \
+        ([v["signature"] for v in rep["violations"]], rep["errors"], cfg.repro())
 
 
 def test_cli_stress_json_and_exit_code(tmp_path):

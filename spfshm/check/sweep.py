@@ -4,26 +4,36 @@
   its head: its subpages share the head's state);
 - every table is reachable exactly once, or pending free, or free (and a free or pending
   one is linked from nowhere);
-- no present PTE outside a VMA or more permissive than its VMA;
-- VMAs sorted, live, not overlapping;
+- no mapped PTE outside a VMA, and none that grants more than its VMA: a present one
+  under PROT_NONE, a writable one under a read-only VMA; a PROT_NONE entry only under
+  PROT_NONE (elsewhere no fault could ever make it present);
+- VMAs sorted, live, not overlapping; every live VMA record and tree published;
 - RSS counters (summed over CPUs) equal the PTEs that map frames;
-- every TLB entry agrees with its PTE (same frame, no more permission).
+- every TLB entry agrees with its PTE: the frame at the generation it was filled at (a
+  frame freed and reused at the same pfn is a different frame), no more permission;
+- every pool (tables, frames, huge pages, VMA records, VMA trees): a free object is on
+  the free lists (global stack and CPU caches) exactly once, an object in use on none.
+With ``final`` (the end of a run, after every CPU's rcu_barrier) also: no table, VMA
+record or tree is left unlinked and waiting for a free that will never come (kmemleak).
 Returns the number of objects checked; violations go to the sweeper's row.
 """
 import bisect
 
 import numpy as np
 
-from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE, PGD, PTE,
-                           TABLE_LIVE, VMA_LIVE)
+from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE, PGD,
+                           PROT_NONE, PROT_WRITE, PTE, TABLE_FREE, TABLE_LIVE,
+                           TABLE_PENDING, VMA_FREE, VMA_LIVE, VMA_PENDING)
 from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, entry_gen, entry_pfn,
                             mk_entry)
-from ..mm.vma import current_tree, tree_entries
+from ..mm.vma import TREE_FREE, TREE_LIVE, TREE_PENDING, current_tree, tree_entries
 
 MAPPED = P | PROTNONE
+# Pool numbers in the pool violations (debug.KINDS spells them out)
+POOL_TABLES, POOL_FRAMES, POOL_HPAGES, POOL_VMAS, POOL_TREES = range(5)
 
 
-def sweep(mm):
+def sweep(mm, final=False):
     rep = mm.report
     g = mm.g
     checked = 0
@@ -40,7 +50,7 @@ def sweep(mm):
     checked += len(ids)
     prots = [int(mm.vma[v]["prot"]) for v in ids]
 
-    # Page tables, from the root
+    # Page tables, from the root (a free or pending table is reported where it is linked)
     reach = np.zeros(g.ntables, dtype=np.int64)
     frame_maps = np.zeros(g.nframes, dtype=np.int64)
     ptes = {}                                   # va -> pte for the TLB audit
@@ -83,8 +93,6 @@ def sweep(mm):
     states = mm.pt_state[:g.ntables]
     for t in np.flatnonzero((states == TABLE_LIVE) & (reach != 1)).tolist():
         rep("pt_leak", "sweep", 0, t, int(mm.pt_level[t]), int(reach[t]))
-    for t in np.flatnonzero((states != TABLE_LIVE) & (reach > 0)).tolist():
-        rep("pt_free_reachable", "sweep", 0, t, int(states[t]), -1)
     checked += g.ntables
 
     # Frames (a huge page's tails follow its head)
@@ -99,9 +107,6 @@ def sweep(mm):
         rep("frame_leak", "sweep", 0, f, int(meta[f]["refcount"]), int(meta[f]["mapcount"]))
     for f in np.flatnonzero(inuse & (frame_maps > 0) & (meta["mapcount"] != frame_maps)).tolist():
         rep("mapcount", "sweep", 0, f, int(meta[f]["mapcount"]), int(frame_maps[f]))
-    free = np.concatenate([mm.frames.free_set(), heads[mm.hpages.free_set()]])
-    for f in free[meta["state"][free] != FRAME_FREE].tolist():
-        rep("frame_leak", "sweep", 0, f, int(meta[f]["refcount"]), -1)
     checked += g.nframes
 
     # RSS
@@ -115,14 +120,18 @@ def sweep(mm):
         for tag, data, gen, va in tlb[tlb[:, 0] & 1 == 1].tolist():
             e = ptes.get(va)
             f, writable = data >> 12, bool(data & 2)
-            if e is None or not e & P or entry_pfn(e) != f or (writable and not e & RW):
+            if f < g.nframes and gen != int(mm.frame_gen[f]):
+                rep("frame_uaf", "sweep", va, gen, int(mm.frame_gen[f]), f)
+            elif e is None or not e & P or entry_pfn(e) != f or (writable and not e & RW):
                 rep("stale_tlb", "sweep", va, f, int(writable), cpu)
             checked += 1
+
+    checked += _check_pools(mm, rep, ids, heads, final)
     return checked
 
 
 def _check_leaf(mm, rep, va, e, frame_maps, starts, ends, prots, last):
-    """A present leaf (PTE, or huge pmd covering [va, last]): its frame is in use at the
+    """A mapped leaf (PTE, or huge pmd covering [va, last]): its frame is in use at the
     generation it names, and one VMA allows all of it.  False when the frame is bad."""
     f = entry_pfn(e)
     if f >= mm.g.nframes or mm.frame_meta[f]["state"] != FRAME_INUSE \
@@ -134,6 +143,51 @@ def _check_leaf(mm, rep, va, e, frame_maps, starts, ends, prots, last):
     k = bisect.bisect_right(ends, va)
     if k >= len(ends) or starts[k] > va or ends[k] <= last:
         rep("stale_pte", "sweep", va, f, e)
-    elif e & RW and not prots[k] & 2:
+    elif _beyond_vma(e, prots[k]):
         rep("pte_prot", "sweep", va, e, prots[k])
     return True
+
+
+def _beyond_vma(e, prot):
+    """Whether a mapped leaf disagrees with its VMA's protection: present under
+    PROT_NONE, writable under read-only, or PROT_NONE under an accessible VMA."""
+    if prot == PROT_NONE:
+        return bool(e & (P | RW))
+    return bool(e & PROTNONE) or (bool(e & RW) and not prot & PROT_WRITE)
+
+
+def _check_pools(mm, rep, ids, heads, final):
+    """Every object of every pool is free and on the free lists once, or in use and on
+    none; live VMA records and trees are published; with ``final``, nothing is still
+    pending.  Returns the number of objects checked."""
+    g = mm.g
+    vma_state = mm.vma["state"]
+    tree_state = mm.vma_tree[:, 0]
+    pools = [(POOL_TABLES, mm.tables, mm.pt_state[:g.ntables], TABLE_FREE, TABLE_PENDING),
+             (POOL_FRAMES, mm.frames, mm.frame_meta["state"][:g.nsmall], FRAME_FREE, None),
+             (POOL_HPAGES, mm.hpages, mm.frame_meta["state"][heads], FRAME_FREE, None),
+             (POOL_VMAS, mm.vmas, vma_state, VMA_FREE, VMA_PENDING),
+             (POOL_TREES, mm.trees, tree_state, TREE_FREE, TREE_PENDING)]
+    checked = 0
+    for code, pool, state, free, pending in pools:
+        listed = pool.free_counts()[:pool.n]
+        is_free = state == free
+        for i in np.flatnonzero(listed > 1).tolist():
+            rep("double_free", "sweep", 0, code, i, int(listed[i]))
+        for i in np.flatnonzero(is_free & (listed == 0)).tolist():
+            rep("free_unlisted", "sweep", 0, code, i, int(state[i]))
+        for i in np.flatnonzero(~is_free & (listed > 0)).tolist():
+            rep("listed_inuse", "sweep", 0, code, i, int(state[i]))
+        if final and pending is not None:
+            for i in np.flatnonzero(state == pending).tolist():
+                rep("never_freed", "sweep", 0, code, i, int(state[i]))
+        checked += pool.n
+
+    published = np.zeros(g.nvmas, dtype=bool)
+    published[ids] = True
+    for v in np.flatnonzero((vma_state == VMA_LIVE) & ~published).tolist():
+        rep("obj_leak", "sweep", 0, POOL_VMAS, v, VMA_LIVE)
+    live_trees = np.flatnonzero(tree_state == TREE_LIVE)
+    for t in live_trees[live_trees != current_tree(mm)].tolist():
+        rep("obj_leak", "sweep", 0, POOL_TREES, t, TREE_LIVE)
+    return checked

@@ -14,6 +14,7 @@ from .mm_types import PROT_WRITE, PTE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
                         pte_alloc_walk)
+from .pipe import TABLES
 from .vma import access_ok, find_vma
 
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
@@ -58,6 +59,7 @@ def do_anonymous_page(mm, vma, va, write):
             # pmd is as permissive as its VMA, so a present one needs no fault).
             put_page(mm, f)
             return VM_FAULT_RETRY if t == HUGE else VM_FAULT_OOM
+        mm.pipe.observe(TABLES, t, "fault", va)          # its ptl: RCU keeps t alive
         ptl = mm.ptl(t)
         mm.delay("fault_before_ptl")
         locked = not mm.bugs.on("fault_no_ptl")

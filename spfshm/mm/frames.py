@@ -7,22 +7,44 @@ exactly as one for a small page.
 
 A frame's generation is bumped every time it is freed; PTEs carry an 11-bit tag of it and
 TLB entries the full value, so any use of a frame after it was freed or reused is seen.
-Payload: zero after allocation (clear_page), the last stored value otherwise.  A value
-encodes who stored it: ((cpu + 1) << 40) | sequence.
+Payload: zero after allocation (clear_page), the last stored value otherwise.  A stored
+value says who stored it, at which page, and how far the page's zaps had gone when it did
+(the load-value oracle: cpu.py).
 """
 from .. import native
 from .mm_types import FRAME_FREE, FRAME_INUSE, HPAGE_NR, POISON
 from .pipe import FRAMES
 
-VALUE_CPU_SHIFT = 40
+# A page's zap clock (mm.zap_clock, a word per page of the window): how many zaps of the
+# page have begun (its PTE or huge pmd cleared, under that ptl) and, above them, the
+# highest begun count whose mmu_gather flush has completed.  Every flush is global, so a
+# completed count k means every zap up to k is complete: no CPU reaches those frames.
+ZAP_DONE_SHIFT, ZAP_COUNT = 32, (1 << 32) - 1
+
+# A stored value: bit 63 (so never 0 nor POISON), the storer's CPU, whether a zap of the
+# page was in progress (begun > completed: the store may land in the frame that zap is
+# taking away, through a TLB entry not flushed yet), the low bits of the begun count and
+# of the page, and the storer's sequence number.  The zap bits are read right before the
+# attempt that completes the store (stamp_value).
+VALUE_STORED = 1 << 63
+VALUE_CPU_SHIFT, VALUE_CPU = 55, 0xFF
+VALUE_RACED = 1 << 54
+VALUE_ZAP_SHIFT, VALUE_ZAP = 40, (1 << 14) - 1
+VALUE_PAGE_SHIFT, VALUE_PAGE = 28, (1 << 12) - 1
+VALUE_SEQ = (1 << 28) - 1
 
 
-def encode_value(cpu, seq):
-    return ((cpu + 1) << VALUE_CPU_SHIFT) | seq
+def encode_value(cpu, page, seq):
+    """A store's value, to be stamped with the page's zap clock (stamp_value)."""
+    return VALUE_STORED | cpu << VALUE_CPU_SHIFT | (page & VALUE_PAGE) << VALUE_PAGE_SHIFT \
+        | seq & VALUE_SEQ
 
 
-def value_cpu(v):
-    return (v >> VALUE_CPU_SHIFT) - 1
+def stamp_value(v, zw):
+    """v with the zap bits of the page's zap clock word zw."""
+    begun = zw & ZAP_COUNT
+    return v | (begun & VALUE_ZAP) << VALUE_ZAP_SHIFT \
+        | (VALUE_RACED if begun != zw >> ZAP_DONE_SHIFT else 0)
 
 
 def alloc_frame(mm):
@@ -64,14 +86,22 @@ def alloc_huge_frame(mm):
 
 
 def put_page(mm, f):
-    """Drop a reference; the last one frees the frame."""
-    if native.fetch_add(mm.frame_ref_ptr + f * mm.frame_stride, 2**64 - 1) == 1:
+    """Drop a reference; the last one frees the frame.  Dropping one the frame no longer
+    has (its refcount was zero: the last one was dropped before) is a double free."""
+    old = native.fetch_add(mm.frame_ref_ptr + f * mm.frame_stride, 2**64 - 1)
+    if old == 1:
         free_frame(mm, f)
+    elif old == 0 or old >= 2**63:
+        mm.report("double_free", "put_page", 0, f, int(mm.frame_gen[f]))
 
 
 def free_frame(mm, f):
     """Generation first, then poison (a reader of the poison also sees the new
-    generation: the smp_wmb pairs with spf_tlb_access's acquire load of the gen)."""
+    generation: the smp_wmb pairs with spf_tlb_access's acquire load of the gen).
+    Freeing a free frame is reported (KASAN's double-free) and leaves the pool as it is."""
+    if mm.frame_meta[f]["state"] == FRAME_FREE:
+        mm.report("double_free", "free_frame", 0, f, int(mm.frame_gen[f]))
+        return
     if f >= mm.g.nsmall:                         # a huge page
         mm.frame_meta[f:f + HPAGE_NR]["state"] = FRAME_FREE
         mm.frame_gen[f:f + HPAGE_NR] += 1        # nobody else writes a free page's gens

@@ -11,9 +11,12 @@ The two-sided protocol, as mm/gup.c states it:
             its mapping (a pin), else copy and drop them (khugepaged.py)
 If (3) raced with (a)-(c), (4) sees the PTE changed; if it raced with (a'), (4) sees the
 pmd changed (70cbc3cc78a9, "fix the fast GUP race against THP collapse"): the pin never
-outlives the check on a page that the address no longer maps.  Without (4) (bug ``gup_fast_no_recheck``) a
-frame freed and reused by someone else can be pinned: where the flush does not wait for
-IRQs-off sections (--tlb-flush no-ipi) that happens.
+outlives the check on a page that the address no longer maps.  So a frame that (4)
+accepts was not retired (its pipe stamp is written after (a)): its pipe age, read between
+(3) and (4), is recorded once (4) passed, whatever protects the walk.  Without (4) (bug
+``gup_fast_no_recheck``) a retired frame, or one freed and reused by someone else, can be
+pinned: where the flush does not wait for the pinner (--tlb-flush no-ipi, --walk rcu)
+that happens.
 The holder keeps its pins for a while (DMA), then checks that each pinned frame is the
 incarnation it pinned (a pinned frame is never freed under its holder) and unpins.
 """
@@ -57,8 +60,6 @@ def _walk(mm, va):
 def gup_fast(mm, start, npages):
     """Pin up to npages present pages from start; returns [(va, page, gen tag)]."""
     pinned = []
-    # The shootdown that frees a page waits for an IRQs-off pinner: its pipe age holds.
-    irqs_off = not mm.walk_rcu
     lockless_walk_begin(mm)                                                     # (1)
     try:
         for k in range(min(npages, GUP_MAX)):
@@ -71,12 +72,14 @@ def gup_fast(mm, start, npages):
             mm.delay("gup_pin")
             if f >= mm.g.nframes or not try_grab(mm, f):                          # (3)
                 break
-            mm.pipe.observe(FRAMES, f, "gup", va, checked=irqs_off)
+            age = mm.pipe.age(FRAMES, f)     # validated by (4) with the PTE: see pipe.py
+            native.smp_rmb()                 # the stamp before the re-check's reads
             if not mm.bugs.on("gup_fast_no_recheck") and (
                     int(mm.pt[pmd_t, index(va, PMD)]) != pmd_e
                     or (t >= 0 and int(mm.pt[t, index(va, PTE)]) != e)):         # (4)
                 put_page(mm, f)
                 break
+            mm.pipe.record(FRAMES, f, "gup", va, age)        # the pin is ours from here
             pinned.append((va, f, entry_gen(e)))
     finally:
         lockless_walk_end(mm)                                                   # (5)

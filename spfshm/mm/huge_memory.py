@@ -43,14 +43,15 @@ def mk_huge_pmd(mm, head, writable):
     return mk_entry(head, int(mm.frame_gen[head]), P | PS | (RW if writable else 0))
 
 
-def zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e):
-    """Clear the huge pmd e under the pmd lock and gather its page; False when it
-    changed meanwhile (the caller looks again)."""
+def zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, va):
+    """Clear the huge pmd e (mapping the block at va) under the pmd lock and gather its
+    page; False when it changed meanwhile (the caller looks again)."""
     pmdl = mm.ptl(pmd_t)
     native.spin_lock(pmdl, mm.cpu)
     ok = int(mm.pt[pmd_t, pmd_i]) == e
     if ok:
         native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+        tlb.zap_pages(va, HPAGE_NR)
         head = entry_pfn(e)
         mm.frame_meta[head]["mapcount"] -= 1
         if not mm.bugs.on("rss_no_dec"):

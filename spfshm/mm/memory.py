@@ -71,6 +71,7 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
             for k in hits.tolist():
                 f = entry_pfn(int(row[k]))
                 native.store_relaxed(mm.entry_ptr(t, k), 0)
+                tlb.zap_pages(base + (k << PAGE_SHIFT))
                 mm.frame_meta[f]["mapcount"] -= 1
                 if dec_rss:
                     mm.rss[0] -= 1
@@ -105,7 +106,7 @@ def _pte_table_or_zap_huge(mm, tlb, base, whole):
         if not e & PS:
             continue                     # changed since: look again
         if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
-            if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e):
+            if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, base):
                 return -1
 
 

@@ -13,6 +13,8 @@ Lock table (Documentation/mm/process_addrs.rst style): which lock protects what.
 | table free                     | mmap_lock write + tlb_remove_table     | --                            |
 | frame refcount/mapcount        | ptl of the PTE that maps it            | sweeps                        |
 | RSS counters                   | per CPU, owner only                    | sweeps (sum)                  |
+| page zap clock: zaps begun     | ptl of the cleared PTE (or pmd lock)   | loads and stores (cpu.py)     |
+| page zap clock: zaps completed | nothing (atomic max after the flush)   | loads and stores (cpu.py)     |
 """
 import random
 
@@ -112,6 +114,7 @@ def regions(g):
          ("frame_gen", np.uint64, g.nframes),
          ("frame_payload", np.uint64, g.nframes),
          ("frame_meta", FRAME_META, g.nframes),
+         ("zap_clock", np.uint64, g.window_pages),      # per page: frames.py ZAP_*
          ("vma", VMA_DTYPE, g.nvmas),
          ("vma_tree", np.uint64, (g.ntrees, TREE_HDR + 3 * MAX_VMAS)),
          ("tlb", np.uint64, (n1, g.tlb_entries * 4 + PWC_ENTRIES * 2))]
@@ -166,6 +169,8 @@ class MM:
         self.frame_meta = arena["frame_meta"]
         self.frame_ref_ptr = arena.ptr("frame_meta", "uint64_t")
         self.frame_stride = FRAME_META.itemsize // 8
+        self.zap_clock = arena["zap_clock"]
+        self.zap_clock_ptr = arena.ptr("zap_clock")
         self.vma = arena["vma"]
         self.vma_tree = arena["vma_tree"]
         tlb_all = arena["tlb"]

@@ -51,14 +51,25 @@ def mmap_write_unlock(mm):
     native.lib.spf_up_write(mm.mmap_lock)
 
 
-def mmap_assert_write_locked(mm):
-    if not native.lib.spf_rwsem_is_write_locked(mm.mmap_lock):
-        raise AssertionError("mmap_lock not write-locked")
+# The asserts (include/linux/mmap_lock.h, as of v6.12: rwsem_assert_held, which is lockdep's
+# "held by this task" when lockdep is on) read this CPU's own published hold words: exact,
+# and one or two word reads on the fault path.  Called where the kernel asserts:
+# find_vma (mmap_assert_locked), vma_start_write and vma_assert_write_locked
+# (__is_vma_write_locked), vma_end_write_all, and the VMA tree stores (vma_expand,
+# vma_merge_*: publish_tree here) (mmap_assert_write_locked).
+NEED_LOCKED, NEED_WRITE = 1, 2
 
 
-def mmap_assert_locked(mm):
-    if not native.lib.spf_rwsem_is_locked(mm.mmap_lock):
-        raise AssertionError("mmap_lock not locked")
+def mmap_assert_locked(mm, site, va=0):
+    w = mm.waiting
+    if not (w[3] or w[4]):
+        mm.report("mmap_not_locked", site, va, NEED_LOCKED, int(w[3]), int(w[4]))
+
+
+def mmap_assert_write_locked(mm, site, va=0):
+    w = mm.waiting
+    if not w[4]:
+        mm.report("mmap_not_locked", site, va, NEED_WRITE, int(w[3]), int(w[4]))
 
 
 # -- per-VMA locks (Linux 6.4) -----------------------------------------------------------
@@ -112,6 +123,7 @@ def _seq_eq(mm, a, b):
 
 def vma_start_write(mm, vid):
     """Write-lock a VMA until mmap_write_unlock (mmap_lock write held)."""
+    mmap_assert_write_locked(mm, "vma_start_write")
     seq = native.load_relaxed(mm.mm_lock_seq)
     if _seq_eq(mm, native.load_relaxed(mm.vm_lock_seq_ptr(vid)), seq):
         return                                                              # already ours
@@ -126,6 +138,7 @@ def vma_start_write(mm, vid):
 def vma_assert_write_locked(mm, vid, site):
     """What vm_flags_reset() and friends assert: a VMA changes only write-locked, and
     then no fault holds it."""
+    mmap_assert_write_locked(mm, site)
     seq = native.load_relaxed(mm.mm_lock_seq)
     own = native.load_relaxed(mm.vm_lock_seq_ptr(vid))
     if own != seq:
@@ -134,4 +147,5 @@ def vma_assert_write_locked(mm, vid, site):
 
 
 def vma_end_write_all(mm):
+    mmap_assert_write_locked(mm, "vma_end_write_all")
     native.store_release(mm.mm_lock_seq, native.load_relaxed(mm.mm_lock_seq) + 1)   # (2)

@@ -91,24 +91,51 @@ def populate(mm, parent, idx, child):
                          mk_entry(child, int(mm.pt_gen[child]), P | RW))
 
 
+READ_RETRIES = 1000
+
+
+def read_tagged(mm, ents):
+    """A snapshot of entries that their CPUs change while we read them (TLB or PWC
+    entries: ``ents[cpu, slot]`` = tag, then data words): the tag is read before and
+    after the data, and an entry whose tag changed meanwhile is read again until it
+    holds still.  Every change of an entry clears the tag first and sets it last, so
+    a torn read never passes.  Returns (valid, words): valid entries of online CPUs
+    (a dead CPU's TLB went with it) and a copy of all words."""
+    tag = ents[:, :, 0].copy()
+    words = ents.copy()
+    torn = ents[:, :, 0] != tag
+    for _ in range(READ_RETRIES):
+        if not torn.any():
+            break
+        cpu, slot = np.nonzero(torn)
+        tag[cpu, slot] = ents[cpu, slot, 0]
+        words[cpu, slot] = ents[cpu, slot]
+        torn[cpu, slot] = ents[cpu, slot, 0] != tag[cpu, slot]
+    if torn.any():
+        raise RuntimeError("a TLB or PWC entry kept changing under %d reads" % READ_RETRIES)
+    words[:, :, 0] = tag
+    return (tag & 1 == 1) & mm.online()[:, None], words
+
+
 def assert_table_unreferenced(mm, t):
     """No CPU's paging-structure cache may still hold a table being freed (KASAN-style
     assertion: under a correct protocol the flush or grace period removed them all)."""
-    pwc = mm.pwcs
-    k1 = pwc[:, :, 0].copy()                 # key, value, key: see tlb.tlb_snapshot
-    val = pwc[:, :, 1].copy()
-    hit = (k1 & 1 == 1) & (pwc[:, :, 0] == k1) & mm.online()[:, None] \
-        & ((val & 0xFFFFFFFF) == t) \
+    valid, pwc = read_tagged(mm, mm.pwcs)
+    val = pwc[:, :, 1]
+    hit = valid & ((val & 0xFFFFFFFF) == t) \
         & ((val >> 32) == (int(mm.pt_gen[t]) & GEN_MASK))
-    if hit.any():
-        cpu, slot = (int(x[0]) for x in np.nonzero(hit))
-        mm.report("pt_uaf", "free_pgtables", int(k1[cpu, slot] >> 1) << 21, t,
-                  int(mm.pt_level[t]), cpu)
+    for cpu, slot in zip(*np.nonzero(hit)):
+        mm.report("pt_uaf", "free_pgtables", int(pwc[cpu, slot, 0] >> 1) << 21, t,
+                  int(mm.pt_level[t]), int(cpu))
 
 
 def free_table_now(mm, t):
     """The final free (after tlb_remove_table's sync).  A table freed with present PTEs
-    lost them: report."""
+    lost them: report.  So is a table freed twice (KASAN's double-free; the pool is left
+    as it is)."""
+    if mm.pt_state[t] == TABLE_FREE:
+        mm.report("double_free", "free_pgtables", 0, t, int(mm.pt_level[t]), TABLE_FREE)
+        return
     assert_table_unreferenced(mm, t)
     if mm.pt_level[t] == PTE:
         present = int(((mm.pt[t] & P) | ((mm.pt[t] & PROTNONE) >> 8)).astype(bool).sum())
@@ -124,7 +151,12 @@ def free_table_now(mm, t):
 
 
 def mark_pending(mm, t):
-    """Unlinked from its parent, waiting for tlb_remove_table's sync."""
+    """Unlinked from its parent, waiting for tlb_remove_table's sync.  A table already
+    pending or free was unlinked twice: its second free would be a double free."""
+    state = int(mm.pt_state[t])
+    if state != TABLE_LIVE:
+        mm.report("double_free", "free_pgtables", 0, t, int(mm.pt_level[t]), state)
+        return
     native.trace(EV_TABLE_UNLINK, t, int(mm.pt_level[t]), int(mm.pt_gen[t]))
     mm.pt_state[t] = TABLE_PENDING
 
@@ -280,6 +312,9 @@ def pte_offset_map_lock(mm, va):
             if not e & P:
                 return -1
             t = entry_pfn(e)
+            # The ptl lives in t: under RCU, t may be unlinked but not freed.  (A failed
+            # check is reported; the pmd re-check below sends us round again.)
+            check_table(mm, t, entry_gen(e), PTE, "pte_offset_map_lock", va)
             native.spin_lock(mm.ptl(t), mm.cpu)
             if int(mm.pt[pmd_t, pmd_i]) == e:
                 return t

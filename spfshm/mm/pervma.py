@@ -1,9 +1,13 @@
 """The fault under a per-VMA lock (lock_vma_under_rcu, Linux 6.4; protocols.md section 4).
 
   1. rcu_read_lock; look the VMA up in the published tree; vma_start_read (see
-     mmap_lock.py for its protocol against vma_start_write); rcu_read_unlock
-  2. re-check that va is still inside the VMA (it may have been split or shrunk before
-     we locked it) and that it is not detached (unmapped)
+     mmap_lock.py for its protocol against vma_start_write)
+  2. still under RCU: re-check that the VMA is not detached (unmapped by a write section
+     that ended since the lookup: then it waits for its grace period, which our RCU
+     section holds off) and that va is still inside it (it may have been split or
+     shrunk before we locked it); rcu_read_unlock.  From here the VMA is attached and
+     read-locked: a writer must vma_start_write it, which waits for us, before it can
+     detach it
   3. fault as the classical path does, holding the VMA lock instead of mmap_lock
 Any failure before 3 returns None: the caller falls back to mmap_lock.
 """
@@ -29,15 +33,13 @@ def lock_vma_under_rcu(mm, va):
             mm.delay("vma_start_read")
         if not vma_start_read(mm, vid):
             return None
+        vma = early or read_vma(mm, vid, "pervma", va, lockless=True)
+        if vma is None or mm.vma[vid]["detached"] or not vma.start <= va < vma.end:  # 2
+            vma_end_read(mm, vid)
+            return None
+        return vma
     finally:
         native.rcu_read_unlock()
-    # Locked, but maybe detached by a write section that ended since our lookup: then it
-    # may be waiting for its grace period (not yet freed), which is not a use-after-free.
-    vma = early or read_vma(mm, vid, "pervma", va, lockless=True)
-    if vma is None or not vma.start <= va < vma.end or mm.vma[vid]["detached"]:   # 2
-        vma_end_read(mm, vid)
-        return None
-    return vma
 
 
 def do_pervma_fault(mm, va, write):

@@ -1,19 +1,40 @@
 """Pipe-count ages (rcutorture's pipe check) of retired objects seen by lockless walkers.
 
-An object (a page table, a VMA record, a frame) is *retired* when it has been unlinked
-and its free waits for a sync: a shootdown IPI or a grace period.  At that moment it is
-stamped with the clock of that sync.  A lockless walker that later reads it records its
-*age*: how many syncs began after the stamp and are known to have completed.  A sync that
-began after the unlink waits for every walker that could still reach the object, so while
-a walker reads it that sync cannot have finished: the legal bucket is 0, and any read in
-a bucket past it is a violation (``pipe_age``), even when the free itself has not
-happened yet (rcutorture's "pipe too long").
+An object (a page table, a VMA record, a VMA tree array, a frame) is *retired* when it has
+been unlinked and its free waits for a sync: a shootdown IPI or a grace period.  At that
+moment it is stamped with the clock of that sync.  A lockless walker that later reads it
+records its *age*: how many syncs began after the stamp and are known to have completed.
+A sync that began after the unlink waits for every walker that could still reach the
+object, so while a walker reads it that sync cannot have finished: the legal bucket is 0,
+and any read in a bucket past it is a violation (``pipe_age``), even when the free itself
+has not happened yet (rcutorture's "pipe too long").
+
+Every lockless read of a retired object is observed, in every configuration, where the
+walker relies on the object; what makes bucket 0 the only legal one there:
+
+| reader (site)                  | object         | protection         | waited for by     |
+|--------------------------------|----------------|--------------------|-------------------|
+| hardware walk, its TLB fill    | tables, frames | IRQs off, one insn | every TLB flush,  |
+|   (hw_walk, tlb_fill)          |                |                    |   a grace period  |
+| SPF walk (spf_walk), gup_fast  | tables         | --walk: IRQs off   | an IPI flush,     |
+|   walk (gup)                   |                |   or rcu_read_lock | a grace period    |
+| VMA lookups (spf, pervma)      | VMAs, trees    | rcu_read_lock      | a grace period    |
+| ptl in a table under RCU       | tables         | rcu_read_lock      | a grace period    |
+|   (fault, pte_offset_map_lock) |                |                    |                   |
+| gup_fast's pin (gup)           | frames         | pin + PTE re-check | -- (*)            |
+
+(*) a frame the re-check accepts was still mapped, so not retired: its age is read
+between the pin and the re-check and recorded once the re-check passed.  The forbidden
+pairings (--walk rcu with --table-free ipi, IRQs-off walkers with --tlb-flush no-ipi)
+are exactly reads whose protection their sync does not wait for: the check fires.
 
 Clocks, stated once (each completes out of order on many CPUs; per-CPU slots, no shared
 counter on a hot path):
-  IPI:  the flusher (1) takes a ticket (a shared fetch_add, on the flusher's path only)
-        before sending, (2) waits for every ack, (3) records ticket+1 in its CPU's slot.
-        A walker with IRQs off cannot ack, so (2) waits for it.
+  IPI:  a TLB flush (the shootdown IPI, or --tlb-flush no-ipi's remote invalidation, which
+        waits only for instructions in flight): the flusher (1) takes a ticket (a shared
+        fetch_add, on the flusher's path only) before it starts, (2) waits for every ack
+        (every instruction in flight), (3) records ticket+1 in its CPU's slot.  A walker
+        with IRQs off cannot ack, so an IPI's (2) waits for it.
   RCU:  a CPU that sees a grace-period cookie elapse (its call_rcu queue) records the
         cookie in its slot.  The stamp is the gp_seq before the free's own cookie.
 age = max over the CPUs' slots - stamp.
@@ -23,8 +44,8 @@ import numpy as np
 from .. import native
 
 CLOCK_IPI, CLOCK_RCU = 0, 1
-KINDS = ("tables", "vmas", "frames")
-TABLES, VMAS, FRAMES = range(3)
+KINDS = ("tables", "vmas", "frames", "trees")
+TABLES, VMAS, FRAMES, TREES = range(4)
 BUCKETS = 8                                  # ages 0..6, and 7 for 7 or more
 LEGAL_AGE = 0
 _CLOCK_BIT = 1 << 63
@@ -37,7 +58,8 @@ def regions(g):
             ("pipe_hist", np.uint64, (n1, len(KINDS), BUCKETS)),
             ("pipe_stamp_tables", np.uint64, g.ntables),     # 0: not retired
             ("pipe_stamp_vmas", np.uint64, g.nvmas),
-            ("pipe_stamp_frames", np.uint64, g.nframes)]
+            ("pipe_stamp_frames", np.uint64, g.nframes),
+            ("pipe_stamp_trees", np.uint64, g.ntrees)]
 
 
 class Pipe:
@@ -91,14 +113,18 @@ class Pipe:
         done = int(self.clocks[:, clock].max())
         return max(0, done - ((s & ~_CLOCK_BIT) - 1))
 
-    def observe(self, kind, idx, site, va=0, checked=True):
-        """A lockless walker read the object: histogram its age; past the legal bucket is
-        a violation when the walker is one the object's sync claims to wait for
-        (``checked``).  Returns the age (-1: not retired)."""
-        a = self.age(kind, idx)
+    def observe(self, kind, idx, site, va=0):
+        """A lockless walker relies on the object now: histogram its age; past the legal
+        bucket is a violation.  Returns the age (-1: not retired)."""
+        return self.record(kind, idx, site, va, self.age(kind, idx))
+
+    def record(self, kind, idx, site, va, a):
+        """``observe`` with the age read earlier: by a walker whose later re-check
+        validates what it read (gup_fast: the age read between the pin and the PTE
+        re-check is recorded only once the re-check passed)."""
         if a >= 0:
             self.hist[kind, min(a, BUCKETS - 1)] += 1
-            if a > LEGAL_AGE and checked:
+            if a > LEGAL_AGE:
                 self.report("pipe_age", site, va, kind, idx, a)
         return a
 

@@ -70,7 +70,7 @@ class Pool:
         return k
 
     def _drain(self, cpu, pcp, k):
-        """Give k objects back to the global stack (also used at CPU exit)."""
+        """Give k objects back to the global stack."""
         n = int(pcp[0])
         k = min(k, n)
         native.spin_lock(self.lock, cpu)
@@ -80,12 +80,10 @@ class Pool:
         native.spin_unlock(self.lock)
         pcp[0] = n - k
 
-    def drain_all(self, cpu):
-        self._drain(cpu, self.pcp[cpu], int(self.pcp[cpu][0]))
-
-    def free_set(self):
-        """Indices on the global stack or in any CPU cache (at quiescence)."""
+    def free_counts(self):
+        """For each object, how often it is on the global stack or in a CPU cache (at
+        quiescence): 1 when free, 0 when in use, more when it was freed twice."""
         parts = [self.stack[:int(self.hdr[8])]]
         for row in self.pcp:
             parts.append(row[1:int(row[0]) + 1])
-        return np.concatenate(parts).astype(np.int64)
+        return np.bincount(np.concatenate(parts).astype(np.int64), minlength=self.n)

@@ -13,7 +13,7 @@ from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
-from .tlb import MmuGather, assert_no_writable, flush_tlb_all
+from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_all
 from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
 
 MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT = "fixed", "noreplace", "hint"
@@ -224,7 +224,7 @@ def do_mprotect(mm, addr, length, prot):
         if change_protection(mm, addr, end, prot):
             if not mm.bugs.on("mprotect_no_flush"):
                 flush_tlb_all(mm)
-            assert_no_writable(mm, addr, end)
+            assert_no_access_beyond(mm, addr, end, prot)
         return err
     finally:
         mmap_write_unlock(mm)

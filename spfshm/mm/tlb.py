@@ -18,10 +18,10 @@ import math
 import numpy as np
 
 from .. import native
-from .frames import frame_pages, put_page
+from .frames import ZAP_COUNT, ZAP_DONE_SHIFT, frame_pages, put_page
 from .lockdep import Deadlock, check_ipi_wait
-from .mm_types import IPI_HIST_BUCKETS
-from .pagetable import free_table_now, mark_pending
+from .mm_types import IPI_HIST_BUCKETS, PAGE_SHIFT, PROT_NONE, PROT_WRITE
+from .pagetable import free_table_now, mark_pending, read_tagged
 from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
 
@@ -32,7 +32,9 @@ def flush_tlb_remote(mm):
     """--tlb-flush no-ipi: invalidate every CPU's TLB without interrupting it (broadcast
     TLBI + DSB): wait for the instructions in flight (a walk that read an old PTE has
     filled its TLB), clear every TLB, wait again (a user of an old entry has finished).
-    An IRQs-off section is not waited for: that is what this mode is about."""
+    An IRQs-off section is not waited for: that is what this mode is about.  It is a
+    sync of the pipe's IPI clock all the same (pipe.py)."""
+    ticket = mm.pipe.ipi_sync_begin()
     wait = native.lib.spf_tlb_remote_wait
     wait(mm.all_cpus.words, mm.g.ncpus)
     # Only the valid words (TLB tags, PWC keys): each is one store, so an entry a CPU is
@@ -40,6 +42,7 @@ def flush_tlb_remote(mm):
     mm.tlbs[:, :, 0] = 0
     mm.pwcs[:, :, 0] = 0
     wait(mm.all_cpus.words, mm.g.ncpus)
+    mm.pipe.ipi_sync_done(ticket)
     mm.count("tlb_flush")
 
 
@@ -75,15 +78,11 @@ def flush_tlb_all(mm):
 
 
 def tlb_snapshot(mm):
-    """Every CPU's TLB entries as (valid, data, gen, va), read while they change: an entry
-    counts only if its tag read the same before and after its other words.  Every
-    change of an entry (a fill, a flush) clears the tag first and sets it last, so a
-    torn read never passes.  A dead CPU's TLB went with it."""
-    ents = mm.tlbs
-    t1 = ents[:, :, 0].copy()
-    data, gen, va = ents[:, :, 1].copy(), ents[:, :, 2].copy(), ents[:, :, 3].copy()
-    valid = (t1 & 1 == 1) & (ents[:, :, 0] == t1) & mm.online()[:, None]
-    return valid, data, gen, va
+    """Every CPU's TLB entries as (valid, data, gen, va), read while they change (an entry
+    torn by a fill or a flush is read again until it holds still: pagetable.read_tagged).
+    A dead CPU's TLB went with it."""
+    valid, ents = read_tagged(mm, mm.tlbs)
+    return valid, ents[:, :, 1], ents[:, :, 2], ents[:, :, 3]
 
 
 def assert_no_translation(mm, frames):
@@ -101,18 +100,19 @@ def assert_no_translation(mm, frames):
             f = int(pfn[cpu, slot])
             mm.report("frame_uaf", "zap", int(va[cpu, slot]), int(gen[cpu, slot]),
                       int(mm.frame_gen[f]), f)
-            return
 
 
-def assert_no_writable(mm, start, end):
-    """After a permission downgrade's flush: no CPU may still hold a writable translation
-    in [start, end) (a refill after the flush reads the new, read-only PTE)."""
+def assert_no_access_beyond(mm, start, end, prot):
+    """After a permission downgrade's flush: no CPU may still hold a translation in
+    [start, end) that grants more than ``prot``: none at all under PROT_NONE, none
+    writable under read-only (a refill after the flush reads the new PTE)."""
     valid, data, _, va = tlb_snapshot(mm)
-    hit = valid & (data & 2 == 2) & (va >= start) & (va < end)
+    writable = data & 2 == 2
+    beyond = True if prot == PROT_NONE else writable & (not prot & PROT_WRITE)
+    hit = valid & beyond & (va >= start) & (va < end)
     for cpu, slot in zip(*np.nonzero(hit)):
-        mm.report("stale_tlb", "mprotect", int(va[cpu, slot]), int(data[cpu, slot] >> 12), 1,
-                  cpu)
-        return
+        mm.report("stale_tlb", "mprotect", int(va[cpu, slot]), int(data[cpu, slot] >> 12),
+                  int(writable[cpu, slot]), int(cpu))
 
 
 def pte_free_defer(mm, t):
@@ -124,9 +124,10 @@ def pte_free_defer(mm, t):
 
 
 class MmuGather:
-    """Frames and tables unlinked by a teardown, held until it is safe to free them."""
+    """Frames and tables unlinked by a teardown, held until it is safe to free them, and
+    the pages whose contents the teardown takes away (their zap clocks: frames.py)."""
 
-    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped")
+    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped", "zapped")
 
     def __init__(self, mm):
         self.mm = mm
@@ -135,6 +136,7 @@ class MmuGather:
         self.need_flush = False
         self.unflushed = 0          # pages gathered since the last flush
         self.stamped = 0            # frames given their pipe stamp
+        self.zapped = []            # (page, its zaps begun) completed by the next flush
 
     def remove_page(self, f):
         """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
@@ -146,6 +148,31 @@ class MmuGather:
             put_page(mm, f)
         else:
             self.frames.append(f)
+
+    def zap_pages(self, va, n=1):
+        """The PTE (or huge pmd) of n pages from va was just cleared, its ptl held: their
+        contents go with the frame.  Each page's zap clock counts the zap as begun now,
+        and as completed once this gather's flush is done (a store meanwhile may still
+        land in the old frame through a TLB entry the flush has not reached)."""
+        mm = self.mm
+        self.need_flush = True
+        first = (va - mm.g.window_base) >> PAGE_SHIFT
+        for p in range(first, first + n):
+            begun = (native.fetch_add(mm.zap_clock_ptr + p, 1) & ZAP_COUNT) + 1
+            self.zapped.append((p, begun))
+
+    def _zaps_completed(self):
+        """After the flush: raise each zapped page's completed count to what it had
+        begun (an atomic max: zappers of one page complete in any order)."""
+        ptr = self.mm.zap_clock_ptr
+        for p, begun in self.zapped:
+            w = native.load_relaxed(ptr + p)
+            while w >> ZAP_DONE_SHIFT < begun:
+                seen = native.cmpxchg(ptr + p, w, w & ZAP_COUNT | begun << ZAP_DONE_SHIFT)
+                if seen == w:
+                    break
+                w = seen
+        self.zapped = []
 
     def remove_table(self, t):
         """tlb_remove_table: the parent entry is cleared; freed after the flush, and with
@@ -163,11 +190,13 @@ class MmuGather:
     def flush_tlbonly(self):
         if self.need_flush:
             mm = self.mm
-            if mm.cfg.tlb_flush == "ipi" and len(self.frames) > self.stamped:
+            if len(self.frames) > self.stamped:
                 # Retired since their PTEs were cleared; stamped before the flush's ticket
                 mm.pipe.retire(FRAMES, self.frames[self.stamped:], CLOCK_IPI)
                 self.stamped = len(self.frames)
             flush_tlb_all(mm)
+            if self.zapped:
+                self._zaps_completed()
             self.need_flush = False
             self.unflushed = 0
 

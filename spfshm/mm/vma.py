@@ -8,7 +8,8 @@ modified only under mmap_lock write and freed through call_rcu too; freed record
 poisoned (start = end = POISON, state FREE, generation bumped).
 
 Writer protocol against a lockless reader:
-  writer: (1) fill the new array  (2) publish its index (release)  (3) call_rcu(free old)
+  writer: (1) fill the new array  (2) publish its index (release)  (3) call_rcu(free old),
+          the old one stamped for the pipe check (pipe.py)
   reader: (a) rcu_read_lock  (b) read the index (acquire; pairs with (2))  (c) search
           (d) copy the VMA record  (e) validate (mmap_seq for SPF, the VMA lock's
           recheck for per-VMA locks)  (f) rcu_read_unlock
@@ -18,7 +19,8 @@ import bisect
 import numpy as np
 
 from .. import native
-from .pipe import CLOCK_RCU, VMAS
+from .mmap_lock import mmap_assert_locked, mmap_assert_write_locked
+from .pipe import CLOCK_RCU, TREES, VMAS
 from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
                        VMA_PENDING)
 
@@ -74,7 +76,12 @@ def _vm_area_free_now(mm, vid):
 
 
 def vm_area_free(mm, vid):
-    """Detach, then free after a grace period (lockless readers may still hold it)."""
+    """Detach, then free after a grace period (lockless readers may still hold it).
+    A record already pending or free is reported (KASAN's double-free) and left alone."""
+    state = int(mm.vma[vid]["state"])
+    if state != VMA_LIVE:
+        mm.report("double_free", "vm_area_free", 0, vid, state)
+        return
     mm.vma[vid]["detached"] = 1
     mm.vma[vid]["state"] = VMA_PENDING
     mm.pipe.retire(VMAS, vid, CLOCK_RCU)
@@ -98,8 +105,8 @@ def read_vma(mm, vid, site, va=0, lockless=False):
     if state != VMA_LIVE and not (lockless and state == VMA_PENDING):
         mm.report("vma_uaf", site, va, vid, int(rec["state"]), int(rec["gen"]))
         return None
-    if state == VMA_PENDING:         # the grace period claims only RCU readers
-        mm.pipe.observe(VMAS, vid, site, va, checked=native.rcu_read_depth() > 0)
+    if state == VMA_PENDING:         # our rcu_read_lock holds its grace period off
+        mm.pipe.observe(VMAS, vid, site, va)
     return v
 
 
@@ -135,14 +142,18 @@ def find_vma_rcu(mm, va, site):
     vid = int(row[TREE_HDR + 3 * i + 2]) if found else -1
     # Retired and waiting for a grace period is fine; freed (or freed and reused) while
     # we were in it is a use-after-free, whatever we read.
-    if row[0] == TREE_FREE or int(row[2]) != gen or vid >= len(mm.vma):
+    state = row[0]
+    if state == TREE_FREE or int(row[2]) != gen or vid >= len(mm.vma):
         mm.report("vma_uaf", site, va, tree, int(row[0]), int(row[2]))
         return None
+    if state == TREE_PENDING:        # our rcu_read_lock holds its grace period off
+        mm.pipe.observe(TREES, tree, site, va)
     return vid
 
 
 def find_vma(mm, va):
     """The VMA containing va, or None (mmap_lock held)."""
+    mmap_assert_locked(mm, "find_vma", va)
     starts, ends, ids = tree_entries(mm, current_tree(mm))
     i = bisect.bisect_right(ends, va)
     if i < len(ends) and starts[i] <= va:
@@ -159,6 +170,7 @@ def vmas_snapshot(mm):
 def publish_tree(mm, vmas):
     """Steps (1)-(3): a new array from ``vmas`` (sorted Vma list), published; the old
     one retired.  Returns False (ENOMEM) when there are too many VMAs or no free slot."""
+    mmap_assert_write_locked(mm, "publish_tree")
     if len(vmas) > MAX_VMAS:
         return False
     new = mm.trees.alloc(mm.cpu)
@@ -167,6 +179,7 @@ def publish_tree(mm, vmas):
         new = mm.trees.alloc(mm.cpu)
         if new < 0:
             return False
+    mm.pipe.unretire(TREES, new)
     row = mm.vma_tree[new]
     for i, v in enumerate(vmas):
         row[TREE_HDR + 3 * i:TREE_HDR + 3 * i + 3] = (v.start, v.end, v.id)
@@ -176,6 +189,7 @@ def publish_tree(mm, vmas):
     old = current_tree(mm)
     native.store_release(mm.arena.ptr("mm_words"), new)             # (2)
     mm.vma_tree[old][0] = TREE_PENDING
+    mm.pipe.retire(TREES, old, CLOCK_RCU)
     if mm.bugs.on("vma_tree_free_no_rcu"):
         _tree_free_now(mm, old)                 # BUSTED: readers may still be in it
     else:

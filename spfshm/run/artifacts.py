@@ -4,6 +4,7 @@
   report.json    the full report (violations, counters, errors)
   violations.txt one line per violation, with its signature
   dump.txt       per CPU: what it was doing, holds, waits for, IRQ/RCU state, last events
+                 (after a hang, first as it was then, with what the OS said of its process)
   timeline.txt   one column per CPU, one row per event in global order, around the first
                  violation (or the end)
   repro.txt      the command that re-runs it
@@ -43,11 +44,17 @@ def write(st, rep, root):
     with open(os.path.join(d, "violations.txt"), "w") as f:
         for v in rep["violations"]:
             f.write("%s CPU %d va %#x: %s\n" % (v["signature"], v["cpu"], v["va"], v["detail"]))
+        for v in rep["violations_after_first"]:
+            f.write("%s CPU %d va %#x (after the first violation): %s\n"
+                    % (v["signature"], v["cpu"], v["va"], v["detail"]))
         for e in rep["errors"]:
             f.write("ERROR: %s\n" % e)
     with open(os.path.join(d, "dump.txt"), "w") as f:
+        if rep["hang_dump"]:
+            f.write("--- at the hang ---\n%s\n\n--- at the end ---\n"
+                    % "\n".join(rep["hang_dump"]))
         for c in range(cfg.cpus):
-            f.write(format_dump(dump_cpu(st, c, nevents=64)) + "\n\n")
+            f.write(format_dump(dump_cpu(st, c, nevents=64, process=False)) + "\n\n")
     first = rep["violations"][0]["stamp"] if rep["violations"] else None
     marks = [(v["stamp"], "VIOLATION %s (%s): %s" % (v["signature"], "sweep" if v["cpu"] < 0
                                                       else "CPU %d" % v["cpu"], v["detail"]))

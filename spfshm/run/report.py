@@ -1,6 +1,10 @@
 """The run's verdict: summary lines, the JSON document, and the exit status.
 
-Exit status: 0 no violation, 1 violations found, 3 hang, crash or internal error.
+Exit status: 1 when the run found a violation (a hang or crash in the same run is
+reported too), else 3 for a hang (the watchdog's ``hang`` record is not a violation of
+the model's rules), a crash or an internal error, else 0; 128 + signal when interrupted.
+What the final sweep finds after the first violation or crash is reported apart
+(``violations_after_first``) and never changes the verdict.
 """
 import json
 
@@ -68,13 +72,12 @@ def build_report(st, stress, elapsed):
     per_cpu_faults = (rows[:, STATS.index("fault_classic")] + rows[:, STATS.index("spf_ok")]
                       + rows[:, STATS.index("pervma_ok")]).tolist()
     hist = arena["ipi_hist"].sum(axis=0)
-    viols = debug.collect(arena)
-    if stress.interrupted:
-        exit_code = 128 + stress.interrupted
-    elif stress.errors or stress.hang:
-        exit_code = 3
-    else:
-        exit_code = 1 if viols else 0
+    viols, after = [], []
+    for v in debug.collect(arena):
+        v["after_first"] = stress.after_first_from is not None and \
+            v["stamp"] >= stress.after_first_from
+        (after if v["after_first"] else viols).append(v)
+    exit_code = exit_status(stress, viols)
     aborts = {r: t["spf_abort_" + r] for r in SPF_ABORTS if t["spf_abort_" + r]}
     spf_tries = t["spf_ok"] + sum(aborts.values())
     pervma_tries = t["pervma_ok"] + t["pervma_fallback"]
@@ -117,7 +120,9 @@ def build_report(st, stress, elapsed):
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
         "violations": viols,
-        "violation_count": debug.total(arena),
+        "violation_count": debug.total(arena) - stress.after_first,
+        "violations_after_first": after,
+        "violation_count_after_first": stress.after_first,
         "invariant_checks": {"sweeps": stress.sweeps, "objects_checked": stress.checked},
         "arena_bytes": st.layout.size,
         "errors": stress.errors,
@@ -129,6 +134,15 @@ def build_report(st, stress, elapsed):
         "repro": cfg.repro(),
         "exit_code": exit_code,
     }
+
+
+def exit_status(stress, viols):
+    """See the module docstring: a violation beats a hang or crash, which beats success."""
+    if stress.interrupted:
+        return 128 + stress.interrupted
+    if any(v["kind"] != "hang" for v in viols):
+        return 1
+    return 3 if stress.errors or stress.hang or viols else 0
 
 
 def summary(rep):
@@ -172,9 +186,17 @@ def summary(rep):
                      % (v["signature"], v["cpu"], v["va"], v["detail"]))
     if rep["violation_count"] > 20:
         lines.append("... %d violations in all" % rep["violation_count"])
+    for v in rep["violations_after_first"][:10]:
+        lines.append("VIOLATION %s (CPU %d, va %#x) [after the first violation]: %s"
+                     % (v["signature"], v["cpu"], v["va"], v["detail"]))
+    if rep["violation_count_after_first"] > 10:
+        lines.append("... %d violations after the first in all"
+                     % rep["violation_count_after_first"])
     for d in rep["hang_dump"] or ():
         lines.append(d)
-    verdict = {0: "SUCCESS", 1: "FAILURE: violations", 3: "FAILURE: hang/crash/internal"}
+    verdict = {0: "SUCCESS", 3: "FAILURE: hang/crash/internal",
+               1: "FAILURE: violations" + (" (and hang/crash/internal errors)"
+                                           if rep["errors"] else "")}
     v = verdict.get(rep["exit_code"], "INTERRUPTED by %s (partial results)" % rep["interrupted"])
     lines.append("--- End of test: %s (exit %d) ---" % (v, rep["exit_code"]))
     if rep.get("artifacts"):

@@ -25,8 +25,9 @@ from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
 from . import artifacts
-from .watchdog import HB_OP, HB_SEQ, OPS, StallMonitor, dump_cpu, format_dump, holds_anything
-from .workers import WorkerError, Workers
+from .watchdog import (HB_DONE, HB_OP, HB_SEQ, OPS, RCU_CALLBACKS, StallMonitor, dump_cpu,
+                       format_dump, holds_anything, stall_cause)
+from .workers import WorkerError, Workers, describe_exit
 
 OP_INDEX = {op: i for i, op in enumerate(OPS)}
 from .workload import Workload, initial_layout
@@ -153,7 +154,10 @@ def worker_main(st, cpu):
             local[STAT[res]] += 1
         n += 1
         if n & 63 == 0:
+            hb[HB_OP] = RCU_CALLBACKS
+            hb[HB_SEQ] += 1                   # odd: callbacks free objects (not idle)
             mm.rcu.rcu_process_callbacks()
+            hb[HB_SEQ] += 1
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
             _flush_acct(mm.rcu, acct, times=True)
@@ -165,6 +169,7 @@ def worker_main(st, cpu):
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
     _flush_acct(mm.rcu, acct)
+    hb[HB_DONE] = 1                           # a clean stop: nothing left in flight
     native.cpu_unregister()
 
 
@@ -208,6 +213,8 @@ class Stress:
         self.kills = []
         self.hang = None
         self.interrupted = 0
+        self.after_first_from = None    # stamp: the final sweep after a failure began
+        self.after_first = 0            # violations that sweep found
 
     def _sweep(self, st, workers, mm):
         """Stop the world, sweep, resume.  False if the CPUs never all parked."""
@@ -248,19 +255,15 @@ class Stress:
                 for sig, h in old.items():
                     signal.signal(sig, h)
             killed = {k["cpu"] for k in self.kills}
-            crashed = {c: s for c, s in workers.status.items() if s != 0}
-            if debug.total(st.arena) == 0 and not self.interrupted:
-                for c, s in sorted(crashed.items()):
+            if not self.interrupted:
+                for c, s in sorted(workers.crashed().items()):
                     if c not in killed:
-                        self.errors.append("CPU %d exited with status %d" % (c, s))
-            if not any(k["run_continued"] is False for k in self.kills) and \
-                    set(crashed) <= {k["cpu"] for k in self.kills if k["run_continued"]}:
-                crashed = {}
-            if not crashed and debug.total(st.arena) == 0:
-                self.checked += sweep(mm)     # after a violation the state is moot
-                self.sweeps += 1
-            st.vmpte_kb_end = 4 * pt_pages(mm)
-            st.vmpte_kb_peak = max(st.vmpte_kb_peak, st.vmpte_kb_end)
+                        self.errors.append("CPU %d: %s" % (c, describe_exit(s)))
+            continued = {k["cpu"] for k in self.kills if k["run_continued"]}
+            lost = {c for c, s in workers.status.items() if s != 0} - continued
+            done = st.arena["heartbeat"][:cfg.cpus, HB_DONE]
+            self._final_sweep(st, mm, failed=bool(debug.total(st.arena) or self.errors or lost),
+                              clean_stop=bool(done.all()))
             rep = self._result(st, time.monotonic() - t0)
             if rep["exit_code"] != 0:
                 try:
@@ -270,6 +273,26 @@ class Stress:
             return rep
         finally:
             st.close()
+
+    def _final_sweep(self, st, mm, failed, clean_stop):
+        """The sweep at the end, once every CPU is reaped.  After a clean stop (every CPU
+        went through its rcu_barrier) it includes the end-of-run checks.  After a failure
+        (a violation, a crash, a hang) it runs too, but a CPU that died mid-operation left
+        half-done work: what it finds is counted as after the first violation, and if the
+        state trips the sweep itself, that is a note, not a traceback."""
+        if failed:
+            self.after_first_from = native.now_ns()
+            before = debug.total(st.arena)
+        try:
+            self.checked += sweep(mm, final=clean_stop)
+            self.sweeps += 1
+            st.vmpte_kb_end = 4 * pt_pages(mm)
+            st.vmpte_kb_peak = max(st.vmpte_kb_peak, st.vmpte_kb_end)
+        except Exception as e:
+            (self.notes if failed else self.errors).append(
+                "the final sweep stopped: %s: %s" % (type(e).__name__, e))
+        if failed:
+            self.after_first = debug.total(st.arena) - before
 
     def _on_signal(self, workers):
         """First SIGINT/SIGTERM: stop, report what was done.  Second: leave at once."""
@@ -334,7 +357,7 @@ class Stress:
         if len(running) < 2:
             return False
         cpu = rng.choice(running)
-        if not self._wait_for_kill_point(st, cpu):
+        if not self._wait_for_kill_point(st, cpu, workers.pids[cpu]):
             return False                 # never in the wanted state: no kill this time
         os.kill(workers.pids[cpu], signal.SIGKILL)
         d = dump_cpu(st, cpu)          # as it died: the lock words and its line stay
@@ -357,11 +380,12 @@ class Stress:
                               "without it" % (cpu, what))
         return fatal
 
-    def _wait_for_kill_point(self, st, cpu, limit_s=2.0):
+    def _wait_for_kill_point(self, st, cpu, pid, limit_s=2.0):
         """--kill-at: freeze the victim (SIGSTOP), look at its published state, and leave
         it frozen if it is where we want it; otherwise let it run a little and look
         again.  The SIGKILL that follows lands in exactly the state we saw.  False if the
-        state never came."""
+        state never came.  ``pid`` is the one fork returned: the CPU's slot has none
+        until the worker registers (and kill(0) would stop the whole process group)."""
         want = self.cfg.kill_at
         pc, w = st.arena["percpu"][cpu], st.arena["waiting"][cpu]
         ptl = st.arena["pt_meta"]["ptl"]
@@ -371,7 +395,6 @@ class Stress:
                 "irqs-off": lambda: pc["irq_depth"] > 0,
                 "rcu": lambda: pc["rcu_snap"] != 0,
                 "lock": lambda: bool(w[3] or w[4] or (ptl == cpu + 1).any())}[want]
-        pid = int(pc["pid"])
         deadline = time.monotonic() + limit_s
         while True:
             os.kill(pid, signal.SIGSTOP)
@@ -391,9 +414,11 @@ class Stress:
         for c in stuck:
             d = dumps[c]
             mm.report("hang", "watchdog", 0, c, int(secs * 1000), 0)
-            self.errors.append("hang: CPU %d made no progress for %.0fs (%s; waits for %s)"
+            self.errors.append("hang: CPU %d made no progress for %.0fs (%s; waits for %s; "
+                               "process %s): %s"
                                % (c, secs, "in %s" % d["in_op"] if d["in_op"] else "idle",
-                                  ", ".join(d["waits_for"]) or "nothing"))
+                                  ", ".join(d["waits_for"]) or "nothing", d["process"],
+                                  stall_cause(d)))
 
     def _result(self, st, elapsed):
         from .report import build_report

@@ -1,20 +1,30 @@
 """The watchdog's eyes: per-CPU progress, and what a stuck CPU holds and waits for.
 
 Each worker bumps its heartbeat around every operation (odd inside one), in its own arena
-line.  The parent samples the heartbeats; a CPU whose heartbeat has not moved for
-``--stall-timeout`` is stuck (even while others run).  ``dump_cpu`` reads everything a
-person needs to see why: lock words (every spinlock and rwsem records its owner), the
-CPU's published waits, its IRQ and RCU nesting, unacked IPIs, its last events.
+line, and sets ``HB_DONE`` once it has stopped cleanly (after its ``rcu_barrier``).  The
+parent samples the heartbeats; a CPU whose heartbeat has not moved for ``--stall-timeout``
+is stuck (even while others run).  ``dump_cpu`` reads everything a person needs to see
+why: lock words (every spinlock and rwsem records its owner), the CPU's published waits,
+its IRQ and RCU nesting, unacked IPIs, its last events, and what the OS says of its
+process (a stopped or dead process is not a model that hung).
 """
 import numpy as np
+import psutil
 
-from .. import native
 from ..mm.mm_types import STAT
 from .events import describe_event
 
-HB_SEQ, HB_OP = 0, 1
+HB_SEQ, HB_OP, HB_DONE = 0, 1, 2
 OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
+# What else a CPU does inside its heartbeat's odd window: RCU callbacks free objects, so a
+# CPU killed there leaves half-done work like one killed inside an operation.
+STEPS = OPS + ["rcu callbacks"]
+RCU_CALLBACKS = STEPS.index("rcu callbacks")
 WAIT_NAMES = {1: "mmap_lock (read)", 2: "mmap_lock (write)", 3: "a VMA lock (write)"}
+# psutil's process status -> the dump's word (any other kind of wait is a sleep)
+PROC_STATES = {psutil.STATUS_RUNNING: "running", psutil.STATUS_WAKING: "running",
+               psutil.STATUS_STOPPED: "stopped", psutil.STATUS_TRACING_STOP: "stopped",
+               psutil.STATUS_ZOMBIE: "zombie", psutil.STATUS_DEAD: "dead"}
 
 
 class StallMonitor:
@@ -76,14 +86,24 @@ def waiting_for(st, cpu):
     return out
 
 
-def dump_cpu(st, cpu, nevents=12):
-    """Everything about one CPU, as a dict (also rendered by ``format_dump``)."""
+def process_state(pid):
+    """What the OS says of a worker's process: running, sleeping, stopped, zombie or dead.
+    Only meaningful while the parent has not reaped it (the pid may be reused after)."""
+    try:
+        return PROC_STATES.get(psutil.Process(pid).status(), "sleeping") if pid > 0 else "dead"
+    except psutil.Error:
+        return "dead"
+
+
+def dump_cpu(st, cpu, nevents=12, process=True):
+    """Everything about one CPU, as a dict (also rendered by ``format_dump``).
+    ``process``: also ask the OS about its process (only while it is unreaped)."""
     pc = st.arena["percpu"][cpu]
     hb = st.arena["heartbeat"][cpu]
     ev = st.smp.events(cpu)[-nevents:]
     return {
         "cpu": cpu, "pid": int(pc["pid"]), "alive": int(pc["alive"]),
-        "in_op": OPS[int(hb[HB_OP])] if int(hb[HB_SEQ]) & 1 else None,
+        "in_op": STEPS[int(hb[HB_OP])] if int(hb[HB_SEQ]) & 1 else None,
         "ops_done": int(st.arena["stats"][cpu, STAT["ops"]]),
         "irq_depth": int(pc["irq_depth"]), "rcu_depth": int(pc["rcu_depth"]),
         "in_rcu_reader": bool(pc["rcu_snap"]),
@@ -91,6 +111,7 @@ def dump_cpu(st, cpu, nevents=12):
         "ipi_pending_work": int(pc["pending"]),
         "holds": locks_held(st, cpu), "waits_for": waiting_for(st, cpu),
         "last_events": [describe_event(e) for e in ev],
+        "process": process_state(int(pc["pid"])) if process else None,
     }
 
 
@@ -102,8 +123,17 @@ def format_dump(d):
                 d["rcu_depth"], " (reader)" if d["in_rcu_reader"] else "", d["ipi_unacked"]),
              "    holds: %s" % (", ".join(d["holds"]) or "nothing"),
              "    waits for: %s" % (", ".join(d["waits_for"]) or "nothing")]
+    if d["process"]:
+        lines.append("    process: %s" % d["process"])
     lines += ["    %s" % e for e in d["last_events"]]
     return "\n".join(lines)
+
+
+def stall_cause(d):
+    """Why a stuck CPU made no progress: its process was stopped or died (the OS), or it
+    ran or slept in the model without getting anywhere (the model hung)."""
+    return {"stopped": "the process was stopped", "zombie": "the process died",
+            "dead": "the process died"}.get(d["process"], "the model hung")
 
 
 def holds_anything(d):

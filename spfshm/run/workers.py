@@ -5,7 +5,9 @@ SIGKILL it when the parent dies (PR_SET_PDEATHSIG, so ``kill -9`` of the parent 
 orphan spinning), becomes CPU ``i`` in the SMP substrate, optionally pins itself to a core,
 and runs ``target(i)``.  Its exit code is 0 on success, 1 if ``target`` raised (the
 traceback goes to stderr).  The parent marks a reaped CPU dead so IPI senders and grace
-periods stop waiting for it.
+periods stop waiting for it.  A worker the parent could not reap (someone else did:
+``waitpid`` says there is no such child) ended in an unknown way: its status is
+``EXIT_UNKNOWN``, a crash.
 """
 import os
 import signal
@@ -18,15 +20,28 @@ import psutil
 from .. import native
 
 
+EXIT_UNKNOWN = None             # status of a worker reaped by someone else
+
+
 class WorkerError(RuntimeError):
     pass
+
+
+def describe_exit(code):
+    """A worker's end in words: ``exited with status 1``, ``killed by SIGSEGV``..."""
+    if code is EXIT_UNKNOWN:
+        return "exit status unknown (already reaped)"
+    if code < 0:
+        return "killed by %s" % signal.Signals(-code).name
+    return "exited with status %d" % code
 
 
 class Workers:
     def __init__(self, smp, ncpus, target, pin=True):
         self.smp, self.ncpus, self.target, self.pin = smp, ncpus, target, pin
         self.pids = {}          # cpu -> pid
-        self.status = {}        # cpu -> exit code (negative: killed by signal)
+        self.status = {}        # cpu -> exit code (negative: killed by signal; EXIT_UNKNOWN)
+        self.killed = {}        # cpu -> the signal kill() sent it
 
     def start(self):
         parent = os.getpid()
@@ -68,11 +83,13 @@ class Workers:
                 continue
             try:
                 got, st = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                got, st = pid, 0
-            if got:
+            except ChildProcessError:       # reaped by someone else: its end is unknown
+                self.status[cpu] = EXIT_UNKNOWN
+            else:
+                if not got:
+                    continue
                 self.status[cpu] = os.waitstatus_to_exitcode(st)
-                native.cpu_mark_dead(cpu)
+            native.cpu_mark_dead(cpu)
         return [c for c in self.pids if c not in self.status]
 
     def join(self, timeout=None):
@@ -91,12 +108,18 @@ class Workers:
     def kill(self, sig=signal.SIGKILL):
         for cpu, pid in self.pids.items():
             if cpu not in self.status:
+                self.killed[cpu] = sig
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
         while self.poll():
             time.sleep(0.001)
+
+    def crashed(self):
+        """CPUs that ended badly on their own (not by ``kill()``): cpu -> status."""
+        return {c: s for c, s in self.status.items()
+                if s != 0 and not (c in self.killed and s == -self.killed[c])}
 
     def __enter__(self):
         return self.start()
@@ -113,7 +136,7 @@ def run_workers(smp, ncpus, target, timeout=120.0, pin=True):
     bad = {c: s for c, s in status.items() if s != 0}
     if bad:
         raise WorkerError("workers failed: %s" % ", ".join(
-            "CPU %d exit %d" % (c, s) for c, s in sorted(bad.items())))
+            "CPU %d %s" % (c, describe_exit(s)) for c, s in sorted(bad.items())))
     return status
 
 
