@@ -79,10 +79,10 @@ KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
 
 SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "sweep",
-         "load", "mprotect", "munmap", "find_vma", "ipi", "pte_alloc", "spf", "spf_walk",
+         "load", "mprotect", "munmap", "find_vma", "ipi", "spf", "spf_walk",
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
-         "khugepaged", "free_frame", "put_page", "vm_area_free"]
+         "free_frame", "put_page", "vm_area_free"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

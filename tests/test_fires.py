@@ -1,0 +1,860 @@
+"""Every violation kind@site the code can report is shown to fire, on its own.
+
+``report_points.scan()`` finds every report call in spfshm/ and the kind@site each can
+report.  FIRES names, for every kind@site, one test per call that reports it (in the
+scan's order: file, then line), and the meta-test fails when a reportable kind@site has
+no test or fewer tests than calls, or when FIRES names one the code cannot report.
+
+Each test builds a state in this process, as one CPU of an arena (the other CPUs are
+arena rows, or a worker the test starts), drives the model code that reports, and
+asserts that this kind@site and nothing else fired (with the operands that tell its
+report calls apart).  A broken state is built either by a busted variant switched on
+in-process, or by writing the arena directly where no variant breaks that step.
+"""
+import ast
+import os
+
+import numpy as np
+import pytest
+
+import report_points
+from spfshm import debug, native
+from spfshm.arena import Arena, Layout
+from spfshm.bugs import Bugs
+from spfshm.check.sweep import sweep
+from spfshm.config import Config
+from spfshm.mm import mm_types, syscalls
+from spfshm.mm.cpu import MAX_TRIES, VIOLATION, Cpu
+from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_anonymous_page, \
+    do_user_addr_fault
+from spfshm.mm.frames import alloc_frame, put_page
+from spfshm.mm.gup import gup_fast, gup_hold_and_release
+from spfshm.mm.khugepaged import collapse_huge_page
+from spfshm.mm.lockdep import Deadlock, ptl_lock_irqs_off
+from spfshm.mm.memory import free_pgtables
+from spfshm.mm.mm_types import (FRAME_INUSE, HPAGE_NR, MM, PAGE, PGD, PROT_BY_NAME,
+                                PROT_READ, PTE, PUD, TABLE_PENDING, TREE_HDR, VMA_FREE,
+                                VMA_PENDING, Geometry, mm_init)
+from spfshm.mm.mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, \
+    mmap_write_unlock
+from spfshm.mm.pagetable import (P, PROTNONE, ROOT, RW, alloc_table, entry_pfn,
+                                 free_table_now, index, mark_pending, mk_entry,
+                                 pmd_entry_of, pte_table_of)
+from spfshm.mm.perturb import no_delay
+from spfshm.mm.pervma import do_pervma_fault
+from spfshm.mm.pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES, VMAS
+from spfshm.mm.spf import do_speculative_page_fault
+from spfshm.mm.syscalls import MAP_FIXED, MAX_ADDR, do_madvise_dontneed, do_mmap, \
+    do_mprotect, do_munmap
+from spfshm.mm.tlb import MmuGather, flush_tlb_all
+from spfshm.mm.vma import TREE_FREE, current_tree, find_vma, tree_entries
+from spfshm.run.runner import run_stress
+from spfshm.run.workers import Workers
+from spfshm.smp import Smp, smp_regions
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# kind@site -> the tests that make it fire, one per report call (scan order).  A name is
+# a test of this file (with its parameter id), or "file.py::test[id]" under tests/.
+FIRES = {
+    # check/sweep.py
+    "vma_overlap@sweep": ("test_sweep[vma_overlap@sweep]",),
+    "vma_uaf@sweep": ("test_sweep[vma_uaf@sweep]",),
+    "pt_leak@sweep": ("test_sweep[pt_leak@sweep-walk]", "test_sweep[pt_leak@sweep-count]"),
+    "pt_free_reachable@sweep": ("test_sweep[pt_free_reachable@sweep-linked]",),
+    "frame_leak@sweep": ("test_sweep[frame_leak@sweep-huge]",
+                         "test_sweep[frame_leak@sweep-unmapped]"),
+    "mapcount@sweep": ("test_sweep[mapcount@sweep]",),
+    "rss@sweep": ("test_sweep[rss@sweep]",),
+    "frame_uaf@sweep":
+        ("test_sweep.py::test_tlb_entry_for_a_frame_freed_and_reused_at_the_same_pfn",),
+    "stale_tlb@sweep": ("test_sweep[stale_tlb@sweep]",),
+    "frame_free_mapped@sweep": ("test_sweep[frame_free_mapped@sweep]",),
+    "stale_pte@sweep": ("test_sweep[stale_pte@sweep]",),
+    "pte_prot@sweep": ("test_sweep[pte_prot@sweep]",),
+    "double_free@sweep": ("test_sweep.py::test_object_on_the_free_lists_twice[1-frames]",),
+    "free_unlisted@sweep": ("test_sweep.py::test_free_object_on_no_free_list[1-frames]",),
+    "listed_inuse@sweep": ("test_sweep.py::test_object_in_use_on_a_free_list[1-frames]",),
+    "never_freed@sweep":
+        ("test_sweep.py::test_final_sweep_finds_a_table_unlinked_and_never_freed",),
+    "obj_leak@sweep": ("test_sweep.py::test_live_vma_record_and_tree_published_nowhere",) * 2,
+    # mm/cpu.py, fault.py, frames.py, gup.py
+    "frame_uaf@tlb_fill": ("test_tlb_fill_of_a_freed_frame",),
+    "frame_uaf@tlb_access": ("test_tlb_hit_on_a_freed_frame",),
+    "fault_loop@fault": ("test_fault_that_never_makes_progress",),
+    "bad_value@load": ("test_load_of_poison",),
+    "lost_update@load": ("test_load_of_an_older_store",),
+    "vma_unlocked_change@fault": ("test_vma_changed_under_a_fault",),
+    "double_free@put_page":
+        ("test_sweep.py::test_frame_put_without_a_reference_is_a_double_free",),
+    "double_free@free_frame":
+        ("test_sweep.py::test_frame_freed_twice_is_reported_at_the_free_and_listed_once",),
+    "frame_uaf@gup": ("test_pinned_frame_reused",),
+    # mm/lockdep.py, memory.py, mmap_lock.py
+    "deadlock@ptl": ("test_ptl_spin_with_irqs_off",),
+    "deadlock@ipi": ("test_ipi_to_a_cpu_spinning_on_our_ptl",),
+    "pt_lost_ptes@free_pgtables": ("test_huge_pmd_left_below_the_floor",
+                                   "test_huge_pmd_left_in_a_removed_subtree",
+                                   "test_table_freed_with_a_pte"),
+    "mmap_not_locked@find_vma": ("test_asserts.py::test_find_vma_asserts_the_lock",),
+    "mmap_not_locked@publish_tree": ("test_asserts.py::test_write_lock_asserts[publish_tree]",),
+    "mmap_not_locked@split_vma": ("test_asserts.py::test_write_lock_asserts[split_vma]",),
+    "mmap_not_locked@vma_end_write_all":
+        ("test_asserts.py::test_write_lock_asserts[vma_end_write_all]",),
+    "mmap_not_locked@vma_start_write":
+        ("test_asserts.py::test_write_lock_asserts[vma_start_write]",),
+    "vma_read_held@munmap": ("test_vma_read_held[vma_read_held@munmap]",),
+    "vma_read_held@split_vma": ("test_vma_read_held[vma_read_held@split_vma]",),
+    "vma_not_write_locked@split_vma": ("test_vma_split_without_its_write_lock",),
+    # mm/pagetable.py
+    "pt_uaf@free_pgtables": ("test_table_freed_while_cached",),
+    "double_free@free_pgtables":
+        ("test_sweep.py::test_table_freed_twice_is_reported_at_the_free",
+         "test_sweep.py::test_table_unlinked_twice_is_reported_at_the_unlink[False]"),
+    "pt_uaf@gup": ("test_walker_in_a_freed_table[pt_uaf@gup]",
+                   "test_walker_past_the_tables[pt_uaf@gup]"),
+    "pt_uaf@hw_walk": ("test_walker_in_a_freed_table[pt_uaf@hw_walk]",
+                       "test_walker_past_the_tables[pt_uaf@hw_walk]"),
+    "pt_uaf@pte_offset_map_lock":
+        ("test_pipe.py::test_freed_table_whose_ptl_pte_offset_map_lock_takes",),
+    "pt_uaf@spf_walk": ("test_walker_in_a_freed_table[pt_uaf@spf_walk]",
+                        "test_walker_past_the_tables[pt_uaf@spf_walk]"),
+    # mm/pipe.py
+    "pipe_age@fault": ("test_pipe.py::test_table_whose_ptl_the_fault_takes[classic]",),
+    "pipe_age@gup": ("test_pipe_age[pipe_age@gup]",),
+    "pipe_age@hw_walk": ("test_pipe_age[pipe_age@hw_walk]",),
+    "pipe_age@pervma": ("test_pipe_age[pipe_age@pervma]",),
+    "pipe_age@pte_offset_map_lock":
+        ("test_pipe.py::test_table_whose_ptl_pte_offset_map_lock_takes",),
+    "pipe_age@spf": ("test_pipe_age[pipe_age@spf]",),
+    "pipe_age@spf_walk": ("test_pipe_age_in_a_run",),
+    "pipe_age@tlb_fill": ("test_pipe.py::test_frame_read_by_the_tlb_fill[ipi]",),
+    # mm/spf.py, tlb.py, vma.py; run/runner.py
+    "torn_vma@spf": ("test_spf_decides_on_a_torn_vma",),
+    "deadlock@ipi_timeout": ("test_ipi_never_acked",),
+    "frame_uaf@zap": ("test_frame_freed_before_the_flush",),
+    "stale_tlb@mprotect": ("test_writable_tlb_entry_after_mprotect",),
+    "double_free@vm_area_free":
+        ("test_sweep.py::test_vma_record_freed_twice_is_reported_at_the_free",),
+    "vma_uaf@find_vma": ("test_retired_vma_read_under_mmap_lock",),
+    "vma_uaf@pervma": ("test_freed_vma[vma_uaf@pervma-record]",
+                       "test_freed_vma[vma_uaf@pervma-tree]"),
+    "vma_uaf@spf": ("test_freed_vma[vma_uaf@spf-record]", "test_freed_vma[vma_uaf@spf-tree]"),
+    "hang@watchdog": ("test_hang_in_a_run",),
+}
+
+# kind@site the scan finds but no state can make fire, with the test showing what fires
+# instead: read_vma reports a retired VMA read under mmap_lock before its pipe age.
+UNREACHABLE = {
+    "pipe_age@find_vma": "test_retired_vma_read_under_mmap_lock",
+}
+
+
+# -- the meta-test ----------------------------------------------------------------------
+def test_every_reportable_signature_fires():
+    """Each kind@site the code can report has as many tests in FIRES as calls report
+    it, each test exists, and FIRES and UNREACHABLE name nothing the code cannot
+    report (so a new site comes in with its test, and a removed one takes it along)."""
+    points, unresolved = report_points.scan()
+    assert unresolved == [], "report calls whose kind or site is not a literal, nor a " \
+        "parameter every caller passes one for: %s" % unresolved
+    calls = {}
+    for p in points:
+        calls.setdefault("%s@%s" % (p.kind, p.site), []).append(p.where)
+    for sig, where in calls.items():
+        kind, site = sig.split("@")
+        text = debug.KINDS.get(kind)
+        assert text is not None and site in debug.SITES, "%s (%s) is not in debug's " \
+            "KINDS/SITES" % (sig, where)
+        assert not isinstance(text, dict) or site in text, "%s: no sentence" % sig
+    reportable = set(calls) - set(UNREACHABLE)
+    missing = sorted(reportable - set(FIRES))
+    assert not missing, "no test makes these fire: %s" % {s: calls[s] for s in missing}
+    extra = sorted(set(FIRES) - reportable)
+    assert not extra, "FIRES names what the code cannot report: %s" % extra
+    stale = sorted(set(UNREACHABLE) - set(calls))
+    assert not stale, "UNREACHABLE names what the code no longer reports: %s" % stale
+    for sig in sorted(reportable):
+        assert len(FIRES[sig]) == len(calls[sig]), "%s is reported from %d calls (%s), " \
+            "FIRES names %d tests" % (sig, len(calls[sig]), calls[sig], len(FIRES[sig]))
+    named = [(t, sig) for sig, ts in FIRES.items() for t in ts] + \
+        [(t, sig) for sig, t in UNREACHABLE.items()]
+    for test, sig in named:
+        assert _names_a_test(test, sig.split("@")[0]), "%s: no such test for %s" % (test, sig)
+    unused = sorted(set(debug.SITES) - {s.split("@")[1] for s in calls}) + \
+        sorted(set(debug.KINDS) - {s.split("@")[0] for s in calls})
+    assert not unused, "debug's tables name kinds or sites nothing reports: %s" % unused
+
+
+SCAN_FIXTURE = {
+    "a.py": """
+def check(mm, site):
+    mm.report("k1", site)
+def walk(mm, site, stop=0):
+    check(mm, site)
+def walkers(mm):
+    walk(mm, "s1")
+    check(mm, site="s2")
+""",
+    "b/c.py": """
+class Pipe:
+    def observe(self, idx, site="s3"):
+        self.report("k2", site, idx)
+def reader(mm, pipe):
+    pipe.observe(1)
+    pipe.observe(2, "s4")
+    rep = mm.report
+    rep("k3", "s5" if mm else "s6")
+def computed(mm, name):
+    mm.report("k4", name)
+def caller(mm):
+    computed(mm, mm.name)
+""",
+}
+
+
+def test_scan_resolves_sites_through_callers(tmp_path):
+    """The scan follows a site parameter up the call chain (positional, keyword,
+    default, method), sees a local alias of report, and gives up on a computed site."""
+    for name, src in SCAN_FIXTURE.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(src)
+    points, unresolved = report_points.scan(str(tmp_path))
+    assert ["%s@%s" % (p.kind, p.site) for p in points] == [
+        "k1@s1", "k1@s2", "k2@s3", "k2@s4", "k3@s5", "k3@s6"]
+    assert points[0].where == "a.py:3 in check"
+    assert unresolved == ["b/c.py:11 in computed"]
+
+
+def _names_a_test(test, kind):
+    """A test of this file, with one of its parameter ids if it has any; or a test
+    function of another file under tests/ with ``kind`` in one of its strings (its
+    parameter id is not checked)."""
+    path, _, name = test.rpartition("::")
+    name, _, param = name.partition("[")
+    if path:
+        with open(os.path.join(HERE, path)) as f:
+            for node in ast.parse(f.read()).body:
+                if isinstance(node, ast.FunctionDef) and node.name == name:
+                    return any(isinstance(n, ast.Constant) and kind in str(n.value)
+                               for n in ast.walk(node))
+        return False
+    fn = globals().get(name)
+    marks = [m for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"]
+    if fn is None or bool(marks) != bool(param):
+        return False
+    ids = marks[0].kwargs.get("ids") if marks else None
+    return not marks or param[:-1] in (ids or marks[0].args[1])
+
+
+# -- the model in this process ---------------------------------------------------------
+BASE = 0x3F0000000000                       # 512 GiB aligned: every level starts here
+BLOCK = HPAGE_NR * PAGE
+WINDOW = 2 * HPAGE_NR                       # pages: room for a collapse
+OTHER = 1                                   # a CPU that exists only as arena rows
+PROT_RW = PROT_BY_NAME["rw"]
+
+
+class Box:
+    """The model in this process as CPU ``cpu`` of ``ncpus``, with ``bugs`` switched on
+    and ``cfg`` overrides; ``flags`` is a line of words shared with workers."""
+
+    def __init__(self, ncpus=1, cpu=0, bugs=(), **cfg):
+        self.cfg = Config(cpus=ncpus, window_pages=WINDOW, bugs=tuple(bugs), **cfg)
+        self.g = Geometry(ncpus, WINDOW, self.cfg.tlb_entries, window_base=BASE)
+        self.arena = Arena(Layout(smp_regions(ncpus) + mm_types.regions(self.g)
+                                  + [("flags", np.uint64, 8)]))
+        self.flags = self.arena["flags"]
+        self.smp = Smp(self.arena, ncpus)
+        self.smp.init()
+        self.smp.become_cpu(cpu)
+        self.mm = MM(self.arena, self.g, self.cfg, Bugs(bugs), cpu)
+        mm_init(self.mm)
+        self.cpu = Cpu(self.mm)
+
+    def map(self, pages=8, stored=4):
+        """An rw VMA of ``pages`` at BASE, the first ``stored`` of them stored to (so
+        faulted in, and in this CPU's TLB)."""
+        assert do_mmap(self.mm, BASE, pages * PAGE, PROT_RW, MAP_FIXED) == BASE
+        for p in range(stored):
+            assert self.cpu.store(BASE + p * PAGE) == "ok"
+        return self
+
+    def table(self, va=BASE):
+        return pte_table_of(self.mm, va)
+
+    def frame(self, va=BASE):
+        return entry_pfn(int(self.mm.pt[self.table(va), index(va, PTE)]))
+
+    def vid(self):
+        """The first VMA's record."""
+        return tree_entries(self.mm, current_tree(self.mm))[2][0]
+
+    def close(self):
+        self.mm.rcu.rcu_barrier()
+        native.cpu_unregister()
+        self.arena.close()
+
+
+@pytest.fixture
+def make():
+    boxes = []
+
+    def make(**kw):
+        boxes.append(Box(**kw))
+        return boxes[-1]
+
+    yield make
+    for b in boxes:
+        b.close()
+
+
+@pytest.fixture
+def box(make):
+    return make().map()
+
+
+def fired(b):
+    """The violations recorded, oldest first, as (kind@site, a0, a1, a2)."""
+    recs = [r for row, n in zip(b.arena["viol"], b.arena["viol_count"][:, 0])
+            for r in row[:min(int(n), debug.VIOL_PER_CPU)]]
+    return [(debug.describe(r)["signature"], int(r["a0"]), int(r["a1"]), int(r["a2"]))
+            for r in sorted(recs, key=lambda r: int(r["stamp"]))]
+
+
+def only(b, sig):
+    """Assert that ``sig`` fired and nothing else did; the first one's operands."""
+    got = fired(b)
+    assert got and {g[0] for g in got} == {sig}, got
+    return got[0][1:]
+
+
+def grace_period(mm):
+    """A grace period that begins now and is seen to end (its callback runs)."""
+    mm.rcu.call_rcu(lambda: None)
+    mm.rcu.rcu_barrier()
+
+
+NOT_SET = 2**64 - 1                          # an operand reported as -1
+
+
+# -- the sweep -------------------------------------------------------------------------
+def _overlap(b):
+    assert do_mmap(b.mm, BASE + 16 * PAGE, 4 * PAGE, PROT_RW, MAP_FIXED) > 0
+    row = b.mm.vma_tree[current_tree(b.mm)]
+    row[TREE_HDR + 3] = BASE + 2 * PAGE      # the second VMA now starts inside the first
+    b.mm.tree_cache = (None, None)
+    return BASE + 2 * PAGE, BASE + 20 * PAGE, BASE + 8 * PAGE
+
+
+def _vma_retired_in_tree(b):
+    vid = b.vid()
+    b.mm.vma[vid]["state"] = VMA_PENDING
+    return vid, VMA_PENDING, None
+
+
+def _entry_past_the_tables(b):
+    bad = b.g.ntables + 3                    # an unused PGD slot now links no real table
+    b.mm.pt[ROOT, index(BASE, PGD) + 1] = mk_entry(bad, 0, P | RW)
+    return bad, PGD, NOT_SET
+
+
+def _table_unlinked_by_nobody(b):
+    return alloc_table(b.mm, PTE), PTE, 0
+
+
+def _pending_table_linked(b):
+    assert do_madvise_dontneed(b.mm, BASE, 8 * PAGE) == 0      # empty, still linked
+    t = b.table()
+    b.mm.pt_state[t] = TABLE_PENDING
+    return t, TABLE_PENDING, pmd_entry_of(b.mm, BASE)[0]
+
+
+def _huge_page_torn(b):
+    head = b.g.nsmall                        # a free huge page, one subpage in use
+    b.mm.frame_meta[head + 5]["state"] = FRAME_INUSE
+    return head, 0, NOT_SET
+
+
+def _frame_unmapped(b):
+    f = alloc_frame(b.mm)
+    return f, 1, 0
+
+
+def _mapcount(b):
+    f = b.frame()
+    b.mm.frame_meta[f]["mapcount"] += 1
+    return f, 2, 1
+
+
+def _rss(b):
+    b.mm.rss[0] += 1
+    return 5, 4, 0
+
+
+def _pte_read_only_tlb_writable(b):
+    b.mm.pt[b.table(), 0] &= ~np.uint64(RW)
+    return b.frame(), 1, b.mm.cpu
+
+
+def _reference_dropped_while_mapped(b):
+    f = b.frame()
+    put_page(b.mm, f)                        # the mapping's reference: freed, still mapped
+    flush_tlb_all(b.mm)
+    return f, 0, 0
+
+
+def _pte_beyond_the_vma(b):
+    b.mm.bugs = Bugs(("zap_skip_last_pte",))
+    assert do_munmap(b.mm, BASE + 3 * PAGE, 5 * PAGE) == 0     # page 3 stays mapped
+    f = b.frame(BASE + 3 * PAGE)
+    return f, int(b.mm.pt[b.table(), 3]), 0
+
+
+def _pte_writable_in_read_only_vma(b):
+    assert do_mprotect(b.mm, BASE, 8 * PAGE, PROT_READ) == 0
+    t = b.table()
+    b.mm.pt[t, 0] |= np.uint64(RW)
+    return int(b.mm.pt[t, 0]), PROT_READ, 0
+
+
+SWEEP_STATES = {
+    "vma_overlap@sweep": _overlap,
+    "vma_uaf@sweep": _vma_retired_in_tree,
+    "pt_leak@sweep-walk": _entry_past_the_tables,
+    "pt_leak@sweep-count": _table_unlinked_by_nobody,
+    "pt_free_reachable@sweep-linked": _pending_table_linked,
+    "frame_leak@sweep-huge": _huge_page_torn,
+    "frame_leak@sweep-unmapped": _frame_unmapped,
+    "mapcount@sweep": _mapcount,
+    "rss@sweep": _rss,
+    "stale_tlb@sweep": _pte_read_only_tlb_writable,
+    "frame_free_mapped@sweep": _reference_dropped_while_mapped,
+    "stale_pte@sweep": _pte_beyond_the_vma,
+    "pte_prot@sweep": _pte_writable_in_read_only_vma,
+}
+
+
+def test_sweep_of_a_correct_state_is_clean(box):
+    assert sweep(box.mm) > 0 and fired(box) == []
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_STATES))
+def test_sweep(box, case):
+    """Each state breaks one invariant; the sweep reports it with these operands (None:
+    not compared)."""
+    want = SWEEP_STATES[case](box)
+    sweep(box.mm)
+    got = only(box, case.split("-")[0])
+    assert all(w is None or w == g for w, g in zip(want, got)), (want, got)
+
+
+# -- one CPU's accesses -----------------------------------------------------------------
+def test_tlb_fill_of_a_freed_frame(box):
+    """The PTE still maps a frame that was freed: the hardware walk's fill sees it."""
+    f = box.frame()
+    put_page(box.mm, f)
+    flush_tlb_all(box.mm)
+    assert box.cpu.load(BASE) == VIOLATION
+    assert only(box, "frame_uaf@tlb_fill")[2] == f
+
+
+def test_tlb_hit_on_a_freed_frame(box):
+    """A TLB entry outlives its frame's free: the access through it sees it."""
+    f = box.frame()
+    put_page(box.mm, f)
+    assert box.cpu.load(BASE) == VIOLATION
+    assert only(box, "frame_uaf@tlb_access")[2] == f
+
+
+def test_fault_that_never_makes_progress(box):
+    """A PROT_NONE PTE in an accessible VMA: the walk cannot use it and the fault finds
+    it not none, so every retry ends where it began."""
+    t = box.table()
+    box.mm.pt[t, 0] = (box.mm.pt[t, 0] & ~np.uint64(P | RW)) | np.uint64(PROTNONE)
+    flush_tlb_all(box.mm)
+    assert box.cpu.load(BASE) == VIOLATION
+    assert only(box, "fault_loop@fault")[0] == MAX_TRIES
+
+
+def test_load_of_poison(box):
+    box.mm.frame_payload[box.frame()] = mm_types.POISON
+    assert box.cpu.load(BASE) == "ok"
+    assert only(box, "bad_value@load")[0] == mm_types.POISON
+
+
+def test_load_of_an_older_store(box):
+    f = box.frame()
+    old = int(box.mm.frame_payload[f])
+    assert box.cpu.store(BASE) == "ok"
+    new = int(box.mm.frame_payload[f])
+    box.mm.frame_payload[f] = old            # the last store went astray
+    assert box.cpu.load(BASE) == "ok"
+    assert only(box, "lost_update@load")[:2] == (old, new)
+
+
+def test_vma_changed_under_a_fault(box):
+    """A writer changes the VMA without waiting for the fault that copied it."""
+    mm = box.mm
+    mmap_read_lock(mm)
+    try:
+        v = find_vma(mm, BASE)
+        mm.vma[v.id]["prot"] = PROT_READ
+        assert do_anonymous_page(mm, v, BASE + 5 * PAGE, 1) == VM_FAULT_OK
+    finally:
+        mmap_read_unlock(mm)
+    assert only(box, "vma_unlocked_change@fault") == (v.id, PROT_RW, PROT_READ)
+
+
+def test_pinned_frame_reused(box):
+    """The pinned page is a new incarnation when its holder lets go (a pin that missed
+    gup_fast's re-check sees that)."""
+    (va, f, tag), = gup_fast(box.mm, BASE, 1)
+    box.mm.frame_gen[f] += 1
+    gup_hold_and_release(box.mm, [(va, f, tag)])
+    assert only(box, "frame_uaf@gup")[2] == f
+
+
+# -- locks: named deadlocks ---------------------------------------------------------------
+def test_ptl_spin_with_irqs_off(make):
+    b = make(ncpus=2, ipi_timeout=0.05).map()
+    t = b.table()
+    native.spin_lock(b.mm.ptl(t), OTHER)
+    try:
+        with pytest.raises(Deadlock):
+            ptl_lock_irqs_off(b.mm, t)
+    finally:
+        native.spin_unlock(b.mm.ptl(t))
+    assert only(b, "deadlock@ptl")[1:] == (t, OTHER)
+
+
+def _wait_for(cond, what):
+    deadline = native.now_ns() + 30 * 10**9
+    while not cond():
+        assert native.now_ns() < deadline, what
+        native.sleep_ns(100_000)
+
+
+def test_ipi_to_a_cpu_spinning_on_our_ptl(make):
+    """CPU 0 spins with IRQs off on the ptl this CPU (1) holds while it flushes: the
+    unacked IPI is named as the deadlock it is."""
+    b = make(ncpus=2, cpu=1).map()
+    t = b.table()
+    ptl = b.mm.ptl(t)
+    native.spin_lock(ptl, b.mm.cpu)
+
+    def spinner(cpu):
+        mm0 = MM(b.arena, b.g, b.cfg, Bugs(), cpu)
+        native.local_irq_disable()
+        try:
+            assert ptl_lock_irqs_off(mm0, t)
+            native.spin_unlock(ptl)
+        finally:
+            native.local_irq_enable()
+
+    with Workers(b.smp, 1, spinner) as w:
+        _wait_for(lambda: b.mm.waiting_all[0, 0] == t + 1, "CPU 0 never spun")
+        try:
+            with pytest.raises(Deadlock):
+                flush_tlb_all(b.mm)
+        finally:
+            native.spin_unlock(ptl)
+        assert w.join(30) == {0: 0}
+    assert only(b, "deadlock@ipi")[1:] == (0, t)
+
+
+def test_ipi_never_acked(make):
+    """CPU 0 keeps IRQs off past --ipi-timeout: the flush gives up and says so."""
+    b = make(ncpus=2, cpu=1, ipi_timeout=0.2).map()
+
+    def silent(cpu):
+        native.local_irq_disable()
+        b.flags[0] = 1
+        while not b.flags[1]:
+            pass
+        native.local_irq_enable()
+
+    with Workers(b.smp, 1, silent) as w:
+        _wait_for(lambda: b.flags[0], "CPU 0 never disabled IRQs")
+        try:
+            with pytest.raises(Deadlock):
+                flush_tlb_all(b.mm)
+        finally:
+            b.flags[1] = 1
+        assert w.join(30) == {0: 0}
+    assert only(b, "deadlock@ipi_timeout")[1] == 0
+
+
+# -- page tables: freeing -----------------------------------------------------------------
+def _collapsed(make):
+    """A box whose first 2 MiB block is one huge pmd and nothing else is mapped."""
+    b = make().map(pages=HPAGE_NR, stored=1)
+    assert collapse_huge_page(b.mm, BASE)
+    return b
+
+
+def _free_pgtables(mm, floor, ceiling):
+    """munmap's free_pgtables over the first block, as if zap had left it alone."""
+    mmap_write_lock(mm)
+    try:
+        tlb = MmuGather(mm)
+        free_pgtables(mm, tlb, BASE, BASE + BLOCK, floor, ceiling)
+        tlb.finish()
+    finally:
+        mmap_write_unlock(mm)
+
+
+def test_huge_pmd_left_below_the_floor(make):
+    """The upper tables stay (their range is not all free): the huge pmd is met in the
+    PMD table that free_pgtables walks."""
+    b = _collapsed(make)
+    pmd_t, _ = pmd_entry_of(b.mm, BASE)
+    _free_pgtables(b.mm, BASE, BASE + BLOCK)
+    assert only(b, "pt_lost_ptes@free_pgtables") == (pmd_t, 1, 0)
+
+
+def test_huge_pmd_left_in_a_removed_subtree(make):
+    """The whole PGD slot is free: the huge pmd is met while its subtree is removed."""
+    b = _collapsed(make)
+    pmd_t, _ = pmd_entry_of(b.mm, BASE)
+    _free_pgtables(b.mm, 0, MAX_ADDR)
+    assert only(b, "pt_lost_ptes@free_pgtables") == (pmd_t, 1, 0)
+
+
+def test_table_freed_with_a_pte(make):
+    b = make(bugs=("zap_skip_last_pte",)).map(pages=4)
+    t = b.table()
+    assert do_munmap(b.mm, BASE, 4 * PAGE) == 0
+    assert only(b, "pt_lost_ptes@free_pgtables") == (t, 1, 0)
+
+
+def test_table_freed_while_cached(make):
+    """munmap frees the emptied table before its flush: this CPU's paging-structure
+    cache still holds it."""
+    b = make(bugs=("free_table_no_sync",)).map()
+    t = b.table()
+    assert do_munmap(b.mm, BASE, 8 * PAGE) == 0
+    assert only(b, "pt_uaf@free_pgtables") == (t, PTE, b.mm.cpu)
+
+
+def _hw_walk(b, va):
+    return b.cpu.load(va) == VIOLATION
+
+
+def _spf_walk(b, va):
+    return do_speculative_page_fault(b.mm, va, 1) == "uaf"
+
+
+def _gup(b, va):
+    return gup_fast(b.mm, va, 1) == []
+
+
+WALKERS = {"pt_uaf@hw_walk": _hw_walk, "pt_uaf@spf_walk": _spf_walk, "pt_uaf@gup": _gup}
+
+
+@pytest.mark.parametrize("sig", sorted(WALKERS))
+def test_walker_in_a_freed_table(box, sig):
+    """The table is freed while its pmd still links it (no unlink, no sync)."""
+    assert do_madvise_dontneed(box.mm, BASE, 8 * PAGE) == 0      # empty; TLBs flushed
+    t = box.table()
+    free_table_now(box.mm, t)
+    assert WALKERS[sig](box, BASE)
+    assert only(box, sig)[:2] == (t, PTE)
+
+
+@pytest.mark.parametrize("sig", sorted(WALKERS))
+def test_walker_past_the_tables(box, sig):
+    """An upper entry names a table index past the table array."""
+    bad = box.g.ntables + 3
+    box.mm.pt[ROOT, index(BASE, PGD)] = mk_entry(bad, 0, P | RW)
+    flush_tlb_all(box.mm)
+    assert WALKERS[sig](box, BASE)
+    assert only(box, sig)[:2] == (bad, PUD)
+
+
+# -- VMAs ---------------------------------------------------------------------------------
+def test_retired_vma_read_under_mmap_lock(box):
+    """A VMA retired (detached, its free waiting for a grace period that has since
+    ended) is still in the tree: a reader under mmap_lock reports the use-after-free.
+    Its pipe age is never taken (the grace period claims only lockless readers), which
+    is why pipe_age@find_vma, though a site the scan resolves, cannot fire."""
+    mm = box.mm
+    vid = box.vid()
+    mm.vma[vid]["state"] = VMA_PENDING
+    mm.pipe.retire(VMAS, vid, CLOCK_RCU)
+    grace_period(mm)
+    assert do_user_addr_fault(mm, BASE + 5 * PAGE, 1) == VM_FAULT_SIGSEGV
+    assert only(box, "vma_uaf@find_vma")[:2] == (vid, VMA_PENDING)
+
+
+def _spf_fault(mm, va):
+    return do_speculative_page_fault(mm, va, 1) == "uaf"
+
+
+def _pervma_fault(mm, va):
+    return do_pervma_fault(mm, va, 1) is None
+
+
+@pytest.mark.parametrize("sig,what", [("vma_uaf@spf", "record"), ("vma_uaf@spf", "tree"),
+                                      ("vma_uaf@pervma", "record"),
+                                      ("vma_uaf@pervma", "tree")],
+                         ids=["vma_uaf@spf-record", "vma_uaf@spf-tree",
+                              "vma_uaf@pervma-record", "vma_uaf@pervma-tree"])
+def test_freed_vma(box, sig, what):
+    """A lockless fault finds the VMA record, or the tree it looks it up in, freed while
+    still published."""
+    mm = box.mm
+    if what == "record":
+        obj = box.vid()
+        mm.vma[obj]["state"] = VMA_FREE
+    else:
+        obj = current_tree(mm)
+        mm.vma_tree[obj][0] = TREE_FREE
+    fault = _spf_fault if sig.endswith("spf") else _pervma_fault
+    assert fault(mm, BASE + 5 * PAGE)
+    assert only(box, sig)[:2] == (obj, VMA_FREE if what == "record" else TREE_FREE)
+
+
+@pytest.mark.parametrize("sig", ["vma_read_held@munmap", "vma_read_held@split_vma"])
+def test_vma_read_held(make, monkeypatch, sig):
+    """CPU 1 has published a read hold on the VMA (as a fault that slipped past
+    vma_start_read's re-check does) when munmap or mprotect write-locks it.  For munmap,
+    the reader leaves before the split, which would report it again."""
+    b = make(ncpus=2).map()
+    vid = b.vid()
+    b.mm.waiting_all[OTHER, 5] = vid + 1
+    if sig.endswith("munmap"):
+        split = syscalls._split
+
+        def reader_leaves_then_split(*a, **k):
+            b.mm.waiting_all[OTHER, 5] = 0
+            return split(*a, **k)
+
+        monkeypatch.setattr(syscalls, "_split", reader_leaves_then_split)
+        assert do_munmap(b.mm, BASE, 8 * PAGE) == 0
+    else:
+        assert do_mprotect(b.mm, BASE, PAGE, PROT_READ) == 0
+    assert only(b, sig)[:2] == (vid, OTHER)
+
+
+def test_vma_split_without_its_write_lock(make):
+    b = make(bugs=("mprotect_no_vma_lock",)).map()
+    vid = b.vid()
+    assert do_mprotect(b.mm, BASE, PAGE, PROT_READ) == 0
+    assert only(b, "vma_not_write_locked@split_vma")[0] == vid
+
+
+def test_spf_decides_on_a_torn_vma(make):
+    """An mprotect splits the VMA while the speculative fault copies it (at the copy's
+    delay point), and the fault skips the mmap_seq check that would catch it."""
+    b = make(bugs=("spf_skip_vma_check",)).map()
+    vid = b.vid()
+    mm = b.mm
+
+    def delay(point):
+        if point == "vma_copy":
+            mm.delay = lambda point: None
+            assert do_mprotect(mm, BASE + 2 * PAGE, 6 * PAGE, PROT_READ) == 0
+
+    mm.delay = delay
+    assert do_speculative_page_fault(mm, BASE + 3 * PAGE, 0) == VM_FAULT_SIGSEGV
+    assert only(b, "torn_vma@spf") == (vid, BASE, BASE + 2 * PAGE)
+
+
+# -- pipe ages ----------------------------------------------------------------------------
+def _retire_table(b):
+    """The table is retired (its free waits for a shootdown) while still linked, and a
+    shootdown that began after that has completed."""
+    t = b.table()
+    mark_pending(b.mm, t)
+    b.mm.pipe.retire(TABLES, t, CLOCK_IPI)
+    flush_tlb_all(b.mm)
+    return TABLES, t
+
+
+def _retire_vma(b):
+    """The VMA is retired (its free waits for a grace period) while still in the tree,
+    and a grace period that began after that has ended."""
+    vid = b.vid()
+    b.mm.vma[vid]["state"] = VMA_PENDING
+    b.mm.pipe.retire(VMAS, vid, CLOCK_RCU)
+    grace_period(b.mm)
+    return VMAS, vid
+
+
+def _retire_frame(b):
+    """The frame is retired (its free waits for a shootdown) while still mapped, and a
+    shootdown that began after that has completed."""
+    f = b.frame()
+    b.mm.pipe.retire(FRAMES, f, CLOCK_IPI)
+    flush_tlb_all(b.mm)
+    return FRAMES, f
+
+
+PIPE_CASES = {   # sig -> (retire, the lockless reader)
+    "pipe_age@hw_walk": (_retire_table, lambda b: b.cpu.load(BASE) == "ok"),
+    "pipe_age@gup": (_retire_frame, lambda b: len(gup_fast(b.mm, BASE, 1)) == 1),
+    "pipe_age@spf": (_retire_vma,
+                     lambda b: do_speculative_page_fault(b.mm, BASE + 5 * PAGE, 1)
+                     == VM_FAULT_OK),
+    "pipe_age@pervma": (_retire_vma,
+                        lambda b: do_pervma_fault(b.mm, BASE + 5 * PAGE, 1) == VM_FAULT_OK),
+}
+
+
+@pytest.mark.parametrize("sig", sorted(PIPE_CASES))
+def test_pipe_age(box, sig):
+    retire, read = PIPE_CASES[sig]
+    kind, idx = retire(box)
+    assert read(box)
+    assert only(box, sig) == (kind, idx, 1)
+
+
+def test_pipe_age_in_a_run(make):
+    """Three CPUs' operations, interleaved at the delay point that the catalogue perturbs
+    for spf_walk_unprotected: CPU 0's speculative fault walks without protection to the
+    PTE table; meanwhile CPU 1 unmaps the range (the table is retired, its free waits
+    for a grace period) and CPU 2 sees a grace period end that began after that.  CPU 0
+    then takes the ptl in the retired table.  (A stress run with the variant meets this
+    interleaving only sometimes: its first violation is pt_uaf when the free comes
+    first.)"""
+    b = make(ncpus=3, bugs=("spf_walk_unprotected",), table_free="rcu",
+             tlb_flush="no-ipi").map()
+    cpu1, cpu2 = (MM(b.arena, b.g, b.cfg, Bugs(b.cfg.bugs), c) for c in (1, 2))
+    t = b.table()
+
+    def meanwhile(point):
+        if point == "spf_before_ptl":
+            b.mm.delay = no_delay
+            assert do_munmap(cpu1, BASE, 8 * PAGE) == 0
+            assert do_mmap(cpu2, BASE + BLOCK, PAGE, PROT_RW, MAP_FIXED) == BASE + BLOCK
+            cpu2.rcu.rcu_barrier()           # the old VMA tree's grace period
+
+    b.mm.delay = meanwhile
+    assert do_speculative_page_fault(b.mm, BASE + 5 * PAGE, 1) == "seq_changed"
+    kind, idx, age = only(b, "pipe_age@spf_walk")
+    assert (kind, idx) == (TABLES, t) and age >= 1
+
+
+# -- teardown and permission changes -----------------------------------------------------
+def test_frame_freed_before_the_flush(make):
+    b = make(bugs=("free_frame_before_flush",)).map()
+    f = b.frame()
+    assert do_munmap(b.mm, BASE, PAGE) == 0
+    assert only(b, "frame_uaf@zap")[2] == f
+
+
+def test_writable_tlb_entry_after_mprotect(make):
+    b = make(bugs=("mprotect_no_flush",)).map()
+    assert do_mprotect(b.mm, BASE, 8 * PAGE, PROT_READ) == 0
+    assert only(b, "stale_tlb@mprotect")[1:] == (1, b.mm.cpu)
+
+
+# -- whole runs -------------------------------------------------------------------------
+def test_hang_in_a_run(tmp_path):
+    """A leaked mmap_lock stops every other CPU: the watchdog ends the run."""
+    rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=("mmap_unlock_leak",),
+                            stall_timeout=0.5, check_every=0,
+                            artifacts=str(tmp_path)).resolved())
+    assert rep["exit_code"] == 3 and rep["violations"], rep["errors"]
+    assert {v["signature"] for v in rep["violations"]} == {"hang@watchdog"}, rep["violations"]
