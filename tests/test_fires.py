@@ -120,12 +120,12 @@ FIRES = {
     "pt_uaf@spf_walk": ("test_walker_in_a_freed_table[pt_uaf@spf_walk]",
                         "test_walker_past_the_tables[pt_uaf@spf_walk]"),
     # mm/pipe.py
-    "pipe_age@fault": ("test_pipe.py::test_table_whose_ptl_the_fault_takes[classic]",),
+    "pipe_age@fault": ("test_pipe.py::test_table_whose_ptl_is_taken_under_rcu[classic]",),
     "pipe_age@gup": ("test_pipe_age[pipe_age@gup]",),
     "pipe_age@hw_walk": ("test_pipe_age[pipe_age@hw_walk]",),
     "pipe_age@pervma": ("test_pipe_age[pipe_age@pervma]",),
     "pipe_age@pte_offset_map_lock":
-        ("test_pipe.py::test_table_whose_ptl_pte_offset_map_lock_takes",),
+        ("test_pipe.py::test_table_whose_ptl_is_taken_under_rcu[dontneed]",),
     "pipe_age@spf": ("test_pipe_age[pipe_age@spf]",),
     "pipe_age@spf_walk": ("test_pipe_age_in_a_run",),
     "pipe_age@tlb_fill": ("test_pipe.py::test_frame_read_by_the_tlb_fill[ipi]",),

@@ -26,7 +26,7 @@ from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, 
 from ..smp import Smp, smp_regions
 from . import artifacts
 from .watchdog import (HB_DONE, HB_OP, HB_SEQ, OPS, RCU_CALLBACKS, StallMonitor, dump_cpu,
-                       format_dump, holds_anything, stall_cause)
+                       format_dump, holds_anything, process_state, stall_cause)
 from .workers import WorkerError, Workers, describe_exit
 
 OP_INDEX = {op: i for i, op in enumerate(OPS)}
@@ -426,11 +426,7 @@ class Stress:
 
 
 def _stopped(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in "TtZX"
-    except OSError:
-        return True
+    return process_state(pid) in ("stopped", "zombie", "dead")
 
 
 def run_stress(cfg, progress=lambda *a: None):
