@@ -143,8 +143,11 @@ CATALOGUE = [
          "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
-        ("stale_tlb@mprotect", "pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
-        "the speculative fault does not re-check mmap_seq once it holds the ptl",
+        ("stale_tlb@mprotect", "pt_lost_ptes@free_pgtables", "stale_pte@sweep",
+         "pte_prot@sweep"),
+        "the speculative fault does not re-check mmap_seq once it holds the ptl (after "
+        "munmap: a PTE outside every VMA or in a freed table; after mprotect: a PTE with "
+        "the old permissions)",
         {"fault_mode": "spf,classic", "delay": 0.15, "delay_max_us": 3000.0,
          "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_vma_check", "SPF step 2: mmap_seq check after the VMA copy",

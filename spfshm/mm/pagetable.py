@@ -197,11 +197,9 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     ``use_pwc``: the hardware walker starts from its paging-structure cache when it
     holds va's PTE table, and fills it after a full walk (IRQs are off: no flush can
     interleave).  A PTE it finds not present through the cache drops the cache entry
-    when that table was unlinked (the page fault that follows does, x86 Intel SDM
-    4.10.4.1), so the retried walk reads the tables again instead of a table that
-    reclaim or collapse removed and whose flush is still to come.  (x86 drops it in every
-    fault; a cached table that is still LIVE is still linked, so keeping it changes
-    nothing but the cost.)"""
+    (the page fault that follows does, x86 Intel SDM 4.10.4.1), so the retried walk
+    reads the tables again instead of a table that reclaim or collapse removed and whose
+    flush is still to come, or one that a broken protocol unlinked and leaked."""
     pt = mm.pt
     block = va >> LEVEL_SHIFT[PMD]
     if use_pwc:
@@ -212,7 +210,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             e = int(pt[t, index(va, PTE)])
             if not check_table(mm, t, tag, PTE, site, va):
                 return None
-            if not e & P and mm.pt_state[t] != TABLE_LIVE:
+            if not e & P:
                 slot[0] = 0
             return t, e, tag
     t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
