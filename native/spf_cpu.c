@@ -91,6 +91,8 @@ void spf_ipi_handle(void)
 	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
 	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
+	if (work & SPF_IPI_FLUSH_TLB)
+		spf_perturb_handler(SPF_PC_TLB);     /* generic perturbation: the flush waits */
 	ipi_do_work(work);                                                 /* (c) */
 	if (spf_me.delay_per_million) {
 		uint64_t x = spf_me.delay_rng;          /* xorshift64: async-signal-safe */
@@ -101,6 +103,7 @@ void spf_ipi_handle(void)
 			spf_sleep_ns((x >> 20) % (spf_me.delay_max_ns + 1));
 		}
 	}
+	spf_perturb_handler(SPF_PC_IPI);             /* ... and so does the ack */
 	__atomic_fetch_add(&me->ipis_handled, 1, __ATOMIC_RELAXED);
 	spf_trace(SPF_EV_IPI_HANDLE, r, work, 0);
 	__atomic_store_n(&me->ack_ns, spf_now_ns_inline(), __ATOMIC_RELAXED);
@@ -164,6 +167,7 @@ void spf_cpu_unregister(void)
 {
 	if (spf_me.cpu < 0)
 		return;
+	spf_perturb_disarm();                     /* its hits row may be unmapped next */
 	ipi_mask(SIG_BLOCK);
 	ipi_do_work(SPF_IPI_FLUSH_TLB);          /* an offline CPU holds no translations */
 	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
@@ -187,6 +191,7 @@ void spf_cpu_mark_dead(int cpu)
 	spf_futex_wake(&c->ack_seq, 0);
 }
 
+/* Perturbation (spf_perturb.h): with IRQs off, at both ends (IPIs wait meanwhile). */
 void spf_irq_disable(void)
 {
 	if (spf_me.irq_nest++ == 0) {
@@ -195,12 +200,14 @@ void spf_irq_disable(void)
 	}
 	if (spf_me.cpu >= 0)
 		spf_me.slots[spf_me.cpu].irq_depth = spf_me.irq_nest;
+	spf_perturb(SPF_PC_IRQ);
 }
 
 void spf_irq_enable(void)
 {
 	if (spf_me.irq_nest <= 0)
 		return;                          /* unbalanced: ignored (Python side asserts) */
+	spf_perturb(SPF_PC_IRQ);
 	if (--spf_me.irq_nest == 0) {
 		spf_reader_exit();
 		if (spf_me.cpu >= 0) {
@@ -324,6 +331,7 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 		if (__atomic_load_n(&spf_me.slots[c].alive, __ATOMIC_SEQ_CST) != SPF_CPU_ONLINE) {
 			continue;                /* an offline or dead CPU holds no translations */
 		}
+		spf_perturb(SPF_PC_IPI);         /* perturbation: before each send */
 		int err = ipi_send(c, work, &tickets[c]);
 		sent[c] = 1;
 		if (err && fail < 0) {
@@ -331,8 +339,11 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 			spf_me.ipi_err = err;
 		}
 	}
-	if (self >= 0 && self < nbits && (mask[self / 64] >> (self % 64) & 1))
+	if (self >= 0 && self < nbits && (mask[self / 64] >> (self % 64) & 1)) {
+		if (work & SPF_IPI_FLUSH_TLB)
+			spf_perturb(SPF_PC_TLB);
 		ipi_do_work(work);
+	}
 	uint64_t deadline = timeout_ns >= 0 ? t0 + (uint64_t)timeout_ns : 0;
 	for (int c = 0; wait && fail < 0 && c < nbits; c++) {
 		if (!(mask[c / 64] >> (c % 64) & 1) || !sent[c])
@@ -355,6 +366,7 @@ int spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout
 
 void spf_tlb_remote_wait(const uint64_t *mask, int nbits)
 {
+	spf_perturb(SPF_PC_TLB);             /* perturbation: between (1) and (2) */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);                            /* (2) */
 	if (nbits > spf_me.ncpus)
 		nbits = spf_me.ncpus;

@@ -28,6 +28,26 @@ static inline uint64_t spf_now_ns_inline(void)
 
 int spf_futex_wait_ns(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 
+/* Generic perturbation (spf_perturb.h): every primitive calls spf_perturb(class), the IPI
+ * handler spf_perturb_handler(class).  Disarmed: one predictable branch on a process-local
+ * flag. */
+#include "spf_perturb.h"
+extern int spf_perturb_armed __attribute__((visibility("hidden")));
+void spf_perturb_at(int cls) __attribute__((cold, visibility("hidden")));
+void spf_perturb_at_handler(int cls) __attribute__((cold, visibility("hidden")));
+
+static inline void spf_perturb(int cls)
+{
+	if (__builtin_expect(spf_perturb_armed, 0))
+		spf_perturb_at(cls);
+}
+
+static inline void spf_perturb_handler(int cls)
+{
+	if (__builtin_expect(spf_perturb_armed, 0))
+		spf_perturb_at_handler(cls);
+}
+
 /* Process-local state of "this CPU" (each worker process is one CPU). */
 struct spf_percpu;
 struct spf_ring_hdr;

@@ -9,6 +9,7 @@ int spf_tlb_access(struct spf_tlb_entry *tlb, uint64_t nentries, const uint64_t 
 	uint64_t vpn = va >> 12;
 	struct spf_tlb_entry *e = &tlb[vpn & (nentries - 1)];
 	int r;
+	spf_perturb(SPF_PC_TLB);             /* perturbation: between instructions */
 	spf_insn_begin();
 	if (__atomic_load_n(&e->tag, __ATOMIC_RELAXED) != ((vpn << 1) | 1)) {
 		r = SPF_TLB_MISS;
@@ -40,6 +41,7 @@ void spf_tlb_fill(struct spf_tlb_entry *tlb, uint64_t nentries, uint64_t va, uin
 	uint64_t vpn = va >> 12;
 	struct spf_tlb_entry *e = &tlb[vpn & (nentries - 1)];
 	spf_insn_begin();
+	spf_perturb(SPF_PC_TLB);             /* perturbation: the walked entry ages before the fill */
 	/* The tag is cleared first and set last, so a remote reader (the checkers) that reads
 	 * the tag before and after the other words never accepts a torn entry. */
 	__atomic_store_n(&e->tag, 0, __ATOMIC_RELAXED);

@@ -21,18 +21,21 @@ void spf_reader_exit(void)
 		__atomic_store_n(&spf_me.slots[spf_me.cpu].rcu_snap, 0, __ATOMIC_RELEASE); /* (d) */
 }
 
+/* Perturbation (spf_perturb.h): inside the read-side section, at both ends. */
 void spf_rcu_read_lock(void)
 {
 	spf_me.rcu_nest++;
 	spf_reader_enter();
 	if (spf_me.cpu >= 0)
 		spf_me.slots[spf_me.cpu].rcu_depth = spf_me.rcu_nest;
+	spf_perturb(SPF_PC_RCU);
 }
 
 void spf_rcu_read_unlock(void)
 {
 	if (spf_me.rcu_nest <= 0)
 		return;                      /* unbalanced: ignored (Python side asserts) */
+	spf_perturb(SPF_PC_RCU);
 	spf_me.rcu_nest--;
 	spf_reader_exit();
 	if (spf_me.cpu >= 0)
@@ -43,7 +46,9 @@ int spf_rcu_read_depth(void) { return spf_me.reader_nest; }
 
 uint64_t spf_rcu_start_gp(void)
 {
-	return __atomic_add_fetch(spf_me.gp_seq, 1, __ATOMIC_SEQ_CST);        /* (2) */
+	uint64_t cookie = __atomic_add_fetch(spf_me.gp_seq, 1, __ATOMIC_SEQ_CST);  /* (2) */
+	spf_perturb(SPF_PC_RCU);                                   /* between (2) and (3) */
+	return cookie;
 }
 
 int spf_rcu_gp_blocker(uint64_t cookie)

@@ -49,7 +49,7 @@ static void rwsem_wait(struct spf_rwsem *s, int (*ok)(uint32_t))
 	__atomic_fetch_sub(&s->sleepers, 1, __ATOMIC_SEQ_CST);
 }
 
-int spf_down_read_trylock(struct spf_rwsem *s)
+static int read_claim(struct spf_rwsem *s)
 {
 	uint32_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
 	while (read_ok(st)) {
@@ -60,18 +60,30 @@ int spf_down_read_trylock(struct spf_rwsem *s)
 	return 0;
 }
 
+/* Perturbation (spf_perturb.h): after an acquire attempt, before a release or downgrade. */
+int spf_down_read_trylock(struct spf_rwsem *s)
+{
+	int taken = read_claim(s);
+	spf_perturb(SPF_PC_LOCK);
+	return taken;
+}
+
 uint64_t spf_down_read(struct spf_rwsem *s)
 {
-	if (spf_down_read_trylock(s))
-		return 0;
-	uint64_t t0 = spf_now_ns_inline();
-	while (!spf_down_read_trylock(s))
-		rwsem_wait(s, read_ok);
-	return spf_now_ns_inline() - t0;
+	uint64_t waited = 0;
+	if (!read_claim(s)) {
+		uint64_t t0 = spf_now_ns_inline();
+		while (!read_claim(s))
+			rwsem_wait(s, read_ok);
+		waited = spf_now_ns_inline() - t0;
+	}
+	spf_perturb(SPF_PC_LOCK);
+	return waited;
 }
 
 void spf_up_read(struct spf_rwsem *s)
 {
+	spf_perturb(SPF_PC_LOCK);
 	__atomic_fetch_sub(&s->state, 1, __ATOMIC_SEQ_CST);     /* RELEASE, and step (1) */
 	rwsem_wake(s);
 }
@@ -89,22 +101,31 @@ static int write_claim(struct spf_rwsem *s, uint32_t extra_clear, int cpu)
 	return 0;
 }
 
-int spf_down_write_trylock(struct spf_rwsem *s, int cpu) { return write_claim(s, 0, cpu); }
+int spf_down_write_trylock(struct spf_rwsem *s, int cpu)
+{
+	int taken = write_claim(s, 0, cpu);
+	spf_perturb(SPF_PC_LOCK);
+	return taken;
+}
 
 uint64_t spf_down_write(struct spf_rwsem *s, int cpu)
 {
-	if (write_claim(s, 0, cpu))
-		return 0;
-	uint64_t t0 = spf_now_ns_inline();
-	/* Announce the waiting writer: from here new readers queue behind us. */
-	__atomic_fetch_add(&s->state, RW_WW_ONE, __ATOMIC_SEQ_CST);
-	while (!write_claim(s, RW_WW_ONE, cpu))
-		rwsem_wait(s, write_ok);
-	return spf_now_ns_inline() - t0;
+	uint64_t waited = 0;
+	if (!write_claim(s, 0, cpu)) {
+		uint64_t t0 = spf_now_ns_inline();
+		/* Announce the waiting writer: from here new readers queue behind us. */
+		__atomic_fetch_add(&s->state, RW_WW_ONE, __ATOMIC_SEQ_CST);
+		while (!write_claim(s, RW_WW_ONE, cpu))
+			rwsem_wait(s, write_ok);
+		waited = spf_now_ns_inline() - t0;
+	}
+	spf_perturb(SPF_PC_LOCK);
+	return waited;
 }
 
 void spf_up_write(struct spf_rwsem *s)
 {
+	spf_perturb(SPF_PC_LOCK);
 	__atomic_store_n(&s->owner, -1, __ATOMIC_RELAXED);
 	__atomic_fetch_and(&s->state, ~RW_WRITER, __ATOMIC_SEQ_CST);
 	rwsem_wake(s);
@@ -112,6 +133,7 @@ void spf_up_write(struct spf_rwsem *s)
 
 void spf_downgrade_write(struct spf_rwsem *s)
 {
+	spf_perturb(SPF_PC_LOCK);
 	__atomic_store_n(&s->owner, -1, __ATOMIC_RELAXED);
 	/* One RMW: writer bit off and one reader on, so no other writer gets in between. */
 	__atomic_fetch_add(&s->state, 1u - RW_WRITER, __ATOMIC_SEQ_CST);
@@ -147,5 +169,6 @@ uint64_t spf_down_write_busted(struct spf_rwsem *s, int cpu)
 		spf_cpu_relax();
 	}
 	__atomic_store_n(&s->owner, cpu, __ATOMIC_RELAXED);
+	spf_perturb(SPF_PC_LOCK);
 	return 0;
 }

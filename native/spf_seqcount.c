@@ -7,8 +7,10 @@ uint64_t spf_seq_read_begin(const uint64_t *seq)
 {
 	for (unsigned n = 0;; n++) {
 		uint64_t s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);   /* (a), pairs with (4) */
-		if (!(s & 1))
+		if (!(s & 1)) {
+			spf_perturb(SPF_PC_SEQ);    /* perturbation: between (a) and (b) */
 			return s;
+		}
 		if (n < SPF_SPIN_TRIES)
 			spf_cpu_relax();
 		else
@@ -18,11 +20,14 @@ uint64_t spf_seq_read_begin(const uint64_t *seq)
 
 uint64_t spf_seq_try_begin(const uint64_t *seq)
 {
-	return __atomic_load_n(seq, __ATOMIC_ACQUIRE);            /* (a), pairs with (4) */
+	uint64_t s = __atomic_load_n(seq, __ATOMIC_ACQUIRE);      /* (a), pairs with (4) */
+	spf_perturb(SPF_PC_SEQ);
+	return s;
 }
 
 int spf_seq_read_retry(const uint64_t *seq, uint64_t start)
 {
+	spf_perturb(SPF_PC_SEQ);                                  /* between (b) and (c) */
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);                  /* (c), pairs with (2) */
 	return __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
 }
@@ -31,10 +36,12 @@ void spf_seq_write_begin(uint64_t *seq)
 {
 	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_RELEASE);                  /* (2), pairs with (c) */
+	spf_perturb(SPF_PC_SEQ);                                  /* between (2) and (3) */
 }
 
 void spf_seq_write_end(uint64_t *seq)
 {
+	spf_perturb(SPF_PC_SEQ);                                  /* between (3) and (4) */
 	__atomic_thread_fence(__ATOMIC_RELEASE);                  /* (4), pairs with (a) */
 	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 }
@@ -42,10 +49,12 @@ void spf_seq_write_end(uint64_t *seq)
 void spf_seq_write_begin_busted(uint64_t *seq)
 {
 	(void)seq;  /* BUSTED: the count stays even while the writer works. */
+	spf_perturb(SPF_PC_SEQ);
 }
 
 void spf_seq_write_end_busted(uint64_t *seq)
 {
+	spf_perturb(SPF_PC_SEQ);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 2, __ATOMIC_RELAXED);
 }

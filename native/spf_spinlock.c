@@ -24,8 +24,10 @@ int spf_spin_lock_timeout(spf_spinlock_t *l, int cpu, int64_t timeout_ns)
 	for (;;) {
 		uint32_t free_ = 0;
 		if (__atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
-						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+			spf_perturb(SPF_PC_LOCK);        /* inside the section */
 			return 0;
+		}
 		if (spin_wait_free(l, deadline))
 			return 1;
 	}
@@ -36,11 +38,17 @@ void spf_spin_lock(spf_spinlock_t *l, int cpu) { spf_spin_lock_timeout(l, cpu, -
 int spf_spin_trylock(spf_spinlock_t *l, int cpu)
 {
 	uint32_t free_ = 0;
-	return __atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
-					   __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+	int taken = __atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
+						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+	spf_perturb(SPF_PC_LOCK);
+	return taken;
 }
 
-void spf_spin_unlock(spf_spinlock_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+void spf_spin_unlock(spf_spinlock_t *l)
+{
+	spf_perturb(SPF_PC_LOCK);                        /* still inside the section */
+	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
 int spf_spin_is_locked(const spf_spinlock_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
 int spf_spin_owner(const spf_spinlock_t *l) { return (int)__atomic_load_n(l, __ATOMIC_RELAXED) - 1; }
 
@@ -53,4 +61,5 @@ void spf_spin_lock_busted(spf_spinlock_t *l, int cpu)
 		spf_cpu_relax();
 	*(volatile uint32_t *)l = (uint32_t)cpu + 1;
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	spf_perturb(SPF_PC_LOCK);
 }

@@ -15,15 +15,23 @@ import glob
 import os
 from collections import namedtuple
 
-Bug = namedtuple("Bug", "name step origin expect description config control",
-                 defaults=({},))
+Bug = namedtuple("Bug", "name step origin expect description config control window",
+                 defaults=({}, {}))
 # expect: the signatures (kind@site) one of which the FIRST violation of a run with the
 #   variant must have: what the bug causes first, not whatever a broken run reports later.
-# config: settings the variant needs to be reachable (merged into the run's defaults).
+# config: settings the variant needs to be reachable (merged into the run's defaults):
+#   features (NEEDS) and the checkers' clocks only, never where or how much to delay;
+#   exploration must find the window by itself.
 # control: for a configuration-only entry (step "pairing: ..."), the settings that make
 #   its control run the kernel's pairing; code entries get theirs by switching the bug off.
+# window: the named delay point that widens the variant's window, and how hard: where
+#   the bug is, known to whoever planted it.  Only the checkers' own tests use it
+#   (``with_window``: they show that the oracle fires); a measure of exploration
+#   (bench detect, mutate, the default run) never does.
 
 PAIRING = "pairing:"
+NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
+                   "collapse", "workload", "check_every", "stall_timeout", "ipi_timeout"))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -60,7 +68,9 @@ CATALOGUE = [
         "installing a PTE without the page table lock (two faulters both see pte_none)",
         ("frame_leak@sweep", "lost_update@load"),
         "the classical fault checks pte_none and installs the frame without taking the ptl",
-        {"delay": 0.3, "delay_max_us": 300.0, "delay_points": ("install_pte",)}),
+        {},
+        window={"delay": 0.3, "delay_max_us": 300.0,
+                "delay_points": ("install_pte",)}),
     Bug("pte_alloc_no_recheck", "__pte_alloc -> pmd_populate",
         "'someone populated it meanwhile' re-check missing in a table allocation",
         ("pt_leak@sweep",),
@@ -72,8 +82,9 @@ CATALOGUE = [
         ("pt_lost_ptes@free_pgtables",),
         "MADV_DONTNEED takes the reclaim fast path although zap dropped the ptl to free a "
         "batch, so a fault may have refilled the table",
-        {"reclaim": "ptreclaim", "table_free": "rcu", "workload": "faults", "delay": 0.5,
-         "delay_max_us": 2000.0, "delay_points": ("zap_ptl_dropped",)}),
+        {"reclaim": "ptreclaim", "table_free": "rcu", "workload": "faults"},
+        window={"delay": 0.5, "delay_max_us": 2000.0,
+                "delay_points": ("zap_ptl_dropped",)}),
     Bug("reclaim_no_recheck", "seed reclaim step 2: re-check the table is empty",
         "bug class 4: a table removed on a stale scan (Hildenbrand's plan without the "
         "re-check under the write lock)",
@@ -86,18 +97,20 @@ CATALOGUE = [
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
-        {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi", "delay": 0.15,
-         "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)},
-        {"table_free": "rcu"}),
+        {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi"},
+        {"table_free": "rcu"},
+        window={"delay": 0.15, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
         "interrupt the target, IRQs off protects nothing (cf. a37259732a7d)",
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
         "after the flush, speculative walkers with IRQs off",
-        {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi",
-         "delay": 0.05, "delay_max_us": 3000.0, "delay_points": ("spf_before_ptl",)},
-        {"tlb_flush": "ipi"}),
+        {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi"},
+        {"tlb_flush": "ipi"},
+        window={"delay": 0.05, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("mmap_unlock_leak", "mmap_write_unlock on an error path",
         "a lock leaked on an error path (the hang every runner must survive: the "
         "watchdog names the holder and ends the run)",
@@ -112,15 +125,17 @@ CATALOGUE = [
         "khugepaged frees the PTE table it replaced right after the TLB flush, without "
         "tlb_remove_table's IPI sync or grace period",
         {"collapse": "write-lock", "tlb_flush": "no-ipi", "table_free": "rcu",
-         "fault_mode": "spf", "workload": "faults", "delay": 0.1, "delay_max_us": 3000.0,
-         "delay_points": ("spf_before_ptl",)}),
+         "fault_mode": "spf", "workload": "faults"},
+        window={"delay": 0.1, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
         "bug class 6: sequence counts read without acquire ordering (b1f02b95758d); "
         "emulated: the VMA is read before the checks, as a weakly ordered CPU may",
         ("vma_unlocked_change@fault",),
         "the per-VMA fault's reads of the VMA are not ordered after its lock checks",
-        {"fault_mode": "pervma", "delay": 0.2, "delay_max_us": 1000.0,
-         "delay_points": ("vma_start_read",)}),
+        {"fault_mode": "pervma"},
+        window={"delay": 0.2, "delay_max_us": 1000.0,
+                "delay_points": ("vma_start_read",)}),
     Bug("vma_seq_wrap", "vma_start_write: vm_lock_seq == mm_lock_seq",
         "bug class 7: a sequence count that wrapped is taken for 'no writer' / 'already "
         "locked' (7135a05838e8 class); emulated with a 3-bit comparison",
@@ -132,15 +147,17 @@ CATALOGUE = [
         "(StackRot, CVE-2023-3269)",
         ("vma_uaf@pervma", "vma_uaf@spf"),
         "the replaced VMA tree is freed at once instead of after a grace period",
-        {"fault_mode": "spf,pervma", "delay": 0.05, "delay_max_us": 500.0,
-         "delay_points": ("vma_copy", "pervma_lookup")}),
+        {"fault_mode": "spf,pervma"},
+        window={"delay": 0.05, "delay_max_us": 500.0,
+                "delay_points": ("vma_copy", "pervma_lookup")}),
     Bug("gup_fast_no_recheck", "gup_fast step (4): re-check the PTE after the reference",
         "mm/gup.c's '(1) pin the page, then (2) check pte not changed' skipped: a frame "
         "freed and reused under a lockless pinner gets pinned",
-        ("pipe_age@gup", "frame_uaf@gup"),
+        ("gup_unmapped@gup", "pipe_age@gup", "frame_uaf@gup"),
         "gup_fast keeps the reference without checking that the PTE still maps the frame",
-        {"tlb_flush": "no-ipi", "table_free": "rcu", "delay": 1.0, "delay_max_us": 3000.0,
-         "delay_points": ("gup_pin",)}),
+        {},
+        window={"delay": 1.0, "delay_max_us": 3000.0,
+                "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
         ("stale_tlb@mprotect", "pt_lost_ptes@free_pgtables", "stale_pte@sweep",
@@ -148,22 +165,25 @@ CATALOGUE = [
         "the speculative fault does not re-check mmap_seq once it holds the ptl (after "
         "munmap: a PTE outside every VMA or in a freed table; after mprotect: a PTE with "
         "the old permissions)",
-        {"fault_mode": "spf,classic", "delay": 0.15, "delay_max_us": 3000.0,
-         "delay_points": ("spf_before_ptl",)}),
+        {"fault_mode": "spf,classic"},
+        window={"delay": 0.15, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_vma_check", "SPF step 2: mmap_seq check after the VMA copy",
         "the copy check of Lespinasse's series (a torn VMA copy decides the fault)",
         ("torn_vma@spf",),
         "the VMA copy is used without checking mmap_seq, so a SIGSEGV can be decided on "
         "a VMA that a concurrent split was rewriting",
-        {"fault_mode": "spf", "delay": 0.05, "delay_max_us": 500.0,
-         "delay_points": ("vma_copy", "split_vma")}),
+        {"fault_mode": "spf"},
+        window={"delay": 0.05, "delay_max_us": 500.0,
+                "delay_points": ("vma_copy", "split_vma")}),
     Bug("spf_walk_unprotected", "SPF step 3: speculative_page_walk_begin",
         "bug class 1: a lockless walk with neither IRQs off nor RCU "
         "(why the series walks with local_irq_disable, later rcu_read_lock)",
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "the speculative page-table walk takes no protection against table freeing",
-        {"fault_mode": "spf", "delay": 0.2, "delay_max_us": 3000.0,
-         "delay_points": ("spf_before_ptl",)}),
+        {"fault_mode": "spf"},
+        window={"delay": 0.2, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
         "without mmap_lock) and nobody noticed",
@@ -171,23 +191,26 @@ CATALOGUE = [
         "the speculative fault does not re-check the pmd once it holds the ptl, so it "
         "commits into a table that DONTNEED just reclaimed",
         {"fault_mode": "spf", "reclaim": "ptreclaim", "table_free": "rcu",
-         "workload": "faults", "delay": 0.05, "delay_max_us": 1000.0,
-         "delay_points": ("spf_before_ptl",)}),
+         "workload": "faults"},
+        window={"delay": 0.05, "delay_max_us": 1000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("spf_ptl_spin", "SPF step 6: spin_trylock(ptl)",
         "bug class 9: an IRQs-off walker spins on the ptl that zap_pte_range holds while "
         "it waits for that walker's TLB-flush ack",
         ("deadlock@ipi",),
         "the speculative fault spins on the ptl with IRQs off instead of trying once",
-        {"fault_mode": "spf", "ipi_timeout": 3.0, "delay": 0.6, "delay_max_us": 3000.0,
-         "delay_points": ("zap_under_ptl",)}),
+        {"fault_mode": "spf", "table_free": "ipi", "ipi_timeout": 3.0},
+        window={"delay": 0.6, "delay_max_us": 3000.0,
+                "delay_points": ("zap_under_ptl",)}),
     Bug("pervma_no_recheck", "vma_start_read step (c)",
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
         ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
          "pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
         "a fault read-locks a VMA that the current writer has already write-locked",
-        {"fault_mode": "pervma", "delay": 0.2, "delay_max_us": 1000.0,
-         "delay_points": ("vma_start_read",)}),
+        {"fault_mode": "pervma"},
+        window={"delay": 0.2, "delay_max_us": 1000.0,
+                "delay_points": ("vma_start_read",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
         "bug class 10: a writer path that does not take the per-VMA lock "
         "(cf. fb49c455323f, fork forgot to write-lock the parent's VMAs)",
@@ -247,6 +270,11 @@ def check_catalogue(catalogue, asked):
         if not pairing and b.name not in asked:
             raise CatalogueError("catalogue entry %r: nothing asks bugs.on(%r) and its step "
                                  "is not a %r configuration" % (b.name, b.name, PAIRING))
+        bad = sorted(set(b.config) - NEEDS)
+        if bad:
+            raise CatalogueError("catalogue entry %r needs %r: needs name features and "
+                                 "checker clocks only (%s), never where to delay"
+                                 % (b.name, bad[0], ", ".join(sorted(NEEDS))))
         if pairing != bool(b.control):
             raise CatalogueError("catalogue entry %r: a pairing needs a control (the "
                                  "kernel's pairing), a code entry none" % b.name)
@@ -276,6 +304,15 @@ class Bugs:
         return name in self.names
 
 
+def with_window(cfg):
+    """cfg (resolved, with busted variants) with their windows widened where they are
+    known to be (``window``): for the checkers' own tests, never for a measure."""
+    for name in cfg.bugs:
+        cfg = dataclasses.replace(cfg, **BY_NAME[name].window)
+    cfg.validate()
+    return cfg
+
+
 def control(cfg):
     """The control run of a run with busted variants (a resolved Config): the same
     settings and seed with the variants off (a pairing replaced by the kernel's), which
@@ -298,8 +335,11 @@ def format_table():
     lines = []
     for b in CATALOGUE:
         lines.append("%s\n    breaks:  %s\n    expect:  %s\n    origin:  %s\n    what:    %s"
-                     "\n    needs:   %s%s"
+                     "\n    needs:   %s%s%s"
                      % (b.name, b.step, " | ".join(b.expect), b.origin, b.description,
                         _flags(b.config) or "-",
-                        "\n    control: %s" % _flags(b.control) if b.control else ""))
+                        "\n    control: %s" % _flags(b.control) if b.control else "",
+                        "\n    window:  --delay %g:%g --delay-points %s (the checkers' tests "
+                        "only)" % (b.window["delay"], b.window["delay_max_us"],
+                                   ",".join(b.window["delay_points"])) if b.window else ""))
     return "\n".join(lines)

@@ -104,7 +104,7 @@ def add_config_args(p):
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
     p.add_argument("--fault-mode", default=d.fault_mode, metavar="MODES",
                    help="classic, spf, pervma, or a comma list (CPU i uses the i-th, "
-                        "cyclically) so the paths race each other")
+                        "cyclically) so the paths race each other (default %s)" % d.fault_mode)
     p.add_argument("--workload", default=d.workload, metavar="KIND",
                    help="mixed (default: the race finder's churn), faults (loads, stores "
                         "and DONTNEED only), faults+writer (and CPU 0 maps/unmaps in a loop), "
@@ -122,13 +122,15 @@ def add_config_args(p):
     p.add_argument("--reclaim", choices=RECLAIM, default=d.reclaim,
                    help="page-table reclaim: seed (scan under mmap_lock read, remove under "
                         "write; Hildenbrand's plan) or ptreclaim (at MADV_DONTNEED, "
-                        "CONFIG_PT_RECLAIM; needs --table-free rcu)")
+                        "CONFIG_PT_RECLAIM; needs --table-free rcu); auto (default): "
+                        "ptreclaim with --table-free rcu, else off")
     p.add_argument("--reclaimer", action="store_true",
                    help="run the seed scanner on its own CPU (the last one)")
     p.add_argument("--collapse", choices=COLLAPSE, default=d.collapse,
                    help="khugepaged collapse op in the mix: write-lock (classic, under "
                         "mmap_lock write) or retract (6.6: mmap_lock read, pmd re-checked "
-                        "under the ptl, table freed by RCU)")
+                        "under the ptl, table freed by RCU); auto (default): write-lock, "
+                        "off for the pf1 workloads")
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
@@ -145,6 +147,10 @@ def add_config_args(p):
                         "protocol points; 0 turns perturbation off" % d.delay_max_us)
     p.add_argument("--delay-points", type=lambda v: tuple(x for x in v.split(",") if x),
                    default=(), metavar="A,B", help="restrict --delay to these points")
+    p.add_argument("--perturb", default=d.perturb, metavar="PROFILE",
+                   help="generic perturbation, a seeded chance of a pause at every "
+                        "primitive: off, chaos, kcsan, sleepy, mixed, or auto (default: "
+                        "chosen by the seed); independent of --delay")
     p.add_argument("--stall-timeout", type=pos_float, default=d.stall_timeout, metavar="SEC",
                    help="a CPU without progress this long ends the run as a hang (exit 3)")
     p.add_argument("--kill-worker", type=_number(float, 0, False), default=d.kill_worker,
@@ -164,7 +170,7 @@ def config_from_args(a):
     delay, delay_max = a.delay if a.delay else (d.delay, None)
     return Config(cpus=a.cpus or 0, duration=a.duration or d.duration, ops=a.ops or 0,
                   delay=delay, delay_max_us=delay_max or d.delay_max_us,
-                  delay_points=a.delay_points,
+                  delay_points=a.delay_points, perturb=a.perturb,
                   seed=a.seed, fault_mode=a.fault_mode, table_free=a.table_free,
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   writer_rate=a.writer_rate,
@@ -212,8 +218,11 @@ def build_parser():
     det.add_argument("--cpus", type=pos_int, default=2)
     det.add_argument("--max-duration", type=pos_float, default=30.0, metavar="SEC",
                      help="give up on a seed after this long (default 30)")
-    det.add_argument("--perturbation", choices=("on", "off"), default="on",
-                     help="off: no delay points at all, to measure what they buy")
+    det.add_argument("--perturbation", choices=("generic", "named", "both", "off"),
+                     default="generic",
+                     help="what explores the windows: generic (the default run's "
+                          "perturbation at every primitive; default), named (every named "
+                          "delay point alike), both, off")
     det.add_argument("--no-control", action="store_true",
                      help="skip each seed's control run (the same run without the bug)")
     det.add_argument("--json", type=writable_path, metavar="PATH")
@@ -278,6 +287,29 @@ def build_parser():
     fz.add_argument("--merge", nargs="+", metavar="SHARD.json",
                     help="instead of running: merge shard results (from --json) into one")
 
+    mu = sub.add_parser("mutate", help="mutation testing: does a campaign catch a wrong "
+                                       "protocol? (mutants of the source, each a campaign)")
+    mu.add_argument("paths", nargs="*", metavar="PATHS",
+                    help="files or directories of spfshm/ (.py) or native/ (.c, .h) to "
+                         "mutate (default spfshm/mm/)")
+    mu.add_argument("--operators", default=None, metavar="A,B",
+                    help="recheck, sync, lock, unlock_early, trylock, section, swap, c_order "
+                         "(default: all)")
+    mu.add_argument("--list", action="store_true",
+                    help="print the mutants (id, file:line, operator, edit); run nothing")
+    mu.add_argument("--sample", type=pos_int, default=None, metavar="N",
+                    help="a seeded sample of N mutants")
+    mu.add_argument("--seed", type=nonneg_int, default=0, help="the sample's seed (default 0)")
+    mu.add_argument("--campaign", default="", metavar="SPEC",
+                    help="KEY=VALUE,... over the default seeds=0:20,ops=1500,cpus=2,"
+                         "perturb=on (keys: seeds, ops, cpus, perturb, delay, stall)")
+    mu.add_argument("--time-limit", type=pos_float, default=60.0, metavar="SEC",
+                    help="per mutant: its campaign stops here (outcome timeout; default 60)")
+    mu.add_argument("--jobs", default="auto", metavar="N",
+                    help="mutants run in parallel (pytest-xdist workers, default auto)")
+    mu.add_argument("--json", type=writable_path, metavar="PATH",
+                    help="every mutant's result, the totals and the survivors")
+
     rp = sub.add_parser("replay", help="re-run a failure artifact and measure its hit rate")
     rp.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
     rp.add_argument("--repeat", type=pos_int, default=5, metavar="K")
@@ -307,7 +339,7 @@ def cmd_stress(args):
     except ArenaError as e:
         raise UsageError("%s (lower --cpus or --window-pages)" % e)
     if not args.quiet:
-        print("spfshm stress: %s" % cfg.repro(), flush=True)
+        print("spfshm stress: %s\n  re-run: %s" % (cfg.describe(), cfg.repro()), flush=True)
         print("arena: %.1f MiB (%s)" % (size / 2**20, RunState.geometry_text(cfg)), flush=True)
     prog = Progress(args.quiet)
     rep = run_stress(cfg, prog)
@@ -365,6 +397,31 @@ def cmd_fuzz(args):
     if missing:
         print("fuzz: %d seed(s) left no result (crashed worker?)" % missing)
     return EXIT_OK if not merged["failures"] and not missing else EXIT_VIOLATIONS
+
+
+def cmd_mutate(args):
+    from .mutate import harness
+    from .mutate.operators import OPERATORS, short_name
+    try:
+        ops = harness.parse_operators(args.operators) if args.operators else list(OPERATORS)
+        campaign = harness.parse_campaign(args.campaign) if args.campaign \
+            else dict(harness.DEFAULT_CAMPAIGN)
+        paths = harness.resolve_paths(harness.root(), args.paths or [
+            os.path.join("spfshm", "mm")])
+    except harness.MutateError as e:
+        raise UsageError(str(e))
+    if not (args.jobs == "auto" or args.jobs.isdigit() and int(args.jobs) > 0):
+        raise UsageError("--jobs must be a positive integer or auto, got %r" % args.jobs)
+    if args.list:
+        for m in harness.plan(paths, ops, args.sample, args.seed):
+            print("%s  %s:%d  %s  %s" % (m.id, short_name(m.file), m.line, m.operator,
+                                         m.description))
+        return EXIT_OK
+    if not harness.plan(paths, ops, args.sample, args.seed):
+        raise UsageError("no mutants: operators %s find nothing in %s"
+                         % (",".join(ops), " ".join(paths)))
+    return harness.main(paths, ops, campaign, args.time_limit, args.jobs, args.sample,
+                        args.seed, args.json)
 
 
 def cmd_bench_scaling(args):
@@ -464,6 +521,8 @@ def main(argv=None):
             return cmd_replay(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
+        if args.command == "mutate":
+            return cmd_mutate(args)
         if args.command == "bench" and args.bench == "scaling":
             return cmd_bench_scaling(args)
         if args.command == "bench" and args.bench == "primitives":

@@ -11,9 +11,11 @@ TABLE_FREE = ("ipi", "rcu")
 FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
-RECLAIM = ("off", "seed", "ptreclaim")
-COLLAPSE = ("off", "write-lock", "retract")
+RECLAIM = ("auto", "off", "seed", "ptreclaim")
+COLLAPSE = ("auto", "off", "write-lock", "retract")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
+PERTURB_PROFILES = ("chaos", "kcsan", "sleepy", "mixed")   # auto: the (seed mod 4)-th
+PERTURB = ("off", "auto") + PERTURB_PROFILES
 PAGE = 4096
 
 
@@ -23,17 +25,20 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class Config:
-    cpus: int = 0                  # 0: one per usable core
+    cpus: int = 0                  # 0: one per usable core, at least one per fault mode
     duration: float = 10.0
     ops: int = 0                   # per CPU; 0: run for `duration`
     seed: int = 1
-    fault_mode: str = "classic"
-    table_free: str = "ipi"
+    fault_mode: str = "spf,pervma,classic"    # the three paths race each other
+    table_free: str = "rcu"        # MMU_GATHER_RCU_TABLE_FREE, as x86 frees tables since 6.x
     walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
     tlb_flush: str = "ipi"         # ipi: interrupt every CPU; no-ipi: remote invalidation
-    reclaim: str = "off"           # page-table reclaim: off, seed (scanner), ptreclaim
+    reclaim: str = "auto"          # page-table reclaim: off, seed (scanner), ptreclaim;
+    #                                auto: ptreclaim where the kernel has it (table_free rcu)
     reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
-    collapse: str = "off"          # khugepaged collapse: off, write-lock, retract
+    collapse: str = "auto"         # khugepaged collapse: off, write-lock, retract;
+    #                                auto: write-lock (anon collapse_huge_page) where the
+    #                                workload has an op mix
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
     writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
@@ -44,6 +49,8 @@ class Config:
     delay: float = 0.0             # perturbation: probability of a pause at each named point
     delay_max_us: float = 200.0
     delay_points: tuple = ()       # empty: every point
+    perturb: str = "auto"          # generic perturbation at every primitive: a profile of
+    #                                PERTURB (mm/perturb.py); auto: one chosen by the seed
     stall_timeout: float = 20.0    # a CPU without progress this long is a hang (exit 3)
     kill_worker: float = 0.0       # fault injection: chance per 50 ms tick to SIGKILL a CPU
     kill_at: str = "any"           # ... at a moment when it: any, idle, lock, rcu, irqs-off
@@ -52,15 +59,21 @@ class Config:
 
     def resolved(self):
         """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs
-        to be reachable, where the setting was left at its default), validated."""
+        to be reachable, where the setting was left at its default; reclaim and collapse
+        "auto" -> what the kernel pairs with the rest), validated."""
         c = dataclasses.replace(self)
         if c.cpus == 0:
-            c.cpus = max(2, len(os.sched_getaffinity(0)))
+            c.cpus = max(2, len(c.fault_modes()), len(os.sched_getaffinity(0)))
         c.validate()
         for name in c.bugs:
             for key, value in bugs_mod.BY_NAME[name].config.items():
                 if getattr(c, key) == getattr(Config, key):
                     setattr(c, key, value)
+        c.validate()
+        if c.reclaim == "auto":
+            c.reclaim = "ptreclaim" if c.table_free == "rcu" else "off"
+        if c.collapse == "auto":
+            c.collapse = "off" if c.workload.startswith("pf1") else "write-lock"
         c.validate()
         return c
 
@@ -95,7 +108,7 @@ class Config:
         need(self.collapse in COLLAPSE,
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
         need(not self.workload.startswith("pf1") or (
-                 self.collapse == "off" and (self.reclaim != "seed" or self.reclaimer)),
+                 self.collapse in ("off", "auto") and (self.reclaim != "seed" or self.reclaimer)),
              "--workload %s runs no op mix: --collapse and an inline --reclaim seed need "
              "another workload (or use --reclaimer)" % self.workload)
         need(not self.reclaimer or (self.reclaim == "seed" and self.cpus >= 2),
@@ -123,6 +136,8 @@ class Config:
         bad = [p for p in self.delay_points if p not in POINTS]
         need(not bad, "--delay-points: unknown point %r (known: %s)"
              % (bad[0] if bad else "", ",".join(POINTS)))
+        need(self.perturb in PERTURB, "--perturb must be one of %s, got %r"
+             % (",".join(PERTURB), self.perturb))
         try:
             bugs_mod.Bugs(self.bugs)
         except ValueError as e:
@@ -137,6 +152,27 @@ class Config:
         if self.walk != "auto":
             return self.walk
         return "rcu" if self.table_free == "rcu" else "irq"
+
+    def perturb_profile(self):
+        """off or a profile: --perturb, or with auto the (seed mod 4)-th of
+        PERTURB_PROFILES (mm/perturb.py resolves the profile's values)."""
+        if self.perturb != "auto":
+            return self.perturb
+        return PERTURB_PROFILES[self.seed % len(PERTURB_PROFILES)]
+
+    def describe(self):
+        """Every setting that decides what the run models, resolved (the echo a run
+        starts with)."""
+        modes = self.fault_modes()
+        return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
+                "reclaim=%s%s collapse=%s workload=%s delay=%g%s perturb=%s bugs=%s"
+                % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
+                                       for i in range(self.cpus)),
+                   self.seed, self.fault_mode, self.table_free, self.walk_mode(),
+                   self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
+                   self.collapse, self.workload, self.delay,
+                   ":%s" % ",".join(self.delay_points) if self.delay_points else "",
+                   self.perturb_profile(), ",".join(self.bugs) or "none"))
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -165,11 +201,11 @@ class Config:
             a += ["--walk", self.walk]
         if self.tlb_flush != "ipi":
             a += ["--tlb-flush", self.tlb_flush]
-        if self.reclaim != "off":
+        if self.reclaim != Config.reclaim:
             a += ["--reclaim", self.reclaim]
         if self.reclaimer:
             a += ["--reclaimer"]
-        if self.collapse != "off":
+        if self.collapse != Config.collapse:
             a += ["--collapse", self.collapse]
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
@@ -185,6 +221,8 @@ class Config:
             a += ["--delay", "%g:%g" % (self.delay, self.delay_max_us)]
         if self.delay_points:
             a += ["--delay-points", ",".join(self.delay_points)]
+        if self.perturb != Config.perturb:
+            a += ["--perturb", self.perturb]
         if self.window_pages != Config.window_pages:
             a += ["--window-pages", str(self.window_pages)]
         if self.tlb_entries != Config.tlb_entries:

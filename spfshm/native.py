@@ -258,6 +258,38 @@ seq_read_retry = lib.spf_seq_read_retry
 seq_write_begin = lib.spf_seq_write_begin
 seq_write_end = lib.spf_seq_write_end
 
+# -- generic perturbation (spf_perturb.h) ------------------------------------------------
+_PC = {"lock": lib.SPF_PC_LOCK, "atomic": lib.SPF_PC_ATOMIC, "seq": lib.SPF_PC_SEQ,
+       "rcu": lib.SPF_PC_RCU, "irq": lib.SPF_PC_IRQ, "ipi": lib.SPF_PC_IPI,
+       "tlb": lib.SPF_PC_TLB, "walk": lib.SPF_PC_WALK}
+PERTURB_CLASSES = tuple(sorted(_PC, key=_PC.get))        # index = the class's hits word
+_PK = {"spin": lib.SPF_PK_SPIN, "yield": lib.SPF_PK_YIELD, "sleep": lib.SPF_PK_SLEEP}
+PERTURB_KINDS = tuple(sorted(_PK, key=_PK.get))          # hits word SPF_PH_KIND + index
+PERTURB_WORDS = lib.SPF_PH_WORDS
+PH_KIND, PH_SLOW, PH_HANDLER = lib.SPF_PH_KIND, lib.SPF_PH_SLOW, lib.SPF_PH_HANDLER
+perturb_disarm = lib.spf_perturb_disarm
+perturb_draw = lib.spf_perturb_draw
+perturb_walk = lib.spf_perturb_walk
+
+
+def perturb_arm(profile, seed, cpu, hits_ptr):
+    """Arm this process as CPU ``cpu`` with ``profile`` (the fields of struct
+    spf_perturb_profile), streams seeded from (seed, cpu); pauses are counted in the
+    SPF_PH_WORDS words at ``hits_ptr``, which must stay mapped until disarmed."""
+    p = ffi.new("struct spf_perturb_profile *", profile)
+    if lib.spf_perturb_arm(p, seed & (2**64 - 1), cpu, hits_ptr) != 0:
+        raise ValueError("perturb_arm: inconsistent profile %r" % (profile,))
+
+
+def perturb_decision(d):
+    """A decision of spf_perturb_draw as (kind, amount, slow): kind None (no pause),
+    "spin" (amount: spins), "yield" or "sleep" (amount: ns); slow: drawn in a slow
+    window."""
+    if not d:
+        return None, 0, False
+    return (PERTURB_KINDS[(d & 3) - 1], d >> lib.SPF_PD_SHIFT, bool(d & lib.SPF_PD_SLOW))
+
+
 # -- process plumbing -----------------------------------------------------------------
 set_pdeathsig = lib.spf_set_pdeathsig
 

@@ -62,10 +62,12 @@ def _entry(name, step, control=None):
     (_entry("ghost", "zap_pte_range"), "'ghost': nothing asks"),
     (_entry("free_table_no_sync", "pairing: a with b", {"walk": "rcu"}), "is a pairing"),
     (_entry("pairless", "pairing: a with b"), "'pairless': a pairing needs a control"),
+    (Bug("rss_no_dec", "zap_pte_range", "-", ("rss@sweep",), "-",
+         {"delay_points": ("install_pte",)}), "'rss_no_dec' needs 'delay_points'"),
 ])
 def test_catalogue_entry_that_does_not_fit_the_model(extra, needle):
     """An entry nothing asks about, a pairing the code asks about, a pairing without its
-    control: each fails the check."""
+    control, needs that say where to delay: each fails the check."""
     cat = [b for b in CATALOGUE if b.name != extra.name] + [extra]
     with pytest.raises(CatalogueError, match=needle):
         check_catalogue(cat, asked_names())
@@ -121,7 +123,7 @@ def test_bench_detect_counts_the_expected_signature_and_runs_the_control(
     seen = []
     monkeypatch.setattr(detect, "run_stress", _fake_run_stress(busted_sig, control_sig, seen))
     args = argparse.Namespace(bugs="rss_no_dec", seeds=1, cpus=2, max_duration=5.0,
-                              perturbation="on", no_control=False, json=None)
+                              perturbation="generic", no_control=False, json=None)
     code = detect.main(args)
     r = detect.measure("rss_no_dec", 1, 2, 5.0)
     assert (r["caught"], r["wrong"], r["control"]["clean"], code) == result

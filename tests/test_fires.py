@@ -122,6 +122,7 @@ FIRES = {
     # mm/pipe.py
     "pipe_age@fault": ("test_pipe.py::test_table_whose_ptl_is_taken_under_rcu[classic]",),
     "pipe_age@gup": ("test_pipe_age[pipe_age@gup]",),
+    "gup_unmapped@gup": ("test_pin_kept_on_a_frame_zap_just_unmapped",),
     "pipe_age@hw_walk": ("test_pipe_age[pipe_age@hw_walk]",),
     "pipe_age@pervma": ("test_pipe_age[pipe_age@pervma]",),
     "pipe_age@pte_offset_map_lock":
@@ -257,9 +258,12 @@ PROT_RW = PROT_BY_NAME["rw"]
 
 class Box:
     """The model in this process as CPU ``cpu`` of ``ncpus``, with ``bugs`` switched on
-    and ``cfg`` overrides; ``flags`` is a line of words shared with workers."""
+    and ``cfg`` overrides of the classical single-path settings; ``flags`` is a line of
+    words shared with workers."""
 
     def __init__(self, ncpus=1, cpu=0, bugs=(), **cfg):
+        cfg = dict(dict(fault_mode="classic", table_free="ipi", reclaim="off",
+                        collapse="off"), **cfg)
         self.cfg = Config(cpus=ncpus, window_pages=WINDOW, bugs=tuple(bugs), **cfg)
         self.g = Geometry(ncpus, WINDOW, self.cfg.tlb_entries, window_base=BASE)
         self.arena = Arena(Layout(smp_regions(ncpus) + mm_types.regions(self.g)
@@ -504,6 +508,21 @@ def test_vma_changed_under_a_fault(box):
     finally:
         mmap_read_unlock(mm)
     assert only(box, "vma_unlocked_change@fault") == (v.id, PROT_RW, PROT_READ)
+
+
+def test_pin_kept_on_a_frame_zap_just_unmapped(make):
+    """gup_fast without its re-check: between its walk and its reference, a zap clears
+    the PTE and gathers the frame (retired, its flush still to come); the pin is kept."""
+    b = make(bugs=("gup_fast_no_recheck",)).map()
+    f = b.frame()
+
+    def zap_meanwhile(point):
+        if point == "gup_pin":
+            b.mm.pt[b.table(), index(BASE, PTE)] = 0
+            b.mm.pipe.retire(FRAMES, f, CLOCK_IPI)
+    b.mm.delay = zap_meanwhile
+    assert [p[1] for p in gup_fast(b.mm, BASE, 1)] == [f]
+    assert only(b, "gup_unmapped@gup")[:1] == (f,)
 
 
 def test_pinned_frame_reused(box):

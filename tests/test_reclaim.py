@@ -36,6 +36,7 @@ def test_no_ipi_flush_with_the_right_pairing_is_clean(table_free):
 def test_ptreclaim_requires_rcu_table_free():
     with pytest.raises(ConfigError, match="table-free rcu"):
         Config(cpus=2, reclaim="ptreclaim", table_free="ipi").resolved()
-    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--reclaim", "ptreclaim"],
+    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--reclaim", "ptreclaim",
+                        "--table-free", "ipi"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--table-free rcu" in r.stderr

@@ -78,7 +78,8 @@ def test_hang_ends_with_exit_3_dump_and_artifact(tmp_path):
 
 
 def test_ptl_spin_deadlock_is_named_not_hung(tmp_path):
-    p = start(["--cpus", "2", "--duration", "120", "--bug", "spf_ptl_spin", "--quiet"],
+    p = start(["--cpus", "2", "--duration", "120", "--bug", "spf_ptl_spin", "--quiet",
+               "--delay", "0.6:3000", "--delay-points", "zap_under_ptl"],
               tmp_path)
     pids = workers_of(p, 2)
     out, err = p.communicate(timeout=180)

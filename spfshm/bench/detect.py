@@ -1,6 +1,9 @@
 """``spfshm bench detect``: time to first detection of every busted variant, over seeds,
-with the default settings (each variant's ``needs`` applied).  ``--perturbation off``
-removes every delay point (the needs' too), to measure what perturbation buys.
+with the default settings (each variant's ``needs`` applied: features only, never where
+to delay).  ``--perturbation`` says what explores the windows: ``generic`` (the default
+run's: a profile chosen by the seed at every primitive), ``named`` (every named delay
+point at one fixed rate, none singled out), ``both``, or ``off``, to measure what each
+buys.
 
 A seed counts as caught only when its first violation has one of the signatures the
 catalogue expects; any other first violation is ``wrong`` (the checkers caught something,
@@ -19,6 +22,15 @@ from ..run.replay import signature_of
 from ..run.runner import run_stress
 
 CONTROL_OPS = 3000      # per CPU: more than most variants need to be caught
+PERTURBATION = ("generic", "named", "both", "off")
+NAMED = dict(delay=0.05, delay_max_us=1000.0, delay_points=())   # every point alike
+
+
+def perturbed(cfg, perturbation):
+    """cfg with the exploration of ``perturbation`` (one of PERTURBATION)."""
+    generic = perturbation in ("generic", "both")
+    named = NAMED if perturbation in ("named", "both") else dict(delay=0.0, delay_points=())
+    return dataclasses.replace(cfg, perturb=cfg.perturb if generic else "off", **named)
 
 
 def run_control(cfg):
@@ -30,15 +42,13 @@ def run_control(cfg):
     return signature_of(rep) or "; ".join(rep["errors"]) or "exit %d" % rep["exit_code"]
 
 
-def measure(bug, seeds, cpus, max_s, perturbation=True, control=True):
+def measure(bug, seeds, cpus, max_s, perturbation="generic", control=True):
     b = BY_NAME[bug]
     times, sigs, controls, caught, wrong = [], [], [], 0, 0
     with tempfile.TemporaryDirectory() as art:
         for seed in range(seeds):
             cfg = Config(cpus=cpus, duration=max_s, seed=seed, bugs=(bug,), artifacts=art)
-            cfg = cfg.resolved()
-            if not perturbation:
-                cfg = dataclasses.replace(cfg, delay=0.0, delay_points=())
+            cfg = perturbed(cfg.resolved(), perturbation)
             rep = run_stress(cfg)
             sig = signature_of(rep)
             ok = sig in b.expect
@@ -71,7 +81,7 @@ def main(args):
     print("%-28s %7s %9s %9s %8s  %s" % ("bug", "caught", "median_s", "worst_s", "control",
                                          "per seed"))
     for name in names:
-        r = measure(name, args.seeds, args.cpus, args.max_duration, args.perturbation == "on",
+        r = measure(name, args.seeds, args.cpus, args.max_duration, args.perturbation,
                     not args.no_control)
         out.append(r)
         c = r["control"]

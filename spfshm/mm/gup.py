@@ -13,10 +13,11 @@ If (3) raced with (a)-(c), (4) sees the PTE changed; if it raced with (a'), (4) 
 pmd changed (70cbc3cc78a9, "fix the fast GUP race against THP collapse"): the pin never
 outlives the check on a page that the address no longer maps.  So a frame that (4)
 accepts was not retired (its pipe stamp is written after (a)): its pipe age, read between
-(3) and (4), is recorded once (4) passed, whatever protects the walk.  Without (4) (bug
-``gup_fast_no_recheck``) a retired frame, or one freed and reused by someone else, can be
-pinned: where the flush does not wait for the pinner (--tlb-flush no-ipi, --walk rcu)
-that happens.
+(3) and (4), is recorded once (4) passed, whatever protects the walk, and must be "not
+retired" (a kept pin on a retired frame is ``gup_unmapped``; one whose retirement a sync
+has already waited out is ``pipe_age``).  Without (4) (bug ``gup_fast_no_recheck``) a
+frame that a zap has just unmapped, or one freed and reused by someone else, can be
+pinned.
 The holder keeps its pins for a while (DMA), then checks that each pinned frame is the
 incarnation it pinned (a pinned frame is never freed under its holder) and unpins.
 """
@@ -79,7 +80,10 @@ def gup_fast(mm, start, npages):
                     or (t >= 0 and int(mm.pt[t, index(va, PTE)]) != e)):         # (4)
                 put_page(mm, f)
                 break
-            mm.pipe.record(FRAMES, f, "gup", va, age)        # the pin is ours from here
+            if mm.pipe.record(FRAMES, f, "gup", va, age) == 0:   # the pin is ours now
+                # retired before the age read, so unmapped before it: a re-check after
+                # that read cannot have passed (step (4)'s partner is zap's (a))
+                mm.report("gup_unmapped", "gup", va, f, entry_gen(e))
             pinned.append((va, f, entry_gen(e)))
     finally:
         lockless_walk_end(mm)                                                   # (5)

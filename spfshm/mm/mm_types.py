@@ -23,7 +23,7 @@ import numpy as np
 from .. import debug, native
 from ..rcu import CallRcu
 from . import pipe, pool
-from .perturb import Perturb, no_delay
+from .perturb import Perturb, arm_generic, no_delay
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -108,6 +108,7 @@ def regions(g):
          ("stats", np.uint64, (n1, len(STATS))),
          ("waiting", np.uint64, (n1, 8)),               # lockdep: table+1 whose ptl we spin on
          ("delay_hits", np.uint64, (n1, 32)),           # perturbation hits per point
+         ("perturb_hits", np.uint64, (n1, native.PERTURB_WORDS)),  # generic pauses
          ("ipi_hist", np.uint64, (n1, IPI_HIST_BUCKETS)),
          ("pt", np.uint64, (g.ntables, PTRS)),
          ("pt_meta", TABLE_META, g.ntables),
@@ -152,6 +153,8 @@ class MM:
         self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
+        self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(
+            "perturb_hits", index=cpu * native.PERTURB_WORDS))
         self.ipi_hist = arena["ipi_hist"][cpu]
         self.pt = arena["pt"]
         self.pt_ptr = arena.ptr("pt")

@@ -199,8 +199,10 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     interleave).  A PTE it finds not present through the cache drops the cache entry
     (the page fault that follows does, x86 Intel SDM 4.10.4.1), so the retried walk
     reads the tables again instead of a table that reclaim or collapse removed and whose
-    flush is still to come, or one that a broken protocol unlinked and leaked."""
-    pt = mm.pt
+    flush is still to come, or one that a broken protocol unlinked and leaked.
+    ``mm.walk_point()`` follows each shared read: generic perturbation's pause there
+    ages the entry before its table is checked and the walk descends."""
+    pt, point = mm.pt, mm.walk_point
     block = va >> LEVEL_SHIFT[PMD]
     if use_pwc:
         slot = mm.pwc[block & (len(mm.pwc) - 1)]
@@ -208,6 +210,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             cached = int(slot[1])
             t, tag = cached & 0xFFFFFFFF, cached >> 32
             e = int(pt[t, index(va, PTE)])
+            point()
             if not check_table(mm, t, tag, PTE, site, va):
                 return None
             if not e & P:
@@ -216,6 +219,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
     while True:
         e = int(pt[t, index(va, level)])
+        point()
         if not check_table(mm, t, tag, level, site, va):
             return None
         if level == PMD and use_pwc:

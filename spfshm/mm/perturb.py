@@ -1,4 +1,5 @@
-"""Perturbation at named protocol points (KCSAN's and rcutorture's delays, but seeded).
+"""Perturbation: pauses at named protocol points (KCSAN's and rcutorture's delays, but
+seeded), and generic pauses at every primitive (KCSAN's random delays, rr's chaos mode).
 
 At each named point a CPU pauses with probability ``--delay P`` for up to ``MAX_US``
 (uniform), drawing from its own RNG stream of (seed, cpu), so a run's perturbation is part
@@ -6,6 +7,14 @@ of its configuration.  ``--delay-points a,b`` restricts the points.  Each point 
 hits per CPU.  Pauses inside IRQs-off sections are what make windows wide: a walker with
 IRQs off that pauses holds every TLB-flush IPI, a writer that pauses between two steps
 exposes its intermediate state.
+
+Generic perturbation (``--perturb PROFILE``, independent of the named points) needs no
+point at all: every native primitive a CPU calls, and every shared read of a lockless
+walk (``mm.walk_point``), draws from the CPU's stream whether to pause (native
+spf_perturb.h; KCSAN's random delays, rr's chaos mode).  A profile fixes the chance,
+the mix of spins, yields and sleeps and their lengths, and whether one CPU is made
+slow now and then; the seed picks the profile (auto) and its values within the
+profile's ranges.  ``generic_profile`` is the one place they are resolved.
 """
 import random
 
@@ -55,3 +64,122 @@ class Perturb:
 
 def no_delay(point):
     pass
+
+
+# -- generic perturbation -----------------------------------------------------------------
+# Per profile, the ranges its values are drawn from (uniform; the seed draws them):
+# per_million: chance of a pause per primitive call; shares: spin/yield/sleep per mille;
+# spin_max: spins; sleep_max_us; slow: the slow CPU's cycle (period_ms, window as a
+# share of the period, chance multiplier, sleep_max_us inside the window), or None.
+RANGES = {
+    # rr's chaos mode: rare pauses, mostly sleeps, and one CPU starved now and then
+    "chaos": {"per_million": (500, 3000), "shares": (300, 200, 500), "spin_max": (200, 2000),
+              "sleep_max_us": (50, 500),
+              "slow": {"period_ms": (50, 200), "window": (0.1, 0.3), "factor": (20, 100),
+                       "sleep_max_us": (500, 2000)}},
+    # KCSAN's delays: frequent short spins, a few yields, no sleep
+    "kcsan": {"per_million": (10000, 40000), "shares": (900, 100, 0), "spin_max": (200, 2000),
+              "sleep_max_us": None, "slow": None},
+    # the scheduler's hand: yields and short sleeps
+    "sleepy": {"per_million": (2000, 10000), "shares": (0, 500, 500), "spin_max": None,
+               "sleep_max_us": (5, 50), "slow": None},
+    # a bit of everything, and a mildly slow CPU
+    "mixed": {"per_million": (5000, 20000), "shares": (600, 250, 150), "spin_max": (100, 1000),
+              "sleep_max_us": (10, 100),
+              "slow": {"period_ms": (100, 300), "window": (0.1, 0.3), "factor": (5, 15),
+                       "sleep_max_us": (100, 500)}},
+}
+
+
+def generic_profile(cfg):
+    """The concrete parameters of ``cfg.perturb_profile()`` for ``cfg.seed`` (None when
+    off): the profile, the chance per primitive call, the shares of spins, yields and
+    sleeps, their maxima, and the slow CPU's cycle."""
+    name = cfg.perturb_profile()
+    if name == "off":
+        return None
+    rng = random.Random("spfshm-perturb:%s:%d" % (name, cfg.seed))
+    r = RANGES[name]
+    spin, yld, sleep = r["shares"]
+    prof = {"profile": name,
+            "per_million": rng.randint(*r["per_million"]),
+            "spin_pm": spin, "yield_pm": yld, "sleep_pm": sleep,
+            "spin_max": rng.randint(*r["spin_max"]) if r["spin_max"] else 0,
+            "sleep_max_us": rng.randint(*r["sleep_max_us"]) if r["sleep_max_us"] else 0,
+            "slow": None}
+    s = r["slow"]
+    if s:
+        period = rng.randint(*s["period_ms"])
+        prof["slow"] = {"cpu": rng.randrange(cfg.cpus), "period_ms": period,
+                        "window_ms": max(1, round(period * rng.uniform(*s["window"]))),
+                        "phase_ms": rng.randrange(period),
+                        "factor": rng.randint(*s["factor"]),
+                        "sleep_max_us": rng.randint(*s["sleep_max_us"])}
+    return prof
+
+
+def _native_profile(prof, cpu):
+    s, ms = prof["slow"], 1000000
+    out = {"per_million": prof["per_million"], "spin_pm": prof["spin_pm"],
+           "yield_pm": prof["yield_pm"], "spin_max": prof["spin_max"],
+           "sleep_max_ns": prof["sleep_max_us"] * 1000}
+    if s and s["cpu"] == cpu:
+        out.update(slow=1, slow_factor=s["factor"], slow_period_ns=s["period_ms"] * ms,
+                   slow_window_ns=s["window_ms"] * ms, slow_phase_ns=s["phase_ms"] * ms,
+                   slow_sleep_ns=s["sleep_max_us"] * 1000)
+    return out
+
+
+def arm_generic(cfg, cpu, ncpus, hits_ptr):
+    """Arm generic perturbation in this process when it runs as CPU ``cpu`` (not the
+    parent's row, not a CPU that is only arena rows here) and ``cfg.perturb`` is on.
+    Returns the lockless walk's hook: the native pause decision when armed, else a
+    no-op.  spf_cpu_unregister disarms."""
+    prof = generic_profile(cfg)
+    if prof is None or cpu >= ncpus or native.lib.spf_cpu_id() != cpu:
+        return no_walk_point
+    native.perturb_arm(_native_profile(prof, cpu), cfg.seed, cpu, hits_ptr)
+    return native.perturb_walk
+
+
+def no_walk_point():
+    pass
+
+
+def generic_report(cfg, hits):
+    """The run report's "perturb" facts: the resolved profile and the pauses the CPUs
+    took (``hits``: their rows), per class, per kind, in slow windows, in the IPI
+    handler, per CPU."""
+    prof = generic_profile(cfg)
+    tot = hits.sum(axis=0)
+    ncls = len(native.PERTURB_CLASSES)
+    return {"profile": prof["profile"] if prof else "off", "requested": cfg.perturb,
+            "params": prof, "pauses": int(tot[:ncls].sum()),
+            "by_class": {c: int(tot[i]) for i, c in enumerate(native.PERTURB_CLASSES)},
+            "by_kind": {k: int(tot[native.PH_KIND + i])
+                        for i, k in enumerate(native.PERTURB_KINDS)},
+            "in_slow_window": int(tot[native.PH_SLOW]),
+            "in_ipi_handler": int(tot[native.PH_HANDLER]),
+            "per_cpu": [{c: int(row[i]) for i, c in enumerate(native.PERTURB_CLASSES)}
+                        for row in hits]}
+
+
+def perturb_line(p):
+    """The summary line of a report's "perturb" facts."""
+    if p["params"] is None:
+        return "perturbation: generic off"
+    a, s = p["params"], p["params"]["slow"]
+    how = "p=%.2f%%, pauses spin/yield/sleep %d/%d/%d%%" % (
+        a["per_million"] / 1e4, a["spin_pm"] // 10, a["yield_pm"] // 10, a["sleep_pm"] // 10)
+    if a["spin_pm"]:
+        how += ", spins<=%d" % a["spin_max"]
+    if a["sleep_pm"]:
+        how += ", sleeps<=%dus" % a["sleep_max_us"]
+    if s:
+        how += "; slow CPU %d: %d of every %d ms x%d, sleeps<=%dus (%d pauses)" % (
+            s["cpu"], s["window_ms"], s["period_ms"], s["factor"], s["sleep_max_us"],
+            p["in_slow_window"])
+    return "perturbation: generic profile %s%s (%s): %d pauses (%s; %d in the IPI handler)" % (
+        p["profile"], ", chosen by the seed," if p["requested"] == "auto" else "", how,
+        p["pauses"],
+        ", ".join("%s %d" % kv for kv in p["by_class"].items()), p["in_ipi_handler"])

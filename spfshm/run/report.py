@@ -11,8 +11,10 @@ import json
 import numpy as np
 
 from .. import __version__, debug
+from ..config import Config
 from ..mm import pipe
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
+from ..mm.perturb import generic_report, perturb_line
 
 from .watchdog import OPS as OP_KINDS
 
@@ -90,6 +92,7 @@ def build_report(st, stress, elapsed):
               "tlb_miss": t["tlb_miss"], "tlb_fill": t["tlb_fill"]}
     handled = t["fault_classic"] + t["spf_ok"] + t["pervma_ok"]
     return {
+        "paths": paths(cfg, rows),
         "config": dict(cfg.to_dict(), version=__version__),
         "ops": {k: t[k] for k in OP_KINDS},
         "ops_total": t["ops"],
@@ -119,6 +122,7 @@ def build_report(st, stress, elapsed):
         "frames_freed": t["frames_freed"],
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
+        "perturb": generic_report(cfg, arena["perturb_hits"][:cfg.cpus]),
         "violations": viols,
         "violation_count": debug.total(arena) - stress.after_first,
         "violations_after_first": after,
@@ -136,6 +140,22 @@ def build_report(st, stress, elapsed):
     }
 
 
+def paths(cfg, rows):
+    """Per fault path: its CPUs, their ops, and the faults its own code completed (a
+    speculative or per-VMA fault that falls back completes on the classical path)."""
+    modes = cfg.fault_modes()
+    own = {"classic": "fault_classic", "spf": "spf_ok", "pervma": "pervma_ok"}
+    out = {}
+    for m in modes:
+        cpus = [i for i in range(cfg.cpus) if modes[i % len(modes)] == m]
+        out[m] = {"cpus": cpus,
+                  "ops": int(rows[cpus, STATS.index("ops")].sum()) if cpus else 0,
+                  "faults": int(rows[cpus, STATS.index(own[m])].sum()) if cpus else 0,
+                  "fallbacks": int(rows[cpus, STATS.index("fault_classic")].sum())
+                  if cpus and m != "classic" else 0}
+    return out
+
+
 def exit_status(stress, viols):
     """See the module docstring: a violation beats a hang or crash, which beats success."""
     if stress.interrupted:
@@ -148,9 +168,13 @@ def exit_status(stress, viols):
 def summary(rep):
     c = rep["config"]
     f = rep["faults"]
-    lines = ["--- spfshm stress: cpus=%d seed=%d fault_mode=%s table_free=%s walk=%s bugs=%s ---"
-             % (c["cpus"], c["seed"], c["fault_mode"], c["table_free"], c["walk"],
-                ",".join(c["bugs"]) or "none"),
+    lines = ["--- spfshm stress: %s ---" % Config.from_dict(
+                 {k: v for k, v in c.items() if k != "version"}).describe(),
+             "per path: %s" % "; ".join(
+                 "%s (CPU %s): ops %d, faults %d%s" % (
+                     m, ",".join(map(str, p["cpus"])) or "-", p["ops"], p["faults"],
+                     " (+%d fallen back)" % p["fallbacks"] if m != "classic" else "")
+                 for m, p in rep["paths"].items()),
              "ops %d in %.1fs (%.0f/s): %s" % (rep["ops_total"], rep["elapsed_s"],
                                                rep["ops_per_s"], _kv(rep["ops"])),
              "faults classic=%d spf_ok=%d (abort rate %.1f%%: %s) pervma_ok=%d "
@@ -161,14 +185,17 @@ def summary(rep):
              "%.0f faults/s handled (per CPU %s)"
              % (rep["faults_per_s"], "/".join("%.0f" % x for x in rep["faults_per_s_per_cpu"])),
              "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "
-             "allocated %d freed %d reclaimed %d; VmPTE at the end %d kB"
+             "allocated %d freed %d reclaimed %d (%.0f/s); VmPTE at the end %d kB"
              % (rep["ipi"]["sent"], rep["ipi"]["p50_us"], rep["ipi"]["p99_us"],
                 rep["rcu"]["grace_periods"], rep["tables"]["allocated"],
                 rep["tables"]["freed"], rep["tables"]["reclaimed"],
+                rep["tables"]["reclaimed_per_s"],
                 rep["tables"]["vmpte_kb_end"]),
-             "thp: collapsed %d (failed %d), split %d, zapped %d; retired objects read by "
+             "thp: collapsed %d (%.0f/s, failed %d), split %d, zapped %d; retired objects read by "
              "lockless walkers (pipe ages 0/1+): %s"
-             % (rep["thp"]["collapsed"], rep["thp"]["collapse_failed"], rep["thp"]["split"],
+             % (rep["thp"]["collapsed"],
+                rep["thp"]["collapsed"] / rep["elapsed_s"] if rep["elapsed_s"] else 0,
+                rep["thp"]["collapse_failed"], rep["thp"]["split"],
                 rep["thp"]["zapped"],
                 " ".join("%s=%d/%d" % (k, h[0], sum(h[1:]))
                          for k, h in rep["pipe_ages"].items() if k != "legal_max")),
@@ -177,6 +204,7 @@ def summary(rep):
     if c["delay"]:
         lines.append("delays taken: %s" % (_kv({k: v for k, v in rep["delay_hits"].items()
                                                  if v}) or "none"))
+    lines.append(perturb_line(rep["perturb"]))
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)
     for n in rep["notes"]:

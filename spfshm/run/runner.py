@@ -114,7 +114,8 @@ def worker_main(st, cpu):
     is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
     wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
                   reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer,
-                  collapse_op=cfg.collapse != "off", writer_rate=cfg.writer_rate)
+                  collapse_op=cfg.collapse != "off", writer_rate=cfg.writer_rate,
+                  whole_blocks=cfg.reclaim != "off" or cfg.collapse != "off")
     paced = wl.period_ns > 0
     c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl

@@ -66,7 +66,7 @@ def hot_spots(g, seed):
 
 class Workload:
     def __init__(self, g, seed, cpu, kind="mixed", reclaim_op=False, reclaimer=False,
-                 collapse_op=False, writer_rate=0.0):
+                 collapse_op=False, writer_rate=0.0, whole_blocks=False):
         self.g = g
         self.r = rng_for(seed, cpu)
         self.writer = kind in WRITER_WORKLOADS and cpu == 0
@@ -74,6 +74,10 @@ class Workload:
         self.period_ns = int(1e9 / writer_rate) if self.writer and writer_rate > 0 else 0
         self.due_ns = None
         self.reclaimer = reclaimer
+        # With reclaim or collapse on, whole 2 MiB blocks are mapped read-write and
+        # zapped more often: PT_RECLAIM frees a table only when one VMA's zap covers all
+        # of it, and khugepaged collapses only a block inside one writable VMA.
+        self.block_p = 0.3 if whole_blocks else 0.1
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
         mix = dict(MIXES["mixed" if kind == "mixed" else "faults"])
@@ -167,7 +171,7 @@ class Workload:
         if op == "gup":
             return op, (self._page(), r.randint(1, 16))
         if op == "madvise":            # sometimes a large arena's worth (malloc trim)
-            if r.random() < 0.1:
+            if r.random() < self.block_p:
                 block = self._block()
                 if block:
                     return op, block
@@ -181,6 +185,10 @@ class Workload:
         if op == "mprotect":
             va, n = self._range(128)
             return op, (va, n, r.choice(PROTS))
+        if r.random() < self.block_p - 0.1:  # a whole block, read-write (a heap arena)
+            block = self._block()
+            if block:
+                return op, block + (PROT_BY_NAME["rw"], MAP_FIXED)
         va, n = self._range(1024 if r.random() < 0.1 else 256)
         flags = r.choice([MAP_FIXED, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT])
         return op, (va, n, r.choice(PROTS), flags)

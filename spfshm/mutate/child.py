@@ -1,0 +1,59 @@
+"""Runs inside a mutant's private copy (``python -m spfshm.mutate.child CAMPAIGN_JSON``,
+cwd and PYTHONPATH the copy): the campaign's seeds in order, one JSON line per event on
+stdout, stopping at the first seed that is not clean.
+
+Lines: ``start`` (which files ``import spfshm`` and its native core resolved to: the
+caller checks they are the copy's), one ``seed`` per seed run (``t`` seconds since
+start when it ended), ``done`` when every seed ran clean.
+"""
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+import traceback
+
+
+def emit(**event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def run(campaign):
+    import spfshm
+    from spfshm import _native
+    emit(event="start", spfshm=spfshm.__file__, native=_native.__file__)
+    from spfshm.run.campaign import config_for
+    from spfshm.run.runner import run_stress
+    t0 = time.monotonic()
+    a, b = campaign["seeds"]
+    for seed in range(a, b):
+        cfg = config_for(seed, campaign["ops"], campaign["cpus"])
+        change = {}
+        if campaign["perturb"] == "off":
+            change["delay"] = 0.0
+        elif campaign["delay"] is not None:
+            change["delay"] = campaign["delay"]
+        if campaign["stall"] is not None:
+            change["stall_timeout"] = campaign["stall"]
+        with tempfile.TemporaryDirectory() as art:
+            cfg = dataclasses.replace(cfg, artifacts=art, **change).resolved()
+            try:
+                rep = run_stress(cfg)
+            except Exception as e:           # the mutated code crashed the run itself
+                emit(event="seed", seed=seed, exit_code=-1, t=time.monotonic() - t0,
+                     signature="crash: %s: %s" % (type(e).__name__, str(e)[:200]),
+                     repro=cfg.repro(), trace=traceback.format_exc()[-2000:])
+                return
+        sig = rep["violations"][0]["signature"] if rep["violations"] else \
+            "error: %s" % rep["errors"][0][:200] if rep["errors"] else \
+            "exit %d" % rep["exit_code"] if rep["exit_code"] else None
+        emit(event="seed", seed=seed, exit_code=rep["exit_code"], signature=sig,
+             t=time.monotonic() - t0, repro=rep["repro"])
+        if rep["exit_code"] != 0:
+            return
+    emit(event="done", t=time.monotonic() - t0)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))

@@ -1,0 +1,245 @@
+"""spfshm mutate: the operators' edits, stable ids, private copies that run the mutated
+code, a known-bad mutant killed, bad input, an interrupted run, the equivalence list."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from spfshm import cli
+from spfshm.mutate import harness
+from spfshm.mutate.operators import OPERATORS, PY_OPERATORS, Mutant, generate
+
+ROOT = harness.root()
+
+# operator: (source, its mutants: each a list of hunks [first line, last line, new lines])
+SNIPPETS = {
+    "recheck": ('''
+        def f(mm, seq):
+            if native.seq_read_retry(mm.mmap_seq, seq):
+                return "seq_changed"
+            if mm.bugs.on("x") and seq:
+                return "switch"
+            if seq > 3:
+                mm.report("k", "s")
+                return None
+            return 0
+        ''', [[[3, 4, []]]]),
+    "sync": ('''
+        from .pagetable import free_table_now
+
+
+        def f(mm, tlb, t):
+            flush_tlb_all(mm)
+            mm.rcu.call_rcu(free_table_now, mm, t)
+            tlb.remove_page(t)
+        ''', [[[6, 6, []]], [[7, 7, ["    free_table_now(mm, t)"]]],
+              [[8, 8, ["    from spfshm.mm.frames import put_page; put_page(mm, t)"]]]]),
+    "lock": ('''
+        def f(mm, lock):
+            native.spin_lock(lock, mm.cpu)
+            if mm.x:
+                native.spin_unlock(lock)
+                return 1
+            mm.y = 2
+            native.spin_unlock(lock)
+            return 0
+        ''', [[[3, 3, []], [5, 5, []], [8, 8, []]]]),
+    "unlock_early": ('''
+        def f(mm, lock):
+            native.spin_lock(lock, mm.cpu)
+            native.store_release(mm.p, 1)    # publish
+            native.spin_unlock(lock)
+        ''', [[[4, 5, ["    native.spin_unlock(lock)",
+                       "    native.store_release(mm.p, 1)    # publish"]]]]),
+    "trylock": ('''
+        def f(mm, ptl):
+            if not native.spin_trylock(ptl, mm.cpu):
+                return "busy"
+            native.spin_unlock(ptl)
+        ''', [[[3, 3, ["    if not True:"]]]]),
+    "section": ('''
+        def f(mm, va):
+            native.local_irq_disable()
+            try:
+                return walk(mm, va)
+            finally:
+                native.local_irq_enable()
+        ''', [[[3, 3, []], [7, 7, ["        pass"]]]]),
+    "swap": ('''
+        def f(mm, t, e):
+            native.store_relaxed(mm.entry_ptr(t, 0), 0)   # clear
+
+            flush_tlb_all(mm)
+            t2 = entry_pfn(e)
+            mm.count("x")
+            put_page(mm, t)
+        ''', [[[3, 5, ["    flush_tlb_all(mm)", "",
+                       "    native.store_relaxed(mm.entry_ptr(t, 0), 0)   # clear"]]]]),
+}
+
+
+def _root_with(tmp_path, rel, text):
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("op", sorted(SNIPPETS))
+def test_each_operator_makes_exactly_the_expected_edit(tmp_path, op):
+    src, want = SNIPPETS[op]
+    text = textwrap.dedent(src)
+    root = _root_with(tmp_path, "spfshm/mm/snippet.py", text)
+    ms = generate(root, ["spfshm/mm/snippet.py"], [op])
+    assert [[h[:2] + [h[3]] for h in m.hunks] for m in ms] == want, [m.hunks for m in ms]
+    for m in ms:
+        assert m.operator == op and m.function == "f" and m.id.startswith("mm/snippet.py:f:")
+        compile(m.apply(text), "mutant", "exec")
+
+
+def test_c_order_weakens_each_call_but_not_comments_or_relaxed_ones(tmp_path):
+    text = textwrap.dedent('''\
+        /* __atomic_load_n(p, __ATOMIC_ACQUIRE) in a comment */
+        uint64_t f(uint64_t *p)
+        {
+        \t__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
+        \treturn __atomic_load_n(p, __ATOMIC_RELAXED);
+        }
+        ''')
+    root = _root_with(tmp_path, "native/x.c", text)
+    ms = generate(root, ["native"], ["c_order"])
+    assert [m.hunks[0][3] for m in ms] == [
+        ["\t__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_ACQUIRE), __ATOMIC_RELAXED);"],
+        ["\t__atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED), __ATOMIC_RELEASE);"]]
+    assert {m.function for m in ms} == {"f"} and len({m.id for m in ms}) == 2
+
+
+def test_ids_do_not_move_with_unrelated_lines(tmp_path):
+    text = open(os.path.join(ROOT, "spfshm/mm/pagetable.py")).read()
+    moved = text.replace("\n\n\ndef mk_entry", "\n\n\ndef unrelated(mm):\n    return mm\n\n\n"
+                         "\n\n\ndef mk_entry", 1)
+    assert moved != text
+    before = generate(_root_with(tmp_path / "a", "spfshm/mm/pagetable.py", text),
+                      ["spfshm/mm"])
+    after = generate(_root_with(tmp_path / "b", "spfshm/mm/pagetable.py", moved),
+                     ["spfshm/mm"])
+    assert [m.id for m in before] == [m.id for m in after]
+    assert all(b.line == a.line + 7 for a, b in zip(before, after) if a.line > 45)
+
+
+def test_the_generator_covers_every_operator():
+    mm = generate(ROOT, ["spfshm/mm"])
+    assert len(mm) >= 60 and {m.operator for m in mm} == set(PY_OPERATORS)
+    assert {m.operator for m in generate(ROOT, ["native"])} == {"c_order"}
+    assert len({m.id for m in mm}) == len(mm)
+    assert set(OPERATORS) == set(PY_OPERATORS) | {"c_order"}
+
+
+def _run_dict(tmp_path, campaign, time_limit=60):
+    snap = str(tmp_path / "snapshot")
+    harness.snapshot(ROOT, snap, False)
+    results = tmp_path / "results"
+    results.mkdir()
+    return {"snapshot": snap, "tmp": str(tmp_path), "results": str(results),
+            "campaign": dict(harness.DEFAULT_CAMPAIGN, **campaign), "time_limit": time_limit}
+
+
+def _as_run(m, index, snap):
+    text = open(os.path.join(snap, m.file)).read()
+    return dict(m.to_dict(), index=index, diff=m.diff(text))
+
+
+def test_a_known_bad_mutant_is_killed_in_its_copy_and_the_control_is_clean(tmp_path):
+    """MmuGather.flush_tlbonly without its flush frees frames that TLBs still map; the
+    same seed on an unmutated copy is clean, so the kill came from the mutated code, and
+    the work tree still holds the original text (it still yields the mutant)."""
+    run = _run_dict(tmp_path, {"seeds": (0, 1)})
+    (bad,) = [m for m in generate(run["snapshot"], ["spfshm/mm/tlb.py"], ["sync"])
+              if m.function == "MmuGather.flush_tlbonly"]
+    control = Mutant("control", bad.file, bad.function, "none", bad.line, "no edit", [])
+    r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
+    c = harness.run_mutant(run, _as_run(control, 1, run["snapshot"]))
+    assert r["outcome"] == "killed" and r["seed"] == 0, r
+    assert r["signature"] == "frame_uaf@zap" and r["time_to_kill_s"] > 0
+    assert c["outcome"] == "survived", c
+    for x in (r, c):
+        assert x["imported"].startswith(str(tmp_path)) and x["imported"].endswith(
+            os.path.join("spfshm", "__init__.py"))
+    assert sorted(os.listdir(run["results"])) == ["00000.json", "00001.json"]
+    assert bad.id in {m.id for m in generate(ROOT, ["spfshm/mm/tlb.py"], ["sync"])}
+    assert not [d for d in os.listdir(tmp_path) if d.startswith("mutant-")]
+
+
+def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
+    r = {"id": "x", "outcome": "error", "detail": ""}
+    harness._classify(r, [{"event": "start", "spfshm": os.path.join(ROOT, "spfshm/x.py"),
+                           "native": os.path.join(ROOT, "spfshm/_native.so")},
+                          {"event": "seed", "seed": 0, "exit_code": 1, "signature": "a@b",
+                           "t": 1.0, "repro": "r"}], False, 0, str(tmp_path), "")
+    assert r["outcome"] == "error" and "not the copy" in r["detail"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--operators", "recheck,nope"], "unknown operator 'nope'"),
+    (["/etc"], "is not a .py file or directory of spfshm/"),
+    (["spfshm/mutate"], "is not a .py file or directory of spfshm/"),
+    (["--campaign", "seeds=0:4,color=red"], "unknown key 'color'"),
+    (["--campaign", "seeds=4:0"], "bad seeds '4:0'"),
+    (["--campaign", "perturb=off,delay=0.5"], "perturb=off contradicts delay=0.5"),
+    (["--campaign", "ops"], "expected KEY=VALUE"),
+    (["--jobs", "0"], "--jobs must be a positive integer or auto"),
+    (["--time-limit", "0"], "--time-limit"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, words):
+    try:
+        code = cli.main(["mutate"] + argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and err.count("\n") == 1, err
+
+
+def test_list_prints_the_mutants_and_runs_nothing(capsys):
+    assert cli.main(["mutate", "spfshm/mm/spf.py", "--operators", "trylock", "--list"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("mm/spf.py:__pte_map_lock:trylock:") and " trylock " in line
+
+
+def test_an_interrupted_run_keeps_and_reports_its_results(tmp_path):
+    out = tmp_path / "m.json"
+    p = subprocess.Popen([sys.executable, "-m", "spfshm", "mutate", "spfshm/mm/tlb.py",
+                          "--operators", "sync", "--campaign", "seeds=0:1", "--jobs", "1",
+                          "--json", str(out)], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("mutate: [1/"):
+            os.killpg(p.pid, signal.SIGINT)
+            break
+    rest = p.stdout.read()
+    assert p.wait(timeout=60) == 130, "".join(lines) + rest
+    rep = json.loads(out.read_text())
+    done = [m for m in rep["mutants"] if m["outcome"] in ("killed", "survived")]
+    assert rep["interrupted"] and len(done) >= 1 and rep["counts"]["not run"] >= 1
+    assert done[0]["id"] in lines[-1] and "interrupted" in rest
+
+
+def test_the_equivalence_list_is_current():
+    """Every reviewed entry names a mutant the generator still produces, with its
+    argument; a c_order entry argued from the machine code still compiles to the
+    original's."""
+    eq = harness.load_equivalent(ROOT)
+    files = sorted({e["file"] for e in eq.values()})
+    made = {m.id: m for m in generate(ROOT, files)}
+    stale = [i for i in eq if i not in made]
+    assert not stale, "no longer generated (update stress/mutants/equivalent.json): %s" % stale
+    assert all(len(e["argument"]) > 80 for e in eq.values())
+    claims = [made[i] for i, e in eq.items() if e["argument"].startswith("x86-64 only")]
+    assert claims
+    same = harness.same_object_code(ROOT, claims)
+    assert all(same.values()), [i for i, ok in same.items() if not ok]

@@ -1,0 +1,224 @@
+"""Generic perturbation (--perturb): profiles from the seed, the native decision stream,
+the hook in every primitive class, and what a run reports."""
+import dataclasses
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from spfshm import native
+from spfshm.cli import build_parser, config_from_args
+from spfshm.config import PERTURB_PROFILES, Config, ConfigError
+from spfshm.mm.perturb import RANGES, generic_profile, perturb_line
+from spfshm.run.report import summary
+from spfshm.run.runner import run_stress
+
+ffi, lib = native.ffi, native.lib
+PH_WORDS = native.PERTURB_WORDS
+CLS = {c: i for i, c in enumerate(native.PERTURB_CLASSES)}
+
+
+# -- profiles -----------------------------------------------------------------------------
+def test_the_profile_table_covers_exactly_the_names_config_accepts():
+    assert set(RANGES) == set(PERTURB_PROFILES)
+
+
+@pytest.mark.parametrize("first", [0, 5, 22])
+def test_auto_picks_the_profile_from_the_seed_and_covers_them_all(first):
+    names = [generic_profile(Config(cpus=2, seed=s))["profile"] for s in range(first, first + 4)]
+    assert sorted(names) == sorted(PERTURB_PROFILES)
+    assert names == [generic_profile(Config(cpus=2, seed=s))["profile"]
+                     for s in range(first, first + 4)]
+
+
+@pytest.mark.parametrize("name", PERTURB_PROFILES)
+def test_a_profile_is_resolved_from_the_seed_within_its_ranges(name):
+    profs = [generic_profile(Config(cpus=4, seed=s, perturb=name)) for s in range(20)]
+    assert profs[3] == generic_profile(Config(cpus=4, seed=3, perturb=name))
+    assert all(p["profile"] == name for p in profs)
+    r = RANGES[name]
+    assert len({p["per_million"] for p in profs}) > 10          # the seed moves the values
+    for p in profs:
+        assert r["per_million"][0] <= p["per_million"] <= r["per_million"][1]
+        assert (p["spin_pm"], p["yield_pm"], p["sleep_pm"]) == r["shares"]
+        assert (p["slow"] is None) == (r["slow"] is None)
+        if p["slow"]:
+            s = p["slow"]
+            assert 0 <= s["cpu"] < 4 and 0 < s["window_ms"] < s["period_ms"]
+    if r["slow"]:
+        assert len({p["slow"]["cpu"] for p in profs}) > 1
+
+
+def test_off_resolves_to_nothing_and_unknown_is_a_config_error():
+    assert generic_profile(Config(cpus=2, perturb="off")) is None
+    with pytest.raises(ConfigError, match="--perturb"):
+        Config(cpus=2, perturb="nope").validate()
+
+
+def test_repro_and_dict_round_trip():
+    for value in ("off", "kcsan", "auto"):
+        cfg = Config(cpus=2, seed=9, perturb=value)
+        assert ("--perturb" in cfg.repro()) == (value != Config.perturb)
+        args = build_parser().parse_args(shlex.split(cfg.repro())[1:])
+        assert config_from_args(args).perturb == value
+        assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_rejects_an_unknown_profile_with_one_line():
+    r = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--perturb", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--perturb" in lines[0] and "nope" in lines[0], r.stderr
+    assert r.stdout == ""
+
+
+# -- the native stream --------------------------------------------------------------------
+PROFILE = {"per_million": 100000, "spin_pm": 500, "yield_pm": 300, "spin_max": 64,
+           "sleep_max_ns": 2000}
+
+
+@pytest.fixture
+def arm():
+    """arm(profile, seed, cpu) -> the hits row; disarmed at the end."""
+    rows = []
+
+    def do(profile, seed=1, cpu=0):
+        rows.append(ffi.new("uint64_t[]", PH_WORDS))
+        native.perturb_arm(profile, seed, cpu, rows[-1])
+        return rows[-1]
+
+    yield do
+    native.perturb_disarm()
+
+
+def draws(n, now=0):
+    return [native.perturb_draw(now) for _ in range(n)]
+
+
+def test_the_stream_is_fixed_by_seed_and_cpu(arm):
+    arm(PROFILE, seed=7, cpu=1)
+    a = draws(4000)
+    arm(PROFILE, seed=7, cpu=1)
+    assert draws(4000) == a
+    arm(PROFILE, seed=7, cpu=2)
+    assert draws(4000) != a
+    arm(PROFILE, seed=8, cpu=1)
+    assert draws(4000) != a
+    dec = [native.perturb_decision(d) for d in a]
+    paused = [d for d in dec if d[0]]
+    assert 300 <= len(paused) <= 500                          # p = 10% of 4000
+    kinds = {k: sum(1 for d in paused if d[0] == k) for k in native.PERTURB_KINDS}
+    assert kinds["spin"] > kinds["yield"] > kinds["sleep"] > 0  # shares 50/30/20%
+    assert all(1 <= n <= 64 for k, n, _ in paused if k == "spin")
+    assert all(1 <= n <= 2000 for k, n, _ in paused if k == "sleep")
+    assert not any(slow for _, _, slow in paused)
+
+
+def test_the_slow_cpu_is_starved_inside_its_window_only(arm):
+    ms = 1000000
+    slow = dict(PROFILE, slow=1, slow_factor=10, slow_period_ns=100 * ms,
+                slow_window_ns=10 * ms, slow_phase_ns=30 * ms, slow_sleep_ns=500000)
+    arm(slow)
+    inside = [native.perturb_decision(d) for d in draws(500, now=5 * 100 * ms + 75 * ms)]
+    assert all(k == "sleep" and 1 <= n <= 500000 and s for k, n, s in inside)  # 10% x 10
+    outside = [native.perturb_decision(d) for d in draws(2000, now=5 * 100 * ms + 10 * ms)]
+    assert 0 < sum(1 for k, _, _ in outside if k) < 400
+    assert not any(s for _, _, s in outside)
+    arm(dict(slow, slow=0))                                   # not the slow CPU: no window
+    assert not any(native.perturb_decision(d)[2] for d in draws(500, now=575 * ms))
+
+
+def test_an_inconsistent_profile_is_refused():
+    with pytest.raises(ValueError, match="inconsistent"):
+        native.perturb_arm(dict(PROFILE, sleep_max_ns=0), 1, 0,
+                           ffi.new("uint64_t[]", PH_WORDS))
+    with pytest.raises(ValueError, match="inconsistent"):
+        native.perturb_arm(dict(PROFILE, slow=1, slow_factor=2), 1, 0,
+                           ffi.new("uint64_t[]", PH_WORDS))
+
+
+def test_the_hook_takes_the_decisions_of_the_stream(arm):
+    arm(PROFILE, seed=3)
+    expected = [native.perturb_decision(d)[0] for d in draws(3000)]
+    hits = arm(PROFILE, seed=3)
+    word = ffi.new("uint64_t *")
+    for _ in range(3000):
+        native.fetch_add(word, 1)
+    assert hits[CLS["atomic"]] == sum(1 for k in expected if k) > 0
+    for i, k in enumerate(native.PERTURB_KINDS):
+        assert hits[native.PH_KIND + i] == expected.count(k)
+    native.perturb_disarm()
+    native.fetch_add(word, 1)
+    assert hits[CLS["atomic"]] == sum(1 for k in expected if k)
+
+
+def _lock():
+    lk = ffi.new("uint32_t *")
+    native.spin_lock(lk, 0)
+    native.spin_unlock(lk)
+
+
+def _seq():
+    s = ffi.new("uint64_t *")
+    native.seq_read_retry(s, native.seq_try_begin(s))
+
+
+def _rcu():
+    native.rcu_read_lock()
+    native.rcu_read_unlock()
+
+
+def _irq():
+    native.local_irq_disable()
+    native.local_irq_enable()
+
+
+@pytest.mark.parametrize("cls,call,n", [
+    ("lock", _lock, 2), ("atomic", lambda: native.load_acquire(ffi.new("uint64_t *")), 1),
+    ("seq", _seq, 2), ("rcu", _rcu, 2), ("irq", _irq, 2), ("walk", native.perturb_walk, 1),
+])
+def test_each_primitive_pauses_in_its_class(arm, cls, call, n):
+    hits = arm(dict(PROFILE, per_million=1000000, spin_pm=1000, yield_pm=0, spin_max=2))
+    call()
+    assert [hits[i] for i in range(len(CLS))] == [n if c == cls else 0 for c in CLS]
+    assert hits[native.PH_KIND] == n and hits[native.PH_HANDLER] == 0
+
+
+# -- runs ---------------------------------------------------------------------------------
+RUN = Config(cpus=2, ops=1500, seed=1, fault_mode="spf,pervma,classic", table_free="rcu")
+
+
+def test_off_takes_no_pause():
+    rep = run_stress(dataclasses.replace(RUN, ops=400, perturb="off"))
+    assert rep["exit_code"] == 0 and rep["violations"] == [] and rep["errors"] == []
+    p = rep["perturb"]
+    assert p["profile"] == "off" and p["params"] is None and p["pauses"] == 0
+    assert not any(p["by_class"].values()) and not any(p["by_kind"].values())
+    assert "perturbation: generic off" in summary(rep)
+
+
+def test_a_generic_profile_pauses_in_every_class_and_stays_clean():
+    cfg = dataclasses.replace(RUN, perturb="kcsan")
+    rep = run_stress(cfg)
+    assert rep["exit_code"] == 0 and rep["violations"] == [] and rep["errors"] == []
+    p = rep["perturb"]
+    assert p["params"] == generic_profile(cfg) and p["profile"] == "kcsan"
+    assert all(n > 0 for n in p["by_class"].values()), p["by_class"]
+    assert p["in_ipi_handler"] > 0
+    assert p["pauses"] == sum(p["by_class"].values()) == sum(p["by_kind"].values())
+    assert p["pauses"] == sum(sum(c.values()) for c in p["per_cpu"])
+    assert all(sum(c.values()) > 0 for c in p["per_cpu"])
+    assert perturb_line(p) in summary(rep)
+    assert "walk %d" % p["by_class"]["walk"] in perturb_line(p)
+
+
+def test_the_slow_cpu_is_slowed():
+    cfg = dataclasses.replace(RUN, seed=3, perturb="mixed")
+    rep = run_stress(cfg)
+    assert rep["exit_code"] == 0 and rep["violations"] == [] and rep["errors"] == []
+    p = rep["perturb"]
+    assert p["params"]["slow"] is not None and p["in_slow_window"] > 0
+    assert p["by_kind"]["sleep"] >= p["in_slow_window"]
+    assert "slow CPU %d" % p["params"]["slow"]["cpu"] in summary(rep)
