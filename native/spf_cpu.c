@@ -149,6 +149,7 @@ int spf_cpu_register(int cpu)
 {
 	if (!spf_me.slots || cpu < 0 || cpu >= spf_me.ncpus)
 		return -1;
+	spf_perturb_disarm();          /* an arming (inherited by fork) was another CPU's */
 	struct spf_percpu *me = &spf_me.slots[cpu];
 	spf_me.cpu = cpu;
 	me->pid = getpid();

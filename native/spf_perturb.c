@@ -127,7 +127,7 @@ int spf_perturb_arm(const struct spf_perturb_profile *p, uint64_t seed, int cpu,
 		    uint64_t *hits_row)
 {
 	spf_perturb_disarm();
-	if (p->per_million > 1000000 || p->spin_pm + p->yield_pm > 1000
+	if (!hits_row || p->per_million > 1000000 || p->spin_pm + p->yield_pm > 1000
 	    || (p->spin_pm && !p->spin_max)
 	    || (p->spin_pm + p->yield_pm < 1000 && !p->sleep_max_ns)
 	    || (p->slow && (!p->slow_factor || !p->slow_sleep_ns

@@ -68,7 +68,7 @@ struct spf_perturb_profile {
  * Returns 0, or -1 for an inconsistent profile (then disarmed). */
 int      spf_perturb_arm(const struct spf_perturb_profile *p, uint64_t seed, int cpu,
 			 uint64_t *hits);
-void     spf_perturb_disarm(void);                /* also done by spf_cpu_unregister */
+void     spf_perturb_disarm(void);      /* also done by spf_cpu_register and _unregister */
 /* The main stream's next decision (0: no pause), as the hook draws it; now_ns places it
  * in or out of a slow window (the hook passes the clock on the slow CPU, else 0). */
 uint64_t spf_perturb_draw(uint64_t now_ns);

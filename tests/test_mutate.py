@@ -164,7 +164,7 @@ def test_a_known_bad_mutant_is_killed_in_its_copy_and_the_control_is_clean(tmp_p
     r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
     c = harness.run_mutant(run, _as_run(control, 1, run["snapshot"]))
     assert r["outcome"] == "killed" and r["seed"] == 0, r
-    assert r["signature"] == "frame_uaf@zap" and r["time_to_kill_s"] > 0
+    assert r["signature"].startswith("frame_uaf@") and r["time_to_kill_s"] > 0
     assert c["outcome"] == "survived", c
     for x in (r, c):
         assert x["imported"].startswith(str(tmp_path)) and x["imported"].endswith(

@@ -10,7 +10,7 @@ import pytest
 from spfshm import native
 from spfshm.cli import build_parser, config_from_args
 from spfshm.config import PERTURB_PROFILES, Config, ConfigError
-from spfshm.mm.perturb import RANGES, generic_profile, perturb_line
+from spfshm.mm.perturb import RANGES, arm_generic, generic_profile, no_walk_point, perturb_line
 from spfshm.run.report import summary
 from spfshm.run.runner import run_stress
 
@@ -77,6 +77,7 @@ def test_cli_rejects_an_unknown_profile_with_one_line():
 # -- the native stream --------------------------------------------------------------------
 PROFILE = {"per_million": 100000, "spin_pm": 500, "yield_pm": 300, "spin_max": 64,
            "sleep_max_ns": 2000}
+ALWAYS = dict(PROFILE, per_million=1000000, spin_pm=1000, yield_pm=0, spin_max=2)
 
 
 @pytest.fixture
@@ -180,10 +181,49 @@ def _irq():
     ("seq", _seq, 2), ("rcu", _rcu, 2), ("irq", _irq, 2), ("walk", native.perturb_walk, 1),
 ])
 def test_each_primitive_pauses_in_its_class(arm, cls, call, n):
-    hits = arm(dict(PROFILE, per_million=1000000, spin_pm=1000, yield_pm=0, spin_max=2))
+    hits = arm(ALWAYS)
     call()
     assert [hits[i] for i in range(len(CLS))] == [n if c == cls else 0 for c in CLS]
     assert hits[native.PH_KIND] == n and hits[native.PH_HANDLER] == 0
+
+
+def test_registering_and_unregistering_a_cpu_disarm(arm, make_smp):
+    arena, smp = make_smp(1)
+    word = ffi.new("uint64_t *")
+    hits = arm(ALWAYS)
+    smp.become_cpu(0)                  # a forked worker's inherited arming is not its own
+    try:
+        native.fetch_add(word, 1)
+        assert hits[CLS["atomic"]] == 0
+        hits = arm(ALWAYS, cpu=0)
+        native.fetch_add(word, 1)
+        assert hits[CLS["atomic"]] == 1
+    finally:
+        native.cpu_unregister()
+    native.fetch_add(word, 1)
+    assert hits[CLS["atomic"]] == 1
+
+
+def test_only_the_registered_cpu_is_armed(make_smp):
+    arena, smp = make_smp(3)
+    hits = ffi.new("uint64_t[]", PH_WORDS)
+    cfg = Config(cpus=2, seed=1, perturb="kcsan")
+    smp.become_cpu(2)                  # the parent's row (as the runner's parent is)
+    try:
+        assert arm_generic(cfg, 2, 2, hits) is no_walk_point
+    finally:
+        native.cpu_unregister()
+    smp.become_cpu(0)
+    try:
+        assert arm_generic(cfg, 1, 2, hits) is no_walk_point          # only arena rows here
+        assert arm_generic(dataclasses.replace(cfg, perturb="off"), 0, 2, hits) \
+            is no_walk_point
+        assert arm_generic(cfg, 0, 2, hits) is native.perturb_walk
+        for _ in range(1000):                                         # p = 3.6%
+            native.perturb_walk()
+        assert 0 < hits[CLS["walk"]] == sum(hits[i] for i in range(len(CLS)))
+    finally:
+        native.cpu_unregister()
 
 
 # -- runs ---------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def perturb_line(p):
         how += "; slow CPU %d: %d of every %d ms x%d, sleeps<=%dus (%d pauses)" % (
             s["cpu"], s["window_ms"], s["period_ms"], s["factor"], s["sleep_max_us"],
             p["in_slow_window"])
-    return "perturbation: generic profile %s%s (%s): %d pauses (%s; %d in the IPI handler)" % (
-        p["profile"], ", chosen by the seed," if p["requested"] == "auto" else "", how,
+    return "perturbation: generic profile %s (%s%s): %d pauses (%s; %d in the IPI handler)" % (
+        p["profile"], "chosen by the seed; " if p["requested"] == "auto" else "", how,
         p["pauses"],
         ", ".join("%s %d" % kv for kv in p["by_class"].items()), p["in_ipi_handler"])

@@ -321,13 +321,15 @@ def merge(mutants, results_dir, equivalent):
             done[r["id"]] = r
     rows = []
     for m in mutants:
+        row = {k: m[k] for k in ("id", "file", "line", "function", "operator", "description",
+                                 "diff")}
         if m["id"] in equivalent:
-            rows.append(dict(m, outcome="equivalent", signature=None,
+            rows.append(dict(row, outcome="equivalent", signature=None,
                              detail=equivalent[m["id"]]["argument"]))
         elif m["id"] in done:
             rows.append(done[m["id"]])
         else:
-            rows.append(dict(m, outcome="not run", signature=None, detail=""))
+            rows.append(dict(row, outcome="not run", signature=None, detail=""))
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES + ("not run",)}
     ran = [r for r in rows if r["outcome"] in OUTCOMES[:4]]
     kills = [r["time_to_kill_s"] for r in ran if r["outcome"] == "killed"

@@ -99,9 +99,6 @@ class Mutant:
             text.splitlines(True), self.apply(text).splitlines(True),
             "a/" + self.file, "b/" + self.file))
 
-    def where(self):
-        return "%s:%d" % (self.file, self.line)
-
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -465,8 +462,6 @@ def _py_mutants(path, text, operators):
 _ATOMIC_CALL = re.compile(r"__atomic_\w+\s*\(")
 _ORDER = re.compile(r"__ATOMIC_(ACQUIRE|RELEASE|SEQ_CST|ACQ_REL|CONSUME)\b")
 _C_FUNC = re.compile(r"^[A-Za-z_][\w \t\*]*?\b(\w+)\s*\(")
-
-
 _C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
 

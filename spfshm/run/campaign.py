@@ -16,8 +16,10 @@ import tempfile
 from ..config import Config, ConfigError
 from .runner import run_stress
 
-# The correct configurations a campaign rotates through (each the kernel's own pairing).
+# The correct configurations a campaign rotates through (each the kernel's own pairing);
+# the generic perturbation's profile rotates with the seed too (--perturb auto).
 CONFIGS = [
+    dict(),                                         # the default run: today's kernel
     dict(fault_mode="classic", table_free="ipi"),
     dict(fault_mode="spf", table_free="ipi"),
     dict(fault_mode="pervma", table_free="rcu"),
@@ -64,7 +66,8 @@ def seeds_of(seeds=ROTATION, shard="0/1"):
 
 def config_for(seed, ops=1500, cpus=2):
     base = CONFIGS[seed % len(CONFIGS)]
-    return Config(cpus=max(cpus, 3 if base.get("workload") == "faults+writer" else cpus),
+    modes = len(base.get("fault_mode", Config.fault_mode).split(","))
+    return Config(cpus=max(cpus, modes, 3 if base.get("workload") == "faults+writer" else 0),
                   ops=ops, seed=seed, check_every=0.5, **base)
 
 
