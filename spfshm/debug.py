@@ -63,7 +63,7 @@ KINDS = {
     "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame, 3 VMA tree: {a0}) read "
                 "by a lockless walker {a2} completed syncs after it was retired (legal: 0)",
     "gup_unmapped": "gup_fast kept a pin on frame #{a0} (generation {a1}) that a zap had "
-                    "already unmapped and retired (the PTE re-check would have dropped it)",
+                    "already unmapped (the PTE re-check would have dropped it)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, and no "
                    "zap since could have taken it away (page zap clock {a2:#x}: completed "

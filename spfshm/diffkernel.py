@@ -106,7 +106,7 @@ class Model:
         # The real kernel here runs one classical fault path; reclaim and collapse would
         # make steps the kernel does not take.
         cfg = Config(cpus=1, window_pages=max(64, npages), fault_mode="classic",
-                     table_free="ipi", reclaim="off", collapse="off")
+                     table_free="ipi", reclaim="off", collapse="off", perturb="off")
         self.g = Geometry(1, npages, cfg.tlb_entries, window_base=base)
         self.arena = Arena(Layout(smp_regions(1) + mm_types.regions(self.g)))
         self.smp = Smp(self.arena, 1)

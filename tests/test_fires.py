@@ -263,7 +263,7 @@ class Box:
 
     def __init__(self, ncpus=1, cpu=0, bugs=(), **cfg):
         cfg = dict(dict(fault_mode="classic", table_free="ipi", reclaim="off",
-                        collapse="off"), **cfg)
+                        collapse="off", perturb="off"), **cfg)
         self.cfg = Config(cpus=ncpus, window_pages=WINDOW, bugs=tuple(bugs), **cfg)
         self.g = Geometry(ncpus, WINDOW, self.cfg.tlb_entries, window_base=BASE)
         self.arena = Arena(Layout(smp_regions(ncpus) + mm_types.regions(self.g)
@@ -512,14 +512,15 @@ def test_vma_changed_under_a_fault(box):
 
 def test_pin_kept_on_a_frame_zap_just_unmapped(make):
     """gup_fast without its re-check: between its walk and its reference, a zap clears
-    the PTE and gathers the frame (retired, its flush still to come); the pin is kept."""
+    the PTE and drops the mapcount (the frame is gathered, its flush still to come, not
+    even retired yet); the pin is kept."""
     b = make(bugs=("gup_fast_no_recheck",)).map()
     f = b.frame()
 
     def zap_meanwhile(point):
         if point == "gup_pin":
             b.mm.pt[b.table(), index(BASE, PTE)] = 0
-            b.mm.pipe.retire(FRAMES, f, CLOCK_IPI)
+            b.mm.frame_meta[f]["mapcount"] -= 1
     b.mm.delay = zap_meanwhile
     assert [p[1] for p in gup_fast(b.mm, BASE, 1)] == [f]
     assert only(b, "gup_unmapped@gup")[:1] == (f,)

@@ -110,10 +110,13 @@ def configurations(args):
 
 
 def config_for(c, args, seed, artifacts):
-    """The stress configuration of one run (validated: ConfigError names the problem)."""
+    """The stress configuration of one run (validated: ConfigError names the problem):
+    the fault path alone, as will-it-scale measures it (no reclaim, no collapse, no
+    perturbation)."""
     writer = c["writer"] == "on"
     return Config(cpus=c["cpus"] + (1 if writer else 0), duration=args.duration, seed=seed,
                   fault_mode=c["mode"], table_free=c["table_free"], check_every=0,
+                  reclaim="off", collapse="off", perturb="off",
                   workload=c["workload"] + ("+writer" if writer else ""),
                   writer_rate=args.writer_rate if writer else 0.0,
                   artifacts=artifacts, pin=True).resolved()

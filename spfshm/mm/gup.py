@@ -12,10 +12,10 @@ The two-sided protocol, as mm/gup.c states it:
 If (3) raced with (a)-(c), (4) sees the PTE changed; if it raced with (a'), (4) sees the
 pmd changed (70cbc3cc78a9, "fix the fast GUP race against THP collapse"): the pin never
 outlives the check on a page that the address no longer maps.  So a frame that (4)
-accepts was not retired (its pipe stamp is written after (a)): its pipe age, read between
-(3) and (4), is recorded once (4) passed, whatever protects the walk, and must be "not
-retired" (a kept pin on a retired frame is ``gup_unmapped``; one whose retirement a sync
-has already waited out is ``pipe_age``).  Without (4) (bug ``gup_fast_no_recheck``) a
+accepts was still mapped when (4) read the PTE: its mapcount and pipe age, read between
+(3) and (4), are checked once (4) passed, whatever protects the walk (a kept pin on a
+frame that zap had already unmapped, mapcount 0, is ``gup_unmapped``; one whose
+retirement a sync had already waited out is ``pipe_age``).  Without (4) (bug ``gup_fast_no_recheck``) a
 frame that a zap has just unmapped, or one freed and reused by someone else, can be
 pinned.
 The holder keeps its pins for a while (DMA), then checks that each pinned frame is the
@@ -74,15 +74,17 @@ def gup_fast(mm, start, npages):
             if f >= mm.g.nframes or not try_grab(mm, f):                          # (3)
                 break
             age = mm.pipe.age(FRAMES, f)     # validated by (4) with the PTE: see pipe.py
+            mapped = int(mm.frame_meta[f]["mapcount"]) > 0       # the oracle's, likewise
             native.smp_rmb()                 # the stamp before the re-check's reads
             if not mm.bugs.on("gup_fast_no_recheck") and (
                     int(mm.pt[pmd_t, index(va, PMD)]) != pmd_e
                     or (t >= 0 and int(mm.pt[t, index(va, PTE)]) != e)):         # (4)
                 put_page(mm, f)
                 break
-            if mm.pipe.record(FRAMES, f, "gup", va, age) == 0:   # the pin is ours now
-                # retired before the age read, so unmapped before it: a re-check after
-                # that read cannot have passed (step (4)'s partner is zap's (a))
+            mm.pipe.record(FRAMES, f, "gup", va, age)        # the pin is ours from here
+            if not mapped:
+                # zap's (a) cleared the PTE before it dropped the mapcount, and that was
+                # before our read: a re-check after that read cannot have passed
                 mm.report("gup_unmapped", "gup", va, f, entry_gen(e))
             pinned.append((va, f, entry_gen(e)))
     finally:

@@ -29,10 +29,8 @@ def run(campaign):
     a, b = campaign["seeds"]
     for seed in range(a, b):
         cfg = config_for(seed, campaign["ops"], campaign["cpus"])
-        change = {}
-        if campaign["perturb"] == "off":
-            change["delay"] = 0.0
-        elif campaign["delay"] is not None:
+        change = {"perturb": campaign["perturb"]}
+        if campaign["delay"] is not None:
             change["delay"] = campaign["delay"]
         if campaign["stall"] is not None:
             change["stall_timeout"] = campaign["stall"]

@@ -34,14 +34,15 @@ import time
 
 from .operators import OPERATORS, generate, short_name
 
-DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "on", "delay": None,
+DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "auto", "delay": None,
                     "stall": None}
 CAMPAIGN_KEYS = {
     "seeds": "A:B, the seeds run in order (each one configuration of the fuzz rotation)",
     "ops": "operations per CPU per seed",
     "cpus": "worker CPUs per seed (the writer configuration takes at least 3)",
-    "perturb": "on (each configuration's own delay points) or off (none at all)",
-    "delay": "P, the delay probability for every configuration",
+    "perturb": "the generic perturbation: auto (a profile chosen by each seed, as the "
+               "default run), a profile (chaos, kcsan, sleepy, mixed), or off",
+    "delay": "P, the named delay points' probability for every configuration (0: none)",
     "stall": "SEC, a CPU without progress this long ends the seed as a hang",
 }
 BUILD_TIMEOUT_S = 600
@@ -83,7 +84,8 @@ def parse_campaign(spec):
                         key == "cpus" and out[key] > native.MAX_CPUS - 1:
                     raise ValueError
             elif key == "perturb":
-                if value not in ("on", "off"):
+                from ..config import PERTURB
+                if value not in PERTURB:
                     raise ValueError
                 out[key] = value
             else:
@@ -92,8 +94,6 @@ def parse_campaign(spec):
                     raise ValueError
         except (ValueError, ConfigError):
             raise MutateError("--campaign: bad %s %r (%s)" % (key, value, CAMPAIGN_KEYS[key]))
-    if out["perturb"] == "off" and out["delay"]:
-        raise MutateError("--campaign: perturb=off contradicts delay=%g" % out["delay"])
     return out
 
 

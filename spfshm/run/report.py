@@ -15,6 +15,7 @@ from ..config import Config
 from ..mm import pipe
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 from ..mm.perturb import generic_report, perturb_line
+from . import workload
 
 from .watchdog import OPS as OP_KINDS
 
@@ -123,6 +124,7 @@ def build_report(st, stress, elapsed):
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
         "perturb": generic_report(cfg, arena["perturb_hits"][:cfg.cpus]),
+        "contention": dict(zip(("hot_spots", "radius_pages"), workload.contention(cfg.seed))),
         "violations": viols,
         "violation_count": debug.total(arena) - stress.after_first,
         "violations_after_first": after,
@@ -205,6 +207,9 @@ def summary(rep):
         lines.append("delays taken: %s" % (_kv({k: v for k, v in rep["delay_hits"].items()
                                                  if v}) or "none"))
     lines.append(perturb_line(rep["perturb"]))
+    lines.append("contention (chosen by the seed): %(hot_spots)d hot spot(s) shared by every "
+                 "CPU, each CPU mostly within %(radius_pages)d pages of its own"
+                 % rep["contention"])
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)
     for n in rep["notes"]:

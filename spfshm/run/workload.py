@@ -1,7 +1,8 @@
 """The op mix, derived from the run's seed and the CPU id (every random choice here).
 
 Each CPU draws from its own ``random.Random`` seeded by (seed, cpu), so a run's workload is
-a pure function of its configuration.  ``--workload``:
+a pure function of its configuration.  How hard the CPUs contend on the same pages (the
+number of shared hot spots, how far a CPU strays from its own) rotates with the seed.  ``--workload``:
 
 - ``mixed`` (default): accesses dominate; address-space changes churn the layout so
   faults, zaps, splits and table frees keep happening (a race finder's mix).
@@ -56,12 +57,22 @@ def initial_layout(g, seed, workload="mixed"):
 
 
 BLOCK = 2 << 20   # what one PTE table maps
-NHOT = 4          # hot spots shared by all CPUs, so that they contend on the same pages
+# How hard the CPUs contend, chosen by the seed (a generic knob, like the perturbation
+# profile: narrow windows need two CPUs on one page at one moment): hot spots shared by
+# all CPUs, and how far around its hot spot a CPU strays (pages).
+CONTENTION = ((4, 32), (2, 8), (1, 2))
+
+
+def contention(seed):
+    """(hot spots, radius in pages) of a run: the level rotates with seed // 4, so that
+    over four consecutive seeds every generic perturbation profile meets it."""
+    return CONTENTION[seed // 4 % len(CONTENTION)]
 
 
 def hot_spots(g, seed):
     r = rng_for(seed, -2)
-    return [g.window_base + r.randrange(g.window_pages) * PAGE for _ in range(NHOT)]
+    return [g.window_base + r.randrange(g.window_pages) * PAGE
+            for _ in range(contention(seed)[0])]
 
 
 class Workload:
@@ -80,6 +91,7 @@ class Workload:
         self.block_p = 0.3 if whole_blocks else 0.1
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
+        self.radius = contention(seed)[1]
         mix = dict(MIXES["mixed" if kind == "mixed" else "faults"])
         if reclaim_op:
             mix["reclaim"] = 10          # the seed scanner, inline (no --reclaimer)
@@ -109,7 +121,7 @@ class Workload:
             self.hot = r.choice(self.spots) if r.random() < 0.7 else \
                 g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
         if r.random() < 0.8:
-            va = self.hot + r.randrange(-32, 32) * PAGE
+            va = self.hot + r.randrange(-self.radius, self.radius) * PAGE
             if g.window_base <= va < self.end:
                 return va
         return g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
