@@ -79,16 +79,20 @@ def test_write_lock_asserts(model, path, site):
     assert len(fired(m)) == n + 1
 
 
-def test_find_vma_asserts_the_lock(model):
+@pytest.mark.parametrize("site", ["find_vma", "vmas_snapshot"])
+def test_find_vma_asserts_the_lock(model, site):
+    """The VMA tree's readers under mmap_lock: silent under the read or write lock."""
     m = model
-    find_vma(m.mm, BASE)
-    assert [s for s, _ in fired(m)] == ["mmap_not_locked@find_vma"]
+    read = {"find_vma": lambda: find_vma(m.mm, BASE), "vmas_snapshot":
+            lambda: vmas_snapshot(m.mm)}[site]
+    read()
+    assert [s for s, _ in fired(m)] == ["mmap_not_locked@" + site]
     assert "need 1" in fired(m)[0][1]
     for lock, unlock in ((mmap_read_lock, mmap_read_unlock),
                          (mmap_write_lock, mmap_write_unlock)):
         lock(m.mm)
         try:
-            find_vma(m.mm, BASE)
+            read()
         finally:
             unlock(m.mm)
     assert len(fired(m)) == 1

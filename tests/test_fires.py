@@ -96,7 +96,9 @@ FIRES = {
     "pt_lost_ptes@free_pgtables": ("test_huge_pmd_left_below_the_floor",
                                    "test_huge_pmd_left_in_a_removed_subtree",
                                    "test_table_freed_with_a_pte"),
-    "mmap_not_locked@find_vma": ("test_asserts.py::test_find_vma_asserts_the_lock",),
+    "mmap_not_locked@find_vma": ("test_asserts.py::test_find_vma_asserts_the_lock[find_vma]",),
+    "mmap_not_locked@vmas_snapshot":
+        ("test_asserts.py::test_find_vma_asserts_the_lock[vmas_snapshot]",),
     "mmap_not_locked@publish_tree": ("test_asserts.py::test_write_lock_asserts[publish_tree]",),
     "mmap_not_locked@split_vma": ("test_asserts.py::test_write_lock_asserts[split_vma]",),
     "mmap_not_locked@vma_end_write_all":

@@ -71,23 +71,28 @@ def no_delay(point):
 # per_million: chance of a pause per primitive call; shares: spin/yield/sleep per mille;
 # spin_max: spins; sleep_max_us; slow: the slow CPU's cycle (period_ms, window as a
 # share of the period, chance multiplier, sleep_max_us inside the window), or None.
+# Lengths are scaled to the model's time: an operation here takes 100-300 us where the
+# kernel's takes about 1 us, so a pause that lets another CPU run a whole conflicting
+# operation (unlink, flush, free) inside a window is a fraction of a millisecond to a
+# few milliseconds, as KCSAN's tens of microseconds are in the kernel.
 RANGES = {
-    # rr's chaos mode: rare pauses, mostly sleeps, and one CPU starved now and then
-    "chaos": {"per_million": (500, 3000), "shares": (300, 200, 500), "spin_max": (200, 2000),
-              "sleep_max_us": (50, 500),
+    # rr's chaos mode: rare pauses, mostly long sleeps, and one CPU starved now and then
+    "chaos": {"per_million": (1000, 5000), "shares": (300, 200, 500), "spin_max": (200, 2000),
+              "sleep_max_us": (200, 2000),
               "slow": {"period_ms": (50, 200), "window": (0.1, 0.3), "factor": (20, 100),
-                       "sleep_max_us": (500, 2000)}},
-    # KCSAN's delays: frequent short spins, a few yields, no sleep
-    "kcsan": {"per_million": (10000, 40000), "shares": (900, 100, 0), "spin_max": (200, 2000),
-              "sleep_max_us": None, "slow": None},
-    # the scheduler's hand: yields and short sleeps
+                       "sleep_max_us": (1000, 5000)}},
+    # KCSAN's delays: frequent pauses, mostly short spins, some long enough to span an
+    # operation of another CPU
+    "kcsan": {"per_million": (10000, 40000), "shares": (700, 100, 200), "spin_max": (200, 2000),
+              "sleep_max_us": (20, 300), "slow": None},
+    # the scheduler's hand: yields and sleeps
     "sleepy": {"per_million": (2000, 10000), "shares": (0, 500, 500), "spin_max": None,
-               "sleep_max_us": (5, 50), "slow": None},
-    # a bit of everything, and a mildly slow CPU
+               "sleep_max_us": (50, 500), "slow": None},
+    # a bit of everything, and a slow CPU
     "mixed": {"per_million": (5000, 20000), "shares": (600, 250, 150), "spin_max": (100, 1000),
-              "sleep_max_us": (10, 100),
+              "sleep_max_us": (100, 1000),
               "slow": {"period_ms": (100, 300), "window": (0.1, 0.3), "factor": (5, 15),
-                       "sleep_max_us": (100, 500)}},
+                       "sleep_max_us": (500, 2000)}},
 }
 
 

@@ -162,7 +162,9 @@ def find_vma(mm, va):
 
 
 def vmas_snapshot(mm):
-    """The VMA list as Vma copies, sorted (mmap_lock write held)."""
+    """The VMA list as Vma copies, sorted (mmap_lock held: the kernel's VMA iterator
+    walks the maple tree under mmap_lock, lockdep-checked)."""
+    mmap_assert_locked(mm, "vmas_snapshot")
     starts, ends, ids = tree_entries(mm, current_tree(mm))
     return [Vma(v, s, e, int(mm.vma[v]["prot"])) for s, e, v in zip(starts, ends, ids)]
 
