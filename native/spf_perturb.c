@@ -109,7 +109,20 @@ void spf_perturb_at_handler(int cls)
 	handler_busy = 0;
 }
 
-void spf_perturb_walk(void) { spf_perturb(SPF_PC_WALK); }
+/* A lockless walk's shared read: where the windows of this field are (a pointer read
+ * and then relied on), so a pause is likelier there and long enough for another CPU to
+ * run a whole conflicting operation (unlink, flush, free) before the walker goes on. */
+void spf_perturb_walk(void)
+{
+	if (!spf_perturb_armed)
+		return;
+	uint64_t pm = (uint64_t)prof.per_million * prof.read_factor;
+	if (below(xorshift64s(&main_rng), 1000000) >= (pm > 1000000 ? 1000000 : pm))
+		return;
+	take(SPF_PC_WALK, decision(SPF_PK_SLEEP,
+				   1 + (xorshift64s(&main_rng) & 0xffffffffu) % prof.read_sleep_ns,
+				   0));
+}
 
 uint64_t spf_perturb_draw(uint64_t now_ns) { return decide(&main_rng, now_ns); }
 
@@ -128,7 +141,7 @@ int spf_perturb_arm(const struct spf_perturb_profile *p, uint64_t seed, int cpu,
 {
 	spf_perturb_disarm();
 	if (!hits_row || p->per_million > 1000000 || p->spin_pm + p->yield_pm > 1000
-	    || (p->spin_pm && !p->spin_max)
+	    || (p->spin_pm && !p->spin_max) || !p->read_factor || !p->read_sleep_ns
 	    || (p->spin_pm + p->yield_pm < 1000 && !p->sleep_max_ns)
 	    || (p->slow && (!p->slow_factor || !p->slow_sleep_ns
 			    || p->slow_window_ns > p->slow_period_ns || !p->slow_period_ns)))

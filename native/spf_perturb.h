@@ -12,7 +12,10 @@
  *   tlb     TLB access, fill, remote wait; the local flush, and in the handler the flush
  *   walk    the shared reads of a lockless walk (Python, through spf_perturb_walk)
  * A primitive pauses after a read or an acquire and before a write or a release, so the
- * pause falls inside the section, or between a read and the use of what it read.
+ * pause falls inside the section, or between a read and the use of what it read; a spin
+ * lock also before its acquire (a trylock protocol's window ends there).  A walk's shared
+ * read pauses with its own chance (read_factor times the profile's) and always sleeps
+ * (1..read_sleep_ns): long enough for another CPU to run a whole operation.
  * Disarmed, the hook is one predictable branch on a process-local flag.
  *
  * A decision: with probability per_million / 1e6 a pause, of kind spin (spf_cpu_relax,
@@ -62,6 +65,8 @@ struct spf_perturb_profile {
 	uint64_t slow_window_ns;
 	uint64_t slow_phase_ns;
 	uint64_t slow_sleep_ns;
+	uint32_t read_factor;     /* a lockless walk's shared read: chance x this (>= 1) */
+	uint64_t read_sleep_ns;   /* ... and its pauses are sleeps up to this */
 };
 
 /* Arm this process (CPU cpu) with a copy of *p; hits: its row (must outlive the arming).

@@ -21,6 +21,7 @@ static int spin_wait_free(spf_spinlock_t *l, uint64_t deadline)
 int spf_spin_lock_timeout(spf_spinlock_t *l, int cpu, int64_t timeout_ns)
 {
 	uint64_t deadline = timeout_ns >= 0 ? spf_now_ns_inline() + (uint64_t)timeout_ns : 0;
+	spf_perturb(SPF_PC_LOCK);     /* before the acquire: what was read before still holds? */
 	for (;;) {
 		uint32_t free_ = 0;
 		if (__atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
@@ -38,6 +39,7 @@ void spf_spin_lock(spf_spinlock_t *l, int cpu) { spf_spin_lock_timeout(l, cpu, -
 int spf_spin_trylock(spf_spinlock_t *l, int cpu)
 {
 	uint32_t free_ = 0;
+	spf_perturb(SPF_PC_LOCK);     /* before the attempt: a trylock's window is behind it */
 	int taken = __atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
 						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
 	spf_perturb(SPF_PC_LOCK);

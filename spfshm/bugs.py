@@ -90,10 +90,10 @@ CATALOGUE = [
     Bug("reclaim_no_recheck", "seed reclaim step 2: re-check the table is empty",
         "bug class 4: a table removed on a stale scan (Hildenbrand's plan without the "
         "re-check under the write lock)",
-        ("pt_lost_ptes@free_pgtables", "frame_leak@sweep"),
+        ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load"),
         "the scanner removes tables found empty under mmap_lock read without looking again "
-        "(the table's free waits for a grace period: a sweep meanwhile finds its frames "
-        "mapped by no reachable PTE)",
+        "(the table's free waits for a grace period: meanwhile a sweep finds its frames "
+        "mapped by no reachable PTE, or a load finds the store it held gone)",
         {"reclaim": "seed"}),
     Bug("walk_rcu_free_ipi", "pairing: --walk rcu with --table-free ipi",
         "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker "
@@ -108,9 +108,9 @@ CATALOGUE = [
     Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
         "interrupt the target, IRQs off protects nothing (cf. a37259732a7d)",
-        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@gup", "pipe_age@gup"),
         "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
-        "after the flush, speculative walkers with IRQs off",
+        "after the flush, speculative and gup_fast walkers with IRQs off",
         {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi"},
         {"tlb_flush": "ipi"},
         window={"delay": 0.05, "delay_max_us": 3000.0,

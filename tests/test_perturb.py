@@ -76,7 +76,7 @@ def test_cli_rejects_an_unknown_profile_with_one_line():
 
 # -- the native stream --------------------------------------------------------------------
 PROFILE = {"per_million": 100000, "spin_pm": 500, "yield_pm": 300, "spin_max": 64,
-           "sleep_max_ns": 2000}
+           "sleep_max_ns": 2000, "read_factor": 3, "read_sleep_ns": 5000}
 ALWAYS = dict(PROFILE, per_million=1000000, spin_pm=1000, yield_pm=0, spin_max=2)
 
 
@@ -177,14 +177,17 @@ def _irq():
 
 
 @pytest.mark.parametrize("cls,call,n", [
-    ("lock", _lock, 2), ("atomic", lambda: native.load_acquire(ffi.new("uint64_t *")), 1),
+    ("lock", _lock, 3), ("atomic", lambda: native.load_acquire(ffi.new("uint64_t *")), 1),
     ("seq", _seq, 2), ("rcu", _rcu, 2), ("irq", _irq, 2), ("walk", native.perturb_walk, 1),
 ])
 def test_each_primitive_pauses_in_its_class(arm, cls, call, n):
+    """... with the profile's pause kind (spins here), except a walk's shared read, which
+    always sleeps (long enough for another CPU's whole operation)."""
     hits = arm(ALWAYS)
     call()
     assert [hits[i] for i in range(len(CLS))] == [n if c == cls else 0 for c in CLS]
-    assert hits[native.PH_KIND] == n and hits[native.PH_HANDLER] == 0
+    kind = native.PERTURB_KINDS.index("sleep" if cls == "walk" else "spin")
+    assert hits[native.PH_KIND + kind] == n and hits[native.PH_HANDLER] == 0
 
 
 def test_registering_and_unregistering_a_cpu_disarm(arm, make_smp):

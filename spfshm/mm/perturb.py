@@ -69,8 +69,10 @@ def no_delay(point):
 # -- generic perturbation -----------------------------------------------------------------
 # Per profile, the ranges its values are drawn from (uniform; the seed draws them):
 # per_million: chance of a pause per primitive call; shares: spin/yield/sleep per mille;
-# spin_max: spins; sleep_max_us; slow: the slow CPU's cycle (period_ms, window as a
-# share of the period, chance multiplier, sleep_max_us inside the window), or None.
+# spin_max: spins; sleep_max_us; read: at a lockless walk's shared read (where this
+# field's windows are: a pointer read, then relied on), the chance multiplier and the
+# sleeps' maximum; slow: the slow CPU's cycle (period_ms, window as a share of the
+# period, chance multiplier, sleep_max_us inside the window), or None.
 # Lengths are scaled to the model's time: an operation here takes 100-300 us where the
 # kernel's takes about 1 us, so a pause that lets another CPU run a whole conflicting
 # operation (unlink, flush, free) inside a window is a fraction of a millisecond to a
@@ -78,19 +80,22 @@ def no_delay(point):
 RANGES = {
     # rr's chaos mode: rare pauses, mostly long sleeps, and one CPU starved now and then
     "chaos": {"per_million": (1000, 5000), "shares": (300, 200, 500), "spin_max": (200, 2000),
-              "sleep_max_us": (200, 2000),
+              "sleep_max_us": (200, 2000), "read": {"factor": (5, 20), "sleep_max_us": (1000, 3000)},
               "slow": {"period_ms": (50, 200), "window": (0.1, 0.3), "factor": (20, 100),
                        "sleep_max_us": (1000, 5000)}},
     # KCSAN's delays: frequent pauses, mostly short spins, some long enough to span an
     # operation of another CPU
     "kcsan": {"per_million": (10000, 40000), "shares": (700, 100, 200), "spin_max": (200, 2000),
-              "sleep_max_us": (20, 300), "slow": None},
+              "sleep_max_us": (20, 300), "read": {"factor": (2, 5), "sleep_max_us": (100, 500)},
+              "slow": None},
     # the scheduler's hand: yields and sleeps
     "sleepy": {"per_million": (2000, 10000), "shares": (0, 500, 500), "spin_max": None,
-               "sleep_max_us": (50, 500), "slow": None},
+               "sleep_max_us": (50, 500), "read": {"factor": (5, 20),
+                                                   "sleep_max_us": (500, 2000)},
+               "slow": None},
     # a bit of everything, and a slow CPU
     "mixed": {"per_million": (5000, 20000), "shares": (600, 250, 150), "spin_max": (100, 1000),
-              "sleep_max_us": (100, 1000),
+              "sleep_max_us": (100, 1000), "read": {"factor": (3, 10), "sleep_max_us": (500, 2000)},
               "slow": {"period_ms": (100, 300), "window": (0.1, 0.3), "factor": (5, 15),
                        "sleep_max_us": (500, 2000)}},
 }
@@ -111,6 +116,8 @@ def generic_profile(cfg):
             "spin_pm": spin, "yield_pm": yld, "sleep_pm": sleep,
             "spin_max": rng.randint(*r["spin_max"]) if r["spin_max"] else 0,
             "sleep_max_us": rng.randint(*r["sleep_max_us"]) if r["sleep_max_us"] else 0,
+            "read_factor": rng.randint(*r["read"]["factor"]),
+            "read_sleep_max_us": rng.randint(*r["read"]["sleep_max_us"]),
             "slow": None}
     s = r["slow"]
     if s:
@@ -127,7 +134,8 @@ def _native_profile(prof, cpu):
     s, ms = prof["slow"], 1000000
     out = {"per_million": prof["per_million"], "spin_pm": prof["spin_pm"],
            "yield_pm": prof["yield_pm"], "spin_max": prof["spin_max"],
-           "sleep_max_ns": prof["sleep_max_us"] * 1000}
+           "sleep_max_ns": prof["sleep_max_us"] * 1000,
+           "read_factor": prof["read_factor"], "read_sleep_ns": prof["read_sleep_max_us"] * 1000}
     if s and s["cpu"] == cpu:
         out.update(slow=1, slow_factor=s["factor"], slow_period_ns=s["period_ms"] * ms,
                    slow_window_ns=s["window_ms"] * ms, slow_phase_ns=s["phase_ms"] * ms,
@@ -180,6 +188,8 @@ def perturb_line(p):
         how += ", spins<=%d" % a["spin_max"]
     if a["sleep_pm"]:
         how += ", sleeps<=%dus" % a["sleep_max_us"]
+    how += "; shared reads of a walk x%d, sleeps<=%dus" % (a["read_factor"],
+                                                           a["read_sleep_max_us"])
     if s:
         how += "; slow CPU %d: %d of every %d ms x%d, sleeps<=%dus (%d pauses)" % (
             s["cpu"], s["window_ms"], s["period_ms"], s["factor"], s["sleep_max_us"],

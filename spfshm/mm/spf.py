@@ -110,6 +110,7 @@ def __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t):
     if native.seq_read_retry(mm.mmap_seq, seq):
         return "seq_changed"
     cur = int(mm.pt[pmd_t, index(va, PMD)])
+    mm.walk_point()                      # a shared read of the walk, relied on below
     if not check_table(mm, pmd_t, pmd_tag, PMD, "spf_walk", va):
         return "uaf"
     if cur != orig_pmd and not bugs.on("spf_skip_pmd_same"):
