@@ -30,6 +30,10 @@ Bug = namedtuple("Bug", "name step origin expect description config control wind
 #   (bench detect, mutate, the default run) never does.
 
 PAIRING = "pairing:"
+# What a page table freed with present PTEs shows first: the free's own check, or, while
+# its free waits for a grace period (--table-free rcu, the default), a sweep (its frames
+# mapped by no reachable PTE) or a load (the store it held, lost).
+TABLE_FREED_WITH_PTES = ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load")
 NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
                    "collapse", "workload", "check_every", "stall_timeout", "ipi_timeout"))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -58,7 +62,7 @@ CATALOGUE = [
         "mprotect makes PTEs read-only but skips the TLB flush", {}),
     Bug("zap_skip_last_pte", "zap_pte_range",
         "incomplete zap leaves a mapped page behind (bad rss-counter / leaked page class)",
-        ("pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
+        TABLE_FREED_WITH_PTES + ("stale_pte@sweep",),
         "munmap and DONTNEED miss the last PTE of the range", {"check_every": 0.25}),
     Bug("rss_no_dec", "zap_pte_range -> add_mm_rss_vec",
         "'BUG: Bad rss-counter state' reports (RSS accounting drift)",
@@ -66,7 +70,7 @@ CATALOGUE = [
         "zap forgets to decrement the RSS counter", {"check_every": 0.25}),
     Bug("fault_no_ptl", "do_anonymous_page -> pte_offset_map_lock",
         "installing a PTE without the page table lock (two faulters both see pte_none)",
-        ("frame_leak@sweep", "lost_update@load", "pt_lost_ptes@free_pgtables"),
+        TABLE_FREED_WITH_PTES,
         "the classical fault checks pte_none and installs the frame without taking the ptl "
         "(two faulters both install; or one installs into a table that PT_RECLAIM or "
         "munmap found empty under the ptl and frees)",
@@ -81,7 +85,7 @@ CATALOGUE = [
     Bug("ptreclaim_after_ptl_drop", "PT_RECLAIM fast path after zap_pte_range",
         "bug class 4: reclaim after the ptl was dropped mid-zap freed a refilled table "
         "(Qi Zheng, 2025, 'Bad rss-counter state')",
-        ("pt_lost_ptes@free_pgtables", "lost_update@load"),
+        TABLE_FREED_WITH_PTES,
         "MADV_DONTNEED takes the reclaim fast path although zap dropped the ptl to free a "
         "batch, so a fault may have refilled the table",
         {"reclaim": "ptreclaim", "table_free": "rcu", "workload": "faults"},
@@ -90,7 +94,7 @@ CATALOGUE = [
     Bug("reclaim_no_recheck", "seed reclaim step 2: re-check the table is empty",
         "bug class 4: a table removed on a stale scan (Hildenbrand's plan without the "
         "re-check under the write lock)",
-        ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load"),
+        TABLE_FREED_WITH_PTES,
         "the scanner removes tables found empty under mmap_lock read without looking again "
         "(the table's free waits for a grace period: meanwhile a sweep finds its frames "
         "mapped by no reachable PTE, or a load finds the store it held gone)",
@@ -164,13 +168,12 @@ CATALOGUE = [
                 "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
-        ("stale_tlb@mprotect", "pt_lost_ptes@free_pgtables", "stale_pte@sweep",
-         "pte_prot@sweep"),
+        TABLE_FREED_WITH_PTES + ("stale_tlb@mprotect", "stale_pte@sweep", "pte_prot@sweep"),
         "the speculative fault does not re-check mmap_seq once it holds the ptl (after "
         "munmap: a PTE outside every VMA or in a freed table; after mprotect: a PTE with "
         "the old permissions)",
         {"fault_mode": "spf,classic"},
-        window={"delay": 0.15, "delay_max_us": 3000.0,
+        window={"delay": 0.3, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_vma_check", "SPF step 2: mmap_seq check after the VMA copy",
         "the copy check of Lespinasse's series (a torn VMA copy decides the fault)",
@@ -186,12 +189,12 @@ CATALOGUE = [
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf"},
-        window={"delay": 0.2, "delay_max_us": 3000.0,
+        window={"delay": 0.4, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
         "without mmap_lock) and nobody noticed",
-        ("pt_lost_ptes@free_pgtables",),
+        TABLE_FREED_WITH_PTES,
         "the speculative fault does not re-check the pmd once it holds the ptl, so it "
         "commits into a table that DONTNEED just reclaimed",
         {"fault_mode": "spf", "reclaim": "ptreclaim", "table_free": "rcu",
@@ -210,7 +213,7 @@ CATALOGUE = [
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
         ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
-         "pt_lost_ptes@free_pgtables", "stale_pte@sweep"),
+         "stale_pte@sweep") + TABLE_FREED_WITH_PTES,
         "a fault read-locks a VMA that the current writer has already write-locked",
         {"fault_mode": "pervma"},
         window={"delay": 0.2, "delay_max_us": 1000.0,
