@@ -30,7 +30,8 @@ class Config:
     ops: int = 0                   # per CPU; 0: run for `duration`
     seed: int = 1
     fault_mode: str = "spf,pervma,classic"    # the three paths race each other
-    table_free: str = "rcu"        # MMU_GATHER_RCU_TABLE_FREE, as x86 frees tables since 6.x
+    table_free: str = "rcu"        # MMU_GATHER_RCU_TABLE_FREE, as current x86 frees tables
+    #                                (PT_RECLAIM depends on it)
     walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
     tlb_flush: str = "ipi"         # ipi: interrupt every CPU; no-ipi: remote invalidation
     reclaim: str = "auto"          # page-table reclaim: off, seed (scanner), ptreclaim;
@@ -108,7 +109,8 @@ class Config:
         need(self.collapse in COLLAPSE,
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
         need(not self.workload.startswith("pf1") or (
-                 self.collapse in ("off", "auto") and (self.reclaim != "seed" or self.reclaimer)),
+                 self.collapse in ("off", "auto")
+                 and (self.reclaim != "seed" or self.reclaimer)),
              "--workload %s runs no op mix: --collapse and an inline --reclaim seed need "
              "another workload (or use --reclaimer)" % self.workload)
         need(not self.reclaimer or (self.reclaim == "seed" and self.cpus >= 2),

@@ -15,9 +15,9 @@ outlives the check on a page that the address no longer maps.  So a frame that (
 accepts was still mapped when (4) read the PTE: its mapcount and pipe age, read between
 (3) and (4), are checked once (4) passed, whatever protects the walk (a kept pin on a
 frame that zap had already unmapped, mapcount 0, is ``gup_unmapped``; one whose
-retirement a sync had already waited out is ``pipe_age``).  Without (4) (bug ``gup_fast_no_recheck``) a
-frame that a zap has just unmapped, or one freed and reused by someone else, can be
-pinned.
+retirement a sync had already waited out is ``pipe_age``).  Without (4) (bug
+``gup_fast_no_recheck``) a frame that a zap has just unmapped, or one freed and reused by
+someone else, can be pinned.
 The holder keeps its pins for a while (DMA), then checks that each pinned frame is the
 incarnation it pinned (a pinned frame is never freed under its holder) and unpins.
 """
