@@ -11,7 +11,6 @@ import json
 import numpy as np
 
 from .. import __version__, debug
-from ..config import Config
 from ..mm import pipe
 from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 from ..mm.perturb import generic_report, perturb_line
@@ -95,6 +94,7 @@ def build_report(st, stress, elapsed):
     return {
         "paths": paths(cfg, rows),
         "config": dict(cfg.to_dict(), version=__version__),
+        "config_line": cfg.describe(),
         "ops": {k: t[k] for k in OP_KINDS},
         "ops_total": t["ops"],
         "op_errors": {k: t[k + "_err"] for k in OP_KINDS[2:6]},
@@ -170,8 +170,7 @@ def exit_status(stress, viols):
 def summary(rep):
     c = rep["config"]
     f = rep["faults"]
-    lines = ["--- spfshm stress: %s ---" % Config.from_dict(
-                 {k: v for k, v in c.items() if k != "version"}).describe(),
+    lines = ["--- spfshm stress: %s ---" % rep["config_line"],
              "per path: %s" % "; ".join(
                  "%s (CPU %s): ops %d, faults %d%s" % (
                      m, ",".join(map(str, p["cpus"])) or "-", p["ops"], p["faults"],

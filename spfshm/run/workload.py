@@ -88,7 +88,8 @@ class Workload:
         # With reclaim or collapse on, whole 2 MiB blocks are mapped read-write and
         # zapped more often: PT_RECLAIM frees a table only when one VMA's zap covers all
         # of it, and khugepaged collapses only a block inside one writable VMA.
-        self.block_p = 0.3 if whole_blocks else 0.1
+        self.zap_block_p = 0.3 if whole_blocks else 0.1      # of DONTNEEDs
+        self.map_block_p = 0.2 if whole_blocks else 0.0      # of mmaps
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
         self.radius = contention(seed)[1]
@@ -183,7 +184,7 @@ class Workload:
         if op == "gup":
             return op, (self._page(), r.randint(1, 16))
         if op == "madvise":            # sometimes a large arena's worth (malloc trim)
-            if r.random() < self.block_p:
+            if r.random() < self.zap_block_p:
                 block = self._block()
                 if block:
                     return op, block
@@ -197,7 +198,7 @@ class Workload:
         if op == "mprotect":
             va, n = self._range(128)
             return op, (va, n, r.choice(PROTS))
-        if r.random() < self.block_p - 0.1:  # a whole block, read-write (a heap arena)
+        if r.random() < self.map_block_p:    # a whole block, read-write (a heap arena)
             block = self._block()
             if block:
                 return op, block + (PROT_BY_NAME["rw"], MAP_FIXED)
