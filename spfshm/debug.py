@@ -64,6 +64,8 @@ KINDS = {
                 "by a lockless walker {a2} completed syncs after it was retired (legal: 0)",
     "gup_unmapped": "gup_fast kept a pin on frame #{a0} (generation {a1}) that a zap had "
                     "already unmapped (the PTE re-check would have dropped it)",
+    "pmd_changed": "the pmd at {va:#x} is {a0:#x}, no longer the link to table #{a1} "
+                   "whose ptl this CPU has held since pte_offset_map_lock validated it",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, and no "
                    "zap since could have taken it away (page zap clock {a2:#x}: completed "
@@ -84,7 +86,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "load", "mprotect", "munmap", "find_vma", "ipi", "spf", "spf_walk",
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
-         "free_frame", "put_page", "vm_area_free", "vmas_snapshot"]
+         "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -31,7 +31,7 @@ from spfshm.mm.frames import alloc_frame, put_page
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page
 from spfshm.mm.lockdep import Deadlock, ptl_lock_irqs_off
-from spfshm.mm.memory import free_pgtables
+from spfshm.mm.memory import free_pgtables, reclaim_pt
 from spfshm.mm.mm_types import (FRAME_INUSE, HPAGE_NR, MM, PAGE, PGD, PROT_BY_NAME,
                                 PROT_READ, PTE, PUD, TABLE_PENDING, TREE_HDR, VMA_FREE,
                                 VMA_PENDING, Geometry, mm_init)
@@ -39,7 +39,8 @@ from spfshm.mm.mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_loc
     mmap_write_unlock
 from spfshm.mm.pagetable import (P, PROTNONE, ROOT, RW, alloc_table, entry_pfn,
                                  free_table_now, index, mark_pending, mk_entry,
-                                 pmd_entry_of, pte_table_of)
+                                 pmd_entry_of, pte_offset_map_lock,
+                                 pte_table_of)
 from spfshm.mm.perturb import no_delay
 from spfshm.mm.pervma import do_pervma_fault
 from spfshm.mm.pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES, VMAS
@@ -110,6 +111,7 @@ FIRES = {
     "vma_not_write_locked@split_vma": ("test_vma_split_without_its_write_lock",),
     # mm/pagetable.py
     "pt_uaf@free_pgtables": ("test_table_freed_while_cached",),
+    "pmd_changed@reclaim_pt": ("test_pmd_changed_under_the_ptl",),
     "double_free@free_pgtables":
         ("test_sweep.py::test_table_freed_twice_is_reported_at_the_free",
          "test_sweep.py::test_table_unlinked_twice_is_reported_at_the_unlink[False]"),
@@ -648,6 +650,24 @@ def test_table_freed_with_a_pte(make):
     t = b.table()
     assert do_munmap(b.mm, BASE, 4 * PAGE) == 0
     assert only(b, "pt_lost_ptes@free_pgtables") == (t, 1, 0)
+
+
+def test_pmd_changed_under_the_ptl(make):
+    """PT_RECLAIM's fast path clears the pmd with no pmd_same, as try_get_and_clear_pmd
+    does: the ptl, held since pte_offset_map_lock validated the pmd, must have kept it.
+    A pmd changed meanwhile (here: cleared behind the ptl's back) is reported and left
+    alone, not silently skipped."""
+    b = make().map(pages=4)
+    mm = b.mm
+    assert do_madvise_dontneed(mm, BASE, 4 * PAGE) == 0           # t is empty now
+    t = pte_offset_map_lock(mm, BASE)
+    pmd_t, pmd_i = pmd_entry_of(mm, BASE)
+    native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+    tlb = MmuGather(mm)
+    assert reclaim_pt(mm, tlb, t, BASE, False)
+    tlb.finish()
+    assert only(b, "pmd_changed@reclaim_pt") == (0, t, 0)
+    assert not native.lib.spf_spin_is_locked(mm.ptl(t))
 
 
 def test_table_freed_while_cached(make):

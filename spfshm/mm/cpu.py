@@ -133,11 +133,9 @@ class Cpu:
                 return r
             mm.count("spf_abort_" + r)
         elif self.mode == "pervma":
-            r = do_pervma_fault(mm, va, write)
+            r = do_pervma_fault(mm, va, write)      # counts its vm events
             if r is not None:
-                mm.count("pervma_ok")
                 return r
-            mm.count("pervma_fallback")
         return do_user_addr_fault(mm, va, write)
 
     def load(self, va):

@@ -1,8 +1,8 @@
 """gup_fast (mm/gup.c lockless_pages_from_mm): pin pages without mmap_lock.
 
 The two-sided protocol, as mm/gup.c states it:
-  gup_fast: (1) IRQs off (or the --walk protection)  (2) walk to the PTE (or a huge pmd)
-            locklessly  (3) take a reference if the page still has one (try_grab:
+  gup_fast: (1) IRQs off, whatever the other walkers use  (2) walk to the PTE (or a
+            huge pmd) locklessly  (3) take a reference if the page still has one (try_grab:
             refcount > 0; a huge page's reference is its head's)
             (4) re-check the pmd and the PTE are unchanged, else drop the reference
             (5) IRQs on
@@ -25,7 +25,7 @@ from .. import native
 from .frames import put_page
 from .mm_types import PAGE, PMD, PTE
 from .pagetable import (GEN_MASK, P, PS, check_table, entry_gen, entry_pfn, index,
-                        lockless_walk_begin, lockless_walk_end, walk_lockless)
+                        walk_lockless)
 from .pipe import FRAMES
 
 GUP_MAX = 16
@@ -59,9 +59,13 @@ def _walk(mm, va):
 
 
 def gup_fast(mm, start, npages):
-    """Pin up to npages present pages from start; returns [(va, page, gen tag)]."""
+    """Pin up to npages present pages from start; returns [(va, page, gen tag)].
+    (1) is local_irq_save in every configuration (v6.12 mm/gup.c gup_fast: "we also want
+    to block IPIs that come from callers of tlb_remove_table_sync_one"): IRQs off holds
+    off the flush IPI that IPI table freeing waits for, and is an RCU reader for RCU
+    table freeing, so --walk does not apply to gup_fast."""
     pinned = []
-    lockless_walk_begin(mm)                                                     # (1)
+    native.local_irq_disable()                                                  # (1)
     try:
         for k in range(min(npages, GUP_MAX)):
             va = start + k * PAGE
@@ -88,7 +92,7 @@ def gup_fast(mm, start, npages):
                 mm.report("gup_unmapped", "gup", va, f, entry_gen(e))
             pinned.append((va, f, entry_gen(e)))
     finally:
-        lockless_walk_end(mm)                                                   # (5)
+        native.local_irq_enable()                                               # (5)
     return pinned
 
 

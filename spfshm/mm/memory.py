@@ -111,21 +111,33 @@ def _pte_table_or_zap_huge(mm, tlb, base, whole):
 
 
 def reclaim_pt(mm, tlb, t, base, dropped):
-    """CONFIG_PT_RECLAIM (mm/pt_reclaim.c), after zapping all of table t with its ptl held.
-    Fast path: the ptl was held throughout, so t is empty: spin_trylock the pmd lock and
-    clear the pmd.  Slow path: pmd lock, then ptl, rescan all 512 entries.  If the ptl was
-    dropped mid-zap, a fault may have refilled t: only the slow path is safe (Qi Zheng's
-    fix; bug ``ptreclaim_after_ptl_drop``).  Returns True with the ptl released."""
+    """CONFIG_PT_RECLAIM (v6.13 mm/pt_reclaim.c, zap_pte_range's tail in mm/memory.c),
+    after zapping all of table t with its ptl held.
+    Fast path (try_get_and_clear_pmd, then free_pte): the ptl was held throughout, so t is
+    empty: spin_trylock the pmd lock and clear the pmd, with no pmd_same: the pmd was
+    validated by pte_offset_map_lock and nothing clears it without t's ptl or a lock that
+    excludes this zap (mmap_lock write, the VMA write lock), so a pmd that no longer maps
+    t is a broken invariant, reported (``pmd_changed``), not skipped.
+    Slow path (try_to_free_pte): pmd lock, then ptl, rescan all 512 entries.  The kernel
+    takes it when zap_pte_range did not run in one go (``direct_reclaim`` false: a forced
+    break when the gather filled, which dropped the ptl mid-zap, or need_resched, which
+    the model does not have); then a fault may have refilled t: only the slow path is
+    safe (Qi Zheng's fix; bug ``ptreclaim_after_ptl_drop``).  (``any_skipped``, which
+    disables reclaim altogether, is never set here: the model's DONTNEED zaps every
+    PTE; the kernel skips some only for zap_details filters and uffd-wp markers.)
+    Returns True with the ptl released."""
     pmd_t, pmd_i = pmd_entry_of(mm, base)
     pmdl = mm.ptl(pmd_t)
     ptl = mm.ptl(t)
     if (not dropped or mm.bugs.on("ptreclaim_after_ptl_drop")) \
             and native.spin_trylock(pmdl, mm.cpu):
-        # pmd_same: another DONTNEED may have reclaimed t and a fault populated anew
-        if pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
+        e = int(mm.pt[pmd_t, pmd_i])
+        if pmd_maps_table(e, t):
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
             tlb.remove_table(t)          # PENDING before a walker's PWC can miss on it
             mm.count("pt_reclaimed")
+        else:
+            mm.report("pmd_changed", "reclaim_pt", base, e, t)
         native.spin_unlock(pmdl)
         native.spin_unlock(ptl)
         return True

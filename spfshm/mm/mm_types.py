@@ -59,7 +59,8 @@ TREE_HDR = 4                         # [state, count, gen, -] then (start, end, 
 SPF_ABORTS = ["seq_odd", "vma_copy", "no_table", "huge_pmd",
               "seq_changed", "pmd_changed", "ptl_busy", "oom", "uaf"]
 STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
-         "segv", "oom", "fault_classic", "spf_ok", "pervma_ok", "pervma_fallback"] + \
+         "segv", "oom", "fault_classic", "spf_ok", "vma_lock_success", "vma_lock_abort",
+         "vma_lock_retry", "vma_lock_miss"] + \
     ["spf_abort_" + r for r in SPF_ABORTS] + [
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",

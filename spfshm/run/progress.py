@@ -21,7 +21,7 @@ class Progress:
         self.next = elapsed + self.every
         stats = st.arena["stats"][:st.cfg.cpus]
         ops = int(stats[:, STAT["ops"]].sum())
-        faults = int(stats[:, [STAT["fault_classic"], STAT["spf_ok"], STAT["pervma_ok"]]].sum())
+        faults = int(stats[:, [STAT["fault_classic"], STAT["spf_ok"], STAT["vma_lock_success"]]].sum())
         rate = 0.0 if self.last is None else \
             (ops - self.last[1]) / max(1e-9, elapsed - self.last[0])
         self.last = (elapsed, ops)

@@ -72,7 +72,7 @@ def build_report(st, stress, elapsed):
     t = totals(arena, cfg.cpus)
     rows = arena["stats"][:cfg.cpus]
     per_cpu_faults = (rows[:, STATS.index("fault_classic")] + rows[:, STATS.index("spf_ok")]
-                      + rows[:, STATS.index("pervma_ok")]).tolist()
+                      + rows[:, STATS.index("vma_lock_success")]).tolist()
     hist = arena["ipi_hist"].sum(axis=0)
     viols, after = [], []
     for v in debug.collect(arena):
@@ -82,15 +82,18 @@ def build_report(st, stress, elapsed):
     exit_code = exit_status(stress, viols)
     aborts = {r: t["spf_abort_" + r] for r in SPF_ABORTS if t["spf_abort_" + r]}
     spf_tries = t["spf_ok"] + sum(aborts.values())
-    pervma_tries = t["pervma_ok"] + t["pervma_fallback"]
+    vma_lock = {e: t["vma_lock_" + e] for e in ("success", "abort", "retry", "miss")}
+    pervma_fallback = vma_lock["abort"] + vma_lock["retry"]
+    pervma_tries = vma_lock["success"] + pervma_fallback
     faults = {"classic": t["fault_classic"], "spf_ok": t["spf_ok"], "spf_abort": aborts,
               "spf_abort_rate": round(sum(aborts.values()) / spf_tries, 4) if spf_tries else 0.0,
-              "pervma_ok": t["pervma_ok"], "pervma_fallback": t["pervma_fallback"],
-              "pervma_fallback_rate": round(t["pervma_fallback"] / pervma_tries, 4)
+              "pervma_ok": vma_lock["success"], "pervma_fallback": pervma_fallback,
+              "vma_lock": vma_lock,
+              "pervma_fallback_rate": round(pervma_fallback / pervma_tries, 4)
               if pervma_tries else 0.0,
               "retry": t["fault_retry"], "segv": t["segv"], "oom": t["oom"],
               "tlb_miss": t["tlb_miss"], "tlb_fill": t["tlb_fill"]}
-    handled = t["fault_classic"] + t["spf_ok"] + t["pervma_ok"]
+    handled = t["fault_classic"] + t["spf_ok"] + vma_lock["success"]
     return {
         "paths": paths(cfg, rows),
         "config": dict(cfg.to_dict(), version=__version__),
@@ -146,7 +149,7 @@ def paths(cfg, rows):
     """Per fault path: its CPUs, their ops, and the faults its own code completed (a
     speculative or per-VMA fault that falls back completes on the classical path)."""
     modes = cfg.fault_modes()
-    own = {"classic": "fault_classic", "spf": "spf_ok", "pervma": "pervma_ok"}
+    own = {"classic": "fault_classic", "spf": "spf_ok", "pervma": "vma_lock_success"}
     out = {}
     for m in modes:
         cpus = [i for i in range(cfg.cpus) if modes[i % len(modes)] == m]
@@ -179,10 +182,10 @@ def summary(rep):
              "ops %d in %.1fs (%.0f/s): %s" % (rep["ops_total"], rep["elapsed_s"],
                                                rep["ops_per_s"], _kv(rep["ops"])),
              "faults classic=%d spf_ok=%d (abort rate %.1f%%: %s) pervma_ok=%d "
-             "(fallback %.1f%%); segv=%d oom=%d tlb_miss=%d"
+             "(fallback %.1f%%: vma_lock %s); segv=%d oom=%d tlb_miss=%d"
              % (f["classic"], f["spf_ok"], 100 * f["spf_abort_rate"],
                 _kv(f["spf_abort"]) or "-", f["pervma_ok"], 100 * f["pervma_fallback_rate"],
-                f["segv"], f["oom"], f["tlb_miss"]),
+                _kv(f["vma_lock"]), f["segv"], f["oom"], f["tlb_miss"]),
              "%.0f faults/s handled (per CPU %s)"
              % (rep["faults_per_s"], "/".join("%.0f" % x for x in rep["faults_per_s_per_cpu"])),
              "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "
