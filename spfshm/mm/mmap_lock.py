@@ -51,6 +51,17 @@ def mmap_write_unlock(mm):
     native.lib.spf_up_write(mm.mmap_lock)
 
 
+def mmap_write_downgrade(mm):
+    """Write -> read without a gap (v6.4+ include/linux/mmap_lock.h: vma_end_write_all,
+    then downgrade_write; the SPF series ends the mmap_seq write section here too)."""
+    vma_end_write_all(mm)
+    native.seq_write_end(mm.mmap_seq)
+    w = mm.waiting
+    w[3] = 1
+    w[4] = 0
+    native.lib.spf_downgrade_write(mm.mmap_lock)
+
+
 # The asserts (include/linux/mmap_lock.h, as of v6.12: rwsem_assert_held, which is lockdep's
 # "held by this task" when lockdep is on) read this CPU's own published hold words: exact,
 # and one or two word reads on the fault path.  Called where the kernel asserts:

@@ -21,9 +21,20 @@ section 3), as the patches do it.  No mmap_lock: mmap_seq validates what was rea
   7. commit the PTE if still none, unlock
 Any abort returns its reason; the caller falls back to the classical fault.
 
-Against munmap: its write lock makes mmap_seq odd before it touches a VMA or a table,
-so a fault that passes the checks of step 6 with its walk section held ran entirely
-before munmap began, and from there on the ptl orders it against zap_pte_range.
+Against munmap, which publishes the tree without its VMAs and marks them detached under
+the write lock (mmap_seq odd), then downgrades (mmap_seq even again: the series ends the
+write section there) and zaps and frees page tables under mmap_lock read:
+  - a fault that read mmap_seq before munmap's write section began either sees it
+    changed at one of its checks (2, 6) and aborts, or passed its final check of step 6
+    under the ptl before the write section began (the smp_wmb after the odd increment
+    pairs with that check's smp_rmb); then zap_pte_range, which comes after the write
+    section began, takes that ptl after the fault released it and clears its PTE;
+  - a fault that read mmap_seq after the downgrade looks the VMA up in the new tree
+    (published before the even increment, which its acquire read pairs with): the
+    unmapped range has no VMA, so it faults only on a neighbour, whose tables
+    free_pgtables' floor and ceiling keep; and any table its walk entered stays
+    allocated until its walk section ends (step 3: the grace period or the IPI that
+    tlb_remove_table waits for), so a walk never reads a freed table.
 """
 from .. import native
 from .fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, install_anon_pte

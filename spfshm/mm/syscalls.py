@@ -2,7 +2,11 @@
 
 Results are Linux's: an address (mmap) or 0, else a negative errno.  Every VMA change is
 done under mmap_lock write and published as a new tree; DONTNEED runs under mmap_lock
-read, racing faults through the ptl.
+read, racing faults through the ptl.  munmap (v6.12 do_vmi_align_munmap) detaches its
+VMAs and publishes the tree under the write lock, then downgrades it: the zap and
+free_pgtables run under mmap_lock read, against faults on the neighbouring VMAs (every
+path: classical, per-VMA, speculative), DONTNEED and gup_fast, with free_pgtables'
+floor and ceiling keeping the tables the neighbours use.
 """
 import errno
 
@@ -11,10 +15,12 @@ from .. import native
 from .huge_memory import split_huge_range
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
-from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock,
+from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
+                        mmap_write_unlock,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
 from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_all
-from .vma import Vma, publish_tree, vm_area_alloc, vm_area_free, vmas_snapshot
+from .vma import (Vma, publish_tree, vm_area_alloc, vm_area_free, vma_mark_detached,
+                  vmas_snapshot)
 
 MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT = "fixed", "noreplace", "hint"
 MAX_ADDR = 1 << 47
@@ -83,35 +89,49 @@ def _split(mm, vmas, start, end, prot_of=None):
     return out, inside
 
 
-def _unmap_locked(mm, vmas, start, end):
+def _unmap_locked(mm, vmas, start, end, unlock=False):
     """do_vmi_munmap: remove [start, end) from the list, zap it and free its tables.
-    Returns the new list, or None (ENOMEM) when the split needs too many records."""
-    if not any(v.start < end and v.end > start for v in vmas):
-        return vmas
-    if not _split_fits(vmas, start, end):
-        return None
-    for v in vmas:
-        if v.start < end and v.end > start:
-            vma_start_write(mm, v.id)
-            vma_assert_no_readers(mm, v.id, "munmap")
-    res = _split(mm, vmas, start, end)
-    if res is None:
-        return None
-    split, inside = res
-    keep = [v for v in split if not (v.start >= start and v.end <= end)]
-    if not publish_tree(mm, keep):
-        return None
-    floor = max([v.end for v in keep if v.end <= start], default=0)
-    ceiling = min([v.start for v in keep if v.start >= end], default=MAX_ADDR)
-    tlb = MmuGather(mm)
-    for v in inside:
-        vma_assert_no_readers(mm, v.id, "munmap")
-        zap_pte_range(mm, tlb, v.start, v.end)
-    free_pgtables(mm, tlb, inside[0].start, inside[-1].end, floor, ceiling)
-    tlb.finish()
-    for v in inside:
-        vm_area_free(mm, v.id)
-    return keep
+    Returns the new list, or None (ENOMEM) when the split needs too many records.
+    With ``unlock`` (munmap(2): v6.12 do_vmi_align_munmap -> vms_complete_munmap_vmas)
+    the caller's write lock is downgraded once the VMAs are detached and the new tree is
+    published, the zap and free_pgtables run under mmap_lock read, and the lock is
+    released before returning, on every path (mmap's MAP_FIXED replacement keeps it
+    written: unlock False)."""
+    held = mmap_write_unlock if unlock else None
+    try:
+        if not any(v.start < end and v.end > start for v in vmas):
+            return vmas
+        if not _split_fits(vmas, start, end):
+            return None
+        for v in vmas:
+            if v.start < end and v.end > start:
+                vma_start_write(mm, v.id)
+                vma_assert_no_readers(mm, v.id, "munmap")
+        res = _split(mm, vmas, start, end)
+        if res is None:
+            return None
+        split, inside = res
+        keep = [v for v in split if not (v.start >= start and v.end <= end)]
+        if not publish_tree(mm, keep):
+            return None
+        for v in inside:
+            vma_mark_detached(mm, v.id)      # still write-locked: no reader sees it yet
+        if unlock:
+            mmap_write_downgrade(mm)         # faults on the neighbours run from here
+            held = mmap_read_unlock
+        floor = max([v.end for v in keep if v.end <= start], default=0)
+        ceiling = min([v.start for v in keep if v.start >= end], default=MAX_ADDR)
+        tlb = MmuGather(mm)
+        for v in inside:
+            zap_pte_range(mm, tlb, v.start, v.end)
+        free_pgtables(mm, tlb, inside[0].start, inside[-1].end, floor, ceiling)
+        tlb.finish()
+        for v in inside:
+            vm_area_free(mm, v.id)
+        return keep
+    finally:
+        if held:
+            held(mm)
 
 
 def _in_window(mm, start, end):
@@ -125,11 +145,8 @@ def do_munmap(mm, addr, length):
     if not _in_window(mm, addr, end):
         return -errno.EINVAL
     mmap_write_lock(mm)
-    try:
-        return 0 if _unmap_locked(mm, vmas_snapshot(mm), addr, end) is not None \
-            else -errno.ENOMEM
-    finally:
-        mmap_write_unlock(mm)
+    vmas = _unmap_locked(mm, vmas_snapshot(mm), addr, end, unlock=True)     # unlocks
+    return 0 if vmas is not None else -errno.ENOMEM
 
 
 def _get_unmapped_area(mm, vmas, length):

@@ -75,6 +75,14 @@ def _vm_area_free_now(mm, vid):
     mm.vmas.free(mm.cpu, vid)
 
 
+def vma_mark_detached(mm, vid):
+    """The VMA leaves the mm (v6.4 vma_mark_detached, in do_vmi_align_munmap once it is
+    write-locked and gathered, before the tree store): a per-VMA reader that still finds
+    it in an old tree and read-locks it after vma_end_write_all sees it detached and looks
+    up again (VMA_LOCK_MISS)."""
+    mm.vma[vid]["detached"] = 1
+
+
 def vm_area_free(mm, vid):
     """Detach, then free after a grace period (lockless readers may still hold it).
     A record already pending or free is reported (KASAN's double-free) and left alone."""
@@ -82,7 +90,7 @@ def vm_area_free(mm, vid):
     if state != VMA_LIVE:
         mm.report("double_free", "vm_area_free", 0, vid, state)
         return
-    mm.vma[vid]["detached"] = 1
+    vma_mark_detached(mm, vid)
     mm.vma[vid]["state"] = VMA_PENDING
     mm.pipe.retire(VMAS, vid, CLOCK_RCU)
     mm.rcu.call_rcu(_vm_area_free_now, mm, vid)
