@@ -51,8 +51,9 @@ KINDS = {
                    "unlinked (state {a2}) but never freed, after every CPU's rcu_barrier",
     "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
-    "torn_vma": "SIGSEGV decided on a VMA copy torn by a concurrent writer "
-                "(VMA #{a0} read as [{a1:#x}, {a2:#x}))",
+    "torn_vma": "a speculative fault went on with a VMA copy torn by a concurrent "
+                "writer, which its mmap_seq check let pass (VMA #{a0} read as "
+                "[{a1:#x}, {a2:#x}))",
     "vma_not_write_locked": "VMA #{a0} changed without its write lock (vm_lock_seq {a1}, "
                             "mm_lock_seq {a2})",
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "

@@ -6,9 +6,10 @@ import pytest
 from spfshm import native
 
 from spfshm.mm import pervma
-from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_RETRY, VM_FAULT_SIGSEGV, do_user_addr_fault
+from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_RETRY, VM_FAULT_SIGSEGV, \
+    do_user_addr_fault
 from spfshm.mm.mm_types import PROT_BY_NAME, STAT
-from spfshm.mm.syscalls import MAP_FIXED, do_mmap
+from spfshm.mm.syscalls import MAP_FIXED, do_mmap, do_mprotect
 from test_fires import BASE, PAGE, fired, make  # noqa: F401  (make: the fixture)
 
 EVENTS = ("success", "abort", "retry", "miss")
@@ -59,8 +60,8 @@ def test_fault_retry_goes_to_mmap_lock(make, monkeypatch):
 def test_access_error_goes_to_mmap_lock(make):
     """A write to a read-only VMA: v6.4 drops the VMA lock and lets the classical path
     decide the SIGSEGV (neither a success nor an abort is counted)."""
-    b = make()
-    assert do_mmap(b.mm, BASE, 8 * PAGE, PROT_BY_NAME["r"], MAP_FIXED) == BASE
+    b = make().map(stored=1)                 # the first fault prepared its anon_vma
+    assert do_mprotect(b.mm, BASE, 8 * PAGE, PROT_BY_NAME["r"]) == 0
     assert pervma.do_pervma_fault(b.mm, BASE, 1) is None
     assert events(b) == dict(success=0, abort=0, retry=0, miss=0)
     assert read_held(b, b.vid()) is False
@@ -75,6 +76,19 @@ def test_no_vma_is_an_abort(make):
 
 @pytest.mark.parametrize("write", [0, 1])
 def test_success_is_counted(make, write):
-    b = make().map(stored=0)
+    b = make().map(stored=1)
     assert pervma.do_pervma_fault(b.mm, BASE + 3 * PAGE, write) == VM_FAULT_OK
     assert events(b) == dict(success=1, abort=0, retry=0, miss=0)
+
+
+def test_a_vma_without_an_anon_vma_falls_back(make):
+    """v6.4: a VMA never faulted has no anon_vma, and preparing one needs mmap_lock (it
+    reads the unlocked neighbours): the per-VMA attempt aborts, the classical fault
+    prepares it, and the next per-VMA fault on that VMA succeeds."""
+    b = make()
+    assert do_mmap(b.mm, BASE, 8 * PAGE, PROT_BY_NAME["rw"], MAP_FIXED) == BASE
+    assert pervma.do_pervma_fault(b.mm, BASE, 1) is None
+    assert events(b) == dict(success=0, abort=1, retry=0, miss=0)
+    assert do_user_addr_fault(b.mm, BASE, 1) == VM_FAULT_OK
+    assert pervma.do_pervma_fault(b.mm, BASE + PAGE, 1) == VM_FAULT_OK
+    assert events(b)["success"] == 1

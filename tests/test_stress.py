@@ -40,7 +40,8 @@ def test_fast_paths_clean_with_perturbation(mode, table_free, walk):
     if "spf" in mode:
         assert f["spf_ok"] > 0 and 0 < f["spf_abort_rate"] < 0.5, f
         # speculative faults raced the writers and mmap_seq sent some of them back
-        assert {"seq_odd", "vma_copy", "seq_changed"} & set(f["spf_abort"]), f
+        assert {"odd", "vma_copy", "pte_map_lock_seq1", "pte_map_lock_seq2"} \
+            & set(f["spf_abort"]), f
     if "pervma" in mode:
         assert f["pervma_ok"] > 0 and f["pervma_fallback"] > 0
     assert sum(rep["delay_hits"].values()) > 0

@@ -128,7 +128,7 @@ class Cpu:
         mm = self.mm
         if self.mode == "spf":
             r = do_speculative_page_fault(mm, va, write)
-            if r in (VM_FAULT_OK, VM_FAULT_SIGSEGV):
+            if r == VM_FAULT_OK:
                 mm.count("spf_ok")
                 return r
             mm.count("spf_abort_" + r)

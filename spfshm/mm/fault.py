@@ -15,7 +15,7 @@ from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
                         pte_alloc_walk)
 from .pipe import TABLES
-from .vma import access_ok, find_vma
+from .vma import access_ok, anon_vma_prepare, find_vma
 
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
@@ -46,6 +46,8 @@ def install_anon_pte(mm, vma, t, i, f, write):
 
 
 def do_anonymous_page(mm, vma, va, write):
+    if not vma.anon_vma:
+        anon_vma_prepare(mm, vma)        # classical path only: per-VMA needs one already
     f = alloc_frame(mm)                                       # (1)
     if f < 0:
         return VM_FAULT_OOM

@@ -53,11 +53,15 @@ FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"
 RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")
 VMA_DTYPE = np.dtype([("lock", RWSEM_DTYPE), ("start", "<u8"), ("end", "<u8"),
                       ("vm_lock_seq", "<u8"), ("gen", "<u8"), ("prot", "<u4"), ("state", "<u4"),
-                      ("detached", "<u4"), ("vseq", "<u4")])         # one cache line
+                      ("detached", "<u2"), ("anon_vma", "<u2"), ("vseq", "<u4")])  # a cache line
 TREE_HDR = 4                         # [state, count, gen, -] then (start, end, id) triples
 
-SPF_ABORTS = ["seq_odd", "vma_copy", "no_table", "huge_pmd",
-              "seq_changed", "pmd_changed", "ptl_busy", "oom", "uaf"]
+# The speculative fault's abort reasons, named after the series' SPF_ABORT_* vm events
+# (Lespinasse, "mm: anon spf statistics", v5.12-spf-anon); oom and uaf are the model's
+# own (out of frames; a checker saw the walk reach a freed table).
+SPF_ABORTS = ["odd", "unmapped", "vma_copy", "access_error", "pud", "pmd", "anon_vma",
+              "pte_map_lock_seq1", "pte_map_lock_pmd", "pte_map_lock_ptl",
+              "pte_map_lock_seq2", "oom", "uaf"]
 STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
          "segv", "oom", "fault_classic", "spf_ok", "vma_lock_success", "vma_lock_abort",
          "vma_lock_retry", "vma_lock_miss"] + \

@@ -4,8 +4,9 @@ Follows Linux v6.4: mm/memory.c lock_vma_under_rcu, arch/x86/mm/fault.c
 do_user_addr_fault's VMA-lock attempt, and the vm events VMA_LOCK_{SUCCESS,ABORT,RETRY,
 MISS} (include/linux/vm_event_item.h; counted per CPU here, merged at the end).
 
-  1. rcu_read_lock; look the VMA up in the published tree; vma_start_read (see
-     mmap_lock.py for its protocol against vma_start_write)
+  1. rcu_read_lock; look the VMA up in the published tree; a VMA without an anon_vma
+     (never faulted) aborts: its first fault prepares one under mmap_lock; vma_start_read
+     (see mmap_lock.py for its protocol against vma_start_write)
   2. still under RCU: re-check that va is still inside the VMA (it may have been split or
      shrunk before we locked it; else VMA_LOCK_ABORT) and that it is not detached
      (unmapped by a write section that ended since the lookup: then it waits for its
@@ -50,6 +51,8 @@ def _lock_vma_once(mm, va):
     vid = find_vma_rcu(mm, va, "pervma")
     if vid is None or vid < 0:
         return None
+    if not mm.vma[vid]["anon_vma"]:
+        return None                      # find_mergeable_anon_vma reads unlocked neighbours
     mm.delay("pervma_lookup")
     # Bug ``pervma_seq_no_acquire`` emulates what a missing ACQUIRE on the sequence
     # loads lets a weakly ordered CPU do: satisfy the reads of the VMA before them.

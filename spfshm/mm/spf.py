@@ -1,19 +1,26 @@
 """The speculative page fault (Michel Lespinasse's series, anonymous VMAs; protocols.md
 section 3), as the patches do it.  No mmap_lock: mmap_seq validates what was read.
+Follows the v5.12-spf-anon series (April 2021: arch/x86/mm/fault.c do_user_addr_fault's
+speculative attempt, mm/memory.c __handle_mm_fault's speculative walk, __pte_map_lock,
+do_anonymous_page); every abort is named after the series' SPF_ABORT_* vm event ("mm:
+anon spf statistics"), and every abort falls back to the classical fault, which alone
+decides a SIGSEGV.
 
-  1. seq = mmap_seq (acquire); odd: a writer is active, abort ("seq_odd"), never spin
-  2. under rcu_read_lock: look the VMA up in the published tree and copy it; then
-     check mmap_seq (abort "vma_copy").  The validated copy is the VMA as it was at a
-     moment of the fault, so its access check is final: SIGSEGV without the lock
-     (what per-VMA locks do too).  Deciding on an unvalidated copy that a writer was
-     changing (torn) is a wrong SIGSEGV: the checkers' debug seqcount reports it.
+  1. seq = mmap_seq (acquire); odd: a writer is active, abort ("odd"), never spin
+  2. under rcu_read_lock: look the VMA up in the published tree (none at va:
+     "unmapped") and copy it; then check mmap_seq ("vma_copy"); then the access check on
+     the validated copy ("access_error").  A copy that a writer was changing (torn) can
+     only pass the check if the check is wrong: the checkers' debug seqcount reports it.
   3. speculative_page_walk_begin: rcu_read_lock when tables are freed by RCU, IRQs off
      when freed after an IPI (--walk; a mismatched pair is a real bug class)
-  4. walk existing tables only (a missing level aborts "no_table"); remember orig_pmd
-  5. prepare the frame before taking locks
-  6. __pte_map_lock: walk_begin; mmap_seq unchanged ("seq_changed"); pmd_same(*pmd,
-     orig_pmd) ("pmd_changed"); spin_trylock(ptl) ("ptl_busy": never spin with IRQs off,
-     zap holds the ptl while it waits for our ack); mmap_seq again; walk_end
+  4. walk existing tables only (a missing upper level aborts "pud", a missing or huge
+     pmd "pmd"); remember orig_pmd
+  5. do_anonymous_page: no anon_vma yet ("anon_vma": its preparation needs mmap_lock);
+     prepare the frame before taking locks
+  6. __pte_map_lock: walk_begin; mmap_seq unchanged ("pte_map_lock_seq1"); pmd_same(*pmd,
+     orig_pmd) ("pte_map_lock_pmd"); spin_trylock(ptl) ("pte_map_lock_ptl": never spin
+     with IRQs off, zap holds the ptl while it waits for our ack); mmap_seq again
+     ("pte_map_lock_seq2"); walk_end
   6b. once page tables can go away without mmap_lock write (PT_RECLAIM at DONTNEED,
      retract_page_tables), pmd_same must also be checked under the ptl: a reclaimer
      clears the pmd while holding this ptl, so a pmd that still matches then is ours
@@ -37,7 +44,7 @@ write section there) and zaps and frees page tables under mmap_lock read:
     tlb_remove_table waits for), so a walk never reads a freed table.
 """
 from .. import native
-from .fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, install_anon_pte
+from .fault import VM_FAULT_OK, install_anon_pte
 from .frames import alloc_frame, put_page
 from .lockdep import ptl_lock_irqs_off
 from .mm_types import PMD, PTE
@@ -56,28 +63,35 @@ def speculative_page_walk_end(mm):
 
 
 def do_speculative_page_fault(mm, va, write):
-    """VM_FAULT_OK or VM_FAULT_SIGSEGV, or the reason for aborting (the caller falls
-    back)."""
+    """VM_FAULT_OK, or the reason for aborting (the caller falls back)."""
     bugs = mm.bugs
     seq = native.seq_try_begin(mm.mmap_seq)                                  # 1
     if seq & 1:
-        return "seq_odd"
+        return "odd"
     mm.delay("spf_after_seq_read")
     native.rcu_read_lock()                                                   # 2
     try:
         vid = find_vma_rcu(mm, va, "spf")
-        vma = read_vma(mm, vid, "spf", va, lockless=True) if vid is not None and vid >= 0 \
-            else vid
+        if vid is None:
+            return "uaf"
+        if vid < 0:
+            return "unmapped"                # the tree has no VMA at va
+        vma = read_vma(mm, vid, "spf", va, lockless=True)
     finally:
         native.rcu_read_unlock()
     if vma is None:
         return "uaf"
     if not bugs.on("spf_skip_vma_check") and native.seq_read_retry(mm.mmap_seq, seq):
         return "vma_copy"
-    if vma == -1 or not vma.start <= va < vma.end or not access_ok(vma.prot, write):
-        if vma != -1 and vma.torn:
-            mm.report("torn_vma", "spf", va, vma.id, vma.start, vma.end)
-        return VM_FAULT_SIGSEGV
+    if vma.torn:
+        # validated, yet changed while copied: every decision below would be on a copy
+        # of no moment of the VMA's life
+        mm.report("torn_vma", "spf", va, vma.id, vma.start, vma.end)
+        return "uaf"
+    if not vma.start <= va < vma.end:
+        return "unmapped"                    # shrunk or split before it was copied
+    if not access_ok(vma.prot, write):
+        return "access_error"
 
     speculative_page_walk_begin(mm)                                          # 3
     try:
@@ -87,12 +101,13 @@ def do_speculative_page_fault(mm, va, write):
         pmd_t, orig_pmd, pmd_tag = res
     finally:
         speculative_page_walk_end(mm)
-    if pmd_t < 0 or not orig_pmd & P:
-        return "no_table"
-    if orig_pmd & PS:
-        return "huge_pmd"
-
-    f = alloc_frame(mm)                                                      # 5
+    if pmd_t < 0:
+        return "pud"
+    if not orig_pmd & P or orig_pmd & PS:
+        return "pmd"
+    if not vma.anon_vma:                                                     # 5
+        return "anon_vma"
+    f = alloc_frame(mm)
     if f < 0:
         return "oom"
     t, tag, i = entry_pfn(orig_pmd), entry_gen(orig_pmd), index(va, PTE)
@@ -119,27 +134,27 @@ def __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t):
     reason with nothing held."""
     bugs = mm.bugs
     if native.seq_read_retry(mm.mmap_seq, seq):
-        return "seq_changed"
+        return "pte_map_lock_seq1"
     cur = int(mm.pt[pmd_t, index(va, PMD)])
     mm.walk_point()                      # a shared read of the walk, relied on below
     if not check_table(mm, pmd_t, pmd_tag, PMD, "spf_walk", va):
         return "uaf"
     if cur != orig_pmd and not bugs.on("spf_skip_pmd_same"):
-        return "pmd_changed"
+        return "pte_map_lock_pmd"
     ptl = mm.ptl(t)
     mm.delay("spf_before_ptl")
     if bugs.on("spf_ptl_spin"):
         if not ptl_lock_irqs_off(mm, t):
-            return "ptl_busy"
+            return "pte_map_lock_ptl"
     elif not native.spin_trylock(ptl, mm.cpu):
-        return "ptl_busy"
+        return "pte_map_lock_ptl"
     if not check_table(mm, t, entry_gen(orig_pmd), PTE, "spf_walk", va):
         native.spin_unlock(ptl)          # the ptl lives in the table's page descriptor
         return "uaf"
     if int(mm.pt[pmd_t, index(va, PMD)]) != orig_pmd and not bugs.on("spf_skip_pmd_same"):
         native.spin_unlock(ptl)          # pmd_same again, under the ptl: see step 6b
-        return "pmd_changed"
+        return "pte_map_lock_pmd"
     if not bugs.on("spf_skip_final_seq_check") and native.seq_read_retry(mm.mmap_seq, seq):
         native.spin_unlock(ptl)
-        return "seq_changed"
+        return "pte_map_lock_seq2"
     return None

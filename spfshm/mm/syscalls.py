@@ -32,8 +32,8 @@ def _page_align(n):
 
 def _clone(mm, v, start, end, prot):
     """A new record for a piece of v (the __split_vma new side)."""
-    vid = vm_area_alloc(mm, start, end, prot)
-    return None if vid < 0 else Vma(vid, start, end, prot)
+    vid = vm_area_alloc(mm, start, end, prot, v.anon_vma)
+    return None if vid < 0 else Vma(vid, start, end, prot, v.anon_vma)
 
 
 SPLIT_WORK_NS = 20_000     # the work between __split_vma's bounds and mprotect's flags

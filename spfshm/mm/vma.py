@@ -30,10 +30,11 @@ TREE_FREE, TREE_LIVE, TREE_PENDING = 0, 1, 2
 class Vma:
     """A private copy of a VMA record (what SPF calls the vma copy)."""
 
-    __slots__ = ("id", "start", "end", "prot", "torn")
+    __slots__ = ("id", "start", "end", "prot", "anon_vma", "torn")
 
-    def __init__(self, vid, start, end, prot):
+    def __init__(self, vid, start, end, prot, anon_vma=0):
         self.id, self.start, self.end, self.prot = vid, start, end, prot
+        self.anon_vma = anon_vma
         self.torn = False
 
     def __repr__(self):
@@ -45,7 +46,7 @@ def access_ok(prot, write):
 
 
 # -- records ------------------------------------------------------------------------------
-def vm_area_alloc(mm, start, end, prot):
+def vm_area_alloc(mm, start, end, prot, anon_vma=0):
     vid = mm.vmas.alloc(mm.cpu)
     if vid < 0:
         mm.rcu.rcu_barrier()           # records waiting for a grace period: wait, retry
@@ -56,6 +57,7 @@ def vm_area_alloc(mm, start, end, prot):
     native.lib.spf_rwsem_init(mm.vma_lock(vid))
     rec["start"], rec["end"], rec["prot"] = start, end, prot
     rec["detached"] = 0
+    rec["anon_vma"] = anon_vma           # a split piece shares its original's (anon_vma_clone)
     mm.pipe.unretire(VMAS, vid)
     # Born write-locked: unlocked with every other VMA at mmap_write_unlock.
     native.store_relaxed(mm.vm_lock_seq_ptr(vid), native.load_relaxed(mm.mm_lock_seq))
@@ -73,6 +75,22 @@ def _vm_area_free_now(mm, vid):
     rec["end"] = POISON
     rec["vseq"] += 1
     mm.vmas.free(mm.cpu, vid)
+
+
+def anon_vma_prepare(mm, vma):
+    """mm/rmap.c __anon_vma_prepare, on a VMA's first anonymous fault: under mmap_lock
+    read (never under the VMA lock alone: v6.4's lock_vma_under_rcu falls back on a VMA
+    without one, since find_mergeable_anon_vma reads the unlocked neighbours) and the mm's
+    page_table_lock, which orders two faulters preparing the same VMA.  The model has no
+    reverse map: the anon_vma is a flag that, once set, stays for the VMA's life (a
+    split piece inherits it)."""
+    lock = mm.page_table_lock
+    native.spin_lock(lock, mm.cpu)
+    rec = mm.vma[vma.id]
+    if not rec["anon_vma"]:
+        rec["anon_vma"] = 1
+    native.spin_unlock(lock)
+    vma.anon_vma = 1
 
 
 def vma_mark_detached(mm, vid):
@@ -107,7 +125,7 @@ def read_vma(mm, vid, site, va=0, lockless=False):
     start = int(rec["start"])
     if lockless:
         mm.delay("vma_copy")
-    v = Vma(vid, start, int(rec["end"]), int(rec["prot"]))
+    v = Vma(vid, start, int(rec["end"]), int(rec["prot"]), int(rec["anon_vma"]))
     v.torn = bool(s0 & 1) or int(rec["vseq"]) != s0
     state = rec["state"]
     if state != VMA_LIVE and not (lockless and state == VMA_PENDING):
@@ -174,7 +192,8 @@ def vmas_snapshot(mm):
     walks the maple tree under mmap_lock, lockdep-checked)."""
     mmap_assert_locked(mm, "vmas_snapshot")
     starts, ends, ids = tree_entries(mm, current_tree(mm))
-    return [Vma(v, s, e, int(mm.vma[v]["prot"])) for s, e, v in zip(starts, ends, ids)]
+    return [Vma(v, s, e, int(mm.vma[v]["prot"]), int(mm.vma[v]["anon_vma"]))
+            for s, e, v in zip(starts, ends, ids)]
 
 
 def publish_tree(mm, vmas):

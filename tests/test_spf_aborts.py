@@ -1,0 +1,46 @@
+"""The speculative fault aborts as Lespinasse's v5.12-spf-anon series does, each reason
+named after its SPF_ABORT_* vm event, and never decides a SIGSEGV itself: no VMA at the
+address ("unmapped") and an access error ("access_error") go to the classical path,
+which decides; a VMA without an anon_vma aborts ("anon_vma") and the classical fault
+prepares one (under mmap_lock read and page_table_lock), after which SPF succeeds."""
+from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_user_addr_fault
+from spfshm.mm.mm_types import PROT_BY_NAME
+from spfshm.mm.spf import do_speculative_page_fault
+from spfshm.mm.vma import current_tree, tree_entries
+from spfshm.mm.syscalls import MAP_FIXED, do_mmap, do_mprotect, do_munmap
+from test_fires import BASE, PAGE, fired, make  # noqa: F401  (make: the fixture)
+
+
+def test_no_vma_aborts_and_the_classical_path_decides(make):
+    b = make().map(pages=8, stored=1)
+    assert do_speculative_page_fault(b.mm, BASE + 100 * PAGE, 0) == "unmapped"
+    assert do_user_addr_fault(b.mm, BASE + 100 * PAGE, 0) == VM_FAULT_SIGSEGV
+
+
+def test_access_error_aborts_and_the_classical_path_decides(make):
+    b = make().map(pages=8, stored=1)
+    assert do_mprotect(b.mm, BASE, 8 * PAGE, PROT_BY_NAME["r"]) == 0
+    assert do_speculative_page_fault(b.mm, BASE + PAGE, 1) == "access_error"
+    assert do_user_addr_fault(b.mm, BASE + PAGE, 1) == VM_FAULT_SIGSEGV
+
+
+def test_first_fault_of_a_vma_prepares_its_anon_vma(make):
+    b = make().map(pages=4, stored=1)          # its page tables exist from here
+    mm = b.mm
+    assert do_mmap(mm, BASE + 4 * PAGE, 4 * PAGE, PROT_BY_NAME["rw"], MAP_FIXED) \
+        == BASE + 4 * PAGE
+    vid = tree_entries(mm, current_tree(mm))[2][1]
+    assert mm.vma[vid]["anon_vma"] == 0
+    assert do_speculative_page_fault(mm, BASE + 4 * PAGE, 1) == "anon_vma"
+    assert do_user_addr_fault(mm, BASE + 4 * PAGE, 1) == VM_FAULT_OK
+    assert mm.vma[vid]["anon_vma"] == 1
+    assert do_speculative_page_fault(mm, BASE + 5 * PAGE, 1) == VM_FAULT_OK
+    assert fired(b) == []
+
+
+def test_split_pieces_inherit_the_anon_vma(make):
+    """anon_vma_clone: both sides of a split share the original's anon_vma, so a
+    speculative fault on the far side of an unmapped hole does not abort for it."""
+    b = make().map(pages=8, stored=1)
+    assert do_munmap(b.mm, BASE + 2 * PAGE, 2 * PAGE) == 0
+    assert do_speculative_page_fault(b.mm, BASE + 6 * PAGE, 1) == VM_FAULT_OK
