@@ -204,6 +204,15 @@ def build_parser():
                     help="with --seed S: run seeds S..S+N-1")
     dk.add_argument("--ops", type=pos_int, default=200, help="ops per generated sequence")
     dk.add_argument("--pages", type=pos_int, default=64, help="pages in the window")
+    dk.add_argument("--bug", action="append", default=[], metavar="NAME",
+                    help="run the model with a busted variant a single CPU can show "
+                         "(a planted divergence, e.g. zap_skip_last_pte; repeatable)")
+    shr = dk.add_mutually_exclusive_group()
+    shr.add_argument("--no-shrink", action="store_true",
+                     help="report the first divergence as it is, without shrinking it")
+    shr.add_argument("--shrunk-out", type=writable_path, metavar="PATH",
+                     help="where the shrunk script goes (default: ./spfshm-artifacts/"
+                          "diff-kernel-<seed N or script name>-shrunk.json)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
@@ -471,8 +480,14 @@ def cmd_replay(args):
 
 def cmd_diff_kernel(args):
     from . import diffkernel as dk
+    from .config import Config
+    from .run import artifacts
     if args.pages > 4096:
         raise UsageError("--pages must be <= 4096, got %d" % args.pages)
+    try:
+        dk.check_bugs(args.bug)
+    except ValueError as e:
+        raise UsageError(str(e))
     if args.script:
         try:
             runs = [("script %s" % args.script, dk.load_script(args.script))]
@@ -482,21 +497,51 @@ def cmd_diff_kernel(args):
         s0 = args.seed if args.seed is not None else 0
         runs = [("seed %d" % s, dk.random_ops(s, args.ops, args.pages))
                 for s in range(s0, s0 + args.seeds)]
-    bad = 0
+    if not (args.no_shrink or args.shrunk_out):
+        try:
+            artifacts.check_writable(Config.artifacts)
+        except PermissionError as e:
+            raise UsageError("--shrunk-out: %s (give a path)" % e)
+    bugs = "".join(" --bug %s" % b for b in args.bug)
     for name, ops in runs:
         try:
-            d = dk.compare(ops, args.pages)
+            d = dk.compare(ops, args.pages, bugs=args.bug)
         except ValueError as e:
             raise UsageError(str(e))
-        if d:
-            bad += 1
-            print("%s: %s" % (name, dk.format_divergence(d)))
-            print("re-run: spfshm diff-kernel %s --pages %d" % (
-                "--script %s" % args.script if args.script else
-                "--seed %s --ops %d" % (name.split()[1], args.ops), args.pages))
-            break
-        print("%s: %d ops, model and kernel agree" % (name, len(ops)))
-    return EXIT_VIOLATIONS if bad else EXIT_OK
+        if d is None:
+            print("%s: %d ops, model and kernel agree" % (name, len(ops)))
+            continue
+        print("%s: %s" % (name, dk.format_divergence(d)))
+        print("re-run: spfshm diff-kernel %s --pages %d%s" % (
+            "--script %s" % args.script if args.script else
+            "--seed %s --ops %d" % (name.split()[1], args.ops), args.pages, bugs))
+        if args.no_shrink:
+            return EXIT_VIOLATIONS
+        sys.stdout.flush()                       # before the shrink's progress on stderr
+        try:
+            small, sh = dk.shrink_divergence(ops, args.pages, d, bugs=args.bug,
+                                             progress=lambda line: print(
+                                                 line, file=sys.stderr, flush=True))
+        except ValueError:                       # the kernel's answers changed meanwhile
+            print("not shrunk: its first %d ops no longer diverge that way" % (d["step"] + 1))
+            return EXIT_VIOLATIONS
+        stem = os.path.splitext(os.path.basename(args.script))[0] if args.script else \
+            name.replace(" ", "")
+        out = args.shrunk_out or os.path.join(Config.artifacts,
+                                              "diff-kernel-%s-shrunk.json" % stem)
+        if not args.shrunk_out:
+            os.makedirs(Config.artifacts, exist_ok=True)
+        script = dk.format_script(small)
+        with open(out, "w") as f:
+            f.write(script)
+        print("shrunk: %d -> %d ops in %d diff runs, %.1f s; still diverges the same way "
+              "(%s):" % (len(ops), len(small), sh.runs, sh.elapsed(),
+                         dk.format_kind(dk.divergence_kind(d))))
+        print(script, end="")
+        print("written to %s; re-run: spfshm diff-kernel --script %s --pages %d%s"
+              % (out, out, args.pages, bugs))
+        return EXIT_VIOLATIONS
+    return EXIT_OK
 
 
 def main(argv=None):

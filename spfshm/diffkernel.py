@@ -14,6 +14,11 @@ frames carry one word, the first):
   {"op": "madvise", "addr": 0, "len": 4096, "advice": "dontneed"}
   {"op": "load", "addr": 0}
   {"op": "store", "addr": 0, "value": 42}
+
+A divergence is shrunk (``shrink_divergence``) to a script that diverges the same way
+(``divergence_kind``): ddmin over the ops, simpler arguments, one-op removal.
+``--bug NAME`` runs the model with a busted variant that a single CPU can show (one
+whose needs the model's fixed configuration meets): a planted divergence.
 """
 import errno as errno_mod
 import json
@@ -21,7 +26,7 @@ import random
 
 from . import native
 from .arena import Arena, Layout
-from .bugs import Bugs
+from .bugs import BY_NAME, Bugs
 from .config import Config
 from .kernel_exec import OP_KEYS, default_window_base, run_kernel_ops
 from .mm import mm_types
@@ -30,6 +35,7 @@ from .mm.mm_types import MM, PAGE, PROT_BY_NAME, PROT_NAMES, Geometry, mm_init
 from .mm.pagetable import P, PROTNONE, entry_pfn, index, pte_table_of
 from .mm.syscalls import do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from .mm.vma import current_tree, tree_entries
+from .shrink import Shrinker
 from .smp import Smp, smp_regions
 
 
@@ -99,20 +105,39 @@ def random_ops(seed, nops, npages):
     return ops
 
 
+def model_config(npages):
+    # The real kernel here runs one classical fault path; reclaim and collapse would
+    # make steps the kernel does not take.
+    return Config(cpus=1, window_pages=max(64, npages), fault_mode="classic",
+                  table_free="ipi", reclaim="off", collapse="off", perturb="off")
+
+
+def check_bugs(names):
+    """ValueError unless every variant is known and its needs are met by the model's
+    fixed configuration (a checker's clock aside: no checker sweeps here); one that
+    needs a watchdog, another fault path or table freeing cannot be planted here."""
+    cfg = model_config(64)
+    for name in names:
+        if name not in BY_NAME:
+            raise ValueError("--bug: unknown bug %r (see 'spfshm bugs')" % name)
+        for key, value in BY_NAME[name].config.items():
+            if key != "check_every" and getattr(cfg, key) != value:
+                raise ValueError("--bug %s needs --%s %s; diff-kernel's model runs %s=%s"
+                                 % (name, key.replace("_", "-"), value, key,
+                                    getattr(cfg, key)))
+
+
 class Model:
     """The model in this process, as a single CPU, over the same window."""
 
-    def __init__(self, npages, base):
-        # The real kernel here runs one classical fault path; reclaim and collapse would
-        # make steps the kernel does not take.
-        cfg = Config(cpus=1, window_pages=max(64, npages), fault_mode="classic",
-                     table_free="ipi", reclaim="off", collapse="off", perturb="off")
+    def __init__(self, npages, base, bugs=()):
+        cfg = model_config(npages)
         self.g = Geometry(1, npages, cfg.tlb_entries, window_base=base)
         self.arena = Arena(Layout(smp_regions(1) + mm_types.regions(self.g)))
         self.smp = Smp(self.arena, 1)
         self.smp.init()
         self.smp.become_cpu(0)
-        self.mm = MM(self.arena, self.g, cfg, Bugs(), 0)
+        self.mm = MM(self.arena, self.g, cfg, Bugs(bugs), 0)
         mm_init(self.mm)
         self.cpu = Cpu(self.mm)
         self.base = base
@@ -175,11 +200,11 @@ class Model:
         return {"pages": pages, "resident": resident, "values": values}
 
 
-def compare(ops, npages, base=None):
+def compare(ops, npages, base=None, bugs=()):
     """Run both; returns None when identical, else the first divergence as a dict."""
     base = base or default_window_base()
     ksteps = run_kernel_ops(ops, base, npages)
-    model = Model(npages, base)
+    model = Model(npages, base, bugs)
     try:
         for i, (op, ks) in enumerate(zip(ops, ksteps)):
             ms = model.execute(op)
@@ -205,3 +230,72 @@ def format_divergence(d):
     return ("DIVERGENCE at step %d, op %s: %s differs (%s)\n  model:  %r\n  kernel: %r"
             % (d["step"], json.dumps(d["op"]), d["field"], d["detail"] or "-",
                d["model"], d["kernel"]))
+
+
+def divergence_kind(d):
+    """What a shrink keeps: the diverging op's name, the field that differs and, for
+    the first page (or the result) that differs, the model's and the kernel's values,
+    any nonzero word standing for every other (stored values get simplified).  E.g.
+    ("madvise", "resident", True, False): after a DONTNEED a page the kernel dropped is
+    still resident in the model; ("store", "value", None, "SEGV")."""
+    m, k = d["model"], d["kernel"]
+    if isinstance(m, list) and isinstance(k, list) and len(m) == len(k):
+        m, k = next((x, y) for x, y in zip(m, k) if x != y)
+    elif isinstance(m, list) or isinstance(k, list):
+        m, k = "length %d" % len(m or ()), "length %d" % len(k or ())
+    return (d["op"]["op"], d["field"], _word_class(m), _word_class(k))
+
+
+def _word_class(x):
+    return "word" if isinstance(x, int) and not isinstance(x, bool) and x else x
+
+
+def format_kind(kind):
+    return "%s after %s: model %r, kernel %r" % (kind[1], kind[0], kind[2], kind[3])
+
+
+def simpler_ops(op, npages):
+    """Simpler versions of one op, each strictly simpler (so a shrink ends): one page
+    long, half as long (the first or the second half), an aligned address, a stored
+    value of 1, MAP_FIXED."""
+    out = []
+    if "len" in op:
+        n, half = op["len"], op["len"] // 2 // PAGE * PAGE
+        if n != PAGE and op["addr"] + PAGE <= npages * PAGE:
+            out.append(dict(op, len=PAGE))
+        if PAGE <= half < n:
+            out += [dict(op, len=half), dict(op, addr=op["addr"] + half, len=n - half)]
+    if op["addr"] % PAGE:
+        out.append(dict(op, addr=op["addr"] - op["addr"] % PAGE))
+    if op["op"] == "store" and op["value"] != 1:
+        out.append(dict(op, value=1))
+    if op["op"] == "mmap" and op["flags"] != "fixed":
+        out.append(dict(op, flags="fixed"))
+    return out
+
+
+def moved_down(ops):
+    """The whole script moved to the window's first page, if it is not there."""
+    low = min(o["addr"] for o in ops) // PAGE * PAGE
+    return [[dict(o, addr=o["addr"] - low) for o in ops]] if low else []
+
+
+def shrink_divergence(ops, npages, d, bugs=(), progress=None):
+    """A 1-minimal script that diverges with d's kind (d: compare's divergence of ops),
+    and the Shrinker (runs, elapsed).  The ops after d's step are dropped first: they
+    never ran."""
+    kind = divergence_kind(d)
+
+    def fails(candidate):
+        got = compare(candidate, npages, bugs=bugs)
+        return got is not None and divergence_kind(got) == kind
+
+    sh = Shrinker(fails, key=lambda c: json.dumps(c, sort_keys=True), progress=progress,
+                  unit="ops")
+    return sh.shrink(ops[:d["step"] + 1], lambda op: simpler_ops(op, npages),
+                     moved_down), sh
+
+
+def format_script(ops):
+    """A script as JSON, one op per line (what --script reads)."""
+    return "[" + ",\n ".join(json.dumps(o) for o in ops) + "]\n"

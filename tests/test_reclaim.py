@@ -44,3 +44,13 @@ def test_ptreclaim_requires_rcu_table_free():
                         "--table-free", "ipi"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--table-free rcu" in r.stderr
+
+
+def test_default_mixed_workload_reaches_reclaim_and_collapse():
+    """#14 item 14: with reclaim and collapse on (the defaults), the mixed workload maps
+    and zaps whole 2 MiB blocks often enough that PT_RECLAIM and khugepaged fire (with
+    the op mix of partial ranges only, this run reclaimed no table at all)."""
+    rep = run_stress(Config(cpus=3, ops=3000, seed=33, check_every=0.5).resolved())
+    assert rep["exit_code"] == 0, rep["violations"]
+    assert rep["tables"]["reclaimed"] >= 3, rep["tables"]
+    assert rep["thp"]["collapsed"] >= 3, rep["thp"]
