@@ -51,13 +51,17 @@ CATALOGUE = [
         "munmap frees an emptied page table at once, while a lockless walker may be in it",
         {}),
     Bug("free_frame_before_flush", "zap_pte_range -> tlb_finish_mmu",
-        "bug class 5: CVE-2018-18281 (mremap/ftruncate freed pages before the TLB flush)",
+        "bug class 5: CVE-2018-18281 (mremap/ftruncate: a page went back to the allocator "
+        "while a stale TLB entry still reached it; fixed by eb66ae030829 'mremap: properly "
+        "flush TLB before releasing the page')",
         ("frame_uaf@zap", "frame_uaf@tlb_access"),
         "zap frees the frames before the TLB shootdown; another CPU's stale TLB entry "
         "still reaches them", {}),
     Bug("mprotect_no_flush", "change_protection -> flush_tlb_range",
-        "stale writable TLB entries after a permission downgrade "
-        "(cf. 4647706ebeee 'mm: always flush VMA ranges affected by zap_page_range')",
+        "stale writable TLB entries after a permission downgrade (cf. 6ce64428d620 "
+        "'mm/userfaultfd: fix memory corruption due to writeprotect': change_protection "
+        "write-protected PTEs under mmap_lock read and deferred the flush, so a CPU kept "
+        "writing through its stale writable entry)",
         ("stale_tlb@mprotect",),
         "mprotect makes PTEs read-only but skips the TLB flush", {}),
     Bug("zap_skip_last_pte", "zap_pte_range",
@@ -78,13 +82,15 @@ CATALOGUE = [
         window={"delay": 0.3, "delay_max_us": 300.0,
                 "delay_points": ("install_pte",)}),
     Bug("pte_alloc_no_recheck", "__pte_alloc -> pmd_populate",
-        "'someone populated it meanwhile' re-check missing in a table allocation",
+        "pmd_install's 'Has another populated it ?' re-check (mm/memory.c) missing in a "
+        "table allocation",
         ("pt_leak@sweep",),
         "a new PTE table is installed without re-checking the pmd under the pmd lock, "
         "overwriting a table another CPU just populated", {}),
     Bug("ptreclaim_after_ptl_drop", "PT_RECLAIM fast path after zap_pte_range",
         "bug class 4: reclaim after the ptl was dropped mid-zap freed a refilled table "
-        "(Qi Zheng, 2025, 'Bad rss-counter state')",
+        "(f39edcf6349a 'mm: pgtable: fix incorrect reclaim of non-empty PTE pages', Qi "
+        "Zheng, 2025; seen as 'BUG: Bad rss-counter state')",
         TABLE_FREED_WITH_PTES,
         "MADV_DONTNEED takes the reclaim fast path although zap dropped the ptl to free a "
         "batch, so a fault may have refilled the table",
@@ -100,8 +106,9 @@ CATALOGUE = [
         "mapped by no reachable PTE, or a load finds the store it held gone)",
         {"reclaim": "seed"}),
     Bug("walk_rcu_free_ipi", "pairing: --walk rcu with --table-free ipi",
-        "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker "
-        "(why x86 moved to RCU table freeing; Qi Zheng's series)",
+        "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker (why x86 "
+        "moved to RCU table freeing: 718b13861d22 'x86: mm: free page table pages by RCU "
+        "instead of semi RCU', Qi Zheng's PT_RECLAIM series)",
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
@@ -111,7 +118,8 @@ CATALOGUE = [
                 "delay_points": ("spf_before_ptl",)}),
     Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
-        "interrupt the target, IRQs off protects nothing (cf. a37259732a7d)",
+        "interrupt the target, IRQs off protects nothing (cf. a37259732a7d 'x86/mm: Make "
+        "MMU_GATHER_RCU_TABLE_FREE unconditional')",
         ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@gup", "pipe_age@gup"),
         "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
         "after the flush, speculative and gup_fast walkers with IRQs off",
@@ -137,8 +145,9 @@ CATALOGUE = [
         window={"delay": 0.1, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
-        "bug class 6: sequence counts read without acquire ordering (b1f02b95758d); "
-        "emulated: the VMA is read before the checks, as a weakly ordered CPU may",
+        "bug class 6: sequence counts read without acquire ordering (b1f02b95758d 'mm: "
+        "fix memory ordering for mm_lock_seq and vm_lock_seq'); emulated: the VMA is read "
+        "before the checks, as a weakly ordered CPU may",
         ("vma_unlocked_change@fault",),
         "the per-VMA fault's reads of the VMA are not ordered after its lock checks",
         {"fault_mode": "pervma"},
@@ -146,21 +155,24 @@ CATALOGUE = [
                 "delay_points": ("vma_start_read",)}),
     Bug("vma_seq_wrap", "vma_start_write: vm_lock_seq == mm_lock_seq",
         "bug class 7: a sequence count that wrapped is taken for 'no writer' / 'already "
-        "locked' (7135a05838e8 class); emulated with a 3-bit comparison",
+        "locked' (no upstream bug; the kernel's vm_lock_seq is 'explicitly allowed to "
+        "overflow', cf. b1f02b95758d 'mm: fix memory ordering for mm_lock_seq and "
+        "vm_lock_seq', which says so); emulated with a 3-bit comparison",
         ("vma_not_write_locked@split_vma",),
         "vma_start_write believes a VMA locked 8 write sections ago is still locked by it",
         {"fault_mode": "pervma"}),
     Bug("vma_tree_free_no_rcu", "VMA tree publication step (3): call_rcu",
-        "bug class 8: a VMA tree node freed while a lockless reader walks it "
-        "(StackRot, CVE-2023-3269)",
+        "bug class 8: a VMA tree node freed while a reader still walks it (cf. StackRot, "
+        "CVE-2023-3269: a maple node that stack expansion replaced under mmap_lock read "
+        "was freed by RCU while a reader outside any RCU section walked it)",
         ("vma_uaf@pervma", "vma_uaf@spf"),
         "the replaced VMA tree is freed at once instead of after a grace period",
         {"fault_mode": "spf,pervma"},
         window={"delay": 0.05, "delay_max_us": 500.0,
                 "delay_points": ("vma_copy", "pervma_lookup")}),
     Bug("gup_fast_no_recheck", "gup_fast step (4): re-check the PTE after the reference",
-        "mm/gup.c's '(1) pin the page, then (2) check pte not changed' skipped: a frame "
-        "freed and reused under a lockless pinner gets pinned",
+        "mm/gup.c's '(1) pin the page (by prefetching pte), then (2) check pte not "
+        "changed' skipped: a frame freed and reused under a lockless pinner gets pinned",
         ("gup_unmapped@gup", "pipe_age@gup", "frame_uaf@gup"),
         "gup_fast keeps the reference without checking that the PTE still maps the frame",
         {},
@@ -184,8 +196,9 @@ CATALOGUE = [
         window={"delay": 0.05, "delay_max_us": 500.0,
                 "delay_points": ("vma_copy", "split_vma")}),
     Bug("spf_walk_unprotected", "SPF step 3: speculative_page_walk_begin",
-        "bug class 1: a lockless walk with neither IRQs off nor RCU "
-        "(why the series walks with local_irq_disable, later rcu_read_lock)",
+        "bug class 1: a lockless walk with neither IRQs off nor RCU (why the series' "
+        "speculative_page_walk_begin() disables IRQs, or takes rcu_read_lock() where "
+        "tables are freed by RCU, as its v1 does)",
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf"},
@@ -203,7 +216,8 @@ CATALOGUE = [
                 "delay_points": ("spf_before_ptl",)}),
     Bug("spf_ptl_spin", "SPF step 6: spin_trylock(ptl)",
         "bug class 9: an IRQs-off walker spins on the ptl that zap_pte_range holds while "
-        "it waits for that walker's TLB-flush ack",
+        "it waits for that walker's TLB-flush ack (the deadlock the series' __pte_map_lock "
+        "avoids with spin_trylock, as its comment says)",
         ("deadlock@ipi",),
         "the speculative fault spins on the ptl with IRQs off instead of trying once",
         {"fault_mode": "spf", "table_free": "ipi", "ipi_timeout": 3.0},
@@ -220,7 +234,7 @@ CATALOGUE = [
                 "delay_points": ("vma_start_read",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
         "bug class 10: a writer path that does not take the per-VMA lock "
-        "(cf. fb49c455323f, fork forgot to write-lock the parent's VMAs)",
+        "(cf. fb49c455323f 'fork: lock VMAs of the parent process when forking')",
         ("vma_not_write_locked@split_vma",),
         "mprotect changes VMAs and PTEs without vma_start_write, so a per-VMA fault "
         "installs a writable PTE in a VMA just made read-only",

@@ -1,5 +1,9 @@
 """call_rcu-style deferred work on top of the native epoch RCU.
 
+Follows the contract of Linux's call_rcu and rcu_barrier (kernel/rcu/tree.c: a callback
+runs after a grace period that began after it was queued), not their implementation;
+no kernel version.
+
 Each CPU keeps its own queue (no shared structure on the hot path).  ``call_rcu(fn, *args)``
 stamps the callback with a grace-period cookie; ``rcu_process_callbacks()`` runs every
 callback whose grace period has elapsed, oldest first.  The queue is bounded: past

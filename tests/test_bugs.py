@@ -6,6 +6,7 @@ follows the same rule)."""
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,35 @@ def test_expected_signatures_are_ones_the_checkers_report():
         for sig in b.expect:
             kind, _, site = sig.partition("@")
             assert kind in debug.KINDS and site in debug.SITES, (b.name, sig)
+
+
+# Every commit an origin cites, looked up in torvalds/linux (the id's subject line, and
+# that the commit is about what the entry says): a new citation is added here only
+# once it has been checked the same way.
+CHECKED_COMMITS = {
+    "2ba99c5e0881": "mm/khugepaged: fix GUP-fast interaction by sending IPI",
+    "eb66ae030829": "mremap: properly flush TLB before releasing the page",
+    "6ce64428d620": "mm/userfaultfd: fix memory corruption due to writeprotect",
+    "f39edcf6349a": "mm: pgtable: fix incorrect reclaim of non-empty PTE pages",
+    "718b13861d22": "x86: mm: free page table pages by RCU instead of semi RCU",
+    "a37259732a7d": "x86/mm: Make MMU_GATHER_RCU_TABLE_FREE unconditional",
+    "b1f02b95758d": "mm: fix memory ordering for mm_lock_seq and vm_lock_seq",
+    "fb49c455323f": "fork: lock VMAs of the parent process when forking",
+}
+_HEXISH = re.compile(r"\b(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{7,40}\b")
+
+
+def test_origins_cite_checked_commits_by_id_and_exact_title():
+    """A commit is cited as its 12-digit id followed by its exact subject in quotes, and
+    only a commit in CHECKED_COMMITS; a CVE as CVE-YYYY-NNNN."""
+    for b in CATALOGUE:
+        for m in _HEXISH.finditer(b.origin):
+            cid = m.group(0)
+            assert cid in CHECKED_COMMITS, (b.name, cid, "not a checked 12-digit id")
+            assert b.origin[m.end():].startswith(" '%s'" % CHECKED_COMMITS[cid]), \
+                (b.name, cid, "not followed by its title")
+        for cve in re.findall(r"CVE\S*", b.origin):
+            assert re.fullmatch(r"CVE-\d{4}-\d{4,}[,:;)]?", cve), (b.name, cve)
 
 
 @pytest.mark.parametrize("bug,changed", [

@@ -1,5 +1,9 @@
 """What one CPU does: load and store through its TLB (the hardware), faulting on a miss.
 
+Follows x86-64 hardware (the TLB, the page walk, the paging-structure cache), not kernel
+code; the page fault it raises enters the kernel's arch/x86/mm/fault.c
+do_user_addr_fault as of Linux v6.14 (fault.py, spf.py, pervma.py).
+
 access(): (1) one instruction through the TLB (native: an IPI waits for its end)
           (2) on a miss, a hardware walk with IRQs off (it cannot ack a shootdown, and
               IRQs-off is an RCU reader, so no table it reads can be freed under it);

@@ -1,6 +1,10 @@
 """The classical page fault (arch/x86/mm/fault.c do_user_addr_fault -> handle_mm_fault
 -> do_anonymous_page), under mmap_lock read.
 
+Follows Linux v6.14: do_user_addr_fault (but mmap_read_lock + find_vma where the kernel
+calls lock_mm_and_find_vma, v6.5+: no stack expansion here) and mm/memory.c
+do_anonymous_page (one order-0 page; the table mapped by pte_offset_map_lock, v6.5+).
+
 Fault vs. zap on the same PTE, stated once:
   fault: (1) frame allocated and zeroed  (2) ptl  (3) pte_none?  (4) set the PTE
          (release: the zeroed payload before the PTE)  (5) unlock

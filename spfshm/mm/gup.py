@@ -1,4 +1,8 @@
-"""gup_fast (mm/gup.c lockless_pages_from_mm): pin pages without mmap_lock.
+"""gup_fast (mm/gup.c gup_fast, lockless_pages_from_mm before v6.10): pin pages without
+mmap_lock.
+
+Follows Linux v6.14 mm/gup.c: gup_fast -> gup_fast_pte_range (its pmd and PTE re-check
+after the grab), named so since v6.10 ("mm/gup: consistently name GUP-fast functions").
 
 The two-sided protocol, as mm/gup.c states it:
   gup_fast: (1) IRQs off, whatever the other walkers use  (2) walk to the PTE (or a

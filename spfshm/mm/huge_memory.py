@@ -1,5 +1,8 @@
 """Huge PMDs (mm/huge_memory.c): zapping and splitting a 2 MiB mapping.
 
+Follows Linux v6.14 mm/huge_memory.c: zap_huge_pmd, __split_huge_pmd ->
+__split_huge_pmd_locked (pmdp_invalidate first), except that the split copies (below).
+
 A huge pmd maps one huge page (frames head..head+511, see frames.py) with the
 permissions of its VMA; khugepaged.py creates them.  Whatever needs PTE granularity (a
 partial munmap or DONTNEED, mprotect, a VMA split) splits the pmd first.  The split

@@ -1,5 +1,13 @@
 """khugepaged (mm/khugepaged.c): collapse a 2 MiB range of small pages into a huge pmd.
 
+Follows Linux v6.14 mm/khugepaged.c collapse_huge_page (mmap_write_lock, vma_start_write
+since v6.4, pmdp_collapse_flush, __collapse_huge_page_isolate, __collapse_huge_page_copy);
+--collapse retract borrows retract_page_tables' locking (v6.6, Hugh Dickins's
+1d65b771bc08), which the kernel uses for file THPs only.  Knowingly different: the
+kernel drops the pmd lock after pmdp_collapse_flush and keeps the old PTE table deposited
+under the huge pmd (pgtable_trans_huge_deposit); here the pmd lock is held to the end and
+the table is freed (step 8).
+
 collapse_huge_page, as a CPU's op (``--collapse write-lock|retract``):
   1. scan under mmap_lock read (hugepage_vma_revalidate's conditions): a 2 MiB-aligned
      block inside one accessible VMA whose pmd links a PTE table with at least one

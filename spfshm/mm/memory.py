@@ -1,5 +1,12 @@
 """Tearing mappings down and changing their protection (mm/memory.c, mm/mprotect.c).
 
+Follows Linux v6.14: mm/memory.c zap_pte_range (force_flush: tlb_flush_mmu_tlbonly under
+the ptl, unlock, tlb_flush_mmu, retry) and free_pgtables; mm/pt_reclaim.c
+try_get_and_clear_pmd (fast path) and try_to_free_pte (slow path) for CONFIG_PT_RECLAIM
+(new in v6.14, with f39edcf6349a); mm/mprotect.c change_protection, whose range the
+kernel gathers in an mmu_gather (4a18419f71cd "mm/mprotect: use mmu_gather") where the
+model returns "a permission was lost" and its caller flushes.
+
 zap_pte_range clears PTEs under the ptl into the mmu_gather; every GATHER_BATCH pages it
 flushes the TLB while still holding the ptl (force_flush), which is exactly what makes an
 IRQs-off walker spinning on that ptl a deadlock; it then drops the ptl to free the batch

@@ -1,5 +1,12 @@
 """mmap_lock, mmap_seq and the per-VMA locks (include/linux/mmap_lock.h).
 
+Follows Linux v6.14: include/linux/mmap_lock.h (mmap_read_lock, mmap_write_lock,
+vma_end_write_all) and include/linux/mm.h (vma_start_read, vma_end_read, vma_start_write:
+the per-VMA lock of v6.4 to v6.14, an rw_semaphore checked against vm_lock_seq, which
+v6.15 replaced with the vm_refcnt reference count).  mmap_seq is not mainline's: it is
+the SPF series' counter ("mm: add per-mm mmap sequence counter for speculative page
+fault handling.", spf.py).
+
 The write lock is visibly two primitives: down_write, then mmap_seq to odd; the unlock
 is mmap_seq to even, then up_write.  mmap_seq's barriers (native/spf_seqcount.h): the
 smp_wmb after the odd increment pairs with a speculative reader's final smp_rmb check,

@@ -1,5 +1,10 @@
 """Page tables: x86-64 4-level radix (PGD/PUD/PMD/PTE, 512 entries each, 48-bit VA).
 
+Follows Linux v6.14: mm/memory.c __pud_alloc / __pmd_alloc / __pte_alloc (pmd_install's
+"Has another populated it ?" re-check under the lock) and mm/pgtable-generic.c
+__pte_offset_map_lock (v6.5+: map under RCU, take the ptl, re-check pmd_same).  The
+entry format and the paging-structure cache are the model's, after x86-64.
+
 Entry format (u64):  bit 0 present, bit 1 writable, bit 7 huge (PS: a PMD entry that maps
 a 2 MiB page instead of a PTE table), bit 8 PROT_NONE (software: the frame stays mapped
 but the hardware sees not-present), bits 12..39 the index of the next table or of the

@@ -2,7 +2,9 @@
 
 Follows Linux v6.4: mm/memory.c lock_vma_under_rcu, arch/x86/mm/fault.c
 do_user_addr_fault's VMA-lock attempt, and the vm events VMA_LOCK_{SUCCESS,ABORT,RETRY,
-MISS} (include/linux/vm_event_item.h; counted per CPU here, merged at the end).
+MISS} (include/linux/vm_event_item.h; counted per CPU here, merged at the end).  The
+rwsem per-VMA lock and its detached flag stay so up to v6.14 (v6.15 folded the flag
+into vm_refcnt).
 
   1. rcu_read_lock; look the VMA up in the published tree; a VMA without an anon_vma
      (never faulted) aborts: its first fault prepares one under mmap_lock; vma_start_read

@@ -1,5 +1,8 @@
 """Page-table reclaim, David Hildenbrand's plan from the seed thread (--reclaim seed).
 
+Follows no kernel version: a proposal, never merged.  What merged is PT_RECLAIM (v6.14,
+memory.reclaim_pt).
+
   1. scan under mmap_lock read: PTE tables inside VMAs whose 512 entries are all none
      (a racy look, candidates only)
   2. under mmap_lock write: write-lock the VMAs over each candidate's range

@@ -1,10 +1,13 @@
 """The speculative page fault (Michel Lespinasse's series, anonymous VMAs; protocols.md
 section 3), as the patches do it.  No mmap_lock: mmap_seq validates what was read.
-Follows the v5.12-spf-anon series (April 2021: arch/x86/mm/fault.c do_user_addr_fault's
-speculative attempt, mm/memory.c __handle_mm_fault's speculative walk, __pte_map_lock,
-do_anonymous_page); every abort is named after the series' SPF_ABORT_* vm event ("mm:
-anon spf statistics"), and every abort falls back to the classical fault, which alone
-decides a SIGSEGV.
+Follows that series' v1 (2021-04-30, on Linux v5.12; git tree lespinasse/linux, branch
+v5.12-spf-anon; never merged): "x86/mm: attempt speculative mm faults first", "mm:
+implement speculative handling in __handle_mm_fault().", speculative_page_walk_begin /
+speculative_page_walk_end, __pte_map_lock, do_anonymous_page (mm/memory.c there).  Every
+abort is named after the series' SPF_ABORT_* vm event ("mm: anon spf statistics") and
+falls back to the classical fault, which alone decides a SIGSEGV.  Step 6b is the
+model's own, for kernels where tables go away without mmap_lock write
+(retract_page_tables, v6.6; PT_RECLAIM, v6.14).
 
   1. seq = mmap_seq (acquire); odd: a writer is active, abort ("odd"), never spin
   2. under rcu_read_lock: look the VMA up in the published tree (none at va:

@@ -1,5 +1,11 @@
 """mmap, munmap, mprotect and madvise(MADV_DONTNEED), with Linux's splitting and errors.
 
+Follows Linux v6.14: mm/mmap.c do_mmap, mm/vma.c do_vmi_munmap (vms_clear_ptes:
+unmap_vmas, then free_pgtables), mm/mprotect.c do_mprotect_pkey / mprotect_fixup,
+mm/madvise.c madvise_dontneed_single_vma -> zap_page_range_single.  Knowingly simpler:
+anonymous private mappings only, no merging of adjacent VMAs, and the VMA tree is
+republished whole (vma.py).
+
 Results are Linux's: an address (mmap) or 0, else a negative errno.  Every VMA change is
 done under mmap_lock write and published as a new tree; DONTNEED runs under mmap_lock
 read, racing faults through the ptl.  munmap (v6.12 do_vmi_align_munmap) detaches its

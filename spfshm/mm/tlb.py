@@ -1,5 +1,12 @@
 """TLB shootdown and the mmu_gather (include/asm-generic/tlb.h, mm/mmu_gather.c).
 
+Follows Linux v6.14: include/asm-generic/tlb.h and mm/mmu_gather.c (tlb_gather_mmu,
+__tlb_remove_page, tlb_flush_mmu_tlbonly, tlb_flush_mmu, tlb_finish_mmu, tlb_remove_table),
+arch/x86/mm/tlb.c flush_tlb_mm_range (IPIs, every ack awaited), mm/pgtable-generic.c
+pte_free_defer (v6.6).  --table-free ipi is x86 bare metal's table freeing after the
+flush IPIs until 718b13861d22 (v6.14, with PT_RECLAIM) and a37259732a7d (v6.15) made it
+RCU; --table-free rcu is MMU_GATHER_RCU_TABLE_FREE's grace period.
+
 Teardown protocol (zap vs. a CPU using a translation), stated once:
   zapper: (1) clear the PTE under the ptl, gather the frame
           (2) flush every CPU's TLB by IPI and wait for all acks

@@ -1,5 +1,10 @@
 """VMAs and the VMA tree (the maple tree's role).
 
+Follows what Linux v6.14's lockless readers rely on, not its data structure: the maple
+tree in RCU mode (nodes replaced, the old ones freed by RCU) and VMAs freed through
+call_rcu (vm_area_free, v6.4 to v6.14; v6.15 made the VMA cache SLAB_TYPESAFE_BY_RCU).
+A sorted array republished whole stands in for the maple tree.
+
 The tree is a sorted array of (start, end, id) published copy-on-write: a writer (under
 mmap_lock write) builds a new array in a free slot, publishes its index with a release
 store, and retires the old one with call_rcu, so a lockless reader (SPF, later) never
