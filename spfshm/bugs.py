@@ -133,17 +133,28 @@ CATALOGUE = [
         ("hang@watchdog",),
         "one mmap_write_unlock in a hundred forgets up_write: every other CPU blocks",
         {"stall_timeout": 0.5}),
-    Bug("khugepaged_no_sync", "collapse_huge_page step 8: free the old PTE table",
+    Bug("khugepaged_no_sync", "collapse_huge_page step 4: tlb_remove_table_sync_one",
         "bug class 1: Jann Horn's 2022 fix 2ba99c5e0881 'mm/khugepaged: fix GUP-fast "
-        "interaction by sending IPI' (the table was freed right after "
-        "pmdp_collapse_flush, whose flush need not interrupt a lockless walker)",
-        ("pt_uaf@spf_walk",),
-        "khugepaged frees the PTE table it replaced right after the TLB flush, without "
-        "tlb_remove_table's IPI sync or grace period",
+        "interaction by sending IPI' (the table was deposited right after "
+        "pmdp_collapse_flush, whose flush need not interrupt a lockless walker, and "
+        "'deposited page tables can be freed when a THP page somewhere in the mm is "
+        "removed')",
+        ("pt_uaf@collapse_huge_page", "pt_uaf@spf_walk"),
+        "khugepaged deposits the PTE table it replaced right after the TLB flush, without "
+        "tlb_remove_table_sync_one: a walker still inside it meets it freed by the zap "
+        "of a huge pmd (any one of its PMD table's)",
         {"collapse": "write-lock", "tlb_flush": "no-ipi", "table_free": "rcu",
          "fault_mode": "spf", "workload": "faults"},
         window={"delay": 0.1, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
+    Bug("thp_deposit_leak", "zap_huge_pmd -> zap_deposited_table",
+        "a page table kept for a huge pmd's deposit leaked (cf. 12c9d70bd505 'mm: fix "
+        "memory leak in copy_huge_pmd()': a pgtable allocated for a huge pmd was never "
+        "deposited nor freed)",
+        ("pt_leak@sweep",),
+        "the zap of a huge pmd clears it but leaves its deposited PTE table on the PMD "
+        "table's list: one deposit more than huge pmds, linked from nowhere",
+        {"collapse": "write-lock", "check_every": 0.25}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
         "bug class 6: sequence counts read without acquire ordering (b1f02b95758d 'mm: "
         "fix memory ordering for mm_lock_seq and vm_lock_seq'); emulated: the VMA is read "
@@ -227,8 +238,10 @@ CATALOGUE = [
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
         ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
-         "stale_pte@sweep") + TABLE_FREED_WITH_PTES,
-        "a fault read-locks a VMA that the current writer has already write-locked",
+         "stale_pte@sweep", "pt_leak@sweep") + TABLE_FREED_WITH_PTES,
+        "a fault read-locks a VMA that the current writer has already write-locked (under "
+        "khugepaged: it populates the pmd the collapse cleared, and the huge pmd set over "
+        "it leaks that table)",
         {"fault_mode": "pervma"},
         window={"delay": 0.2, "delay_max_us": 1000.0,
                 "delay_points": ("vma_start_read",)}),

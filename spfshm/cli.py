@@ -127,10 +127,9 @@ def add_config_args(p):
     p.add_argument("--reclaimer", action="store_true",
                    help="run the seed scanner on its own CPU (the last one)")
     p.add_argument("--collapse", choices=COLLAPSE, default=d.collapse,
-                   help="khugepaged collapse op in the mix: write-lock (classic, under "
-                        "mmap_lock write) or retract (6.6: mmap_lock read, pmd re-checked "
-                        "under the ptl, table freed by RCU); auto (default): write-lock, "
-                        "off for the pf1 workloads")
+                   help="khugepaged collapse op in the mix: write-lock (anonymous "
+                        "collapse_huge_page, under mmap_lock write; the old table is "
+                        "deposited); auto (default): write-lock, off for the pf1 workloads")
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,

@@ -12,7 +12,7 @@ FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("auto", "off", "seed", "ptreclaim")
-COLLAPSE = ("auto", "off", "write-lock", "retract")
+COLLAPSE = ("auto", "off", "write-lock")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PERTURB_PROFILES = ("chaos", "kcsan", "sleepy", "mixed")   # auto: the (seed mod 4)-th
 PERTURB = ("off", "auto") + PERTURB_PROFILES
@@ -37,7 +37,7 @@ class Config:
     reclaim: str = "auto"          # page-table reclaim: off, seed (scanner), ptreclaim;
     #                                auto: ptreclaim where the kernel has it (table_free rcu)
     reclaimer: bool = False        # the seed scanner runs on its own CPU (the last one)
-    collapse: str = "auto"         # khugepaged collapse: off, write-lock, retract;
+    collapse: str = "auto"         # khugepaged collapse: off, write-lock;
     #                                auto: write-lock (anon collapse_huge_page) where the
     #                                workload has an op mix
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end

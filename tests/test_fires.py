@@ -112,6 +112,8 @@ FIRES = {
     # mm/pagetable.py
     "pt_uaf@free_pgtables": ("test_table_freed_while_cached",),
     "pmd_changed@reclaim_pt": ("test_pmd_changed_under_the_ptl",),
+    "pt_uaf@collapse_huge_page":
+        ("test_table_deposited_while_a_walker_from_before_its_unlink_runs",),
     "double_free@free_pgtables":
         ("test_sweep.py::test_table_freed_twice_is_reported_at_the_free",
          "test_sweep.py::test_table_unlinked_twice_is_reported_at_the_unlink[False]"),
@@ -665,9 +667,34 @@ def test_pmd_changed_under_the_ptl(make):
     native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
     tlb = MmuGather(mm)
     assert reclaim_pt(mm, tlb, t, BASE, False)
+    native.rcu_read_unlock()             # pte_offset_map_lock's, as zap_pte_range does
     tlb.finish()
     assert only(b, "pmd_changed@reclaim_pt") == (0, t, 0)
-    assert not native.lib.spf_spin_is_locked(mm.ptl(t))
+    assert not native.lib.spf_spin_is_locked(mm.ptl(t)) and native.rcu_read_depth() == 0
+
+
+def test_table_deposited_while_a_walker_from_before_its_unlink_runs(make):
+    """khugepaged without tlb_remove_table_sync_one: CPU 0 entered an RCU walk before
+    the collapse unlinked the table, and is still in it when the table is deposited."""
+    b = make(ncpus=2, cpu=1, table_free="rcu", bugs=("khugepaged_no_sync",))
+    b.map(pages=HPAGE_NR, stored=1)
+    t = b.table()
+
+    def walker(cpu):
+        native.rcu_read_lock()
+        b.flags[0] = 1
+        while not b.flags[1]:
+            pass
+        native.rcu_read_unlock()
+
+    with Workers(b.smp, 1, walker) as w:
+        _wait_for(lambda: b.flags[0], "CPU 0 never entered its walk")
+        try:
+            assert collapse_huge_page(b.mm, BASE)
+        finally:
+            b.flags[1] = 1
+        assert w.join(30) == {0: 0}
+    assert only(b, "pt_uaf@collapse_huge_page") == (t, PTE, 0)
 
 
 def test_table_freed_while_cached(make):

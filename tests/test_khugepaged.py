@@ -7,14 +7,17 @@ import sys
 
 import pytest
 
-from spfshm import debug
+from spfshm import debug, native
 from spfshm.check.sweep import sweep
 from spfshm.config import Config
 from spfshm.diffkernel import Model
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page, khugepaged_scan
-from spfshm.mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME
-from spfshm.mm.pagetable import PS, RW, pmd_entry_of
+from spfshm.mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME, PTE, TABLE_FREE, TABLE_LIVE
+from spfshm.mm.pagetable import (P, PS, RW, alloc_table, deposited_tables,
+                                 pgtable_trans_huge_deposit, pmd_entry_of, pte_offset_map_lock,
+                                 pte_table_of, pte_unmap_unlock)
+from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.syscalls import (MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect,
                                 do_munmap)
 from spfshm.run.runner import run_stress
@@ -31,17 +34,9 @@ def make_model(collapse):
     return m
 
 
-@pytest.fixture(params=["write-lock", "retract"])
-def model(request):
-    m = make_model(request.param)
-    yield m
-    m.close()
-
-
 @pytest.fixture
-def retract_model():
-    """Only a retract collapse runs under mmap_lock read, so only it can race DONTNEED."""
-    m = make_model("retract")
+def model():
+    m = make_model("write-lock")
     yield m
     m.close()
 
@@ -125,9 +120,8 @@ def test_pinned_page_blocks_collapse_and_gup_pins_huge_pages(model):
 @pytest.mark.parametrize("collapse,table_free,tlb_flush,mode,workload", [
     ("write-lock", "ipi", "ipi", "classic,spf,pervma", "faults"),
     ("write-lock", "rcu", "no-ipi", "spf,pervma", "mixed"),
-    ("retract", "ipi", "ipi", "spf,classic", "mixed"),
-    ("retract", "rcu", "ipi", "pervma,spf", "faults"),
-    ("retract", "rcu", "no-ipi", "spf", "faults"),
+    ("write-lock", "rcu", "ipi", "spf,classic", "mixed"),
+    ("write-lock", "rcu", "no-ipi", "spf", "faults"),
 ])
 def test_collapse_stress_runs_clean(collapse, table_free, tlb_flush, mode, workload):
     rep = run_stress(Config(cpus=3, ops=2500, seed=41, collapse=collapse, table_free=table_free,
@@ -155,24 +149,6 @@ def test_reclaim_scan_skips_a_block_collapsed_since_its_scan(model, monkeypatch)
     assert pmd(model) == before and kinds(model) == set()
 
 
-def test_dontneed_of_a_block_collapsed_while_its_ptl_was_dropped(retract_model):
-    """The zap retry after its forced flush finds a huge pmd: it zaps it whole."""
-    m = retract_model
-    store_pages(m, range(100))
-    done = []
-
-    def delay(point):
-        if point == "zap_ptl_dropped" and not done:
-            done.append(collapse_huge_page(m.mm, BASE))
-    m.mm.delay = delay
-    assert do_madvise_dontneed(m.mm, BASE, BLOCK) == 0 and done == [True]
-    assert pmd(m) == 0                                    # nothing left mapped
-    m.mm.rcu.rcu_barrier()
-    m.mm.flush_stats()
-    sweep(m.mm)
-    assert kinds(m) == set() and int(m.mm.rss_all[:, 0].sum()) == 0
-
-
 def test_sweep_catches_a_huge_pmd_beyond_its_vma_and_torn_subpages(model):
     """The sweep's huge-pmd checks fire: a VMA that no longer covers the whole huge page
     (a split skipped), and a subpage whose state left its head's."""
@@ -192,3 +168,85 @@ def test_sweep_catches_a_huge_pmd_beyond_its_vma_and_torn_subpages(model):
     row[TREE_HDR + 1] = BASE + 2 * BLOCK
     mm.frame_meta[head + 7]["state"] = 1
     mm.tree_cache = (None, None)
+
+
+def test_collapse_deposits_the_old_table_a_split_refills_it_a_zap_frees_it(model):
+    """pgtable_trans_huge_deposit / withdraw: the replaced table stays live, unlinked,
+    empty, reachable for the sweep through its deposit; a split links it again, a zap
+    frees it at once (zap_deposited_table)."""
+    mm = model.mm
+    store_pages(model, [0, 9])
+    t = pte_table_of(mm, BASE)
+    assert collapse_huge_page(mm, BASE)
+    pmd_t, _ = pmd_entry_of(mm, BASE)
+    assert deposited_tables(mm, pmd_t) == [t] and mm.pt_state[t] == TABLE_LIVE
+    assert not mm.pt[t].any()
+    sweep(mm)
+    assert kinds(model) == set()
+    assert do_madvise_dontneed(mm, BASE + 9 * PAGE, PAGE) == 0     # a split
+    assert pte_table_of(mm, BASE) == t and deposited_tables(mm, pmd_t) == []
+    loads_ok(model, [0])
+    assert collapse_huge_page(mm, BASE) and deposited_tables(mm, pmd_t) == [t]
+    assert do_madvise_dontneed(mm, BASE, BLOCK) == 0               # a zap of the huge pmd
+    assert deposited_tables(mm, pmd_t) == [] and mm.pt_state[t] == TABLE_FREE
+    mm.rcu.rcu_barrier()
+    sweep(mm, final=True)
+    assert kinds(model) == set()
+
+
+def test_sweep_counts_one_deposited_table_per_huge_pmd(model):
+    """A deposit that no huge pmd accounts for is a leak (nobody will withdraw it)."""
+    mm = model.mm
+    store_pages(model, [0])
+    assert collapse_huge_page(mm, BASE)
+    pmd_t, _ = pmd_entry_of(mm, BASE)
+    extra = alloc_table(mm, PTE)
+    pgtable_trans_huge_deposit(mm, pmd_t, extra)
+    sweep(mm)
+    leaks = [v for v in debug.collect(model.arena) if v["kind"] != "obj_leak"]
+    assert [v["signature"] for v in leaks] == ["pt_leak@sweep"]
+
+
+def test_pte_offset_map_lock_holds_rcu_until_unmap_and_gives_null_on_a_huge_pmd(model):
+    """pte_offset_map_lock (6.5+): RCU from the map to pte_unmap_unlock; NULL at once on a
+    trans-huge pmd, even one a split holds invalidated (no wait on the pmd lock)."""
+    mm = model.mm
+    store_pages(model, [0])
+    depth = native.rcu_read_depth()
+    t = pte_offset_map_lock(mm, BASE)
+    assert t >= 0 and native.rcu_read_depth() == depth + 1
+    assert native.spin_owner(mm.ptl(t)) == mm.cpu
+    pte_unmap_unlock(mm, t)
+    assert native.rcu_read_depth() == depth and native.spin_owner(mm.ptl(t)) == -1
+    assert collapse_huge_page(mm, BASE)
+    assert pte_offset_map_lock(mm, BASE) == -1 and native.rcu_read_depth() == depth
+    pmd_t, pmd_i = pmd_entry_of(mm, BASE)
+    pmdl = mm.ptl(pmd_t)
+    native.spin_lock(pmdl, mm.cpu)                  # a split in progress: pmdp_invalidate
+    huge = int(mm.pt[pmd_t, pmd_i])
+    mm.pt[pmd_t, pmd_i] = huge & ~P
+    try:
+        assert pte_offset_map_lock(mm, BASE) == -1 and native.rcu_read_depth() == depth
+    finally:
+        mm.pt[pmd_t, pmd_i] = huge
+        native.spin_unlock(pmdl)
+
+
+def test_speculative_fault_across_a_collapse_aborts(model):
+    """mmap_lock write and vma_start_write keep the classical and per-VMA faults out of
+    a collapse, not SPF: one that walked to the PTE table before khugepaged cleared its
+    pmd (the collapse runs in its window) finds the pmd changed under the ptl and aborts."""
+    mm = model.mm
+    mm.walk_rcu = True                   # the collapse's sync is a grace period, which
+    store_pages(model, [0])              # this CPU's own walk section does not hold up
+    done = []
+
+    def delay(point):
+        if point == "spf_before_ptl" and not done:
+            done.append(collapse_huge_page(mm, BASE))
+    mm.delay = delay
+    assert do_speculative_page_fault(mm, BASE + 5 * PAGE, 1) == "pte_map_lock_pmd"
+    assert done == [True] and pmd(model) & PS
+    loads_ok(model, [0])
+    sweep(mm)
+    assert kinds(model) == set()

@@ -15,7 +15,7 @@ from spfshm.mm.fault import do_user_addr_fault
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
 from spfshm.mm.mm_types import PAGE, PROT_BY_NAME, TABLE_LIVE, VMA_LIVE, VMA_PENDING
 from spfshm.mm.pagetable import (entry_pfn, free_table_now, mark_pending,
-                                  pte_offset_map_lock, pte_table_of)
+                                  pte_offset_map_lock, pte_table_of, pte_unmap_unlock)
 from spfshm.mm.pervma import do_pervma_fault
 from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_munmap
@@ -120,7 +120,7 @@ def test_freed_table_whose_ptl_pte_offset_map_lock_takes(model):
     mm.pwcs[:, :, 0] = 0                         # no PTE in it, no PWC entry for it
     free_table_now(mm, t)                        # the pmd still links it: a broken freer
     assert pte_offset_map_lock(mm, BASE) == t
-    native.spin_unlock(mm.ptl(t))
+    pte_unmap_unlock(mm, t)
     assert [v["signature"] for v in debug.collect(m.arena)] == \
         ["pt_uaf@pte_offset_map_lock"]
 

@@ -307,7 +307,7 @@ def test_final_sweep_finds_a_table_unlinked_and_never_freed(model):
 @pytest.mark.parametrize("cfg", [
     dict(fault_mode="classic", table_free="ipi"),
     dict(fault_mode="spf,pervma", table_free="rcu", reclaim="ptreclaim", workload="faults"),
-    dict(fault_mode="pervma,spf", table_free="rcu", collapse="retract", workload="faults"),
+    dict(fault_mode="pervma,spf", table_free="rcu", collapse="write-lock", workload="faults"),
 ])
 def test_correct_run_ends_with_a_clean_final_sweep(cfg, monkeypatch):
     """The end of a correct run: every CPU's rcu_barrier has run, nothing is pending."""

@@ -3,7 +3,8 @@
 - every frame is free, or mapped exactly as often as its mapcount says (a huge page by
   its head: its subpages share the head's state);
 - every table is reachable exactly once, or pending free, or free (and a free or pending
-  one is linked from nowhere);
+  one is linked from nowhere); a PTE table deposited with a PMD table for one of its huge
+  pmds (khugepaged) is reachable through that deposit, one per huge pmd;
 - no mapped PTE outside a VMA, and none that grants more than its VMA: a present one
   under PROT_NONE, a writable one under a read-only VMA; a PROT_NONE entry only under
   PROT_NONE (elsewhere no fault could ever make it present);
@@ -21,11 +22,11 @@ import bisect
 
 import numpy as np
 
-from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE, PGD,
+from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE, PGD, PMD,
                            PROT_NONE, PROT_WRITE, PTE, TABLE_FREE, TABLE_LIVE,
                            TABLE_PENDING, VMA_FREE, VMA_LIVE, VMA_PENDING)
-from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, entry_gen, entry_pfn,
-                            mk_entry)
+from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, deposited_tables,
+                            entry_gen, entry_pfn, mk_entry)
 from ..mm.vma import TREE_FREE, TREE_LIVE, TREE_PENDING, current_tree, tree_entries
 
 MAPPED = P | PROTNONE
@@ -57,16 +58,30 @@ def sweep(mm, final=False):
     present = 0
     stack = [(ROOT, PGD, 0)]
     reach[ROOT] = 1
+
+    def link(child, level, va, parent, walk):
+        """A table linked below parent (or deposited there: not walked, it is empty)."""
+        if child >= g.ntables:
+            rep("pt_leak", "sweep", va, child, level, -1)
+        elif mm.pt_state[child] != TABLE_LIVE:
+            rep("pt_free_reachable", "sweep", va, child, int(mm.pt_state[child]), parent)
+        else:
+            reach[child] += 1
+            if reach[child] == 1 and walk:
+                stack.append((child, NEXT[level], va))
+
     while stack:
         t, level, base = stack.pop()
         row = mm.pt[t]
         idx = np.flatnonzero(row & MAPPED if level == PTE else row & P)
         checked += 1
+        huge = 0
         for i in idx.tolist():
             e = int(row[i])
             va = base + (i << LEVEL_SHIFT[level])
             child = entry_pfn(e)
             if e & PS:
+                huge += 1
                 present += HPAGE_NR
                 checked += 1
                 if _check_leaf(mm, rep, va, e, frame_maps, starts, ends, prots,
@@ -75,20 +90,16 @@ def sweep(mm, final=False):
                         ptes[va + k * PAGE] = mk_entry(child + k, entry_gen(e), e & (P | RW))
                 continue
             if level != PTE:
-                if child >= g.ntables:
-                    rep("pt_leak", "sweep", va, child, level, -1)
-                    continue
-                if mm.pt_state[child] != TABLE_LIVE:
-                    rep("pt_free_reachable", "sweep", va, child, int(mm.pt_state[child]), t)
-                    continue
-                reach[child] += 1
-                if reach[child] == 1:
-                    stack.append((child, NEXT[level], va))
+                link(child, level, va, t, True)
                 continue
             present += 1
             ptes[va] = e
             checked += 1
             _check_leaf(mm, rep, va, e, frame_maps, starts, ends, prots, va)
+        # One deposited PTE table per huge pmd (khugepaged's): those are reachable; one
+        # more is leaked (nobody withdraws it), one fewer would fail the next split
+        for dep in deposited_tables(mm, t)[:huge] if level == PMD else ():
+            link(dep, PMD, base, t, False)
 
     states = mm.pt_state[:g.ntables]
     for t in np.flatnonzero((states == TABLE_LIVE) & (reach != 1)).tolist():

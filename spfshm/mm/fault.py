@@ -14,6 +14,7 @@ second overwrites the first's PTE (bug ``fault_no_ptl``: a leaked frame, RSS off
 """
 from .. import native
 from .frames import alloc_frame, put_page
+from .huge_memory import huge_pmd_set_accessed
 from .mm_types import PROT_WRITE, PTE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
@@ -56,34 +57,39 @@ def do_anonymous_page(mm, vma, va, write):
     if f < 0:
         return VM_FAULT_OOM
     # pte_offset_map_lock (6.5+): the PTE table is mapped under RCU, since reclaim may
-    # free it under mmap_lock read; its pmd is re-checked once the ptl is held.
+    # free it under mmap_lock read, and stays mapped until pte_unmap_unlock; its pmd is
+    # re-checked once the ptl is held.
     native.rcu_read_lock()
     try:
         t = pte_alloc_walk(mm, va)
         if t < 0:
-            # HUGE: collapsed since the TLB missed; the access retries through it (a huge
-            # pmd is as permissive as its VMA, so a present one needs no fault).
+            # HUGE: a trans-huge pmd (collapsed since the TLB missed, or being split):
+            # the huge pmd's fault, then the access retries (a present huge pmd is as
+            # permissive as its VMA, so it needs no more).
             put_page(mm, f)
-            return VM_FAULT_RETRY if t == HUGE else VM_FAULT_OOM
+            if t != HUGE:
+                return VM_FAULT_OOM
+            huge_pmd_set_accessed(mm, va)
+            return VM_FAULT_RETRY
         mm.pipe.observe(TABLES, t, "fault", va)          # its ptl: RCU keeps t alive
         ptl = mm.ptl(t)
         mm.delay("fault_before_ptl")
         locked = not mm.bugs.on("fault_no_ptl")
         if locked:
             native.spin_lock(ptl, mm.cpu)                     # (2)
-        pmd_t, pmd_i = pmd_entry_of(mm, va)                   # pmd still points here?
+        try:
+            pmd_t, pmd_i = pmd_entry_of(mm, va)               # pmd still points here?
+            if pmd_t < 0 or not pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
+                put_page(mm, f)
+                return VM_FAULT_RETRY
+            assert_vma_stable(mm, vma, va)
+            install_anon_pte(mm, vma, t, index(va, PTE), f, write)
+            return VM_FAULT_OK
+        finally:
+            if locked:
+                native.spin_unlock(ptl)                       # (5)
     finally:
-        native.rcu_read_unlock()
-    try:
-        if pmd_t < 0 or not pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
-            put_page(mm, f)
-            return VM_FAULT_RETRY
-        assert_vma_stable(mm, vma, va)
-        install_anon_pte(mm, vma, t, index(va, PTE), f, write)
-        return VM_FAULT_OK
-    finally:
-        if locked:
-            native.spin_unlock(ptl)                           # (5)
+        native.rcu_read_unlock()                              # pte_unmap
 
 
 def do_user_addr_fault(mm, va, write):

@@ -1,32 +1,39 @@
-"""Huge PMDs (mm/huge_memory.c): zapping and splitting a 2 MiB mapping.
+"""Huge PMDs (mm/huge_memory.c, 6.12): zapping and splitting a 2 MiB mapping.
 
 Follows Linux v6.14 mm/huge_memory.c: zap_huge_pmd, __split_huge_pmd ->
 __split_huge_pmd_locked (pmdp_invalidate first), except that the split copies (below).
 
 A huge pmd maps one huge page (frames head..head+511, see frames.py) with the
-permissions of its VMA; khugepaged.py creates them.  Whatever needs PTE granularity (a
-partial munmap or DONTNEED, mprotect, a VMA split) splits the pmd first.  The split
-copies (the kernel remaps the same subpages through a deposited table; copying keeps
-every frame a single page and exercises the same locking):
+permissions of its VMA; khugepaged.py creates them and deposits the PTE table they
+replaced with their PMD table (pgtable_trans_huge_deposit).  Whatever needs PTE
+granularity (a partial munmap or DONTNEED, mprotect, a VMA split) splits the pmd first.
+The split fills the deposited table with copies of the subpages (the kernel maps the
+same subpages; copying keeps every frame a single page, and the locking is the same):
 
-  split: (1) new PTE table and 512 small frames allocated (no locks held)
+  split: (1) 512 small frames allocated (no locks held)
          (2) pmd lock; re-check the pmd is still this huge page
-         (3) invalidate the pmd and flush every TLB (pmdp_invalidate: once we copy, no
-             CPU may still write through the huge mapping, and no walk can refill it)
-         (4) copy each subpage into its small frame, fill the table, populate the pmd
+         (3) pmdp_invalidate: the pmd loses its present bit (pmd_mkinvalid: still
+             trans-huge to software, not present to the hardware walk) and every TLB is
+             flushed: once we copy, no CPU may still write through the huge mapping
+         (4) withdraw a deposited table (pgtable_trans_huge_withdraw), copy each
+             subpage into its small frame and fill the table, populate the pmd
              (release), unlock
          (5) drop the huge page (no translation to it is left)
-  Partners: the invalidated pmd is not present but not none (PMD_INVALID), so DONTNEED
-  and munmap wait for the pmd lock and then see the new table, and a fault retries; the
-  hardware walker and SPF see "not present": a fault, or the "no_table" abort.
+  zap:   pmd lock; re-check; clear the pmd; zap_deposited_table (withdraw one and free it
+         at once: no walker can be in it, khugepaged's tlb_remove_table_sync_one waited
+         them out before it was deposited); gather the huge page (freed after the flush)
+  Partners: every locked path that meets a trans-huge pmd (an invalidated one included)
+  takes the pmd lock and re-checks it (zap_huge_pmd, split_huge_pmd: a split in progress
+  is waited out there), or retries (the fault: pte_offset_map_lock gives NULL); the
+  hardware walk, SPF and gup_fast see "not present": a fault, "pmd", a stop.
 """
 import numpy as np
 
 from .. import native
 from .frames import alloc_frame, put_page
-from .mm_types import HPAGE_NR, PTE, PTRS
-from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PMD_INVALID, PS, RW, alloc_table,
-                        entry_pfn, free_table_now, mk_entry, pmd_entry_of, populate)
+from .mm_types import HPAGE_NR, PTRS
+from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PS, RW, entry_pfn, free_table_now,
+                        mk_entry, pgtable_trans_huge_withdraw, pmd_entry_of, populate)
 from .tlb import assert_no_translation, flush_tlb_all
 
 PMD_SIZE = HPAGE_NR << 12
@@ -46,6 +53,17 @@ def mk_huge_pmd(mm, head, writable):
     return mk_entry(head, int(mm.frame_gen[head]), P | PS | (RW if writable else 0))
 
 
+def huge_pmd_set_accessed(mm, va):
+    """The fault that meets a trans-huge pmd (__handle_mm_fault: do_huge_pmd_wp_page or
+    huge_pmd_set_accessed): the pmd lock, pmd_same, nothing to update in the model (no
+    accessed or dirty bits), unlock; the access retries.  A split in progress (its pmd
+    invalidated, which is why the hardware walk faulted) is waited out on the lock."""
+    pmd_t, _ = pmd_entry_of(mm, va)
+    pmdl = mm.ptl(pmd_t)
+    native.spin_lock(pmdl, mm.cpu)
+    native.spin_unlock(pmdl)
+
+
 def zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, va):
     """Clear the huge pmd e (mapping the block at va) under the pmd lock and gather its
     page; False when it changed meanwhile (the caller looks again)."""
@@ -54,6 +72,8 @@ def zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, va):
     ok = int(mm.pt[pmd_t, pmd_i]) == e
     if ok:
         native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
+        if not mm.bugs.on("thp_deposit_leak"):
+            zap_deposited_table(mm, pmd_t)
         tlb.zap_pages(va, HPAGE_NR)
         head = entry_pfn(e)
         mm.frame_meta[head]["mapcount"] -= 1
@@ -65,48 +85,45 @@ def zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, va):
     return ok
 
 
+def zap_deposited_table(mm, pmd_t):
+    """The zap of a huge pmd of pmd_t (its pmd lock held): withdraw a deposited table and
+    free it now (pte_free: it has been unreachable since its collapse's sync)."""
+    free_table_now(mm, pgtable_trans_huge_withdraw(mm, pmd_t))
+
+
 def _alloc_small(mm):
-    """Step (1): a table and 512 frames, or None (everything given back)."""
-    t = alloc_table(mm, PTE)
+    """Step (1): 512 frames, or None (everything given back)."""
     frames = []
-    while t >= 0 and len(frames) < HPAGE_NR:
+    while len(frames) < HPAGE_NR:
         f = alloc_frame(mm)
         if f < 0:
-            break
+            for f in frames:
+                put_page(mm, f)
+            return None
         frames.append(f)
-    if t >= 0 and len(frames) == HPAGE_NR:
-        return t, np.array(frames, dtype=np.uint64)
-    for f in frames:
-        put_page(mm, f)
-    if t >= 0:
-        free_table_now(mm, t)
-    return None
+    return np.array(frames, dtype=np.uint64)
 
 
 def split_huge_pmd(mm, pmd_t, pmd_i, e):
     """Replace huge pmd e by a PTE table mapping copies of its subpages (mmap_lock held,
     read or write).  Returns True when the pmd is no longer e's huge mapping (split
     here, or changed by someone else), False when out of memory."""
-    new = _alloc_small(mm)                                                     # (1)
-    if new is None:
-        mm.rcu.rcu_barrier()             # tables waiting for a grace period: once more
-        new = _alloc_small(mm)
-        if new is None:
-            mm.count("thp_oom")
-            return False
-    t, frames = new
+    frames = _alloc_small(mm)                                                  # (1)
+    if frames is None:
+        mm.count("thp_oom")
+        return False
     pmdl = mm.ptl(pmd_t)
     native.spin_lock(pmdl, mm.cpu)                                            # (2)
     if int(mm.pt[pmd_t, pmd_i]) != e:
         native.spin_unlock(pmdl)
-        free_table_now(mm, t)
         for f in frames.tolist():
             put_page(mm, f)
         return True
-    native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), PMD_INVALID)            # (3)
+    native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), e & ~P)                 # (3)
     flush_tlb_all(mm)
+    t = pgtable_trans_huge_withdraw(mm, pmd_t)                                 # (4)
     head = entry_pfn(e)
-    mm.frame_payload[frames.astype(np.int64)] = mm.frame_payload[head:head + HPAGE_NR]  # (4)
+    mm.frame_payload[frames.astype(np.int64)] = mm.frame_payload[head:head + HPAGE_NR]
     mm.frame_meta["mapcount"][frames.astype(np.int64)] = 1
     gens = mm.frame_gen[frames.astype(np.int64)] & np.uint64(GEN_MASK)
     mm.pt[t, :PTRS] = (frames << np.uint64(PFN_SHIFT)) | (gens << np.uint64(GEN_SHIFT)) \

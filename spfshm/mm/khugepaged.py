@@ -1,59 +1,55 @@
-"""khugepaged (mm/khugepaged.c): collapse a 2 MiB range of small pages into a huge pmd.
+"""khugepaged (mm/khugepaged.c, 6.12): collapse a 2 MiB range of small pages into a huge
+pmd, anonymous memory only (collapse_huge_page; retract_page_tables, the mmap_lock-free
+way, is for file and shmem VMAs, which the model does not have).
 
-Follows Linux v6.14 mm/khugepaged.c collapse_huge_page (mmap_write_lock, vma_start_write
-since v6.4, pmdp_collapse_flush, __collapse_huge_page_isolate, __collapse_huge_page_copy);
---collapse retract borrows retract_page_tables' locking (v6.6, Hugh Dickins's
-1d65b771bc08), which the kernel uses for file THPs only.  Knowingly different: the
-kernel drops the pmd lock after pmdp_collapse_flush and keeps the old PTE table deposited
-under the huge pmd (pgtable_trans_huge_deposit); here the pmd lock is held to the end and
-the table is freed (step 8).
-
-collapse_huge_page, as a CPU's op (``--collapse write-lock|retract``):
-  1. scan under mmap_lock read (hugepage_vma_revalidate's conditions): a 2 MiB-aligned
-     block inside one accessible VMA whose pmd links a PTE table with at least one
-     present PTE (max_ptes_none = 511, the default); allocate the huge page
-  2. write-lock: mmap_write_lock and vma_start_write, so faults of every kind are out (a
-     speculative one sees mmap_seq move);  retract: mmap_lock read only and nothing
-     write-locked (6.6's retract_page_tables, Hugh Dickins): faults, DONTNEED and SPF
-     may run against us, and each re-checks the pmd under the ptl instead
-     (pte_offset_map_lock, SPF step 6b)
-  3. pmd lock (held to the end: no fault can populate the pmd meanwhile); re-check the
-     VMA and that the pmd still links the table; take its ptl
-  4. pmdp_collapse_flush: invalidate the pmd (PMD_INVALID: not present, but DONTNEED
-     waits for us instead of taking the block for empty), flush every TLB: from here no
-     CPU writes a small page through an old translation and no new walk enters the table
-  5. isolate: no present page may have a reference besides its mapping (a gup pin:
-     SCAN_PAGE_COUNT); else put the pmd back and give up
-  6. copy each small page into its subpage (none: zero), clear the PTEs, gather the
-     small pages (freed after the flush)
-  7. set the huge pmd (release), unlock
-  8. the old PTE table: write-lock: tlb_remove_table (--table-free's IPI or grace
-     period); retract: pte_free_defer (a grace period whatever --table-free says, since
-     faults map tables under RCU)
-Partner of (4) and (8): a lockless walker (gup_fast, SPF) may still be inside the table
-after the flush when the flush does not interrupt it (--tlb-flush no-ipi): only (8)'s
-sync keeps the table alive under it.  Freeing right after the flush is Jann Horn's 2022
-bug (bug ``khugepaged_no_sync``).
+collapse_huge_page, as a CPU's op (``--collapse write-lock``):
+  1. scan under mmap_lock read (hpage_collapse_scan_pmd, hugepage_vma_revalidate's
+     conditions): a 2 MiB-aligned block inside one accessible VMA whose pmd links a PTE
+     table with at least one present PTE (max_ptes_none = 511, the default); drop the
+     lock, allocate the huge page
+  2. mmap_write_lock, revalidate the VMA and the pmd (check_pmd_still_valid),
+     vma_start_write: classical, per-VMA and DONTNEED's zaps are out, a speculative
+     fault sees mmap_seq move (anon_vma_lock_write excludes rmap walkers: the model has
+     none, so there is nothing to take)
+  3. pmd lock; pmdp_collapse_flush: the pmd is cleared to none and every TLB (and
+     paging-structure cache) flushed; pmd unlock.  From here no walk enters the table:
+     the hardware walk faults, SPF aborts ("pmd", or "pte_map_lock_pmd" and
+     "pte_map_lock_seq1/2" at its step 6), gup_fast stops
+  4. tlb_remove_table_sync_one: an IPI (RCU walkers: a grace period, tlb.py): a lockless
+     walker that read the pmd before (3) (gup_fast, SPF: the flush need not interrupt
+     them, --tlb-flush no-ipi) has left the table
+  5. pte_offset_map_lock on the saved pmd value (_pmd): the ptl of the unlinked table;
+     isolate: no present page may have a reference besides its mapping (a gup pin:
+     SCAN_PAGE_COUNT); else unlock, pmd lock, pmd_populate the table back, give up
+  6. copy each small page into its subpage (none: zero), clear the PTEs, drop the small
+     pages (the flush of (3) removed every translation to them); pte_unmap_unlock
+  7. pmd lock; the pmd is still none; pgtable_trans_huge_deposit(the old table): kept for
+     a split, freed by a zap of a huge pmd (huge_memory.py); set the huge pmd (release);
+     unlock; mmap_write_unlock.  The deposit hands the table over for reuse or freeing
+     with no further sync: the checkers assert that (4) held (assert_walkers_gone)
+Partners of (3)-(4): gup_fast's pmd re-check (gup.py (4): it backs off when the pmd
+changed), SPF's pmd_same and mmap_seq checks under the ptl (spf.py step 6).  Without (4)
+a walker may still be inside the table when a zap frees it or a split refills it: Jann
+Horn's 2022 bug (bug ``khugepaged_no_sync``).
 """
 import numpy as np
 
 from .. import native
 from .frames import alloc_huge_frame, put_page
 from .huge_memory import PMD_SIZE, mk_huge_pmd
-from .mm_types import HPAGE_NR, PROT_WRITE
+from .mm_types import HPAGE_NR, PROT_WRITE, PTE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
                         mmap_write_unlock, vma_start_write)
-from .pagetable import (PFN_MASK, PFN_SHIFT, PMD_INVALID, P, PROTNONE, entry_pfn,
-                        free_table_now, mark_pending, pmd_entry_of, pmd_maps_table,
-                        pte_table_of)
-from .tlb import MmuGather, flush_tlb_all, pte_free_defer
+from .pagetable import (PFN_MASK, PFN_SHIFT, P, PROTNONE, entry_pfn, pgtable_trans_huge_deposit,
+                        pmd_entry_of, pmd_maps_table, populate, pte_table_of, pte_unmap_unlock)
+from .tlb import assert_no_translation, flush_tlb_all, tlb_remove_table_sync_one
 from .vma import find_vma
 
 SCAN_BLOCKS = 8             # blocks looked at per scan (khugepaged's pages_to_scan)
 
 
 def _eligible(mm, base):
-    """Step 1/3's conditions at base (mmap_lock held): the VMA, else None."""
+    """Step 1/2's conditions at base (mmap_lock held): the VMA, else None."""
     v = find_vma(mm, base)
     if v is None or v.prot == 0 or v.start > base or v.end < base + PMD_SIZE:
         return None
@@ -92,68 +88,80 @@ def collapse_huge_page(mm, base):
     if head < 0:
         mm.count("thp_oom")
         return False
-    retract = mm.cfg.collapse == "retract"
-    (mmap_read_lock if retract else mmap_write_lock)(mm)                      # 2
+    mmap_write_lock(mm)                                                       # 2
     try:
         v = _eligible(mm, base)
-        if v is not None and not retract:
+        if v is not None:
             vma_start_write(mm, v.id)
-        ok = v is not None and _collapse_locked(mm, base, v, head, retract)
+        ok = v is not None and _collapse_locked(mm, base, v, head)
     finally:
-        (mmap_read_unlock if retract else mmap_write_unlock)(mm)
+        mmap_write_unlock(mm)
     if not ok:
         put_page(mm, head)
         mm.count("thp_collapse_fail")
     return ok
 
 
-def _collapse_locked(mm, base, v, head, retract):
+def assert_walkers_gone(mm, base, t, unlinked):
+    """KASAN-style assertion before the deposit, from which a split or a zap may reuse or
+    free t without another sync: no lockless walker that began before the unlink (3) may
+    still run.  Exact for RCU walkers (--walk rcu): the epoch RCU knows when each reader
+    began, so the grace period begun at the unlink (cookie ``unlinked``) has elapsed.
+    With IRQs-off walkers (4)'s IPI is not checked: the epoch RCU counts rcu_read_lock
+    sections too, which an IPI does not wait for."""
+    if unlinked:
+        cpu = native.rcu_gp_blocker(unlinked)
+        if cpu >= 0:
+            mm.report("pt_uaf", "collapse_huge_page", base, t, PTE, cpu)
+
+
+def _collapse_locked(mm, base, v, head):
     pmd_t, pmd_i = pmd_entry_of(mm, base)
+    pmd_ptr = mm.entry_ptr(pmd_t, pmd_i)
     pmdl = mm.ptl(pmd_t)
     native.spin_lock(pmdl, mm.cpu)                                            # 3
-    tlb = MmuGather(mm)
-    ok = False
-    try:
-        orig = int(mm.pt[pmd_t, pmd_i])
-        t = entry_pfn(orig)
-        if not pmd_maps_table(orig, t):
-            return False
-        ptl = mm.ptl(t)
-        native.spin_lock(ptl, mm.cpu)
-        try:
-            native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), PMD_INVALID)     # 4
-            mm.delay("collapse_flush")
-            flush_tlb_all(mm)
-            row = mm.pt[t]
-            hits = np.flatnonzero(row & P)       # no PROT_NONE: _eligible, same lock hold
-            frames = (row[hits] >> np.uint64(PFN_SHIFT)) & np.uint64(PFN_MASK)
-            refs = mm.frame_meta["refcount"][frames.astype(np.int64)]
-            if (refs != 1).any():                                             # 5
-                native.store_release(mm.entry_ptr(pmd_t, pmd_i), orig)
-                return False
-            mm.frame_payload[head + hits] = mm.frame_payload[frames.astype(np.int64)]  # 6
-            for i, f in zip(hits.tolist(), frames.tolist()):
-                native.store_relaxed(mm.entry_ptr(t, i), 0)
-                mm.frame_meta[f]["mapcount"] -= 1
-                tlb.remove_page(f)
-            mm.frame_meta[head]["mapcount"] = 1
-            mm.rss[0] += HPAGE_NR - len(hits)
-            native.store_release(mm.entry_ptr(pmd_t, pmd_i),                  # 7
-                                 mk_huge_pmd(mm, head, v.prot & PROT_WRITE))
-            ok = True
-        finally:
-            native.spin_unlock(ptl)
-    finally:
+    _pmd = int(mm.pt[pmd_t, pmd_i])
+    t = entry_pfn(_pmd)
+    if not pmd_maps_table(_pmd, t):      # _eligible saw a table, under the same write lock
         native.spin_unlock(pmdl)
-        if ok:                                                                # 8
-            if mm.bugs.on("khugepaged_no_sync"):
-                free_table_now(mm, t)
-            elif retract:
-                mark_pending(mm, t)
-                pte_free_defer(mm, t)
-            else:
-                tlb.remove_table(t)
-        tlb.finish()
+        return False
+    native.store_relaxed(pmd_ptr, 0)                                          # pmdp_collapse_flush
+    unlinked = native.rcu_start_gp() if mm.walk_rcu else 0      # the oracle's epoch (7)
+    mm.delay("collapse_flush")
+    flush_tlb_all(mm)
+    native.spin_unlock(pmdl)
+    if not mm.bugs.on("khugepaged_no_sync"):
+        tlb_remove_table_sync_one(mm)                                         # 4
+    native.rcu_read_lock()               # 5: pte_offset_map_lock(mm, &_pmd): _pmd is our
+    native.spin_lock(mm.ptl(t), mm.cpu)  #    own copy, no pmd_same to make
+    try:
+        row = mm.pt[t]
+        hits = np.flatnonzero(row & P)       # no PROT_NONE: _eligible, same write lock
+        frames = ((row[hits] >> np.uint64(PFN_SHIFT)) & np.uint64(PFN_MASK)).astype(np.int64)
+        if (mm.frame_meta["refcount"][frames] != 1).any():                   # SCAN_PAGE_COUNT
+            ok = False
+        else:
+            mm.frame_payload[head + hits] = mm.frame_payload[frames]         # 6
+            for i in hits.tolist():
+                native.store_relaxed(mm.entry_ptr(t, i), 0)
+            mm.frame_meta["mapcount"][frames] -= 1
+            ok = True
+    finally:
+        pte_unmap_unlock(mm, t)
+    if ok:
+        assert_no_translation(mm, frames.tolist())
+        for f in frames.tolist():
+            put_page(mm, f)
+    native.spin_lock(pmdl, mm.cpu)                                            # 7
+    if not ok:
+        populate(mm, pmd_t, pmd_i, t)        # pmd_populate: the table back, unchanged
+        native.spin_unlock(pmdl)
+        return False
+    mm.frame_meta[head]["mapcount"] = 1
+    mm.rss[0] += HPAGE_NR - len(hits)
+    assert_walkers_gone(mm, base, t, unlinked)
+    pgtable_trans_huge_deposit(mm, pmd_t, t)
+    native.store_release(pmd_ptr, mk_huge_pmd(mm, head, v.prot & PROT_WRITE))
+    native.spin_unlock(pmdl)
     mm.count("thp_collapsed")
     return True
-

@@ -18,8 +18,8 @@ import numpy as np
 from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
 from .huge_memory import split_huge_pmd, zap_huge_pmd
-from .pagetable import (HUGE, NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, pmd_entry_of,
-                        pmd_maps_table, pmd_read_settled, pte_offset_map_lock)
+from .pagetable import (NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, pmd_entry_of,
+                        pmd_maps_table, pte_offset_map_lock, pte_unmap_unlock)
 
 GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
@@ -36,25 +36,24 @@ def _pte_ranges(start, end):
 
 
 def _locked_tables(mm, start, end):
-    """For each existing PTE table over [start, end), with its ptl held: (table, indices
-    of its mapped PTEs in the range).  The ptl is released when the caller asks for the
+    """For each existing PTE table over [start, end), mapped and locked: (table, indices
+    of its mapped PTEs in the range).  pte_unmap_unlock when the caller asks for the
     next table."""
     for base, i0, i1 in _pte_ranges(start, end):
         t = pte_offset_map_lock(mm, base)
         if t < 0:
             continue                     # none, or huge: mprotect split those first
-        ptl = mm.ptl(t)
         try:
             yield t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
         finally:
-            native.spin_unlock(ptl)
+            pte_unmap_unlock(mm, t)
 
 
 def zap_pte_range(mm, tlb, start, end, reclaim=False):
     """Clear every mapped PTE in [start, end) and gather its frame, ptl held per table.
     When the gather fills up: flush under the ptl (force_flush), drop the ptl, free the
     batch, then look the table up again (the kernel's retry: while the ptl was dropped
-    the table may have been reclaimed or collapsed) and go on.  With ``reclaim``
+    the table may have been reclaimed) and go on.  With ``reclaim``
     (--reclaim ptreclaim, MADV_DONTNEED) a table whose whole range was zapped is freed."""
     skip_last = mm.bugs.on("zap_skip_last_pte")
     dec_rss = not mm.bugs.on("rss_no_dec")
@@ -69,7 +68,6 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
             if prev >= 0 and t != prev:
                 i = i0                       # a new table meanwhile: all of it again
             prev = t
-            ptl = mm.ptl(t)
             row = mm.pt[t]
             hits = np.flatnonzero(row[i:i1] & (P | PROTNONE)) + i
             if skip_last and n == len(spans) - 1 and len(hits):
@@ -86,7 +84,7 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
                 if tlb.unflushed >= GATHER_BATCH:
                     mm.delay("zap_under_ptl")
                     tlb.flush_tlbonly()      # under the ptl, as the kernel's force_flush
-                    native.spin_unlock(ptl)
+                    pte_unmap_unlock(mm, t)
                     tlb.flush()              # free the batch without the ptl
                     mm.delay("zap_ptl_dropped")
                     dropped = True
@@ -95,23 +93,28 @@ def zap_pte_range(mm, tlb, start, end, reclaim=False):
             if i is not None:
                 continue
             if reclaim and i0 == 0 and i1 == PTRS and reclaim_pt(mm, tlb, t, base, dropped):
-                break                        # reclaim_pt released the ptl
-            native.spin_unlock(ptl)
+                native.rcu_read_unlock()     # reclaim_pt released the ptl: the pte_unmap
+                break
+            pte_unmap_unlock(mm, t)
 
 
 def _pte_table_or_zap_huge(mm, tlb, base, whole):
-    """zap_pmd_range's step for one pmd: a huge pmd is zapped whole when the range covers
-    it, else split first (out of memory: zapped whole, counted as thp_oom); an
-    invalidated pmd (a split or collapse in progress) is waited out.  Returns
-    the PTE table with its ptl held, or -1 (nothing, or the huge pmd was zapped)."""
+    """zap_pmd_range's step for one pmd: the PTE table mapped and locked
+    (pte_offset_map_lock), or -1 (nothing, or the huge pmd was zapped).  NULL from
+    pte_offset_map_lock with a trans-huge pmd: zapped whole when the range covers it,
+    else split first (out of memory: zapped whole, counted as thp_oom); both take the
+    pmd lock and re-check it (a split in progress is waited out there), and a pmd that
+    changed meanwhile is looked at again."""
     while True:
         t = pte_offset_map_lock(mm, base)
-        if t != HUGE:
+        if t >= 0:
             return t
         pmd_t, pmd_i = pmd_entry_of(mm, base)
-        e = pmd_read_settled(mm, pmd_t, pmd_i)
+        e = int(mm.pt[pmd_t, pmd_i]) if pmd_t >= 0 else 0
         if not e & PS:
-            continue                     # changed since: look again
+            if e & P:
+                continue                 # a table populated since: map it
+            return -1
         if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
             if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, base):
                 return -1

@@ -47,7 +47,9 @@ POISON = 0x6B6B6B6B6B6B6B6B        # slab poison: freed tables, frames and VMA r
 MAX_VMAS = 512
 
 TABLE_META = np.dtype([("state", "<u4"), ("level", "<u4"), ("ptl", "<u4"), ("pad", "<u4"),
-                       ("gen", "<u8"), ("pad2", "<u8"), ("pad3", "<u8")])
+                       ("gen", "<u8"), ("pmd_huge_pte", "<u8"), ("lru", "<u8")])
+# pmd_huge_pte (a PMD table's): 1 + the last PTE table deposited under its huge pmds, 0
+# for none; lru (a deposited PTE table's): 1 + the one deposited before it (pagetable.py)
 FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"),
                        ("pad", "<u8")])
 RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")

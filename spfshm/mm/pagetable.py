@@ -13,7 +13,10 @@ walker tell a table or frame that was freed and reused from the one the entry me
 
 Table lifecycle: alloc (zero, then LIVE, then published in the parent with a release
 store) -> unlinked from the parent -> tlb_remove_table (IPI sync or grace period) -> free
-(state FREE and generation bumped, then contents poisoned).
+(state FREE and generation bumped, then contents poisoned).  A PTE table that khugepaged
+replaced by a huge pmd stays LIVE, deposited with its PMD table
+(pgtable_trans_huge_deposit): a split of a huge pmd there withdraws it and links it
+again, a zap of one withdraws it and frees it at once (khugepaged.py, huge_memory.py).
 
 The hardware walker also keeps a paging-structure cache (PWC: 2 MiB block -> PTE table),
 as x86 caches PDEs; it is flushed with the TLB, which is why a table may only be freed
@@ -39,9 +42,6 @@ PFN_SHIFT, PFN_MASK = 12, (1 << 28) - 1
 GEN_SHIFT, GEN_MASK = 52, 0x7FF
 ROOT = 0                         # the PGD is table 0, allocated at mm creation
 HUGE = -2                        # "the pmd maps a huge page", where a PTE table was asked for
-PMD_INVALID = PS                 # pmdp_invalidate: not present, but not none either: a split
-                                 # or collapse holds the pmd lock (zap waits for it, faults
-                                 # retry, lockless walkers see "not present")
 
 NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
 EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = 10, 11, 12      # ring event types
@@ -81,6 +81,7 @@ def alloc_table(mm, level):
         return -1
     mm.pt[t, :] = 0
     mm.pt_level[t] = level
+    mm.pt_meta[t]["pmd_huge_pte"] = 0
     mm.pipe.unretire(TABLES, t)
     native.smp_wmb()             # contents before state: pairs with the walker's (3)
     mm.pt_state[t] = TABLE_LIVE
@@ -249,13 +250,13 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
 def _alloc_level(mm, parent, va, level, lock):
     """__pud_alloc / __pmd_alloc / __pte_alloc: allocate the table below parent for va
     unless present; re-check under ``lock`` ("someone populated it meanwhile").
-    HUGE when the pmd maps a huge page."""
+    HUGE when the pmd is trans-huge (a split in progress included: pmd_trans_huge is true
+    of an invalidated one): the caller retries, as the kernel's fault does when
+    pte_offset_map_lock returns NULL."""
     idx = index(va, level + 1)
     e = int(mm.pt[parent, idx])
-    if e & PS:                           # huge, or invalidated: wait that out
-        e = pmd_read_settled(mm, parent, idx)
-        if e & PS:
-            return HUGE
+    if e & PS:
+        return HUGE
     if e & P:
         return entry_pfn(e)
     new = alloc_table(mm, level)
@@ -301,46 +302,70 @@ def pte_table_of(mm, va):
 
 
 def pte_offset_map_lock(mm, va):
-    """The PTE table for va with its ptl held, or -1 (none), or HUGE
-    (mm/pgtable-generic.c, 6.5+): the table is looked up under RCU, since reclaim and
-    collapse may free it under mmap_lock read, and the pmd is re-checked once the ptl is
-    held (a table reclaimed or collapsed meanwhile is looked up again)."""
-    native.rcu_read_lock()
-    try:
-        while True:
-            pmd_t, pmd_i = pmd_entry_of(mm, va)
-            if pmd_t < 0:
-                return -1
-            e = int(mm.pt[pmd_t, pmd_i])
-            if e & PS:
-                if pmd_read_settled(mm, pmd_t, pmd_i) & PS:
-                    return HUGE
-                continue                 # split meanwhile: look the table up again
-            if not e & P:
-                return -1
-            t = entry_pfn(e)
-            # The ptl lives in t: under RCU, t may be unlinked but not freed.  (A failed
-            # check is reported; the pmd re-check below sends us round again.)
-            check_table(mm, t, entry_gen(e), PTE, "pte_offset_map_lock", va)
-            native.spin_lock(mm.ptl(t), mm.cpu)
-            if int(mm.pt[pmd_t, pmd_i]) == e:
-                return t
-            native.spin_unlock(mm.ptl(t))
-    finally:
-        native.rcu_read_unlock()
+    """mm/pgtable-generic.c (6.5+): __pte_offset_map enters an RCU read section (reclaim
+    may free a PTE table under mmap_lock read) and reads the pmd: none or trans-huge (a
+    huge pmd, or one a split has invalidated) gives NULL at once, never a wait on the pmd
+    lock: -1 here, with nothing held, and the caller looks at the pmd itself (retries,
+    splits or zaps the huge pmd).  Else the ptl of the table it links is taken and the
+    pmd re-checked (pmd_same: a table reclaimed meanwhile is looked up again).  Returns
+    the table with its ptl held AND the RCU read section still entered: the table may be
+    unlinked but is not freed until pte_unmap_unlock drops both."""
+    while True:
+        native.rcu_read_lock()
+        pmd_t, pmd_i = pmd_entry_of(mm, va)
+        e = int(mm.pt[pmd_t, pmd_i]) if pmd_t >= 0 else 0
+        if e & (P | PS) != P:
+            native.rcu_read_unlock()
+            return -1
+        t = entry_pfn(e)
+        # The ptl lives in t: under RCU, t may be unlinked but not freed.  (A failed
+        # check is reported; the pmd re-check below sends us round again.)
+        check_table(mm, t, entry_gen(e), PTE, "pte_offset_map_lock", va)
+        native.spin_lock(mm.ptl(t), mm.cpu)
+        if int(mm.pt[pmd_t, pmd_i]) == e:
+            return t
+        pte_unmap_unlock(mm, t)
 
 
-def pmd_read_settled(mm, pmd_t, pmd_i):
-    """The entry at pmd_t[pmd_i]; an invalidated pmd (PMD_INVALID: a split or collapse
-    holds the pmd lock) is waited out on that lock and read again.  Only PMD entries
-    are ever invalidated, so upper levels read straight through."""
-    e = int(mm.pt[pmd_t, pmd_i])
-    while e & (P | PS) == PMD_INVALID:
-        lock = mm.ptl(pmd_t)
-        native.spin_lock(lock, mm.cpu)
-        native.spin_unlock(lock)
-        e = int(mm.pt[pmd_t, pmd_i])
-    return e
+def pte_unmap_unlock(mm, t):
+    """Release what pte_offset_map_lock returned: t's ptl, then the RCU read section."""
+    native.spin_unlock(mm.ptl(t))
+    native.rcu_read_unlock()
+
+
+# -- deposited page tables (mm/pgtable-generic.c) ----------------------------------------
+def pgtable_trans_huge_deposit(mm, pmd_t, t):
+    """Keep PTE table t (empty, unlinked) for the huge pmd about to be set in PMD table
+    pmd_t (its pmd lock held): a split will need it.  A list per PMD table, as the
+    kernel's pmd_huge_pte: t goes first."""
+    meta = mm.pt_meta
+    meta[t]["lru"] = meta[pmd_t]["pmd_huge_pte"]
+    meta[pmd_t]["pmd_huge_pte"] = t + 1
+
+
+def pgtable_trans_huge_withdraw(mm, pmd_t):
+    """Take a deposited table back (pmd lock held): the split of a huge pmd of pmd_t fills
+    it, the zap of one frees it.  Any of the list's tables, not necessarily the one
+    deposited for this pmd (the first).  A huge pmd always has one deposited."""
+    meta = mm.pt_meta
+    first = int(meta[pmd_t]["pmd_huge_pte"])
+    if not first:
+        raise RuntimeError("huge pmd in table #%d with no deposited table" % pmd_t)
+    t = first - 1
+    meta[pmd_t]["pmd_huge_pte"] = meta[t]["lru"]
+    meta[t]["lru"] = 0
+    return t
+
+
+def deposited_tables(mm, pmd_t):
+    """The tables deposited in PMD table pmd_t, first to last (the sweep's; at most
+    ntables of them, so a list corrupted into a loop ends)."""
+    out = []
+    k = int(mm.pt_meta[pmd_t]["pmd_huge_pte"])
+    while 0 < k <= mm.g.ntables and len(out) < mm.g.ntables:
+        out.append(k - 1)
+        k = int(mm.pt_meta[k - 1]["lru"])
+    return out
 
 
 def pmd_entry_of(mm, va):

@@ -61,10 +61,19 @@ def flush_tlb_all(mm):
     if mm.cfg.tlb_flush == "no-ipi":
         return flush_tlb_remote(mm)
     t0 = native.now_ns()
+    _ipi_all(mm, native.IPI_FLUSH_TLB, t0)
+    us = (native.now_ns() - t0) / 1000.0
+    mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
+    mm.count("ipi_sent", mm.g.ncpus - 1)
+    mm.count("tlb_flush")
+
+
+def _ipi_all(mm, work, t0):
+    """Send work to every CPU and wait for every ack (a sync of the pipe's IPI clock)."""
     ticket = mm.pipe.ipi_sync_begin()
     while True:
         try:
-            native.ipi_sync(mm.all_cpus, native.IPI_FLUSH_TLB, timeout_s=IPI_SLICE_S)
+            native.ipi_sync(mm.all_cpus, work, timeout_s=IPI_SLICE_S)
             break
         except native.IPIError as e:
             waited_ms = (native.now_ns() - t0) // 1_000_000
@@ -78,10 +87,18 @@ def flush_tlb_all(mm):
                 mm.report("deadlock", "ipi_timeout", 0, waited_ms, e.cpu)
                 raise Deadlock()
     mm.pipe.ipi_sync_done(ticket)
-    us = (native.now_ns() - t0) / 1000.0
-    mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
-    mm.count("ipi_sent", mm.g.ncpus - 1)
-    mm.count("tlb_flush")
+
+
+def tlb_remove_table_sync_one(mm):
+    """mm/mmu_gather.c: wait until no lockless walker is still inside a table just
+    unlinked, freeing nothing (khugepaged, before it deposits the table it replaced).
+    The kernel's is an IPI (smp_call_function), enough for its IRQs-off walker
+    (gup_fast) whatever the TLB flush does; the model's RCU walkers (--walk rcu: SPF,
+    gup_fast) are waited for by a grace period instead."""
+    if mm.walk_rcu:
+        native.synchronize_rcu(mm.rcu.stall_timeout_s, busted=mm.rcu.busted)
+    else:
+        _ipi_all(mm, native.IPI_SYNC, native.now_ns())
 
 
 def tlb_snapshot(mm):

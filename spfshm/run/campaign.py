@@ -31,7 +31,7 @@ CONFIGS = [
     dict(fault_mode="classic,pervma", table_free="ipi", workload="faults+writer"),
     dict(fault_mode="spf,pervma,classic", table_free="ipi", collapse="write-lock",
          workload="faults"),
-    dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="retract",
+    dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="write-lock",
          reclaim="ptreclaim", workload="faults"),
 ]
 
