@@ -35,7 +35,8 @@ PAIRING = "pairing:"
 # mapped by no reachable PTE) or a load (the store it held, lost).
 TABLE_FREED_WITH_PTES = ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load")
 NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
-                   "collapse", "workload", "check_every", "stall_timeout", "ipi_timeout"))
+                   "collapse", "madvise_lock", "workload", "check_every", "stall_timeout",
+                   "ipi_timeout"))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -155,6 +156,19 @@ CATALOGUE = [
         "the zap of a huge pmd clears it but leaves its deposited PTE table on the PMD "
         "table's list: one deposit more than huge pmds, linked from nowhere",
         {"collapse": "write-lock", "check_every": 0.25}),
+    Bug("collapse_pmd_check_before_vma_lock",
+        "collapse_huge_page step 2: vma_start_write before check_pmd_still_valid",
+        "the 2025 race that MADV_DONTNEED under the per-VMA lock (6.17) exposed, patch "
+        "'mm: Fix the race between collapse and PT_RECLAIM under per-vma lock': the pmd "
+        "was checked before vma_start_write, so a DONTNEED holding only the VMA's read "
+        "lock could still reclaim the PTE table, and the collapse went on with a none pmd",
+        ("pmd_changed@collapse_huge_page",),
+        "khugepaged checks the pmd under mmap_lock write but before write-locking the "
+        "VMA: PT_RECLAIM at a DONTNEED under the VMA's read lock clears the pmd meanwhile",
+        {"collapse": "write-lock", "madvise_lock": "vma", "reclaim": "ptreclaim",
+         "table_free": "rcu", "check_every": 0.25},
+        window={"delay": 1.0, "delay_max_us": 30000.0,
+                "delay_points": ("collapse_vma_lock",)}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
         "bug class 6: sequence counts read without acquire ordering (b1f02b95758d 'mm: "
         "fix memory ordering for mm_lock_seq and vm_lock_seq'); emulated: the VMA is read "

@@ -13,6 +13,7 @@ WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("auto", "off", "seed", "ptreclaim")
 COLLAPSE = ("auto", "off", "write-lock")
+MADVISE_LOCK = ("mmap", "vma")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PERTURB_PROFILES = ("chaos", "kcsan", "sleepy", "mixed")   # auto: the (seed mod 4)-th
 PERTURB = ("off", "auto") + PERTURB_PROFILES
@@ -40,6 +41,8 @@ class Config:
     collapse: str = "auto"         # khugepaged collapse: off, write-lock;
     #                                auto: write-lock (anon collapse_huge_page) where the
     #                                workload has an op mix
+    madvise_lock: str = "mmap"     # MADV_DONTNEED under mmap_lock read, or (6.17,
+    #                                MADVISE_VMA_READ_LOCK) under the VMA's read lock
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
     writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
@@ -108,6 +111,8 @@ class Config:
              "MMU_GATHER_RCU_TABLE_FREE: faults map a PTE table under RCU)")
         need(self.collapse in COLLAPSE,
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
+        need(self.madvise_lock in MADVISE_LOCK,
+             "--madvise-lock must be mmap or vma, got %r" % self.madvise_lock)
         need(not self.workload.startswith("pf1") or (
                  self.collapse in ("off", "auto")
                  and (self.reclaim != "seed" or self.reclaimer)),
@@ -167,12 +172,13 @@ class Config:
         starts with)."""
         modes = self.fault_modes()
         return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
-                "reclaim=%s%s collapse=%s workload=%s delay=%g%s perturb=%s bugs=%s"
+                "reclaim=%s%s collapse=%s madvise_lock=%s workload=%s delay=%g%s perturb=%s "
+                "bugs=%s"
                 % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
                    self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
-                   self.collapse, self.workload, self.delay,
+                   self.collapse, self.madvise_lock, self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
                    self.perturb_profile(), ",".join(self.bugs) or "none"))
 
@@ -209,6 +215,8 @@ class Config:
             a += ["--reclaimer"]
         if self.collapse != Config.collapse:
             a += ["--collapse", self.collapse]
+        if self.madvise_lock != Config.madvise_lock:
+            a += ["--madvise-lock", self.madvise_lock]
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
         if self.kill_worker:

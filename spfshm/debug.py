@@ -66,7 +66,8 @@ KINDS = {
     "gup_unmapped": "gup_fast kept a pin on frame #{a0} (generation {a1}) that a zap had "
                     "already unmapped (the PTE re-check would have dropped it)",
     "pmd_changed": "the pmd at {va:#x} is {a0:#x}, no longer the link to table #{a1} "
-                   "whose ptl this CPU has held since pte_offset_map_lock validated it",
+                   "that this CPU validated and holds off every changer of since "
+                   "(PT_RECLAIM: the ptl; collapse: mmap_lock write and the VMA lock)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
     "lost_update": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, and no "
                    "zap since could have taken it away (page zap clock {a2:#x}: completed "

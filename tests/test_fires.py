@@ -112,6 +112,7 @@ FIRES = {
     # mm/pagetable.py
     "pt_uaf@free_pgtables": ("test_table_freed_while_cached",),
     "pmd_changed@reclaim_pt": ("test_pmd_changed_under_the_ptl",),
+    "pmd_changed@collapse_huge_page": ("test_collapse_checks_the_pmd_before_the_vma_lock",),
     "pt_uaf@collapse_huge_page":
         ("test_table_deposited_while_a_walker_from_before_its_unlink_runs",),
     "double_free@free_pgtables":
@@ -671,6 +672,28 @@ def test_pmd_changed_under_the_ptl(make):
     tlb.finish()
     assert only(b, "pmd_changed@reclaim_pt") == (0, t, 0)
     assert not native.lib.spf_spin_is_locked(mm.ptl(t)) and native.rcu_read_depth() == 0
+
+
+def test_collapse_checks_the_pmd_before_the_vma_lock(make):
+    """The pre-2025 order: khugepaged checks the pmd under mmap_lock write, then
+    write-locks the VMA; in between, CPU 1's DONTNEED under the VMA's read lock only
+    (--madvise-lock vma) zaps the block and PT_RECLAIM clears the pmd."""
+    b = make(ncpus=2, reclaim="ptreclaim", table_free="rcu", madvise_lock="vma",
+             collapse="write-lock", bugs=("collapse_pmd_check_before_vma_lock",))
+    b.map(pages=HPAGE_NR, stored=2)
+    t = b.table()
+    cpu1 = MM(b.arena, b.g, b.cfg, Bugs(b.cfg.bugs), 1)
+
+    def meanwhile(point):
+        if point == "collapse_vma_lock":
+            b.mm.delay = no_delay
+            assert do_madvise_dontneed(cpu1, BASE, BLOCK) == 0
+            assert pte_table_of(b.mm, BASE) < 0               # reclaimed
+
+    b.mm.delay = meanwhile
+    assert not collapse_huge_page(b.mm, BASE)
+    assert only(b, "pmd_changed@collapse_huge_page") == (0, 0, 0)
+    assert t >= 0
 
 
 def test_table_deposited_while_a_walker_from_before_its_unlink_runs(make):

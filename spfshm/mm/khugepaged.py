@@ -7,8 +7,12 @@ collapse_huge_page, as a CPU's op (``--collapse write-lock``):
      conditions): a 2 MiB-aligned block inside one accessible VMA whose pmd links a PTE
      table with at least one present PTE (max_ptes_none = 511, the default); drop the
      lock, allocate the huge page
-  2. mmap_write_lock, revalidate the VMA and the pmd (check_pmd_still_valid),
-     vma_start_write: classical, per-VMA and DONTNEED's zaps are out, a speculative
+  2. mmap_write_lock, revalidate the VMA, vma_start_write, then check_pmd_still_valid
+     (in this order since "mm: Fix the race between collapse and PT_RECLAIM under
+     per-vma lock", 2025: before vma_start_write a DONTNEED under the VMA's read lock,
+     --madvise-lock vma, may still reclaim the table; bug
+     ``collapse_pmd_check_before_vma_lock``): classical, per-VMA and DONTNEED's zaps
+     (under mmap_lock read or the VMA's read lock) are out, a speculative
      fault sees mmap_seq move (anon_vma_lock_write excludes rmap walkers: the model has
      none, so there is nothing to take)
   3. pmd lock; pmdp_collapse_flush: the pmd is cleared to none and every TLB (and
@@ -48,18 +52,28 @@ from .vma import find_vma
 SCAN_BLOCKS = 8             # blocks looked at per scan (khugepaged's pages_to_scan)
 
 
-def _eligible(mm, base):
-    """Step 1/2's conditions at base (mmap_lock held): the VMA, else None."""
+def hugepage_vma_revalidate(mm, base):
+    """Step 1/2's VMA conditions at base (mmap_lock held): the VMA, else None."""
     v = find_vma(mm, base)
     if v is None or v.prot == 0 or v.start > base or v.end < base + PMD_SIZE:
         return None
+    return v
+
+
+def check_pmd_still_valid(mm, base):
+    """Step 1/2's pmd conditions: the pmd links a PTE table with a present PTE and no
+    PROT_NONE one."""
     t = pte_table_of(mm, base)
     if t < 0:
-        return None
+        return False
     row = mm.pt[t]
-    if not (row & P).any() or (row & PROTNONE).any():
-        return None
-    return v
+    return bool((row & P).any() and not (row & PROTNONE).any())
+
+
+def _eligible(mm, base):
+    """Step 1's conditions at base (mmap_lock held): the VMA, else None."""
+    v = hugepage_vma_revalidate(mm, base)
+    return v if v is not None and check_pmd_still_valid(mm, base) else None
 
 
 def khugepaged_scan(mm, start):
@@ -90,10 +104,16 @@ def collapse_huge_page(mm, base):
         return False
     mmap_write_lock(mm)                                                       # 2
     try:
-        v = _eligible(mm, base)
-        if v is not None:
+        v = hugepage_vma_revalidate(mm, base)
+        ok = v is not None
+        if ok and mm.bugs.on("collapse_pmd_check_before_vma_lock"):
+            ok = check_pmd_still_valid(mm, base)      # BUSTED: DONTNEED under the VMA's
+            mm.delay("collapse_vma_lock")             # read lock may still reclaim it
             vma_start_write(mm, v.id)
-        ok = v is not None and _collapse_locked(mm, base, v, head)
+        elif ok:
+            vma_start_write(mm, v.id)
+            ok = check_pmd_still_valid(mm, base)
+        ok = ok and _collapse_locked(mm, base, v, head)
     finally:
         mmap_write_unlock(mm)
     if not ok:
@@ -122,7 +142,11 @@ def _collapse_locked(mm, base, v, head):
     native.spin_lock(pmdl, mm.cpu)                                            # 3
     _pmd = int(mm.pt[pmd_t, pmd_i])
     t = entry_pfn(_pmd)
-    if not pmd_maps_table(_pmd, t):      # _eligible saw a table, under the same write lock
+    if not pmd_maps_table(_pmd, t):
+        # check_pmd_still_valid saw a table, and mmap_lock write with the VMA write lock
+        # keeps every pmd changer out since; the kernel would pmd_populate the garbage
+        # of a none _pmd back at (5)'s failure
+        mm.report("pmd_changed", "collapse_huge_page", base, _pmd, t)
         native.spin_unlock(pmdl)
         return False
     native.store_relaxed(pmd_ptr, 0)                                          # pmdp_collapse_flush

@@ -36,6 +36,7 @@ POINTS = {
     "zap_ptl_dropped": "zap_pte_range: ptl dropped to free a batch, before taking it again",
     "pmd_clear_to_free": "free_pgtables: between clearing the pmd and freeing the table",
     "collapse_flush": "khugepaged: pmd cleared, ptl and pmd lock held, before the flush",
+    "collapse_vma_lock": "khugepaged: the pmd checked, before vma_start_write (a busted order)",
     "split_vma": "__split_vma: between updating the bounds and the flags",
     "ipi_handler": "inside the IPI handler, before the ack (native)",
 }

@@ -22,8 +22,9 @@ from .huge_memory import split_huge_range
 from .memory import change_protection, free_pgtables, zap_pte_range
 from .mm_types import MAX_VMAS, PAGE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
-                        mmap_write_unlock,
+                        mmap_write_unlock, vma_end_read,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
+from .pervma import lock_vma_under_rcu
 from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_all
 from .vma import (Vma, publish_tree, vm_area_alloc, vm_area_free, vma_mark_detached,
                   vmas_snapshot)
@@ -253,12 +254,36 @@ def do_mprotect(mm, addr, length, prot):
         mmap_write_unlock(mm)
 
 
+def _dontneed_vma_locked(mm, start, end):
+    """--madvise-lock vma (v6.17 madvise_lock: MADVISE_VMA_READ_LOCK, try_vma_read_lock):
+    a range inside one VMA is zapped under that VMA's read lock only, so PT_RECLAIM frees
+    page tables with mmap_lock not held at all.  None: no such VMA, or the range goes past
+    it (the caller takes mmap_lock read)."""
+    vma = lock_vma_under_rcu(mm, start)
+    if vma is None:
+        return None
+    try:
+        if end > vma.end:
+            return None
+        tlb = MmuGather(mm)
+        zap_pte_range(mm, tlb, start, end, reclaim=mm.cfg.reclaim == "ptreclaim")
+        tlb.finish()
+        return 0
+    finally:
+        vma_end_read(mm, vma.id)
+
+
 def do_madvise_dontneed(mm, addr, length):
-    """Zap the mapped parts of the range under mmap_lock read; ENOMEM if any part of it
-    is unmapped (the mapped parts are zapped all the same)."""
+    """Zap the mapped parts of the range under mmap_lock read (or its VMA's read lock:
+    --madvise-lock vma); ENOMEM if any part of it is unmapped (the mapped parts are
+    zapped all the same)."""
     err, end = _range_args(mm, addr, length)
     if err is not None:
         return err
+    if mm.cfg.madvise_lock == "vma":
+        r = _dontneed_vma_locked(mm, addr, end)
+        if r is not None:
+            return r
     mmap_read_lock(mm)
     try:
         tlb = MmuGather(mm)
