@@ -166,7 +166,7 @@ CATALOGUE = [
         "khugepaged checks the pmd under mmap_lock write but before write-locking the "
         "VMA: PT_RECLAIM at a DONTNEED under the VMA's read lock clears the pmd meanwhile",
         {"collapse": "write-lock", "madvise_lock": "vma", "reclaim": "ptreclaim",
-         "table_free": "rcu", "check_every": 0.25},
+         "table_free": "rcu", "workload": "faults", "check_every": 0.25},
         window={"delay": 1.0, "delay_max_us": 30000.0,
                 "delay_points": ("collapse_vma_lock",)}),
     Bug("pervma_seq_no_acquire", "vma_start_read: ACQUIRE on the sequence loads",
