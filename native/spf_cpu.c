@@ -10,10 +10,13 @@
 #include "spf_internal.h"
 #include "spf_futex.h"
 #include "spf_cpu.h"
+#include "spf_mmu.h"
 #include "spf_ring.h"
 
 struct spf_local spf_me = { .cpu = -1 };
 static int ipi_sig;
+static uint64_t flush_tlb_entries;      /* the flush region's TLB part (entries) */
+#define TLB_FLUSH_ALL (~0ULL)
 
 int spf_cpu_id(void) { return spf_me.cpu; }
 
@@ -25,24 +28,73 @@ void spf_ipi_set_handler_delay(uint32_t per_million, uint64_t max_ns, uint64_t s
 }
 int spf_ipi_last_error(void) { return spf_me.ipi_err; }
 
-void spf_ipi_set_flush_region(void *p, uint64_t len)
+void spf_ipi_set_flush_region(void *p, uint64_t len, uint64_t tlb_entries)
 {
 	spf_me.flush_p = p;
 	spf_me.flush_len = len;
+	flush_tlb_entries = tlb_entries;
 }
 
-/* The work an IPI asks for; also run locally for the sender's own bit. */
+/* Zero the words [from, to) of the flush region in order: each entry's valid word (its
+ * first) is cleared before its other words, which is what lets a remote reader tell a
+ * torn entry. */
+static void flush_words(uint64_t from, uint64_t to)
+{
+	uint64_t *w = spf_me.flush_p;
+	for (uint64_t i = from; i < to; i++)
+		__atomic_store_n(&w[i], 0, __ATOMIC_RELEASE);
+}
+
+/* flush_tlb_func for [start, end): each page's TLB entry (invlpg), and with it every
+ * paging-structure-cache entry (the words after the TLB). */
+static void flush_range_local(uint64_t start, uint64_t end)
+{
+	uint64_t n = flush_tlb_entries;
+	if (end == TLB_FLUSH_ALL || n == 0) {
+		flush_words(0, spf_me.flush_len / 8);
+		return;
+	}
+	uint64_t lo = start >> 12, hi = (end + 0xfff) >> 12;
+	struct spf_tlb_entry *tlb = spf_me.flush_p;
+	if (hi - lo >= n) {                  /* every slot may hold one of the pages */
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t tag = __atomic_load_n(&tlb[i].tag, __ATOMIC_RELAXED);
+			if ((tag & 1) && tag >> 1 >= lo && tag >> 1 < hi)
+				__atomic_store_n(&tlb[i].tag, 0, __ATOMIC_RELEASE);
+		}
+	} else {
+		for (uint64_t vpn = lo; vpn < hi; vpn++) {
+			uint64_t *tag = &tlb[vpn & (n - 1)].tag;
+			if (__atomic_load_n(tag, __ATOMIC_RELAXED) == ((vpn << 1) | 1))
+				__atomic_store_n(tag, 0, __ATOMIC_RELEASE);
+		}
+	}
+	flush_words(n * 4, spf_me.flush_len / 8);
+}
+
+/* (c) of a ranged flush: every active sender's range. */
+static void flush_senders(void)
+{
+	for (int c = 0; c < spf_me.ncpus; c++) {
+		struct spf_percpu *s = &spf_me.slots[c];
+		if (__atomic_load_n(&s->flush_active, __ATOMIC_ACQUIRE))
+			flush_range_local(__atomic_load_n(&s->flush_start, __ATOMIC_RELAXED),
+					  __atomic_load_n(&s->flush_end, __ATOMIC_RELAXED));
+	}
+}
+
+/* The work an IPI asks for; also run locally for the sender's own bit (a ranged flush
+ * takes the sender's own range as a target does). */
 static void ipi_do_work(uint64_t work)
 {
-	if ((work & SPF_IPI_FLUSH_TLB) && spf_me.flush_p) {
-		uint64_t *w = spf_me.flush_p;
-		/* In order: each entry's valid word (its first) is cleared before its other
-		 * words, which is what lets a remote reader tell a torn entry. */
-		for (uint64_t i = 0; i < spf_me.flush_len / 8; i++)
-			__atomic_store_n(&w[i], 0, __ATOMIC_RELEASE);
-		struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
-		__atomic_fetch_add(&me->flush_gen, 1, __ATOMIC_RELEASE);
-	}
+	if (!(work & (SPF_IPI_FLUSH_TLB | SPF_IPI_FLUSH_RANGE)) || !spf_me.flush_p)
+		return;
+	if (work & SPF_IPI_FLUSH_TLB)
+		flush_words(0, spf_me.flush_len / 8);
+	else
+		flush_senders();
+	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+	__atomic_fetch_add(&me->flush_gen, 1, __ATOMIC_RELEASE);
 }
 
 /* An instruction in progress holds the IPI until its end (interrupts are taken between
@@ -91,7 +143,7 @@ void spf_ipi_handle(void)
 	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
 	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
-	if (work & SPF_IPI_FLUSH_TLB)
+	if (work & (SPF_IPI_FLUSH_TLB | SPF_IPI_FLUSH_RANGE))
 		spf_perturb_handler(SPF_PC_TLB);     /* generic perturbation: the flush waits */
 	ipi_do_work(work);                                                 /* (c) */
 	if (spf_me.delay_per_million) {
@@ -341,7 +393,7 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 		}
 	}
 	if (self >= 0 && self < nbits && (mask[self / 64] >> (self % 64) & 1)) {
-		if (work & SPF_IPI_FLUSH_TLB)
+		if (work & (SPF_IPI_FLUSH_TLB | SPF_IPI_FLUSH_RANGE))
 			spf_perturb(SPF_PC_TLB);
 		ipi_do_work(work);
 	}
@@ -363,6 +415,20 @@ static int ipi_sync_common(const uint64_t *mask, int nbits, uint64_t work,
 int spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns)
 {
 	return ipi_sync_common(mask, nbits, work, timeout_ns, 1);
+}
+
+int spf_ipi_flush_range(const uint64_t *mask, int nbits, uint64_t start, uint64_t end,
+			int64_t timeout_ns)
+{
+	if (end == TLB_FLUSH_ALL || spf_me.cpu < 0)     /* no slot of ours: flush it all */
+		return ipi_sync_common(mask, nbits, SPF_IPI_FLUSH_TLB, timeout_ns, 1);
+	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
+	__atomic_store_n(&me->flush_start, start, __ATOMIC_RELAXED);             /* (0) */
+	__atomic_store_n(&me->flush_end, end, __ATOMIC_RELAXED);
+	__atomic_store_n(&me->flush_active, 1, __ATOMIC_SEQ_CST);               /* (0') */
+	int r = ipi_sync_common(mask, nbits, SPF_IPI_FLUSH_RANGE, timeout_ns, 1);
+	__atomic_store_n(&me->flush_active, 0, __ATOMIC_RELEASE);               /* (5) */
+	return r;
 }
 
 void spf_tlb_remote_wait(const uint64_t *mask, int nbits)

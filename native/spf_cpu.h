@@ -37,7 +37,12 @@ struct spf_percpu {
 	uint64_t flush_gen;      /* bumped by every TLB flush this CPU performs */
 	uint64_t handler_delays; /* perturbation: delays taken inside the IPI handler */
 	uint64_t insn_seq;       /* odd while an instruction (access, walk+fill) runs */
-	uint64_t pad[4];         /* one slot per 128 bytes: no false sharing */
+	/* A ranged flush (the kernel's flush_tlb_info, one per sender): this CPU's request
+	 * [flush_start, flush_end), published by flush_active while it waits for the acks */
+	uint64_t flush_start;
+	uint64_t flush_end;
+	uint64_t flush_active;
+	uint64_t pad[1];         /* one slot per 128 bytes: no false sharing */
 };
 
 #define SPF_CPU_ONLINE  1
@@ -45,6 +50,7 @@ struct spf_percpu {
 
 #define SPF_IPI_FLUSH_TLB 1   /* zero this CPU's registered flush region */
 #define SPF_IPI_SYNC      2   /* nothing but the ack (tlb_remove_table_sync_one) */
+#define SPF_IPI_FLUSH_RANGE 4 /* the senders' ranges: only through spf_ipi_flush_range */
 
 #define SPF_IPI_ERR_TIMEOUT  1   /* target never acked (IRQs off for too long, or stuck) */
 #define SPF_IPI_ERR_DEAD     2   /* target process is gone */
@@ -58,7 +64,10 @@ void spf_cpu_mark_dead(int cpu);         /* by the runner, once it reaped the wo
 /* spf_cpu_unregister takes this CPU offline cleanly: its TLB flushed, pending IPIs
  * count as acked.  A CPU that died instead is reported by ipi_sync as dead. */
 int  spf_cpu_id(void);
-void spf_ipi_set_flush_region(void *p, uint64_t len);
+/* The flush region: tlb_entries TLB entries (struct spf_tlb_entry, direct-mapped by vpn),
+ * then paging-structure-cache entries up to len bytes (two words each, the valid one
+ * first).  With tlb_entries 0 every flush is a full one. */
+void spf_ipi_set_flush_region(void *p, uint64_t len, uint64_t tlb_entries);
 
 /* Perturbation inside the IPI handler (a named delay point): with probability
  * per_million / 1e6 the handler pauses up to max_ns before it acks; seeded per CPU. */
@@ -81,6 +90,24 @@ int  spf_ipi_last_error(void);
  *   target:      (a) insn_seq++ (odd)   (b) smp_mb  (c) read the TLB ... (d) insn_seq++
  * (2) pairs with (b): an instruction that began after (3) read its seq sees (1). */
 void spf_tlb_remote_wait(const uint64_t *mask, int nbits);
+
+/* x86's flush_tlb_mm_range by IPI (arch/x86/mm/tlb.c, v6.15): this CPU's request
+ * [start, end) goes in its slot, then the targets are sent SPF_IPI_FLUSH_RANGE.
+ *   sender:  (0) flush_start/end = range  (0') flush_active = 1, then (1)-(4) as
+ *                ipi_sync (the pending RMW of (1) orders (0) and (0') before it)
+ *            (5) flush_active = 0 once every target acked
+ *   handler: after (b), (c) invalidates the range of every sender whose flush_active it
+ *                reads 1 (flush_tlb_func)
+ * A handler that took the sender's work at (b) reads (0) and (0') (they precede (1)), and
+ * the sender rewrites its range only after (5); a handler that did not take it may read
+ * an active sender's range early, or a range being rewritten, and flush it anyway:
+ * harmless, an extra invalidation.  The sender takes its own range the same way.
+ * A range invalidates the TLB entries of its pages and every paging-structure-cache
+ * entry (INVLPG does both: Intel SDM vol. 3A 4.10.4.1);
+ * end == ~0 (the kernel's TLB_FLUSH_ALL) flushes all (a CR3 write).  Returns as
+ * spf_ipi_sync. */
+int  spf_ipi_flush_range(const uint64_t *mask, int nbits, uint64_t start, uint64_t end,
+			 int64_t timeout_ns);
 
 /* Busted twin: sends, but returns without waiting for any ack. */
 int  spf_ipi_sync_busted(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);

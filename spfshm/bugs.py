@@ -266,6 +266,22 @@ CATALOGUE = [
         "mprotect changes VMAs and PTEs without vma_start_write, so a per-VMA fault "
         "installs a writable PTE in a VMA just made read-only",
         {"fault_mode": "pervma"}),
+    Bug("flush_range_short", "tlb_flush_mmu_tlbonly -> flush_tlb_mm_range",
+        "a forced flush's range that ends before the last page zapped: ce9ec37bddb6 (Will "
+        "Deacon, 2014: zap_pte_range advances addr past the page that filled the batch "
+        "before it breaks out to flush, since the range's end is exclusive)",
+        ("frame_uaf@zap", "frame_uaf@tlb_access"),
+        "the gather flushes its range without its last page: a TLB entry to that page's "
+        "frame survives the flush and the frame is freed", {}),
+    Bug("flush_no_freed_tables", "pte_free_tlb -> tlb->freed_tables",
+        "a flush that keeps the paging-structure caches over freed tables: 7a30df49f63a "
+        "'mm: mmu_gather: remove __tlb_reset_range() for force flush' (freed_tables reset "
+        "before munmap's flush: arm64 flushed the last level only); cf. 3ef938c35035 "
+        "'x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs'",
+        ("pt_uaf@free_pgtables", "pt_uaf@hw_walk"),
+        "the gather frees page tables without setting freed_tables: a flush that does not "
+        "interrupt (INVLPGB, arm64 TLBI) keeps another CPU's paging-structure-cache entry "
+        "to the freed table", {"tlb_flush": "no-ipi"}),
 ]
 
 BY_NAME = {b.name: b for b in CATALOGUE}

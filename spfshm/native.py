@@ -92,7 +92,13 @@ def cpu_register(cpu, ring_ptr=None):
 
 
 cpu_unregister = lib.spf_cpu_unregister
-set_flush_region = lib.spf_ipi_set_flush_region
+TLB_FLUSH_ALL = (1 << 64) - 1       # a flush's end: everything (the kernel's TLB_FLUSH_ALL)
+
+
+def set_flush_region(p, nbytes, tlb_entries=0):
+    """What an IPI flush clears on this CPU: ``tlb_entries`` TLB entries at ``p``, then
+    paging-structure-cache entries up to ``nbytes`` (0 entries: every flush is whole)."""
+    lib.spf_ipi_set_flush_region(p, nbytes, tlb_entries)
 
 
 class CpuMask:
@@ -123,6 +129,14 @@ def ipi_sync(mask, work=IPI_SYNC, timeout_s=5.0, busted=False):
     Raises IPIError naming the CPU that never acked, is dead, or (the caller) has IRQs
     off.  ``busted`` sends without waiting for acks."""
     bad = _IPI_SYNC[busted](mask.words, mask.nbits, work, int(timeout_s * 1e9))
+    if bad != -1:
+        raise IPIError(bad if bad >= 0 else lib.spf_cpu_id(), lib.spf_ipi_last_error())
+
+
+def ipi_flush_tlb_range(mask, start, end, timeout_s=5.0):
+    """flush_tlb_mm_range by IPI: every CPU in ``mask`` invalidates [start, end) (``end``
+    TLB_FLUSH_ALL: everything); returns once all acked, else raises as ipi_sync."""
+    bad = lib.spf_ipi_flush_range(mask.words, mask.nbits, start, end, int(timeout_s * 1e9))
     if bad != -1:
         raise IPIError(bad if bad >= 0 else lib.spf_cpu_id(), lib.spf_ipi_last_error())
 

@@ -61,7 +61,7 @@ class Cpu:
         self.reclaimer_pause = 0
         modes = mm.cfg.fault_modes()
         self.mode = modes[mm.cpu % len(modes)]
-        native.set_flush_region(mm.tlb_ptr, mm.tlb_words * 8)
+        native.set_flush_region(mm.tlb_ptr, mm.tlb_words * 8, mm.g.tlb_entries)
 
     def _fill(self, va, write):
         """(2): True when the TLB now holds a usable translation; None on a violation."""

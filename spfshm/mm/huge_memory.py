@@ -34,7 +34,7 @@ from .frames import alloc_frame, put_page
 from .mm_types import HPAGE_NR, PTRS
 from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PS, RW, entry_pfn, free_table_now,
                         mk_entry, pgtable_trans_huge_withdraw, pmd_entry_of, populate)
-from .tlb import assert_no_translation, flush_tlb_all
+from .tlb import assert_no_translation, flush_tlb_range
 
 PMD_SIZE = HPAGE_NR << 12
 
@@ -104,7 +104,7 @@ def _alloc_small(mm):
     return np.array(frames, dtype=np.uint64)
 
 
-def split_huge_pmd(mm, pmd_t, pmd_i, e):
+def split_huge_pmd(mm, pmd_t, pmd_i, e, haddr):
     """Replace huge pmd e by a PTE table mapping copies of its subpages (mmap_lock held,
     read or write).  Returns True when the pmd is no longer e's huge mapping (split
     here, or changed by someone else), False when out of memory."""
@@ -120,7 +120,7 @@ def split_huge_pmd(mm, pmd_t, pmd_i, e):
             put_page(mm, f)
         return True
     native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), e & ~P)                 # (3)
-    flush_tlb_all(mm)
+    flush_tlb_range(mm, haddr, haddr + PMD_SIZE)                             # pmdp_invalidate
     t = pgtable_trans_huge_withdraw(mm, pmd_t)                                 # (4)
     head = entry_pfn(e)
     mm.frame_payload[frames.astype(np.int64)] = mm.frame_payload[head:head + HPAGE_NR]
@@ -144,7 +144,7 @@ def split_huge_range(mm, start, end):
     base = start & ~(PMD_SIZE - 1)
     while base < end:
         h = huge_pmd_of(mm, base)
-        if h is not None and not split_huge_pmd(mm, *h):
+        if h is not None and not split_huge_pmd(mm, *h, base):
             return False
         base += PMD_SIZE
     return True

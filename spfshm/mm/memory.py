@@ -115,7 +115,7 @@ def _pte_table_or_zap_huge(mm, tlb, base, whole):
             if e & P:
                 continue                 # a table populated since: map it
             return -1
-        if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e):
+        if whole or not split_huge_pmd(mm, pmd_t, pmd_i, e, base):
             if zap_huge_pmd(mm, tlb, pmd_t, pmd_i, e, base):
                 return -1
 
@@ -144,7 +144,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
         e = int(mm.pt[pmd_t, pmd_i])
         if pmd_maps_table(e, t):
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
-            tlb.remove_table(t)          # PENDING before a walker's PWC can miss on it
+            tlb.remove_table(t, base)    # PENDING before a walker's PWC can miss on it
             mm.count("pt_reclaimed")
         else:
             mm.report("pmd_changed", "reclaim_pt", base, e, t)
@@ -157,7 +157,7 @@ def reclaim_pt(mm, tlb, t, base, dropped):
         native.spin_lock(ptl, mm.cpu)
         if not (mm.pt[t] & (P | PROTNONE)).any():
             native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)
-            tlb.remove_table(t)
+            tlb.remove_table(t, base)
             mm.count("pt_reclaimed")
         native.spin_unlock(ptl)
     native.spin_unlock(pmdl)
@@ -208,12 +208,13 @@ def _free_level(mm, tlb, table, level, table_va, start, end, floor, ceiling):
         if a >= floor and a + size <= ceiling:
             native.store_relaxed(mm.entry_ptr(table, i), 0)       # (a) unlink, then free
             mm.delay("pmd_clear_to_free")
-            _remove_subtree(mm, tlb, child, NEXT[level])
+            _remove_subtree(mm, tlb, child, NEXT[level], a)
         elif NEXT[level] != PTE:
             _free_level(mm, tlb, child, NEXT[level], a, start, end, floor, ceiling)
 
 
-def _remove_subtree(mm, tlb, table, level):
+def _remove_subtree(mm, tlb, table, level, va):
+    """Hand table (of ``level``, mapping from va) and every table below it to the gather."""
     if level != PTE:
         row = mm.pt[table]
         for i in np.flatnonzero(row & P).tolist():
@@ -221,7 +222,7 @@ def _remove_subtree(mm, tlb, table, level):
             if e & PS:
                 mm.report("pt_lost_ptes", "free_pgtables", 0, table, 1)
                 continue
-            _remove_subtree(mm, tlb, entry_pfn(e), NEXT[level])
-    tlb.remove_table(table)
+            _remove_subtree(mm, tlb, entry_pfn(e), NEXT[level], va + (i << LEVEL_SHIFT[level]))
+    tlb.remove_table(table, va)
 
 

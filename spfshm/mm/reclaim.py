@@ -71,7 +71,7 @@ def reclaim_scan(mm):
                 native.spin_lock(ptl, mm.cpu)
                 if not (mm.pt[t] & (P | PROTNONE)).any() or mm.bugs.on("reclaim_no_recheck"):
                     native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), 0)       # 3
-                    tlb.remove_table(t)      # PENDING before a walker's PWC can miss on it
+                    tlb.remove_table(t, base)  # PENDING before a walker's PWC can miss on it
                     removed += 1
                 native.spin_unlock(ptl)
             native.spin_unlock(pmdl)

@@ -25,7 +25,7 @@ from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, 
                         mmap_write_unlock, vma_end_read,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
 from .pervma import lock_vma_under_rcu
-from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_all
+from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_mm_range
 from .vma import (Vma, publish_tree, vm_area_alloc, vm_area_free, vma_mark_detached,
                   vmas_snapshot)
 
@@ -247,7 +247,7 @@ def do_mprotect(mm, addr, length, prot):
             return -errno.ENOMEM
         if change_protection(mm, addr, end, prot):
             if not mm.bugs.on("mprotect_no_flush"):
-                flush_tlb_all(mm)
+                flush_tlb_mm_range(mm, addr, end, False)   # tlb_finish_mmu's flush
             assert_no_access_beyond(mm, addr, end, prot)
         return err
     finally:

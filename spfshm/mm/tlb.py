@@ -8,17 +8,36 @@ flush IPIs until 718b13861d22 (v6.14, with PT_RECLAIM) and a37259732a7d (v6.15) 
 RCU; --table-free rcu is MMU_GATHER_RCU_TABLE_FREE's grace period.
 
 Teardown protocol (zap vs. a CPU using a translation), stated once:
-  zapper: (1) clear the PTE under the ptl, gather the frame
-          (2) flush every CPU's TLB by IPI and wait for all acks
+  zapper: (1) clear the PTE under the ptl, gather the frame and widen the gather's range
+              over its page (tlb_remove_tlb_entry -> __tlb_adjust_range)
+          (2) flush the range from every CPU's TLB by IPI and wait for all acks
           (3) only then drop the frames' references (free)
   CPU:    a load/store is one instruction; the IPI is taken between instructions, and the
-          flush empties the TLB, so after (2) no CPU can reach the frame.
-Breaking (2) before (3) is CVE-2018-18281's class (bug ``free_frame_before_flush``).
+          flush removes every entry in the range, so after (2) no CPU can reach the frame.
+Breaking (2) before (3) is CVE-2018-18281's class (bug ``free_frame_before_flush``); a
+range that misses a page of (1) is bug ``flush_range_short``.
 
-Tables removed from the tree go through ``tlb_remove_table``: with ``--table-free ipi``
-they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack, so it
-has left the table); with ``--table-free rcu`` after a grace period (call_rcu).  Note the
-IPI scheme "isn't an RCU grace period": it protects only walkers that disable IRQs.
+Tables removed from the tree go through ``tlb_remove_table``, which widens the range over
+a page of the table's span and sets ``freed_tables`` (pte_free_tlb): with ``--table-free
+ipi`` they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack,
+so it has left the table); with ``--table-free rcu`` after a grace period (call_rcu).
+Note the IPI scheme "isn't an RCU grace period": it protects only walkers that disable
+IRQs.
+
+What a flush removes (x86, arch/x86/mm/tlb.c and asm/tlb.h as of v6.15), stated once:
+  flush_tlb_mm_range(start, end, freed_tables): more than tlb_single_page_flush_ceiling
+  (33) pages is a full flush.  By IPI (native_flush_tlb_multi -> flush_tlb_func) each CPU
+  runs INVLPG per page, which also invalidates every paging-structure-cache entry of the
+  current PCID, or a CR3 write: the paging-structure caches go either way, and
+  ``freed_tables`` only decides whether CPUs in lazy TLB mode are interrupted too (this
+  model's CPUs are never lazy, so the IPI carries the range alone).  Without an IPI
+  (--tlb-flush no-ipi: INVLPGB, broadcast_tlb_flush; arm64's TLBI, __flush_tlb_range with
+  last_level = !freed_tables) a ranged flush keeps the paging-structure caches unless
+  ``freed_tables`` (INVLPGB_FINAL_ONLY otherwise), and a full flush drops everything.
+  flush_tlb_range (pmdp_invalidate, pmdp_collapse_flush) passes freed_tables=true since
+  3ef938c35035 ("x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs").
+A gather that lost ``freed_tables`` (bug ``flush_no_freed_tables``) leaves a stale
+paging-structure-cache entry to a table it frees: a walk through a freed table.
 """
 import math
 
@@ -27,53 +46,78 @@ import numpy as np
 from .. import native
 from .frames import ZAP_COUNT, ZAP_DONE_SHIFT, frame_pages, put_page
 from .lockdep import Deadlock, check_ipi_wait
-from .mm_types import IPI_HIST_BUCKETS, PAGE_SHIFT, PROT_NONE, PROT_WRITE
+from .mm_types import IPI_HIST_BUCKETS, LEVEL_SHIFT, PAGE_SHIFT, PMD, PROT_NONE, PROT_WRITE
 from .pagetable import free_table_now, mark_pending, read_tagged
 from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
 
 IPI_SLICE_S = 0.05
+TLB_FLUSH_ALL = native.TLB_FLUSH_ALL
+TLB_SINGLE_PAGE_FLUSH_CEILING = 33       # pages (tlb_single_page_flush_ceiling)
+PAGE = 1 << PAGE_SHIFT
 
 
-def flush_tlb_remote(mm):
-    """--tlb-flush no-ipi: invalidate every CPU's TLB without interrupting it (broadcast
-    TLBI + DSB): wait for the instructions in flight (a walk that read an old PTE has
-    filled its TLB), clear every TLB, wait again (a user of an old entry has finished).
-    An IRQs-off section is not waited for: that is what this mode is about.  It is a
-    sync of the pipe's IPI clock all the same (pipe.py)."""
+def _invalidate(ents, lo, hi):
+    """Clear the valid word of every entry (TLB or PWC: ``ents[cpu, slot]``, the valid
+    word ``key << 1 | 1`` first) whose key is in [lo, hi): one store each, so an entry a
+    CPU fills meanwhile is whole or invalid (a fill after the flush's first wait reads
+    the new tables: clearing it too is harmless)."""
+    tag = ents[:, :, 0]
+    key = tag >> np.uint64(1)
+    cpu, slot = np.nonzero((tag & np.uint64(1) == 1) & (key >= np.uint64(lo))
+                           & (key < np.uint64(hi)))
+    ents[cpu, slot, 0] = 0
+
+
+def flush_tlb_remote(mm, start, end, freed_tables):
+    """--tlb-flush no-ipi: invalidate [start, end) in every CPU's TLB without interrupting
+    it (broadcast TLBI + DSB, INVLPGB + TLBSYNC): wait for the instructions in flight (a
+    walk that read an old PTE has filled its TLB), invalidate, wait again (a user of an
+    old entry has finished).  A ranged flush drops the paging-structure caches of the
+    range only with ``freed_tables``; a full one drops them all.  An IRQs-off section is
+    not waited for: that is what this mode is about.  It is a sync of the pipe's IPI
+    clock all the same (pipe.py)."""
     ticket = mm.pipe.ipi_sync_begin()
     wait = native.lib.spf_tlb_remote_wait
     wait(mm.all_cpus.words, mm.g.ncpus)
-    # Only the valid words (TLB tags, PWC keys): each is one store, so an entry a CPU is
-    # filling at this moment is either whole or invalid, never torn.
-    mm.tlbs[:, :, 0] = 0
-    mm.pwcs[:, :, 0] = 0
+    if end == TLB_FLUSH_ALL:
+        mm.tlbs[:, :, 0] = 0
+        mm.pwcs[:, :, 0] = 0
+    else:
+        _invalidate(mm.tlbs, start >> PAGE_SHIFT, (end + PAGE - 1) >> PAGE_SHIFT)
+        if freed_tables:
+            pmd = LEVEL_SHIFT[PMD]
+            _invalidate(mm.pwcs, start >> pmd, ((end - 1) >> pmd) + 1)
     wait(mm.all_cpus.words, mm.g.ncpus)
     mm.pipe.ipi_sync_done(ticket)
     mm.count("tlb_flush")
 
 
-def flush_tlb_all(mm):
-    """Flush every CPU's TLB (this one's locally) and wait for the acks (step (2)).
-    A target silent past a slice is checked for a deadlock against us; past the IPI
-    timeout the wait itself is reported (both raise Deadlock: freeing now would be a
-    use-after-free)."""
+def flush_tlb_mm_range(mm, start, end, freed_tables):
+    """Flush [start, end) from every CPU's TLB (this one's locally) and wait for the acks
+    (step (2)); past the ceiling, or ``end`` TLB_FLUSH_ALL, everything.  A target silent
+    past a slice is checked for a deadlock against us; past the IPI timeout the wait
+    itself is reported (both raise Deadlock: freeing now would be a use-after-free)."""
+    if end != TLB_FLUSH_ALL and (end - start) >> PAGE_SHIFT > TLB_SINGLE_PAGE_FLUSH_CEILING:
+        start, end = 0, TLB_FLUSH_ALL
     if mm.cfg.tlb_flush == "no-ipi":
-        return flush_tlb_remote(mm)
+        return flush_tlb_remote(mm, start, end, freed_tables)
     t0 = native.now_ns()
-    _ipi_all(mm, native.IPI_FLUSH_TLB, t0)
+    _ipi_all(mm, lambda timeout_s: native.ipi_flush_tlb_range(mm.all_cpus, start, end,
+                                                              timeout_s=timeout_s), t0)
     us = (native.now_ns() - t0) / 1000.0
     mm.ipi_hist[min(IPI_HIST_BUCKETS - 1, int(4 * math.log2(us + 1)))] += 1
     mm.count("ipi_sent", mm.g.ncpus - 1)
     mm.count("tlb_flush")
 
 
-def _ipi_all(mm, work, t0):
-    """Send work to every CPU and wait for every ack (a sync of the pipe's IPI clock)."""
+def _ipi_all(mm, send, t0):
+    """send(timeout_s) an IPI to every CPU and wait for every ack (a sync of the pipe's
+    IPI clock), re-sent past each slice until the deadlock checks decide."""
     ticket = mm.pipe.ipi_sync_begin()
     while True:
         try:
-            native.ipi_sync(mm.all_cpus, work, timeout_s=IPI_SLICE_S)
+            send(IPI_SLICE_S)
             break
         except native.IPIError as e:
             waited_ms = (native.now_ns() - t0) // 1_000_000
@@ -98,7 +142,19 @@ def tlb_remove_table_sync_one(mm):
     if mm.walk_rcu:
         native.synchronize_rcu(mm.rcu.stall_timeout_s, busted=mm.rcu.busted)
     else:
-        _ipi_all(mm, native.IPI_SYNC, native.now_ns())
+        _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
+                                                       timeout_s=timeout_s), native.now_ns())
+
+
+def flush_tlb_range(mm, start, end):
+    """x86's flush_tlb_range: the range, with freed_tables (it may zap a pmd that points
+    to a table: pmdp_collapse_flush)."""
+    flush_tlb_mm_range(mm, start, end, True)
+
+
+def flush_tlb_all(mm):
+    """flush_tlb_mm: everything, on every CPU."""
+    flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, True)
 
 
 def tlb_snapshot(mm):
@@ -151,7 +207,8 @@ class MmuGather:
     """Frames and tables unlinked by a teardown, held until it is safe to free them, and
     the pages whose contents the teardown takes away (their zap clocks: frames.py)."""
 
-    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped", "zapped")
+    __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped", "zapped",
+                 "start", "end", "freed_tables")
 
     def __init__(self, mm):
         self.mm = mm
@@ -161,6 +218,16 @@ class MmuGather:
         self.unflushed = 0          # pages gathered since the last flush
         self.stamped = 0            # frames given their pipe stamp
         self.zapped = []            # (page, its zaps begun) completed by the next flush
+        self._reset_range()
+
+    def _reset_range(self):
+        """__tlb_reset_range: nothing to flush yet."""
+        self.start, self.end, self.freed_tables = TLB_FLUSH_ALL, 0, False
+
+    def _adjust_range(self, va, size):
+        """__tlb_adjust_range: the next flush covers [va, va + size) too."""
+        self.start = min(self.start, va)
+        self.end = max(self.end, va + size)
 
     def remove_page(self, f):
         """tlb_remove_page: the PTE is cleared; free the frame after the flush."""
@@ -180,6 +247,7 @@ class MmuGather:
         land in the old frame through a TLB entry the flush has not reached)."""
         mm = self.mm
         self.need_flush = True
+        self._adjust_range(va, n << PAGE_SHIFT)
         first = (va - mm.g.window_base) >> PAGE_SHIFT
         for p in range(first, first + n):
             begun = (native.fetch_add(mm.zap_clock_ptr + p, 1) & ZAP_COUNT) + 1
@@ -198,11 +266,16 @@ class MmuGather:
                 w = seen
         self.zapped = []
 
-    def remove_table(self, t):
-        """tlb_remove_table: the parent entry is cleared; freed after the flush, and with
-        --table-free rcu after a grace period on top (tlb_table_flush)."""
+    def remove_table(self, t, va):
+        """pte_free_tlb / tlb_remove_table: the parent entry of table t, which maps va, is
+        cleared; the flush covers a page at va and the paging-structure caches
+        (freed_tables); t is freed after the flush, and with --table-free rcu after a
+        grace period on top (tlb_table_flush)."""
         mm = self.mm
         self.need_flush = True
+        self._adjust_range(va, PAGE)
+        if not mm.bugs.on("flush_no_freed_tables"):
+            self.freed_tables = True
         if mm.bugs.on("free_table_no_sync"):
             free_table_now(mm, t)
         else:
@@ -218,7 +291,10 @@ class MmuGather:
                 # Retired since their PTEs were cleared; stamped before the flush's ticket
                 mm.pipe.retire(FRAMES, self.frames[self.stamped:], CLOCK_IPI)
                 self.stamped = len(self.frames)
-            flush_tlb_all(mm)
+            end = self.end - PAGE if mm.bugs.on("flush_range_short") else self.end
+            if end > self.start or self.freed_tables:
+                flush_tlb_mm_range(mm, self.start, end, self.freed_tables)   # tlb_flush
+            self._reset_range()
             if self.zapped:
                 self._zaps_completed()
             self.need_flush = False

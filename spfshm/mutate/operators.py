@@ -41,8 +41,9 @@ OPERATORS = ("recheck", "sync", "lock", "unlock_early", "trylock", "section", "s
 PY_OPERATORS = OPERATORS[:-1]
 
 # Read off the mm code: what flushes, syncs or waits for a grace period.
-SYNC_CALLS = {"flush_tlb_all", "flush_tlb_remote", "flush_tlbonly", "flush", "finish",
-              "ipi_sync", "synchronize_rcu", "rcu_barrier", "spf_tlb_remote_wait"}
+SYNC_CALLS = {"flush_tlb_all", "flush_tlb_mm_range", "flush_tlb_range", "flush_tlb_remote",
+              "flush_tlbonly", "flush", "finish", "ipi_sync", "synchronize_rcu", "rcu_barrier",
+              "spf_tlb_remote_wait"}
 # Deferred frees and their immediate form: (function, module, leading args).  call_rcu
 # is special: its first argument is the function.
 DEFERRED_FREES = {"pte_free_defer": ("free_table_now", "spfshm.mm.pagetable", ""),
@@ -409,7 +410,9 @@ def _py_mutants(path, text, operators):
                     now, module, lead = DEFERRED_FREES[(names & set(DEFERRED_FREES)).pop()]
                     if lead and "mm" not in _binds_reads(fn)[0] | {a.arg for a in fn.args.args}:
                         continue
-                    new = "%s(%s%s)" % (now, lead, ", ".join(f.seg(a) for a in c.args))
+                    # a gather's method takes the object, then what the flush needs of it
+                    args = c.args[:1] if lead else c.args
+                    new = "%s(%s%s)" % (now, lead, ", ".join(f.seg(a) for a in args))
                     if now not in f.globals:
                         new = "from %s import %s; %s" % (module, now, new)
                     add("sync", f.replace_stmt(s, new), "free at once: `%s` -> `%s`"
