@@ -58,6 +58,16 @@ CATALOGUE = [
         ("frame_uaf@zap", "frame_uaf@tlb_access"),
         "zap frees the frames before the TLB shootdown; another CPU's stale TLB entry "
         "still reaches them", {}),
+    Bug("dontneed_no_flush_pending", "tlb_finish_mmu: mm_tlb_flush_nested forces the flush",
+        "99baac21e458 'mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem' (Nadav Amit's "
+        "report: parallel MADV_DONTNEEDs of one range, a stale TLB entry after one returned)",
+        ("stale_tlb@madvise", "lost_update@zap", "lost_update@load", "bad_value@load"),
+        "tlb_finish_mmu does not force a whole-mm flush for a nested gather: each flushes "
+        "the range it cleared (x86: up to 33 pages, else all), nothing when a concurrent "
+        "MADV_DONTNEED cleared the PTEs first, and returns while that one has not flushed: "
+        "a store begun after the return goes through a stale TLB entry into the zapped frame",
+        {"workload": "faults"},
+        window={"delay": 0.5, "delay_max_us": 3000.0, "delay_points": ("tlb_finish_mmu",)}),
     Bug("mprotect_no_flush", "change_protection -> flush_tlb_range",
         "stale writable TLB entries after a permission downgrade (cf. 6ce64428d620 "
         "'mm/userfaultfd: fix memory corruption due to writeprotect': change_protection "

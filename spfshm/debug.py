@@ -69,9 +69,13 @@ KINDS = {
                    "that this CPU validated and holds off every changer of since "
                    "(PT_RECLAIM: the ptl; collapse: mmap_lock write and the VMA lock)",
     "hang": "CPU {a0} made no progress for {a1} ms (see the dump)",
-    "lost_update": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, and no "
-                   "zap since could have taken it away (page zap clock {a2:#x}: completed "
-                   "<< 32 | begun)",
+    "lost_update": {"load": "read {a0:#x}, but this CPU last stored or read {a1:#x} here, "
+                            "and no zap since could have taken it away (page zap clock "
+                            "{a2:#x}: completed << 32 | begun)",
+                    "zap": "frame #{a1}, taken away by zap {a2} of the page, holds store "
+                           "{a0:#x}, which began after that zap was complete or promised "
+                           "complete (a DONTNEED of the page returned): it went through a "
+                           "stale TLB entry and is lost"},
     "bad_value": "read {a0:#x}: no CPU could have stored it here (not a stored value, no "
                  "such CPU, another page, or stored before a zap that has completed; page "
                  "zap clock {a1:#x}: completed << 32 | begun)",
@@ -89,7 +93,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
-         "collapse_huge_page"]
+         "collapse_huge_page", "madvise"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

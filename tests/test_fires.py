@@ -142,6 +142,9 @@ FIRES = {
     "deadlock@ipi_timeout": ("test_ipi_never_acked",),
     "frame_uaf@zap": ("test_frame_freed_before_the_flush",),
     "stale_tlb@mprotect": ("test_writable_tlb_entry_after_mprotect",),
+    "stale_tlb@madvise":
+        ("test_flush_pending.py::test_dontneed_returning_before_the_other_flushed",),
+    "lost_update@zap": ("test_flush_pending.py::test_huge_zap_checks_every_subpage",),
     "double_free@vm_area_free":
         ("test_sweep.py::test_vma_record_freed_twice_is_reported_at_the_free",),
     "vma_uaf@find_vma": ("test_retired_vma_read_under_mmap_lock",),

@@ -12,8 +12,10 @@ access(): (1) one instruction through the TLB (native: an IPI waits for its end)
 
 The load-value oracle: every load is checked, against every CPU's stores.  A page's zap
 clock (frames.py) counts its zaps begun (PTE or huge pmd cleared, under the ptl) and
-completed (that zap's mmu_gather flush done).  Zaps are the only way a value disappears:
-collapse and split copy the page, mprotect keeps the frame.
+completed (that zap's mmu_gather flush done, or a MADV_DONTNEED that saw it returned).
+Zaps are the only way a value disappears: collapse and split copy the page, mprotect
+keeps the frame.  A store that began once its page's zaps were complete is not stamped
+as racing one: if it lands in a zapped frame anyway, the zap's flush reports it (tlb.py).
   store: (a) read the page's zap clock right before each attempt of (1), and stamp the
              value with it (encode_value, stamp_value)
   load:  (b) read the zap clock right before each attempt of (1)

@@ -17,8 +17,10 @@ from .pipe import FRAMES
 
 # A page's zap clock (mm.zap_clock, a word per page of the window): how many zaps of the
 # page have begun (its PTE or huge pmd cleared, under that ptl) and, above them, the
-# highest begun count whose mmu_gather flush has completed.  Every flush is global, so a
-# completed count k means every zap up to k is complete: no CPU reaches those frames.
+# highest begun count whose mmu_gather flush has completed, or that a MADV_DONTNEED of
+# the page saw before it returned (its return promises them complete: tlb.py, (p1)-(p4)).
+# Every flush is global, so a completed count k means every zap up to k is complete: no
+# CPU reaches those frames (a store that lands in one anyway is lost: tlb.py checks).
 ZAP_DONE_SHIFT, ZAP_COUNT = 32, (1 << 32) - 1
 
 # A stored value: bit 63 (so never 0 nor POISON), the storer's CPU, whether a zap of the
@@ -56,6 +58,7 @@ def alloc_frame(mm):
     meta["state"] = FRAME_INUSE
     meta["refcount"] = 1
     meta["mapcount"] = 0
+    meta["zap"] = 0
     mm.frame_payload[f] = 0
     mm.pipe.unretire(FRAMES, f)
     return f
@@ -79,6 +82,7 @@ def alloc_huge_frame(mm):
     sub["state"] = FRAME_INUSE
     sub["refcount"] = 0
     sub["mapcount"] = 0
+    sub["zap"] = 0
     mm.frame_meta[f]["refcount"] = 1
     mm.frame_payload[f:f + HPAGE_NR] = 0
     mm.pipe.unretire(FRAMES, f)

@@ -15,6 +15,7 @@ Lock table (Documentation/mm/process_addrs.rst style): which lock protects what.
 | RSS counters                   | per CPU, owner only                    | sweeps (sum)                  |
 | page zap clock: zaps begun     | ptl of the cleared PTE (or pmd lock)   | loads and stores (cpu.py)     |
 | page zap clock: zaps completed | nothing (atomic max after the flush)   | loads and stores (cpu.py)     |
+| mm tlb_flush_pending           | atomic inc/dec (mmu_gather: tlb.py)    | tlb_finish_mmu                |
 """
 import random
 
@@ -51,7 +52,7 @@ TABLE_META = np.dtype([("state", "<u4"), ("level", "<u4"), ("ptl", "<u4"), ("pad
 # pmd_huge_pte (a PMD table's): 1 + the last PTE table deposited under its huge pmds, 0
 # for none; lru (a deposited PTE table's): 1 + the one deposited before it (pagetable.py)
 FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"),
-                       ("pad", "<u8")])
+                       ("zap", "<u8")])       # the zap count of its page that took it
 RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")
 VMA_DTYPE = np.dtype([("lock", RWSEM_DTYPE), ("start", "<u8"), ("end", "<u8"),
                       ("vm_lock_seq", "<u8"), ("gen", "<u8"), ("prot", "<u4"), ("state", "<u4"),
@@ -110,6 +111,7 @@ def regions(g):
          ("mmap_seq", np.uint64, 8),
          ("mm_lock_seq", np.uint64, 8),
          ("mm_words", np.uint64, 8),                    # [0] current VMA tree
+         ("tlb_flush_pending", np.uint64, 8),           # [0] mmu_gathers in progress
          ("page_table_lock", np.uint32, 16),
          ("rss", np.int64, (n1, 8)),
          ("stats", np.uint64, (n1, len(STATS))),
@@ -149,6 +151,7 @@ class MM:
         self.mm_lock_seq = arena.ptr("mm_lock_seq")
         self.vma_base = arena.ptr("vma", "char")
         self.mm_words = arena["mm_words"]
+        self.tlb_flush_pending = arena.ptr("tlb_flush_pending")     # mm->tlb_flush_pending
         self.page_table_lock = arena.ptr("page_table_lock", "uint32_t")
         self.rss = arena["rss"][cpu]
         self.rss_all = arena["rss"]
@@ -179,6 +182,7 @@ class MM:
         self.frame_meta = arena["frame_meta"]
         self.frame_ref_ptr = arena.ptr("frame_meta", "uint64_t")
         self.frame_stride = FRAME_META.itemsize // 8
+        self.frame_zap = self.frame_meta["zap"]
         self.zap_clock = arena["zap_clock"]
         self.zap_clock_ptr = arena.ptr("zap_clock")
         self.vma = arena["vma"]

@@ -34,6 +34,7 @@ POINTS = {
     "hw_walk": "hardware walk (IRQs off): between reading the PMD and the PTE",
     "zap_under_ptl": "zap_pte_range: PTEs cleared, ptl held, before the forced flush",
     "zap_ptl_dropped": "zap_pte_range: ptl dropped to free a batch, before taking it again",
+    "tlb_finish_mmu": "tlb_finish_mmu: the zap's ptls released, before the nested test",
     "pmd_clear_to_free": "free_pgtables: between clearing the pmd and freeing the table",
     "collapse_flush": "khugepaged: pmd cleared, ptl and pmd lock held, before the flush",
     "collapse_vma_lock": "khugepaged: the pmd checked, before vma_start_write (a busted order)",

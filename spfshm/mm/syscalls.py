@@ -16,16 +16,20 @@ floor and ceiling keeping the tables the neighbours use.
 """
 import errno
 
+import numpy as np
+
 from .. import native
 
+from .frames import ZAP_COUNT
 from .huge_memory import split_huge_range
 from .memory import change_protection, free_pgtables, zap_pte_range
-from .mm_types import MAX_VMAS, PAGE
+from .mm_types import MAX_VMAS, PAGE, PAGE_SHIFT
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
                         mmap_write_unlock, vma_end_read,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
 from .pervma import lock_vma_under_rcu
-from .tlb import MmuGather, assert_no_access_beyond, flush_tlb_mm_range
+from .tlb import (MmuGather, assert_no_access_beyond, assert_zaps_complete, flush_tlb_mm_range,
+                  zaps_returned)
 from .vma import (Vma, publish_tree, vm_area_alloc, vm_area_free, vma_mark_detached,
                   vmas_snapshot)
 
@@ -254,6 +258,21 @@ def do_mprotect(mm, addr, length, prot):
         mmap_write_unlock(mm)
 
 
+def _dontneed(mm, parts):
+    """Zap each (start, end) of ``parts`` (sorted) in one mmu_gather, tlb_gather_mmu to
+    tlb_finish_mmu; once it returns, the zaps it saw are promised complete."""
+    tlb = MmuGather(mm)                                      # tlb_gather_mmu
+    for start, end in parts:
+        zap_pte_range(mm, tlb, start, end, reclaim=mm.cfg.reclaim == "ptreclaim")
+    base = mm.g.window_base
+    pages = slice((parts[0][0] - base) >> PAGE_SHIFT,
+                  (parts[-1][1] - base) >> PAGE_SHIFT) if parts else slice(0, 0)
+    seen = mm.zap_clock[pages] & np.uint64(ZAP_COUNT)          # the zaps it saw
+    tlb.finish()                                             # tlb_finish_mmu
+    zaps_returned(mm, pages.start, seen)
+    assert_zaps_complete(mm, pages.start, seen)
+
+
 def _dontneed_vma_locked(mm, start, end):
     """--madvise-lock vma (v6.17 madvise_lock: MADVISE_VMA_READ_LOCK, try_vma_read_lock):
     a range inside one VMA is zapped under that VMA's read lock only, so PT_RECLAIM frees
@@ -265,9 +284,7 @@ def _dontneed_vma_locked(mm, start, end):
     try:
         if end > vma.end:
             return None
-        tlb = MmuGather(mm)
-        zap_pte_range(mm, tlb, start, end, reclaim=mm.cfg.reclaim == "ptreclaim")
-        tlb.finish()
+        _dontneed(mm, [(start, end)])
         return 0
     finally:
         vma_end_read(mm, vma.id)
@@ -276,7 +293,10 @@ def _dontneed_vma_locked(mm, start, end):
 def do_madvise_dontneed(mm, addr, length):
     """Zap the mapped parts of the range under mmap_lock read (or its VMA's read lock:
     --madvise-lock vma); ENOMEM if any part of it is unmapped (the mapped parts are
-    zapped all the same)."""
+    zapped all the same).  Another DONTNEED of the same range may run at the same time:
+    tlb_finish_mmu's nested flush (tlb.py (p3)) is what lets this one return only once
+    no CPU reaches a frame either zapped; on return, the zaps it saw are promised
+    complete (tlb.zaps_returned)."""
     err, end = _range_args(mm, addr, length)
     if err is not None:
         return err
@@ -286,20 +306,17 @@ def do_madvise_dontneed(mm, addr, length):
             return r
     mmap_read_lock(mm)
     try:
-        tlb = MmuGather(mm)
-        nstart, hole = addr, False
+        nstart, hole, parts = addr, False, []
         for v in vmas_snapshot(mm):
             if v.end <= nstart or v.start >= end:
                 continue
             if v.start > nstart:
                 hole = True
-            zap_pte_range(mm, tlb, max(v.start, addr), min(v.end, end),
-                          reclaim=mm.cfg.reclaim == "ptreclaim")
+            parts.append((max(v.start, addr), min(v.end, end)))
             nstart = v.end
         if nstart < end:
             hole = True
-        tlb.finish()
+        _dontneed(mm, parts)
         return -errno.ENOMEM if hole else 0
     finally:
         mmap_read_unlock(mm)
-

@@ -38,15 +38,54 @@ What a flush removes (x86, arch/x86/mm/tlb.c and asm/tlb.h as of v6.15), stated 
   3ef938c35035 ("x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs").
 A gather that lost ``freed_tables`` (bug ``flush_no_freed_tables``) leaves a stale
 paging-structure-cache entry to a table it frees: a walk through a freed table.
+
+Tables removed from the tree go through ``tlb_remove_table``: with ``--table-free ipi``
+they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack, so it
+has left the table); with ``--table-free rcu`` after a grace period (call_rcu).  Note the
+IPI scheme "isn't an RCU grace period": it protects only walkers that disable IRQs.
+
+Concurrent zappers (mm->tlb_flush_pending; 99baac21e458 "mm: fix MADV_[FREE|DONTNEED] TLB
+flush miss problem"), stated once.  Two MADV_DONTNEEDs of one range under mmap_lock read:
+the second finds the PTEs the first cleared none, so it gathers nothing and has nothing
+of its own to flush; yet it must not return while a CPU can still store through a TLB
+entry for a frame the first one zapped (the store would be lost with the frame).
+  every zapper (an MmuGather, any caller):
+  (p1) tlb_gather_mmu: inc_tlb_flush_pending (atomic), before it takes any ptl
+  (p2) zap_pte_range: clear the present PTEs under the ptl; a PTE another zapper cleared
+       is none, nothing is gathered (need_flush may stay off).  The ptl's release and
+       acquire order (p1) of a zapper before every PTE clear another zapper sees
+  (p3) tlb_finish_mmu: mm_tlb_flush_nested (the count > 1, read after (p2)): a zapper
+       whose clear we saw and that has not done (p4) yet is counted (partner: its (p1),
+       through the ptl of (p2)); then flush even with need_flush off: the whole mm,
+       with freed_tables (the kernel: fullmm or need_flush_all, and freed_tables)
+  (p4) tlb_flush_mmu, then dec_tlb_flush_pending: after the flush (partner: a later
+       (p3) that no longer counts us may rely on our flush being done)
+So a zapper returns only after a flush that began after every PTE clear it saw, or
+after that clear's own flush completed.  Without (p3)'s forced flush (bug
+``dontneed_no_flush_pending``) the second DONTNEED, whose own flush covers only the
+range it cleared (tlb->start..end), returns while the first has not flushed.  Followed: mm/mmu_gather.c at
+torvalds/linux 06d0742985 (fullmm = 1 in (p3); other versions set need_flush_all
+instead: the same whole-mm flush) and include/linux/mm_types.h.
+
+The oracles: a MADV_DONTNEED that returned must have left no TLB entry for a frame one
+of the zaps it saw took away (``assert_zaps_complete``, stale_tlb@madvise).  It also
+raises its pages' zap clocks to the zaps it saw (``zaps_returned``: it promises them
+complete, frames.py), so a store that begins after it is not one that may race those
+zaps: after each flush, ``_check_zapped_frames`` looks in every zapped frame for a store
+that began once its zap was complete or promised complete, which went through a stale
+TLB entry and is lost with the frame (lost_update@zap; a load of the page then sees 0
+where the load-value oracle expects the store: lost_update@load).
 """
 import math
 
 import numpy as np
 
 from .. import native
-from .frames import ZAP_COUNT, ZAP_DONE_SHIFT, frame_pages, put_page
+from .frames import (VALUE_PAGE, VALUE_PAGE_SHIFT, VALUE_RACED, VALUE_STORED, VALUE_ZAP,
+                     VALUE_ZAP_SHIFT, ZAP_COUNT, ZAP_DONE_SHIFT, frame_pages, put_page)
 from .lockdep import Deadlock, check_ipi_wait
-from .mm_types import IPI_HIST_BUCKETS, LEVEL_SHIFT, PAGE_SHIFT, PMD, PROT_NONE, PROT_WRITE
+from .mm_types import HPAGE_NR, IPI_HIST_BUCKETS, LEVEL_SHIFT, PAGE_SHIFT, PMD, PROT_NONE, \
+    PROT_WRITE
 from .pagetable import free_table_now, mark_pending, read_tagged
 from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
@@ -195,6 +234,27 @@ def assert_no_access_beyond(mm, start, end, prot):
                   int(writable[cpu, slot]), int(cpu))
 
 
+def assert_zaps_complete(mm, first, seen):
+    """After a MADV_DONTNEED returned, having seen ``seen`` zaps begun of each page from
+    ``first``: no CPU may still hold a TLB entry for a frame (this incarnation) that one
+    of those zaps took away (the frame's ``zap``, recorded at tlb_remove_page)."""
+    lo = mm.g.window_base + (first << PAGE_SHIFT)
+    va = mm.tlbs[:, :, 3]
+    near = (va >= lo) & (va < lo + (len(seen) << PAGE_SHIFT)) & (mm.tlbs[:, :, 0] & 1 == 1)
+    if not near.any() or not mm.frame_zap[(mm.tlbs[:, :, 1][near] >> 12).astype(np.int64)
+                                          ].any():
+        return                  # nothing cached there for a zapped frame: no need to look
+    valid, data, gen, va = tlb_snapshot(mm)
+    page = ((va - lo) >> PAGE_SHIFT).astype(np.int64)
+    hit = valid & (va >= lo) & (page < len(seen))
+    pfn = np.where(hit, data >> 12, 0).astype(np.int64)
+    zap = mm.frame_zap[pfn]
+    hit &= (zap != 0) & (zap <= seen[np.where(hit, page, 0)]) & (gen == mm.frame_gen[pfn])
+    for cpu, slot in zip(*np.nonzero(hit)):
+        mm.report("stale_tlb", "madvise", int(va[cpu, slot]), int(pfn[cpu, slot]),
+                  int(data[cpu, slot]) >> 1 & 1, int(cpu))
+
+
 def pte_free_defer(mm, t):
     """Free an unlinked table after a grace period (its pipe stamp is taken just before
     the grace period starts: see pipe.py)."""
@@ -203,12 +263,53 @@ def pte_free_defer(mm, t):
     mm.count("call_rcu")
 
 
+def inc_tlb_flush_pending(mm):
+    """(p1), in tlb_gather_mmu."""
+    native.fetch_add(mm.tlb_flush_pending, 1)
+
+
+def dec_tlb_flush_pending(mm):
+    """(p4), in tlb_finish_mmu after the flush."""
+    native.fetch_add(mm.tlb_flush_pending, 2**64 - 1)
+
+
+def mm_tlb_flush_nested(mm):
+    """(p3): another mmu_gather is between its (p1) and (p4) (atomic_read > 1)."""
+    return native.load_relaxed(mm.tlb_flush_pending) > 1
+
+
+def complete_zaps(mm, pages, counts):
+    """Raise each page's completed count to at least its count (an atomic max: zappers
+    of one page complete in any order)."""
+    ptr = mm.zap_clock_ptr
+    for p, begun in zip(pages, counts):
+        w = native.load_relaxed(ptr + p)
+        while w >> ZAP_DONE_SHIFT < begun:
+            seen = native.cmpxchg(ptr + p, w, w & ZAP_COUNT | begun << ZAP_DONE_SHIFT)
+            if seen == w:
+                break
+            w = seen
+
+
+def zaps_returned(mm, first, seen):
+    """A MADV_DONTNEED of the pages from ``first`` returned, having seen ``seen`` (an
+    array) zaps of each begun, read after its ptl sections and before its (p3): it
+    promises them complete (a store that begins now must not reach their frames), so
+    their completed counts go up to them where no flush has raised them yet."""
+    done = mm.zap_clock[first:first + len(seen)] >> np.uint64(ZAP_DONE_SHIFT)
+    behind = np.flatnonzero(done < seen)
+    if len(behind):
+        complete_zaps(mm, (behind + first).tolist(), seen[behind].tolist())
+
+
 class MmuGather:
     """Frames and tables unlinked by a teardown, held until it is safe to free them, and
-    the pages whose contents the teardown takes away (their zap clocks: frames.py)."""
+    the pages whose contents the teardown takes away (their zap clocks: frames.py).
+    Making one is tlb_gather_mmu, ``finish`` is tlb_finish_mmu: every one is finished."""
 
     __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped", "zapped",
-                 "start", "end", "freed_tables")
+                 "last_zap", "unchecked", "start", "end",
+                 "freed_tables")
 
     def __init__(self, mm):
         self.mm = mm
@@ -218,7 +319,10 @@ class MmuGather:
         self.unflushed = 0          # pages gathered since the last flush
         self.stamped = 0            # frames given their pipe stamp
         self.zapped = []            # (page, its zaps begun) completed by the next flush
+        self.last_zap = None        # index in zapped of the pages the next frame held
+        self.unchecked = []         # (frame, index in zapped of its first page)
         self._reset_range()
+        inc_tlb_flush_pending(mm)                                            # (p1)
 
     def _reset_range(self):
         """__tlb_reset_range: nothing to flush yet."""
@@ -234,36 +338,53 @@ class MmuGather:
         self.need_flush = True
         self.unflushed += 1
         mm = self.mm
+        zapped, self.last_zap = self.last_zap, None
         if mm.bugs.on("free_frame_before_flush"):
             assert_no_translation(mm, frame_pages(mm, [f]))
             put_page(mm, f)
         else:
             self.frames.append(f)
+            if zapped is not None:
+                self.unchecked.append((f, zapped))
+                n = HPAGE_NR if f >= mm.g.nsmall else 1
+                mm.frame_zap[f:f + n] = [z for _, z in self.zapped[zapped:zapped + n]]
 
     def zap_pages(self, va, n=1):
         """The PTE (or huge pmd) of n pages from va was just cleared, its ptl held: their
-        contents go with the frame.  Each page's zap clock counts the zap as begun now,
-        and as completed once this gather's flush is done (a store meanwhile may still
-        land in the old frame through a TLB entry the flush has not reached)."""
+        contents go with the frame (``remove_page`` next).  Each page's zap clock counts
+        the zap as begun now, and as completed once this gather's flush is done (a store
+        meanwhile may still land in the old frame through a TLB entry the flush has not
+        reached)."""
         mm = self.mm
         self.need_flush = True
+        self.last_zap = len(self.zapped)
         self._adjust_range(va, n << PAGE_SHIFT)
         first = (va - mm.g.window_base) >> PAGE_SHIFT
         for p in range(first, first + n):
             begun = (native.fetch_add(mm.zap_clock_ptr + p, 1) & ZAP_COUNT) + 1
             self.zapped.append((p, begun))
 
+    def _check_zapped_frames(self):
+        """After the flush (no CPU can reach the zapped frames any more), before they are
+        freed: none may hold a store that began when its zap was complete or promised
+        complete (a value of its page not stamped VALUE_RACED, whose begun count is at
+        least the zap's).  Such a store went through a stale TLB entry: it is lost."""
+        mm = self.mm
+        payload, base = mm.frame_payload, mm.g.window_base
+        for f, i in self.unchecked:
+            n = HPAGE_NR if f >= mm.g.nsmall else 1
+            for (p, z), v in zip(self.zapped[i:i + n], payload[f:f + n].tolist()):
+                if v & VALUE_STORED and not v & VALUE_RACED \
+                        and not (v >> VALUE_PAGE_SHIFT ^ p) & VALUE_PAGE \
+                        and (v >> VALUE_ZAP_SHIFT) - z & VALUE_ZAP <= VALUE_ZAP // 2:
+                    mm.report("lost_update", "zap", base + (p << PAGE_SHIFT), v,
+                              f + (p - self.zapped[i][0]), z)
+        self.unchecked = []
+
     def _zaps_completed(self):
         """After the flush: raise each zapped page's completed count to what it had
-        begun (an atomic max: zappers of one page complete in any order)."""
-        ptr = self.mm.zap_clock_ptr
-        for p, begun in self.zapped:
-            w = native.load_relaxed(ptr + p)
-            while w >> ZAP_DONE_SHIFT < begun:
-                seen = native.cmpxchg(ptr + p, w, w & ZAP_COUNT | begun << ZAP_DONE_SHIFT)
-                if seen == w:
-                    break
-                w = seen
+        begun."""
+        complete_zaps(self.mm, [p for p, _ in self.zapped], [b for _, b in self.zapped])
         self.zapped = []
 
     def remove_table(self, t, va):
@@ -295,6 +416,8 @@ class MmuGather:
             if end > self.start or self.freed_tables:
                 flush_tlb_mm_range(mm, self.start, end, self.freed_tables)   # tlb_flush
             self._reset_range()
+            if self.unchecked:
+                self._check_zapped_frames()
             if self.zapped:
                 self._zaps_completed()
             self.need_flush = False
@@ -316,4 +439,13 @@ class MmuGather:
         self.tables = []
         self.stamped = 0
 
-    finish = flush       # tlb_finish_mmu
+    def finish(self):
+        """tlb_finish_mmu: (p3) a nested gather forces the flush, (p4) then the count
+        goes down."""
+        mm = self.mm
+        mm.delay("tlb_finish_mmu")
+        if mm_tlb_flush_nested(mm) and not mm.bugs.on("dontneed_no_flush_pending"):
+            self.need_flush = True                                           # (p3)
+            self.start, self.end, self.freed_tables = 0, TLB_FLUSH_ALL, True
+        self.flush()
+        dec_tlb_flush_pending(mm)                                            # (p4)
