@@ -127,6 +127,20 @@ CATALOGUE = [
         {"table_free": "rcu"},
         window={"delay": 0.15, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
+    Bug("walk_rcu_table_free_fallback",
+        "pairing: --walk rcu with --table-free rcu's tlb_remove_table_one fallback",
+        "the seed thread's 'shouldn't we rather be using RCU?': MMU_GATHER_RCU_TABLE_FREE "
+        "is RCU only while tlb_remove_table gets a batch page; its fallback (v6.14 "
+        "mm/mmu_gather.c tlb_remove_table_one without CONFIG_PT_RECLAIM) is "
+        "tlb_remove_table_sync_one, an IPI, then the free, which an rcu_read_lock() "
+        "walker does not hold up",
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
+        "a forbidden configuration, no code change: speculative walkers hold only RCU "
+        "while a table whose batch page could not be allocated is freed after an IPI sync",
+        {"fault_mode": "spf", "walk": "rcu", "table_free": "rcu", "reclaim": "off"},
+        {"table_free": "rcu-always"},
+        window={"delay": 0.15, "delay_max_us": 3000.0,
+                "delay_points": ("spf_before_ptl",)}),
     Bug("irq_walk_no_ipi_flush", "pairing: IRQs-off walkers with --tlb-flush no-ipi",
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
         "interrupt the target, IRQs off protects nothing (cf. a37259732a7d 'x86/mm: Make "
@@ -277,9 +291,10 @@ CATALOGUE = [
         "installs a writable PTE in a VMA just made read-only",
         {"fault_mode": "pervma"}),
     Bug("flush_range_short", "tlb_flush_mmu_tlbonly -> flush_tlb_mm_range",
-        "a forced flush's range that ends before the last page zapped: ce9ec37bddb6 (Will "
-        "Deacon, 2014: zap_pte_range advances addr past the page that filled the batch "
-        "before it breaks out to flush, since the range's end is exclusive)",
+        "a forced flush's range that ends before the last page zapped (git blame of "
+        "mm/memory.c: Will Deacon's change of 2014-10-28 advances zap_pte_range's addr "
+        "past the page that filled the batch before it breaks out to flush, since the "
+        "range's end is exclusive)",
         ("frame_uaf@zap", "frame_uaf@tlb_access"),
         "the gather flushes its range without its last page: a TLB entry to that page's "
         "frame survives the flush and the frame is freed", {}),

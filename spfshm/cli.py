@@ -122,8 +122,8 @@ def add_config_args(p):
     p.add_argument("--reclaim", choices=RECLAIM, default=d.reclaim,
                    help="page-table reclaim: seed (scan under mmap_lock read, remove under "
                         "write; Hildenbrand's plan) or ptreclaim (at MADV_DONTNEED, "
-                        "CONFIG_PT_RECLAIM; needs --table-free rcu); auto (default): "
-                        "ptreclaim with --table-free rcu, else off")
+                        "CONFIG_PT_RECLAIM; needs RCU table freeing); auto (default): "
+                        "ptreclaim with --table-free rcu or rcu-always, else off")
     p.add_argument("--reclaimer", action="store_true",
                    help="run the seed scanner on its own CPU (the last one)")
     p.add_argument("--collapse", choices=COLLAPSE, default=d.collapse,
@@ -137,7 +137,11 @@ def add_config_args(p):
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
-                   help="tlb_remove_table policy: IPI sync then free, or RCU grace period")
+                   help="tlb_remove_table policy: ipi (free after the flush IPI), rcu "
+                        "(MMU_GATHER_RCU_TABLE_FREE: a batch freed after a grace period; "
+                        "when no batch page can be had, tlb_remove_table_one: an IPI sync "
+                        "then the free, or call_rcu with --reclaim ptreclaim), rcu-always "
+                        "(a grace period every time)")
     p.add_argument("--check-every", type=nonneg_float, default=d.check_every, metavar="SEC",
                    help="seconds between stop-the-world sweeps (0: only at the end)")
     p.add_argument("--bug", action="append", default=[], metavar="NAME",

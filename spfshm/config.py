@@ -7,7 +7,7 @@ import shlex
 from . import bugs as bugs_mod
 from . import native
 
-TABLE_FREE = ("ipi", "rcu")
+TABLE_FREE = ("ipi", "rcu", "rcu-always")
 FAULT_MODES = ("classic", "spf", "pervma")
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
@@ -32,7 +32,8 @@ class Config:
     seed: int = 1
     fault_mode: str = "spf,pervma,classic"    # the three paths race each other
     table_free: str = "rcu"        # MMU_GATHER_RCU_TABLE_FREE, as current x86 frees tables
-    #                                (PT_RECLAIM depends on it)
+    #                                (PT_RECLAIM depends on it), with tlb_remove_table_one's
+    #                                fallback; rcu-always: a grace period every time
     walk: str = "auto"             # lockless walkers' protection; auto pairs with table_free
     tlb_flush: str = "ipi"         # ipi: interrupt every CPU; no-ipi: remote invalidation
     reclaim: str = "auto"          # page-table reclaim: off, seed (scanner), ptreclaim;
@@ -75,7 +76,7 @@ class Config:
                     setattr(c, key, value)
         c.validate()
         if c.reclaim == "auto":
-            c.reclaim = "ptreclaim" if c.table_free == "rcu" else "off"
+            c.reclaim = "off" if c.table_free == "ipi" else "ptreclaim"
         if c.collapse == "auto":
             c.collapse = "off" if c.workload.startswith("pf1") else "write-lock"
         c.validate()
@@ -106,8 +107,9 @@ class Config:
              "--tlb-flush must be ipi or no-ipi, got %r" % self.tlb_flush)
         need(self.reclaim in RECLAIM,
              "--reclaim must be one of %s, got %r" % (",".join(RECLAIM), self.reclaim))
-        need(self.reclaim != "ptreclaim" or self.table_free == "rcu",
-             "--reclaim ptreclaim needs --table-free rcu (CONFIG_PT_RECLAIM depends on "
+        need(self.reclaim != "ptreclaim" or self.table_free != "ipi",
+             "--reclaim ptreclaim needs --table-free rcu or rcu-always (CONFIG_PT_RECLAIM "
+             "depends on "
              "MMU_GATHER_RCU_TABLE_FREE: faults map a PTE table under RCU)")
         need(self.collapse in COLLAPSE,
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
@@ -123,7 +125,7 @@ class Config:
         need(self.walk in WALK_MODES,
              "--walk must be one of %s, got %r" % (",".join(WALK_MODES), self.walk))
         need(self.table_free in TABLE_FREE,
-             "--table-free must be ipi or rcu, got %r" % self.table_free)
+             "--table-free must be one of %s, got %r" % (",".join(TABLE_FREE), self.table_free))
         need(self.check_every >= 0, "--check-every must be >= 0, got %g" % self.check_every)
         need(64 <= self.window_pages <= 1 << 20 and self.window_pages % 64 == 0,
              "--window-pages must be a multiple of 64 in 64..1048576, got %d" % self.window_pages)
@@ -158,7 +160,15 @@ class Config:
         """irq or rcu: --walk, or with auto the one the kernel pairs with --table-free."""
         if self.walk != "auto":
             return self.walk
-        return "rcu" if self.table_free == "rcu" else "irq"
+        return "rcu" if self.table_free_always_rcu() else "irq"
+
+    def table_free_always_rcu(self):
+        """Whether every unlinked table waits for a grace period: rcu-always, or rcu with
+        CONFIG_PT_RECLAIM, whose tlb_remove_table_one falls back to call_rcu (v6.14
+        mm/mmu_gather.c __tlb_remove_table_one); plain rcu's fallback is an IPI sync
+        then an immediate free, which an rcu_read_lock()-only walker does not survive."""
+        return self.table_free == "rcu-always" or (
+            self.table_free == "rcu" and self.reclaim == "ptreclaim")
 
     def perturb_profile(self):
         """off or a profile: --perturb, or with auto the (seed mod 4)-th of

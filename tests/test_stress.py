@@ -38,7 +38,10 @@ def test_fast_paths_clean_with_perturbation(mode, table_free, walk):
     assert rep["violations"] == [] and rep["errors"] == [] and rep["exit_code"] == 0
     f = rep["faults"]
     if "spf" in mode:
-        assert f["spf_ok"] > 0 and 0 < f["spf_abort_rate"] < 0.5, f
+        # aborts that are the race, not the address (no VMA, an access error: the
+        # classical path decides those, as in the series), send back under half
+        racy = sum(n for r, n in f["spf_abort"].items() if r not in ("unmapped", "access_error"))
+        assert f["spf_ok"] > 0 and 0 < racy / (f["spf_ok"] + racy) < 0.5, f
         # speculative faults raced the writers and mmap_seq sent some of them back
         assert {"odd", "vma_copy", "pte_map_lock_seq1", "pte_map_lock_seq2"} \
             & set(f["spf_abort"]), f

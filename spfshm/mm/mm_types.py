@@ -72,10 +72,13 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
-        "reclaim", "pt_reclaimed", "gup", "collapse", "thp_collapsed", "thp_collapse_fail",
+        "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed", "thp_collapse_fail",
         "thp_split", "thp_zap", "thp_oom"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
+# --table-free rcu: the chance that tlb_remove_table finds no page for its batch
+# (GFP_NOWAIT), seeded per CPU; rare in a kernel, common here so that the fallback runs
+TABLE_BATCH_FAIL = 0.125
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
@@ -161,6 +164,8 @@ class MM:
         self.walk_rcu = cfg.walk_mode() == "rcu"
         leak = random.Random("spfshm-leak:%d:%d" % (cfg.seed, cpu))
         self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
+        batch = random.Random("spfshm-table-batch:%d:%d" % (cfg.seed, cpu))
+        self.table_batch_alloc_fails = lambda: batch.random() < TABLE_BATCH_FAIL
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(

@@ -263,6 +263,23 @@ def pte_free_defer(mm, t):
     mm.count("call_rcu")
 
 
+def tlb_remove_table_one(mm, t):
+    """tlb_remove_table's fallback when no batch page can be had (v6.14 mm/mmu_gather.c):
+    the table goes at once, not with a batch after a grace period.  With
+    CONFIG_PT_RECLAIM (--reclaim ptreclaim) __tlb_remove_table_one is call_rcu on the
+    table's own rcu head; without it, tlb_remove_table_sync_one (an IPI every CPU must
+    ack: an IRQs-off walker has left the table) and the free: an rcu_read_lock()-only
+    walker may still be in it (the pairing ``walk_rcu_table_free_fallback``)."""
+    if mm.cfg.reclaim == "ptreclaim":
+        pte_free_defer(mm, t)
+        return
+    mm.pipe.retire(TABLES, t, CLOCK_IPI)
+    _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
+                                                   timeout_s=timeout_s), native.now_ns())
+    free_table_now(mm, t)
+    mm.count("table_free_one")
+
+
 def inc_tlb_flush_pending(mm):
     """(p1), in tlb_gather_mmu."""
     native.fetch_add(mm.tlb_flush_pending, 1)
@@ -308,8 +325,7 @@ class MmuGather:
     Making one is tlb_gather_mmu, ``finish`` is tlb_finish_mmu: every one is finished."""
 
     __slots__ = ("mm", "frames", "tables", "need_flush", "unflushed", "stamped", "zapped",
-                 "last_zap", "unchecked", "start", "end",
-                 "freed_tables")
+                 "last_zap", "unchecked", "start", "end", "freed_tables", "batch")
 
     def __init__(self, mm):
         self.mm = mm
@@ -322,6 +338,7 @@ class MmuGather:
         self.last_zap = None        # index in zapped of the pages the next frame held
         self.unchecked = []         # (frame, index in zapped of its first page)
         self._reset_range()
+        self.batch = False          # tlb->batch: a page to batch tables in (--table-free rcu)
         inc_tlb_flush_pending(mm)                                            # (p1)
 
     def _reset_range(self):
@@ -403,6 +420,13 @@ class MmuGather:
             mark_pending(mm, t)
             if mm.cfg.table_free == "ipi":
                 mm.pipe.retire(TABLES, t, CLOCK_IPI)
+            elif mm.cfg.table_free == "rcu" and not self.batch:
+                # __get_free_page(GFP_NOWAIT) for the batch, which may fail (seeded)
+                self.batch = not mm.table_batch_alloc_fails()
+                if not self.batch:
+                    self.flush_tlbonly()             # tlb_table_invalidate
+                    tlb_remove_table_one(mm, t)
+                    return
             self.tables.append(t)
 
     def flush_tlbonly(self):
@@ -431,12 +455,13 @@ class MmuGather:
         for f in self.frames:
             put_page(mm, f)
         for t in self.tables:
-            if mm.cfg.table_free == "rcu":
-                pte_free_defer(mm, t)
-            else:
+            if mm.cfg.table_free == "ipi":
                 free_table_now(mm, t)
+            else:
+                pte_free_defer(mm, t)        # tlb_table_flush: the batch after a grace period
         self.frames = []
         self.tables = []
+        self.batch = False
         self.stamped = 0
 
     def finish(self):
