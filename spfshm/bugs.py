@@ -251,7 +251,7 @@ CATALOGUE = [
         ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
         "the speculative page-table walk takes no protection against table freeing",
         {"fault_mode": "spf"},
-        window={"delay": 0.4, "delay_max_us": 3000.0,
+        window={"delay": 0.1, "delay_max_us": 20000.0,     # long enough for a grace period
                 "delay_points": ("spf_before_ptl",)}),
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
