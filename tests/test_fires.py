@@ -702,7 +702,7 @@ def test_collapse_checks_the_pmd_before_the_vma_lock(make):
 def test_table_deposited_while_a_walker_from_before_its_unlink_runs(make):
     """khugepaged without tlb_remove_table_sync_one: CPU 0 entered an RCU walk before
     the collapse unlinked the table, and is still in it when the table is deposited."""
-    b = make(ncpus=2, cpu=1, table_free="rcu", bugs=("khugepaged_no_sync",))
+    b = make(ncpus=2, cpu=1, table_free="rcu-always", bugs=("khugepaged_no_sync",))
     b.map(pages=HPAGE_NR, stored=1)
     t = b.table()
 

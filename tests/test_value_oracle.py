@@ -31,7 +31,8 @@ class TwoCpus:
     """CPUs 0 (this process) and 1 over one mm, the window mapped read-write."""
 
     def __init__(self):
-        cfg = Config(cpus=2, window_pages=NPAGES, tlb_flush="no-ipi", table_free="rcu",
+        cfg = Config(cpus=2, window_pages=NPAGES, tlb_flush="no-ipi",
+                     table_free="rcu-always",
                      fault_mode="classic", reclaim="off", collapse="off")
         g = Geometry(2, NPAGES, cfg.tlb_entries, window_base=BASE)
         self.arena = Arena(Layout(smp_regions(2) + mm_types.regions(g)))
