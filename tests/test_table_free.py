@@ -35,6 +35,7 @@ def test_fallback_when_no_batch_page(make, monkeypatch, reclaim):
         assert b.mm.local[STAT["table_free_one"]] >= 1
     else:
         assert int(b.mm.pt_state[t]) == TABLE_PENDING    # call_rcu: still pending
+        assert b.mm.local[STAT["table_free_one"]] == 0
     assert fired(b) == []
 
 

@@ -264,15 +264,12 @@ def pte_free_defer(mm, t):
 
 
 def tlb_remove_table_one(mm, t):
-    """tlb_remove_table's fallback when no batch page can be had (v6.14 mm/mmu_gather.c):
-    the table goes at once, not with a batch after a grace period.  With
-    CONFIG_PT_RECLAIM (--reclaim ptreclaim) __tlb_remove_table_one is call_rcu on the
-    table's own rcu head; without it, tlb_remove_table_sync_one (an IPI every CPU must
-    ack: an IRQs-off walker has left the table) and the free: an rcu_read_lock()-only
-    walker may still be in it (the pairing ``walk_rcu_table_free_fallback``)."""
-    if mm.cfg.reclaim == "ptreclaim":
-        pte_free_defer(mm, t)
-        return
+    """tlb_remove_table's fallback when no batch page can be had (v6.14 mm/mmu_gather.c,
+    without CONFIG_PT_RECLAIM): tlb_remove_table_sync_one (an IPI every CPU must ack: an
+    IRQs-off walker has left the table) and the free at once: an rcu_read_lock()-only
+    walker may still be in it (the pairing ``walk_rcu_table_free_fallback``).  (With
+    CONFIG_PT_RECLAIM, __tlb_remove_table_one is call_rcu on the table's own rcu head:
+    a grace period, as for a batch, so MmuGather.remove_table keeps it with the batch.)"""
     mm.pipe.retire(TABLES, t, CLOCK_IPI)
     _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
                                                    timeout_s=timeout_s), native.now_ns())
@@ -423,7 +420,7 @@ class MmuGather:
             elif mm.cfg.table_free == "rcu" and not self.batch:
                 # __get_free_page(GFP_NOWAIT) for the batch, which may fail (seeded)
                 self.batch = not mm.table_batch_alloc_fails()
-                if not self.batch:
+                if not self.batch and mm.cfg.reclaim != "ptreclaim":
                     self.flush_tlbonly()             # tlb_table_invalidate
                     tlb_remove_table_one(mm, t)
                     return
