@@ -593,18 +593,23 @@ def test_ipi_to_a_cpu_spinning_on_our_ptl(make):
     assert only(b, "deadlock@ipi")[1:] == (0, t)
 
 
+def _holding(b, enter, leave):
+    """A worker's body: enter a section (IRQs off, RCU), raise flags[0], stay until
+    flags[1] is raised, leave."""
+    def body(cpu):
+        enter()
+        b.flags[0] = 1
+        while not b.flags[1]:
+            pass
+        leave()
+    return body
+
+
 def test_ipi_never_acked(make):
     """CPU 0 keeps IRQs off past --ipi-timeout: the flush gives up and says so."""
     b = make(ncpus=2, cpu=1, ipi_timeout=0.2).map()
 
-    def silent(cpu):
-        native.local_irq_disable()
-        b.flags[0] = 1
-        while not b.flags[1]:
-            pass
-        native.local_irq_enable()
-
-    with Workers(b.smp, 1, silent) as w:
+    with Workers(b.smp, 1, _holding(b, native.local_irq_disable, native.local_irq_enable)) as w:
         _wait_for(lambda: b.flags[0], "CPU 0 never disabled IRQs")
         try:
             with pytest.raises(Deadlock):
@@ -706,14 +711,7 @@ def test_table_deposited_while_a_walker_from_before_its_unlink_runs(make):
     b.map(pages=HPAGE_NR, stored=1)
     t = b.table()
 
-    def walker(cpu):
-        native.rcu_read_lock()
-        b.flags[0] = 1
-        while not b.flags[1]:
-            pass
-        native.rcu_read_unlock()
-
-    with Workers(b.smp, 1, walker) as w:
+    with Workers(b.smp, 1, _holding(b, native.rcu_read_lock, native.rcu_read_unlock)) as w:
         _wait_for(lambda: b.flags[0], "CPU 0 never entered its walk")
         try:
             assert collapse_huge_page(b.mm, BASE)

@@ -17,22 +17,9 @@ from spfshm.mm.mm_types import MM, PAGE, PTE
 from spfshm.mm.syscalls import do_madvise_dontneed, do_munmap
 from spfshm.mm.tlb import TLB_FLUSH_ALL, flush_tlb_mm_range
 from spfshm.run.workers import Workers
-from test_fires import BASE, Box, fired, only
+from test_fires import BASE, fired, make, only  # noqa: F401  (make: the fixture)
 
 BLOCK_SHIFT = 21
-
-
-@pytest.fixture
-def make():
-    boxes = []
-
-    def make(**kw):
-        boxes.append(Box(**kw))
-        return boxes[-1]
-
-    yield make
-    for b in boxes:
-        b.close()
 
 
 def _fill(mm, cpu, pages, blocks):
