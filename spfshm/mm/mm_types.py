@@ -78,7 +78,7 @@ STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch
 # (GFP_NOWAIT), seeded per CPU; rare in a kernel, common here so that the fallback runs
-TABLE_BATCH_FAIL = 0.125
+TABLE_BATCH_FAIL = 0.5
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
