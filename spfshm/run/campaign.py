@@ -33,6 +33,9 @@ CONFIGS = [
          workload="faults"),
     dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="write-lock",
          reclaim="ptreclaim", workload="faults"),
+    dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="off"),   # IPI fallback
+    dict(fault_mode="pervma,spf,classic", table_free="rcu-always", madvise_lock="vma",
+         workload="faults"),
 ]
 
 # The fixed campaign (stress/test_campaign.py): every configuration of the rotation once.
