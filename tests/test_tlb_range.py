@@ -151,3 +151,36 @@ def test_lost_freed_tables_leaves_a_cached_table_to_a_freed_one(make, bugs):
         assert only(b, "pt_uaf@free_pgtables")[:2] == (t, PTE) and e[0] & 1
     else:
         assert fired(b) == [] and not e[0] & 1
+
+
+@pytest.mark.parametrize("first,end,freed", [(0, 512, False), (2, 5, True)],
+                         ids=["full", "ranged-freed_tables"])
+def test_remote_flush_drops_the_paging_structure_caches_before_it_waits(
+        make, monkeypatch, first, end, freed):
+    """--tlb-flush no-ipi, step (1): the paging-structure-cache entries the flush drops
+    are gone before its first wait.  A walk that starts after that wait (it did not see
+    the walk) must not enter, through a stale PWC entry, a table its caller unlinked
+    with its PTEs still present (a collapse): it would fill a TLB entry after the TLB
+    was cleared (the false frame_uaf@zap this step fixes)."""
+    b = make(ncpus=2, cpu=1, tlb_flush="no-ipi", table_free="rcu-always")
+    _fill(b.mm, 0, [], (0,))
+    at_wait = []
+    real = native.lib
+
+    class Lib:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def spf_tlb_remote_wait(self, words, n):
+            at_wait.append(_held(b.mm, 0)[1])
+            return real.spf_tlb_remote_wait(words, n)
+
+    class Native:
+        lib = Lib()
+
+        def __getattr__(self, name):
+            return getattr(native, name)
+
+    monkeypatch.setattr(tlb_mod, "native", Native())
+    flush_tlb_mm_range(b.mm, BASE + first * PAGE, BASE + end * PAGE, freed)
+    assert at_wait == [[], []]

@@ -100,7 +100,7 @@ def _invalidate(ents, lo, hi):
     """Clear the valid word of every entry (TLB or PWC: ``ents[cpu, slot]``, the valid
     word ``key << 1 | 1`` first) whose key is in [lo, hi): one store each, so an entry a
     CPU fills meanwhile is whole or invalid (a fill after the flush's first wait reads
-    the new tables: clearing it too is harmless)."""
+    the new tables, its PWC cleared before that wait: clearing it too is harmless)."""
     tag = ents[:, :, 0]
     key = tag >> np.uint64(1)
     cpu, slot = np.nonzero((tag & np.uint64(1) == 1) & (key >= np.uint64(lo))
@@ -110,26 +110,43 @@ def _invalidate(ents, lo, hi):
 
 def flush_tlb_remote(mm, start, end, freed_tables):
     """--tlb-flush no-ipi: invalidate [start, end) in every CPU's TLB without interrupting
-    it (broadcast TLBI + DSB, INVLPGB + TLBSYNC): wait for the instructions in flight (a
-    walk that read an old PTE has filled its TLB), invalidate, wait again (a user of an
-    old entry has finished).  A ranged flush drops the paging-structure caches of the
-    range only with ``freed_tables``; a full one drops them all.  An IRQs-off section is
-    not waited for: that is what this mode is about.  It is a sync of the pipe's IPI
-    clock all the same (pipe.py)."""
+    it (broadcast TLBI + DSB, INVLPGB + TLBSYNC).  A ranged flush drops the
+    paging-structure caches (PWC) of the range only with ``freed_tables``; a full one
+    drops them all.  Stated once:
+      (1) drop the PWC entries the flush drops: a walk that starts after (2) looks at
+          the PWC, finds nothing, and reads the pmd, which the caller cleared first (a
+          collapse unlinks a table whose PTEs are still present: through a stale PWC
+          entry a later walk would reach them)
+      (2) wait for the instructions in flight (partner: spf_insn_begin's fence; a walk
+          that read an old entry has filled its TLB or PWC by now)
+      (3) drop the TLB entries of the range, and the PWC entries again (those (2)'s
+          walks filled)
+      (4) wait again: a user of an old entry has finished
+    The hardware's invalidation covers what walks in flight fill, so it needs no (1);
+    the model's two passes over the arrays do.  An IRQs-off section is not waited for:
+    that is what this mode is about.  It is a sync of the pipe's IPI clock all the same
+    (pipe.py)."""
     ticket = mm.pipe.ipi_sync_begin()
     wait = native.lib.spf_tlb_remote_wait
-    wait(mm.all_cpus.words, mm.g.ncpus)
-    if end == TLB_FLUSH_ALL:
+    _invalidate_pwcs(mm, start, end, freed_tables)                           # (1)
+    wait(mm.all_cpus.words, mm.g.ncpus)                                      # (2)
+    if end == TLB_FLUSH_ALL:                                                 # (3)
         mm.tlbs[:, :, 0] = 0
-        mm.pwcs[:, :, 0] = 0
     else:
         _invalidate(mm.tlbs, start >> PAGE_SHIFT, (end + PAGE - 1) >> PAGE_SHIFT)
-        if freed_tables:
-            pmd = LEVEL_SHIFT[PMD]
-            _invalidate(mm.pwcs, start >> pmd, ((end - 1) >> pmd) + 1)
-    wait(mm.all_cpus.words, mm.g.ncpus)
+    _invalidate_pwcs(mm, start, end, freed_tables)
+    wait(mm.all_cpus.words, mm.g.ncpus)                                      # (4)
     mm.pipe.ipi_sync_done(ticket)
     mm.count("tlb_flush")
+
+
+def _invalidate_pwcs(mm, start, end, freed_tables):
+    """The paging-structure-cache entries a flush of [start, end) drops."""
+    if end == TLB_FLUSH_ALL:
+        mm.pwcs[:, :, 0] = 0
+    elif freed_tables:
+        pmd = LEVEL_SHIFT[PMD]
+        _invalidate(mm.pwcs, start >> pmd, ((end - 1) >> pmd) + 1)
 
 
 def flush_tlb_mm_range(mm, start, end, freed_tables):
