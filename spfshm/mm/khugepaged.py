@@ -44,7 +44,8 @@ from .huge_memory import PMD_SIZE, mk_huge_pmd
 from .mm_types import HPAGE_NR, PROT_WRITE, PTE
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
                         mmap_write_unlock, vma_start_write)
-from .pagetable import (PFN_MASK, PFN_SHIFT, P, PROTNONE, entry_pfn, pgtable_trans_huge_deposit,
+from .pagetable import (PFN_MASK, PFN_SHIFT, P, PROTNONE, entry_pfn,
+                        pgtable_trans_huge_deposit,
                         pmd_entry_of, pmd_maps_table, populate, pte_table_of, pte_unmap_unlock)
 from .tlb import assert_no_translation, flush_tlb_range, tlb_remove_table_sync_one
 from .vma import find_vma
@@ -149,7 +150,7 @@ def _collapse_locked(mm, base, v, head):
         mm.report("pmd_changed", "collapse_huge_page", base, _pmd, t)
         native.spin_unlock(pmdl)
         return False
-    native.store_relaxed(pmd_ptr, 0)                                          # pmdp_collapse_flush
+    native.store_relaxed(pmd_ptr, 0)                          # 3: pmdp_collapse_flush
     unlinked = native.rcu_start_gp() if mm.walk_rcu else 0      # the oracle's epoch (7)
     mm.delay("collapse_flush")
     flush_tlb_range(mm, base, base + PMD_SIZE)                      # pmdp_collapse_flush

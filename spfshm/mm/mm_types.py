@@ -10,7 +10,7 @@ Lock table (Documentation/mm/process_addrs.rst style): which lock protects what.
 | PGD/PUD entries                | page_table_lock                        | walkers (IRQs off or RCU)     |
 | PMD entries                    | pmd lock (ptl of the PMD table)        | walkers                       |
 | PTEs                           | ptl of the PTE table                   | walkers, the TLB fill         |
-| table free                     | mmap_lock write + tlb_remove_table     | --                            |
+| table unlink and free          | pmd lock (+ptl), then tlb_remove_table | walkers (their protection)    |
 | frame refcount/mapcount        | ptl of the PTE that maps it            | sweeps                        |
 | RSS counters                   | per CPU, owner only                    | sweeps (sum)                  |
 | page zap clock: zaps begun     | ptl of the cleared PTE (or pmd lock)   | loads and stores (cpu.py)     |
@@ -72,8 +72,8 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "tlb_miss", "tlb_fill", "tables_alloc", "tables_freed", "frames_freed", "ipi_sent",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
-        "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed", "thp_collapse_fail",
-        "thp_split", "thp_zap", "thp_oom"]
+        "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed",
+        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch

@@ -5,7 +5,8 @@ __tlb_remove_page, tlb_flush_mmu_tlbonly, tlb_flush_mmu, tlb_finish_mmu, tlb_rem
 arch/x86/mm/tlb.c flush_tlb_mm_range (IPIs, every ack awaited), mm/pgtable-generic.c
 pte_free_defer (v6.6).  --table-free ipi is x86 bare metal's table freeing after the
 flush IPIs until 718b13861d22 (v6.14, with PT_RECLAIM) and a37259732a7d (v6.15) made it
-RCU; --table-free rcu is MMU_GATHER_RCU_TABLE_FREE's grace period.
+RCU; --table-free rcu is MMU_GATHER_RCU_TABLE_FREE's batch and grace period, with its
+fallback (tlb_remove_table_one).
 
 Teardown protocol (zap vs. a CPU using a translation), stated once:
   zapper: (1) clear the PTE under the ptl, gather the frame and widen the gather's range
@@ -20,9 +21,11 @@ range that misses a page of (1) is bug ``flush_range_short``.
 Tables removed from the tree go through ``tlb_remove_table``, which widens the range over
 a page of the table's span and sets ``freed_tables`` (pte_free_tlb): with ``--table-free
 ipi`` they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack,
-so it has left the table); with ``--table-free rcu`` after a grace period (call_rcu).
-Note the IPI scheme "isn't an RCU grace period": it protects only walkers that disable
-IRQs.
+so it has left the table); with ``--table-free rcu`` a batch after a grace period
+(tlb_table_flush), or, when no batch page can be had, at once after an IPI sync
+(tlb_remove_table_one; call_rcu with CONFIG_PT_RECLAIM); with ``rcu-always`` after a
+grace period every time.  Note the IPI scheme "isn't an RCU grace period": it protects
+only walkers that disable IRQs.
 
 What a flush removes (x86, arch/x86/mm/tlb.c and asm/tlb.h as of v6.15), stated once:
   flush_tlb_mm_range(start, end, freed_tables): more than tlb_single_page_flush_ceiling
@@ -38,11 +41,6 @@ What a flush removes (x86, arch/x86/mm/tlb.c and asm/tlb.h as of v6.15), stated 
   3ef938c35035 ("x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs").
 A gather that lost ``freed_tables`` (bug ``flush_no_freed_tables``) leaves a stale
 paging-structure-cache entry to a table it frees: a walk through a freed table.
-
-Tables removed from the tree go through ``tlb_remove_table``: with ``--table-free ipi``
-they are freed after the flush IPI of (2) (a CPU walking with IRQs off cannot ack, so it
-has left the table); with ``--table-free rcu`` after a grace period (call_rcu).  Note the
-IPI scheme "isn't an RCU grace period": it protects only walkers that disable IRQs.
 
 Concurrent zappers (mm->tlb_flush_pending; 99baac21e458 "mm: fix MADV_[FREE|DONTNEED] TLB
 flush miss problem"), stated once.  Two MADV_DONTNEEDs of one range under mmap_lock read:
@@ -63,9 +61,10 @@ entry for a frame the first one zapped (the store would be lost with the frame).
 So a zapper returns only after a flush that began after every PTE clear it saw, or
 after that clear's own flush completed.  Without (p3)'s forced flush (bug
 ``dontneed_no_flush_pending``) the second DONTNEED, whose own flush covers only the
-range it cleared (tlb->start..end), returns while the first has not flushed.  Followed: mm/mmu_gather.c at
-torvalds/linux 06d0742985 (fullmm = 1 in (p3); other versions set need_flush_all
-instead: the same whole-mm flush) and include/linux/mm_types.h.
+range it cleared (tlb->start..end), returns while the first has not flushed.
+Followed: mm/mmu_gather.c at torvalds/linux 06d0742985 (fullmm = 1 in (p3); other
+versions set need_flush_all instead: the same whole-mm flush) and
+include/linux/mm_types.h.
 
 The oracles: a MADV_DONTNEED that returned must have left no TLB entry for a frame one
 of the zaps it saw took away (``assert_zaps_complete``, stale_tlb@madvise).  It also
