@@ -153,26 +153,25 @@ def test_lost_freed_tables_leaves_a_cached_table_to_a_freed_one(make, bugs):
         assert fired(b) == [] and not e[0] & 1
 
 
-@pytest.mark.parametrize("first,end,freed", [(0, 512, False), (2, 5, True)],
-                         ids=["full", "ranged-freed_tables"])
-def test_remote_flush_drops_the_paging_structure_caches_before_it_waits(
-        make, monkeypatch, first, end, freed):
-    """--tlb-flush no-ipi, step (1): the paging-structure-cache entries the flush drops
-    are gone before its first wait.  A walk that starts after that wait (it did not see
-    the walk) must not enter, through a stale PWC entry, a table its caller unlinked
-    with its PTEs still present (a collapse): it would fill a TLB entry after the TLB
-    was cleared (the false frame_uaf@zap this step fixes)."""
+def test_remote_flush_order(make, monkeypatch):
+    """--tlb-flush no-ipi, steps (1)-(4) of flush_tlb_remote, for a ranged flush that
+    frees tables: the PWC entries go before the first wait (a walk that starts after it
+    finds none), again after it (those the waited-for walks filled) with one more wait
+    (a walk that used one has filled its TLB), and only then the TLB pass.  Without the
+    first pass or the second wait, a walk through a stale PWC entry into a table a
+    collapse unlinked with present PTEs fills a TLB entry the TLB pass has missed (the
+    false frame_uaf@zap these steps fix)."""
     b = make(ncpus=2, cpu=1, tlb_flush="no-ipi", table_free="rcu-always")
-    _fill(b.mm, 0, [], (0,))
-    at_wait = []
-    real = native.lib
+    _fill(b.mm, 0, [3], (0,))
+    events = []
+    real, real_pwcs, real_inv = native.lib, tlb_mod._invalidate_pwcs, tlb_mod._invalidate
 
     class Lib:
         def __getattr__(self, name):
             return getattr(real, name)
 
         def spf_tlb_remote_wait(self, words, n):
-            at_wait.append(_held(b.mm, 0)[1])
+            events.append(("wait", _held(b.mm, 0)))
             return real.spf_tlb_remote_wait(words, n)
 
     class Native:
@@ -181,6 +180,19 @@ def test_remote_flush_drops_the_paging_structure_caches_before_it_waits(
         def __getattr__(self, name):
             return getattr(native, name)
 
+    def pwcs(*a):
+        events.append(("pwc",))
+        return real_pwcs(*a)
+
+    def invalidate(ents, lo, hi):
+        if ents is b.mm.tlbs:
+            events.append(("tlb",))
+        return real_inv(ents, lo, hi)
+
     monkeypatch.setattr(tlb_mod, "native", Native())
-    flush_tlb_mm_range(b.mm, BASE + first * PAGE, BASE + end * PAGE, freed)
-    assert at_wait == [[], []]
+    monkeypatch.setattr(tlb_mod, "_invalidate_pwcs", pwcs)
+    monkeypatch.setattr(tlb_mod, "_invalidate", invalidate)
+    flush_tlb_mm_range(b.mm, BASE + 2 * PAGE, BASE + 5 * PAGE, True)
+    assert [e[0] for e in events] == ["pwc", "wait", "pwc", "wait", "tlb", "wait"]
+    assert events[1][1] == ([3], [])          # at the first wait: the PWC entry is gone
+    assert _held(b.mm, 0) == ([], [])

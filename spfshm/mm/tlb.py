@@ -98,8 +98,8 @@ PAGE = 1 << PAGE_SHIFT
 def _invalidate(ents, lo, hi):
     """Clear the valid word of every entry (TLB or PWC: ``ents[cpu, slot]``, the valid
     word ``key << 1 | 1`` first) whose key is in [lo, hi): one store each, so an entry a
-    CPU fills meanwhile is whole or invalid (a fill after the flush's first wait reads
-    the new tables, its PWC cleared before that wait: clearing it too is harmless)."""
+    CPU fills meanwhile is whole or invalid (flush_tlb_remote's steps say which fills
+    can still come: clearing a new one too is harmless)."""
     tag = ents[:, :, 0]
     key = tag >> np.uint64(1)
     cpu, slot = np.nonzero((tag & np.uint64(1) == 1) & (key >= np.uint64(lo))
@@ -111,29 +111,34 @@ def flush_tlb_remote(mm, start, end, freed_tables):
     """--tlb-flush no-ipi: invalidate [start, end) in every CPU's TLB without interrupting
     it (broadcast TLBI + DSB, INVLPGB + TLBSYNC).  A ranged flush drops the
     paging-structure caches (PWC) of the range only with ``freed_tables``; a full one
-    drops them all.  Stated once:
-      (1) drop the PWC entries the flush drops: a walk that starts after (2) looks at
-          the PWC, finds nothing, and reads the pmd, which the caller cleared first (a
-          collapse unlinks a table whose PTEs are still present: through a stale PWC
-          entry a later walk would reach them)
-      (2) wait for the instructions in flight (partner: spf_insn_begin's fence; a walk
-          that read an old entry has filled its TLB or PWC by now)
-      (3) drop the TLB entries of the range, and the PWC entries again (those (2)'s
-          walks filled)
+    drops them all.  The caller cleared the pmd or PTEs first.  Stated once:
+      (1) drop the PWC entries the flush drops: a walk that starts after (2)'s look at
+          its CPU finds none and reads the cleared pmd (a collapse unlinks a table whose
+          PTEs are still present: through a stale PWC entry a later walk would reach
+          them and fill a TLB entry)
+      (2) wait for the instructions in flight (partner: spf_insn_begin's fence): every
+          walk that read an old entry has ended, its TLB or PWC filled
+      (2a) if PWC entries are dropped: drop them again (those (2)'s walks filled; no
+          other walk can fill one now) and (2b) wait again: a walk that used one of
+          them before (2a) has filled its TLB too
+      (3) drop the TLB entries of the range
       (4) wait again: a user of an old entry has finished
-    The hardware's invalidation covers what walks in flight fill, so it needs no (1);
-    the model's two passes over the arrays do.  An IRQs-off section is not waited for:
-    that is what this mode is about.  It is a sync of the pipe's IPI clock all the same
-    (pipe.py)."""
+    The hardware's invalidation also covers what walks in flight fill, so it needs none
+    of (1), (2a), (2b); the model's passes over the arrays do.  An IRQs-off section is
+    not waited for: that is what this mode is about.  It is a sync of the pipe's IPI
+    clock all the same (pipe.py)."""
     ticket = mm.pipe.ipi_sync_begin()
     wait = native.lib.spf_tlb_remote_wait
+    drops_pwc = end == TLB_FLUSH_ALL or freed_tables
     _invalidate_pwcs(mm, start, end, freed_tables)                           # (1)
     wait(mm.all_cpus.words, mm.g.ncpus)                                      # (2)
+    if drops_pwc:
+        _invalidate_pwcs(mm, start, end, freed_tables)                       # (2a)
+        wait(mm.all_cpus.words, mm.g.ncpus)                                  # (2b)
     if end == TLB_FLUSH_ALL:                                                 # (3)
         mm.tlbs[:, :, 0] = 0
     else:
         _invalidate(mm.tlbs, start >> PAGE_SHIFT, (end + PAGE - 1) >> PAGE_SHIFT)
-    _invalidate_pwcs(mm, start, end, freed_tables)
     wait(mm.all_cpus.words, mm.g.ncpus)                                      # (4)
     mm.pipe.ipi_sync_done(ticket)
     mm.count("tlb_flush")
