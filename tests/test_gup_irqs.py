@@ -5,7 +5,7 @@ import pytest
 
 from spfshm import native
 from spfshm.mm import gup
-from test_fires import BASE, PAGE, make  # noqa: F401  (make: the fixture)
+from test_fires import BASE, make  # noqa: F401  (make: the fixture)
 
 
 @pytest.mark.parametrize("walk,table_free", [("rcu", "rcu"), ("irq", "ipi"), ("rcu", "ipi")])

@@ -6,7 +6,6 @@ TLBI) only with freed_tables.  The gather passes the range it gathered and wheth
 freed tables; the two busted variants (a short range, a lost freed_tables) are caught by
 the existing oracles.
 """
-import numpy as np
 import pytest
 
 from spfshm import native

@@ -193,6 +193,12 @@ def _ipi_all(mm, send, t0):
     mm.pipe.ipi_sync_done(ticket)
 
 
+def _ipi_sync_all(mm):
+    """An IPI that does nothing but must be acked by every CPU (smp_call_function)."""
+    _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
+                                                   timeout_s=timeout_s), native.now_ns())
+
+
 def tlb_remove_table_sync_one(mm):
     """mm/mmu_gather.c: wait until no lockless walker is still inside a table just
     unlinked, freeing nothing (khugepaged, before it deposits the table it replaced).
@@ -202,8 +208,7 @@ def tlb_remove_table_sync_one(mm):
     if mm.walk_rcu:
         native.synchronize_rcu(mm.rcu.stall_timeout_s, busted=mm.rcu.busted)
     else:
-        _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
-                                                       timeout_s=timeout_s), native.now_ns())
+        _ipi_sync_all(mm)
 
 
 def flush_tlb_range(mm, start, end):
@@ -292,8 +297,7 @@ def tlb_remove_table_one(mm, t):
     CONFIG_PT_RECLAIM, __tlb_remove_table_one is call_rcu on the table's own rcu head:
     a grace period, as for a batch, so MmuGather.remove_table keeps it with the batch.)"""
     mm.pipe.retire(TABLES, t, CLOCK_IPI)
-    _ipi_all(mm, lambda timeout_s: native.ipi_sync(mm.all_cpus, native.IPI_SYNC,
-                                                   timeout_s=timeout_s), native.now_ns())
+    _ipi_sync_all(mm)
     free_table_now(mm, t)
     mm.count("table_free_one")
 
