@@ -122,6 +122,8 @@ void spf_insn_end(void)
 		spf_me.insn_deferred = 0;
 		__atomic_signal_fence(__ATOMIC_SEQ_CST);
 		spf_ipi_handle();
+	} else if (spf_me.insn_nest == 0) {
+		spf_sched_take_ipi();            /* the scheduler's IPI waited for the end too */
 	}
 }
 
@@ -146,7 +148,7 @@ void spf_ipi_handle(void)
 	if (work & (SPF_IPI_FLUSH_TLB | SPF_IPI_FLUSH_RANGE))
 		spf_perturb_handler(SPF_PC_TLB);     /* generic perturbation: the flush waits */
 	ipi_do_work(work);                                                 /* (c) */
-	if (spf_me.delay_per_million) {
+	if (spf_me.delay_per_million && !spf_sched_on) {
 		uint64_t x = spf_me.delay_rng;          /* xorshift64: async-signal-safe */
 		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
 		spf_me.delay_rng = x;
@@ -249,6 +251,7 @@ void spf_irq_disable(void)
 {
 	if (spf_me.irq_nest++ == 0) {
 		ipi_mask(SIG_BLOCK);
+		spf_sched_trace(SPF_EV_IRQ, 1, 0, 0);
 		spf_reader_enter();          /* IRQs off is an RCU reader too */
 	}
 	if (spf_me.cpu >= 0)
@@ -262,6 +265,7 @@ void spf_irq_enable(void)
 		return;                          /* unbalanced: ignored (Python side asserts) */
 	spf_perturb(SPF_PC_IRQ);
 	if (--spf_me.irq_nest == 0) {
+		spf_sched_trace(SPF_EV_IRQ, 0, 0, 0);
 		spf_reader_exit();
 		if (spf_me.cpu >= 0) {
 			struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
@@ -269,6 +273,7 @@ void spf_irq_enable(void)
 			__atomic_store_n(&me->irq_enable_ns, spf_now_ns_inline(), __ATOMIC_SEQ_CST);
 		}
 		ipi_mask(SIG_UNBLOCK);           /* a pending IPI runs here, before we return */
+		spf_sched_take_ipi();            /* ... and so under the scheduler */
 	} else if (spf_me.cpu >= 0) {
 		spf_me.slots[spf_me.cpu].irq_depth = spf_me.irq_nest;
 	}
@@ -311,6 +316,8 @@ static int ipi_send(int cpu, uint64_t work, uint32_t *ticket)
 	__atomic_fetch_or(&t->pending, work, __ATOMIC_SEQ_CST);                 /* (1) */
 	*ticket = __atomic_add_fetch(&t->req_seq, 1, __ATOMIC_SEQ_CST);        /* (2) */
 	spf_trace(SPF_EV_IPI_SEND, (uint64_t)cpu, *ticket, work);
+	if (spf_sched_on)            /* the scheduler delivers it at the target's next point */
+		return 0;
 	if (syscall(SYS_tgkill, t->pid, t->tid, ipi_sig) != 0)                 /* (3) */
 		return errno == ESRCH ? SPF_IPI_ERR_DEAD : SPF_IPI_ERR_TIMEOUT;
 	return 0;
@@ -325,9 +332,27 @@ static int acked(struct spf_percpu *t, uint32_t ticket)
  * with a back-off (a lost or coalesced signal must not hang us). */
 #define IPI_SPIN_NS 50000ULL
 
+/* Under the scheduler: blocked on the ack word until the ticket is acked, the target
+ * goes offline or dies (the runner's mark), or the logical deadline passes. */
+static int ipi_wait_sched(struct spf_percpu *t, uint32_t ticket, uint64_t deadline)
+{
+	for (;;) {
+		uint32_t a = __atomic_load_n(&t->ack_seq, __ATOMIC_SEQ_CST);
+		if ((int32_t)(a - ticket) >= 0)
+			return 0;
+		uint32_t alive = __atomic_load_n(&t->alive, __ATOMIC_SEQ_CST);
+		if (alive != SPF_CPU_ONLINE)
+			return alive == SPF_CPU_OFFLINE ? 0 : SPF_IPI_ERR_DEAD;
+		if (spf_sched_wait(&t->ack_seq, 0, a, deadline))
+			return SPF_IPI_ERR_TIMEOUT;
+	}
+}
+
 static int ipi_wait(int cpu, uint32_t ticket, uint64_t deadline)
 {
 	struct spf_percpu *t = &spf_me.slots[cpu];
+	if (spf_sched_on)
+		return ipi_wait_sched(t, ticket, deadline);
 	/* Spin for up to IPI_SPIN_NS first, as the kernel's csd_lock_wait does: a busy target
 	 * acks in ~20 us, while a futex sleep costs an idle-CPU wake-up (~50 us on a VM). */
 	uint64_t spin_end = spf_now_ns_inline() + IPI_SPIN_NS;
@@ -442,6 +467,11 @@ void spf_tlb_remote_wait(const uint64_t *mask, int nbits)
 			continue;
 		struct spf_percpu *t = &spf_me.slots[c];
 		uint64_t s = __atomic_load_n(&t->insn_seq, __ATOMIC_ACQUIRE);  /* (3) */
+		if (spf_sched_on) {     /* the scheduler: until that instruction ends */
+			if ((s & 1) && __atomic_load_n(&t->alive, __ATOMIC_RELAXED) == SPF_CPU_ONLINE)
+				spf_sched_wait(&t->insn_seq, 1, s, 0);
+			continue;
+		}
 		for (unsigned n = 0; (s & 1) && __atomic_load_n(&t->insn_seq, __ATOMIC_ACQUIRE) == s
 			     && __atomic_load_n(&t->alive, __ATOMIC_RELAXED) == SPF_CPU_ONLINE; n++) {
 			if (n < SPF_SPIN_TRIES)

@@ -38,6 +38,10 @@ uint64_t spf_now_ns(void) { return spf_now_ns_inline(); }
 
 void spf_sleep_ns(uint64_t ns)
 {
+	if (spf_sched_on) {             /* logical time: a wait that only the clock ends */
+		spf_sched_sleep(ns);
+		return;
+	}
 	struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;

@@ -15,8 +15,32 @@ static inline void spf_cpu_relax(void)
 #endif
 }
 
+/* The controlled scheduler (spf_sched.h), process-local: set in a CPU that runs under it.
+ * Its waits and its clock replace the wall clock's: spf_now_ns_inline is logical there. */
+extern int spf_sched_on __attribute__((visibility("hidden")));
+uint64_t spf_sched_clock(void) __attribute__((visibility("hidden")));
+void spf_sched_point(int cls) __attribute__((visibility("hidden")));
+/* Block until *addr (64-bit if wide, else 32) differs from val, an IPI can be taken, or
+ * the logical deadline (0: none) passes; 1 if the deadline ended it. */
+int  spf_sched_wait(const void *addr, int wide, uint64_t val, uint64_t deadline)
+	__attribute__((visibility("hidden")));
+void spf_sched_sleep(uint64_t ns) __attribute__((visibility("hidden")));
+void spf_sched_take_ipi(void) __attribute__((visibility("hidden")));
+/* An address as its offset from the scheduler's area (the arena's layout fixes it; the
+ * mapping's address differs from run to run). */
+uint64_t spf_sched_rel(const void *p) __attribute__((visibility("hidden")));
+/* Under the scheduler, holds and sections go to the CPU's ring too (the trace's slices,
+ * spf_ring.h's SPF_EV_LOCK, _IRQ, _RCU); parallel runs skip them. */
+#include "spf_ring.h"
+#define spf_sched_trace(type, a0, a1, a2) do { \
+		if (__builtin_expect(spf_sched_on, 0)) \
+			spf_trace((type), (uint64_t)(a0), (uint64_t)(a1), (uint64_t)(a2)); \
+	} while (0)
+
 static inline uint64_t spf_now_ns_inline(void)
 {
+	if (__builtin_expect(spf_sched_on, 0))
+		return spf_sched_clock();
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;

@@ -89,6 +89,10 @@ static uint64_t clock_if_slow(void) { return prof.slow ? spf_now_ns_inline() : 0
 
 void spf_perturb_at(int cls)
 {
+	if (spf_sched_on) {                      /* under the scheduler: a scheduling point */
+		spf_sched_point(cls);
+		return;
+	}
 	uint64_t d = decide(&main_rng, clock_if_slow());
 	if (d)
 		take(cls, d);
@@ -96,7 +100,7 @@ void spf_perturb_at(int cls)
 
 void spf_perturb_at_handler(int cls)
 {
-	if (handler_busy)
+	if (handler_busy || spf_sched_on)   /* the scheduler runs a handler whole */
 		return;                  /* interrupted a handler run: its stream is in use */
 	handler_busy = 1;
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -116,6 +120,10 @@ void spf_perturb_walk(void)
 {
 	if (!spf_perturb_armed)
 		return;
+	if (spf_sched_on) {
+		spf_sched_point(SPF_PC_WALK);
+		return;
+	}
 	uint64_t pm = (uint64_t)prof.per_million * prof.read_factor;
 	if (below(xorshift64s(&main_rng), 1000000) >= (pm > 1000000 ? 1000000 : pm))
 		return;

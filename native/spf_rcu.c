@@ -24,7 +24,8 @@ void spf_reader_exit(void)
 /* Perturbation (spf_perturb.h): inside the read-side section, at both ends. */
 void spf_rcu_read_lock(void)
 {
-	spf_me.rcu_nest++;
+	if (spf_me.rcu_nest++ == 0)
+		spf_sched_trace(SPF_EV_RCU, 1, 0, 0);
 	spf_reader_enter();
 	if (spf_me.cpu >= 0)
 		spf_me.slots[spf_me.cpu].rcu_depth = spf_me.rcu_nest;
@@ -36,7 +37,8 @@ void spf_rcu_read_unlock(void)
 	if (spf_me.rcu_nest <= 0)
 		return;                      /* unbalanced: ignored (Python side asserts) */
 	spf_perturb(SPF_PC_RCU);
-	spf_me.rcu_nest--;
+	if (--spf_me.rcu_nest == 0)
+		spf_sched_trace(SPF_EV_RCU, 0, 0, 0);
 	spf_reader_exit();
 	if (spf_me.cpu >= 0)
 		spf_me.slots[spf_me.cpu].rcu_depth = spf_me.rcu_nest;
@@ -72,6 +74,12 @@ int spf_synchronize_rcu(int64_t timeout_ns)
 		int b = spf_rcu_gp_blocker(cookie);
 		if (b < 0)
 			return -1;
+		if (spf_sched_on) {      /* the scheduler: until the blocker's snapshot moves */
+			uint64_t *snap = &spf_me.slots[b].rcu_snap;
+			if (spf_sched_wait(snap, 1, __atomic_load_n(snap, __ATOMIC_SEQ_CST), deadline))
+				return b;
+			continue;
+		}
 		if (n < 64)
 			spf_cpu_relax();
 		else if (n < 256)

@@ -11,7 +11,8 @@
 struct spf_ring_hdr {
 	uint64_t head;
 	uint64_t capacity;
-	uint64_t pad[6];
+	uint64_t digest;         /* every record this ring was given, folded in order */
+	uint64_t pad[5];
 };
 struct spf_event {
 	uint64_t stamp;
@@ -25,6 +26,14 @@ struct spf_event {
 #define SPF_EV_IPI_HANDLE 1     /* a0 = ticket acked, a1 = work bits */
 #define SPF_EV_IPI_SEND   2     /* a0 = target cpu, a1 = ticket, a2 = work bits */
 #define SPF_EV_IPI_DONE   3     /* a0 = result (-1 ok / failing cpu), a1 = error, a2 = ns */
+/* Under the controlled scheduler only (spf_sched.h): */
+#define SPF_EV_LOCK       4     /* a0 = lock address - the scheduler's area, a1 = 1 taken / 0 released, a2 = kind */
+#define SPF_EV_IRQ        5     /* a0 = 1 disabled / 0 enabled (outermost) */
+#define SPF_EV_RCU        6     /* a0 = 1 rcu_read_lock / 0 unlock (outermost) */
+#define SPF_EV_SWITCH     7     /* a0 = from cpu, a1 = to cpu, a2 = step (in the giver's ring) */
+#define SPF_LK_SPIN  0          /* SPF_EV_LOCK kinds */
+#define SPF_LK_READ  1
+#define SPF_LK_WRITE 2
 
 void spf_ring_init(struct spf_ring_hdr *ring, uint64_t capacity);
 void spf_ring_attach(struct spf_ring_hdr *ring);    /* this process's ring */

@@ -37,6 +37,12 @@ static void rwsem_wake(struct spf_rwsem *s)
 /* Wait until ok(state) might hold: spin first, then sleep on the event count. */
 static void rwsem_wait(struct spf_rwsem *s, int (*ok)(uint32_t))
 {
+	if (spf_sched_on) {              /* the scheduler: blocked until the state changes */
+		uint32_t st = __atomic_load_n(&s->state, __ATOMIC_SEQ_CST);
+		if (!ok(st))
+			spf_sched_wait(&s->state, 0, st, 0);
+		return;
+	}
 	for (int n = 0; n < SPF_SPIN_TRIES; n++) {
 		if (ok(__atomic_load_n(&s->state, __ATOMIC_RELAXED)))
 			return;
@@ -64,6 +70,8 @@ static int read_claim(struct spf_rwsem *s)
 int spf_down_read_trylock(struct spf_rwsem *s)
 {
 	int taken = read_claim(s);
+	if (taken)
+		spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 1, SPF_LK_READ);
 	spf_perturb(SPF_PC_LOCK);
 	return taken;
 }
@@ -77,6 +85,7 @@ uint64_t spf_down_read(struct spf_rwsem *s)
 			rwsem_wait(s, read_ok);
 		waited = spf_now_ns_inline() - t0;
 	}
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 1, SPF_LK_READ);
 	spf_perturb(SPF_PC_LOCK);
 	return waited;
 }
@@ -84,6 +93,7 @@ uint64_t spf_down_read(struct spf_rwsem *s)
 void spf_up_read(struct spf_rwsem *s)
 {
 	spf_perturb(SPF_PC_LOCK);
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 0, SPF_LK_READ);
 	__atomic_fetch_sub(&s->state, 1, __ATOMIC_SEQ_CST);     /* RELEASE, and step (1) */
 	rwsem_wake(s);
 }
@@ -104,6 +114,8 @@ static int write_claim(struct spf_rwsem *s, uint32_t extra_clear, int cpu)
 int spf_down_write_trylock(struct spf_rwsem *s, int cpu)
 {
 	int taken = write_claim(s, 0, cpu);
+	if (taken)
+		spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 1, SPF_LK_WRITE);
 	spf_perturb(SPF_PC_LOCK);
 	return taken;
 }
@@ -119,6 +131,7 @@ uint64_t spf_down_write(struct spf_rwsem *s, int cpu)
 			rwsem_wait(s, write_ok);
 		waited = spf_now_ns_inline() - t0;
 	}
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 1, SPF_LK_WRITE);
 	spf_perturb(SPF_PC_LOCK);
 	return waited;
 }
@@ -126,6 +139,7 @@ uint64_t spf_down_write(struct spf_rwsem *s, int cpu)
 void spf_up_write(struct spf_rwsem *s)
 {
 	spf_perturb(SPF_PC_LOCK);
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 0, SPF_LK_WRITE);
 	__atomic_store_n(&s->owner, -1, __ATOMIC_RELAXED);
 	__atomic_fetch_and(&s->state, ~RW_WRITER, __ATOMIC_SEQ_CST);
 	rwsem_wake(s);
@@ -134,6 +148,8 @@ void spf_up_write(struct spf_rwsem *s)
 void spf_downgrade_write(struct spf_rwsem *s)
 {
 	spf_perturb(SPF_PC_LOCK);
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 0, SPF_LK_WRITE);
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 1, SPF_LK_READ);
 	__atomic_store_n(&s->owner, -1, __ATOMIC_RELAXED);
 	/* One RMW: writer bit off and one reader on, so no other writer gets in between. */
 	__atomic_fetch_add(&s->state, 1u - RW_WRITER, __ATOMIC_SEQ_CST);
@@ -166,7 +182,10 @@ uint64_t spf_down_write_busted(struct spf_rwsem *s, int cpu)
 		    __atomic_compare_exchange_n(&s->state, &st, st | RW_WRITER, 0,
 						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
 			break;
-		spf_cpu_relax();
+		if (spf_sched_on)
+			spf_sched_wait(&s->state, 0, st, 0);
+		else
+			spf_cpu_relax();
 	}
 	__atomic_store_n(&s->owner, cpu, __ATOMIC_RELAXED);
 	spf_perturb(SPF_PC_LOCK);

@@ -11,7 +11,9 @@ uint64_t spf_seq_read_begin(const uint64_t *seq)
 			spf_perturb(SPF_PC_SEQ);    /* perturbation: between (a) and (b) */
 			return s;
 		}
-		if (n < SPF_SPIN_TRIES)
+		if (spf_sched_on)
+			spf_sched_wait(seq, 1, s, 0);    /* until the writer's (4) */
+		else if (n < SPF_SPIN_TRIES)
 			spf_cpu_relax();
 		else
 			sched_yield();

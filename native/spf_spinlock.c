@@ -6,8 +6,14 @@
 static int spin_wait_free(spf_spinlock_t *l, uint64_t deadline)
 {
 	for (unsigned n = 0;; n++) {
-		if (__atomic_load_n(l, __ATOMIC_RELAXED) == 0)
+		uint32_t v = __atomic_load_n(l, __ATOMIC_RELAXED);
+		if (v == 0)
 			return 0;
+		if (spf_sched_on) {       /* the scheduler: blocked until the word changes */
+			if (spf_sched_wait(l, 0, v, deadline))
+				return 1;
+			continue;
+		}
 		if (n < SPF_SPIN_TRIES) {
 			spf_cpu_relax();
 			continue;
@@ -26,6 +32,7 @@ int spf_spin_lock_timeout(spf_spinlock_t *l, int cpu, int64_t timeout_ns)
 		uint32_t free_ = 0;
 		if (__atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
 						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+			spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(l), 1, SPF_LK_SPIN);
 			spf_perturb(SPF_PC_LOCK);        /* inside the section */
 			return 0;
 		}
@@ -42,6 +49,8 @@ int spf_spin_trylock(spf_spinlock_t *l, int cpu)
 	spf_perturb(SPF_PC_LOCK);     /* before the attempt: a trylock's window is behind it */
 	int taken = __atomic_compare_exchange_n(l, &free_, (uint32_t)cpu + 1, 0,
 						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+	if (taken)
+		spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(l), 1, SPF_LK_SPIN);
 	spf_perturb(SPF_PC_LOCK);
 	return taken;
 }
@@ -49,6 +58,7 @@ int spf_spin_trylock(spf_spinlock_t *l, int cpu)
 void spf_spin_unlock(spf_spinlock_t *l)
 {
 	spf_perturb(SPF_PC_LOCK);                        /* still inside the section */
+	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(l), 0, SPF_LK_SPIN);
 	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 int spf_spin_is_locked(const spf_spinlock_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
@@ -57,8 +67,12 @@ int spf_spin_owner(const spf_spinlock_t *l) { return (int)__atomic_load_n(l, __A
 void spf_spin_lock_busted(spf_spinlock_t *l, int cpu)
 {
 	/* BUSTED: two CPUs can both see the lock free and both "take" it. */
-	while (*(volatile uint32_t *)l != 0)
-		sched_yield();
+	for (uint32_t v; (v = *(volatile uint32_t *)l) != 0;) {
+		if (spf_sched_on)
+			spf_sched_wait(l, 0, v, 0);
+		else
+			sched_yield();
+	}
 	for (int i = 0; i < 8; i++)
 		spf_cpu_relax();
 	*(volatile uint32_t *)l = (uint32_t)cpu + 1;

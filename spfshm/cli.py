@@ -169,10 +169,22 @@ def add_config_args(p):
     p.add_argument("--artifacts", default=d.artifacts, metavar="DIR",
                    help="where failure artifacts go (default: ./%s)" % d.artifacts)
     p.add_argument("--no-pin", action="store_true", help="do not pin workers to cores")
+    p.add_argument("--sched", default="", metavar="SPEC",
+                   help="the controlled scheduler: one CPU runs between scheduling points "
+                        "and the schedule is a function of the seed: random[:PER_MILLION], "
+                        "pct[:DEPTH[:K]] (PCT, depth 3 by default), or replay:TOKEN (the "
+                        "run a token names; every other option is the token's)")
 
 
 def config_from_args(a):
-    from .config import Config
+    from .config import Config, ConfigError
+    if a.sched.startswith("replay:"):
+        from .run.sched import TokenError, read_token
+        try:
+            return Config.from_dict(dict(read_token(a.sched[len("replay:"):])[0],
+                                         artifacts=a.artifacts, pin=not a.no_pin))
+        except TokenError as e:
+            raise ConfigError("--sched replay: %s" % e)
     d = Config()
     delay, delay_max = a.delay if a.delay else (d.delay, None)
     return Config(cpus=a.cpus or 0, duration=a.duration or d.duration, ops=a.ops or 0,
@@ -186,7 +198,7 @@ def config_from_args(a):
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
-                  tlb_entries=a.tlb_entries, pin=not a.no_pin)
+                  tlb_entries=a.tlb_entries, pin=not a.no_pin, sched=a.sched)
 
 
 def build_parser():

@@ -61,12 +61,21 @@ class Config:
     kill_at: str = "any"           # ... at a moment when it: any, idle, lock, rcu, irqs-off
     artifacts: str = "spfshm-artifacts"   # where failure artifacts go (not in repro)
     pin: bool = True
+    sched: str = ""                # the controlled scheduler (run/sched.py): random[:PM],
+    #                                pct[:DEPTH[:K]] or list; "": truly parallel
+    sched_list: tuple = ()         # list: the switches to make, (step << 16) | cpu
 
     def resolved(self):
         """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs
         to be reachable, where the setting was left at its default; reclaim and collapse
         "auto" -> what the kernel pairs with the rest), validated."""
         c = dataclasses.replace(self)
+        if c.sched:
+            # One CPU runs at a time and time is logical: the run is a number of ops, a
+            # sweep only at the end, and the scheduler is the only perturbation.
+            from .run.sched import DEFAULT_OPS
+            c.ops = c.ops or DEFAULT_OPS
+            c.check_every, c.perturb, c.delay = 0.0, "off", 0.0
         if c.cpus == 0:
             c.cpus = max(2, len(c.fault_modes()), len(os.sched_getaffinity(0)))
         c.validate()
@@ -147,6 +156,16 @@ class Config:
              % (bad[0] if bad else "", ",".join(POINTS)))
         need(self.perturb in PERTURB, "--perturb must be one of %s, got %r"
              % (",".join(PERTURB), self.perturb))
+        if self.sched:
+            from .run.sched import parse_spec
+            try:
+                parse_spec(self.sched)
+            except ValueError as e:
+                raise ConfigError(str(e))
+            need(not self.kill_worker, "--kill-worker needs truly parallel CPUs, not --sched")
+            need(self.cpus <= 256, "--sched runs at most 256 CPUs")
+        need(not self.sched_list or self.sched == "list",
+             "a switch list needs --sched list (it comes from a token)")
         try:
             bugs_mod.Bugs(self.bugs)
         except ValueError as e:
@@ -183,19 +202,21 @@ class Config:
         modes = self.fault_modes()
         return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
                 "reclaim=%s%s collapse=%s madvise_lock=%s workload=%s delay=%g%s perturb=%s "
-                "bugs=%s"
+                "bugs=%s%s"
                 % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
                    self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
                    self.collapse, self.madvise_lock, self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
-                   self.perturb_profile(), ",".join(self.bugs) or "none"))
+                   self.perturb_profile(), ",".join(self.bugs) or "none",
+                   " sched=%s" % self.sched if self.sched else ""))
 
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["bugs"] = list(self.bugs)
         d["delay_points"] = list(self.delay_points)
+        d["sched_list"] = list(self.sched_list)
         return d
 
     @classmethod
@@ -207,6 +228,7 @@ class Config:
         d = dict(d)
         d["bugs"] = tuple(d.get("bugs", ()))
         d["delay_points"] = tuple(d.get("delay_points", ()))
+        d["sched_list"] = tuple(d.get("sched_list", ()))
         return cls(**d)
 
     def repro(self):
@@ -249,4 +271,6 @@ class Config:
             a += ["--tlb-entries", str(self.tlb_entries)]
         for b in self.bugs:
             a += ["--bug", b]
+        if self.sched:              # a list schedule re-runs from its token (run/sched.py)
+            a += ["--sched", self.sched]
         return " ".join(shlex.quote(x) for x in a)

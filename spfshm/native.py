@@ -46,6 +46,11 @@ rcu_gp_blocker = lib.spf_rcu_gp_blocker
 trace = lib.spf_trace
 cpu_mark_dead = lib.spf_cpu_mark_dead
 
+
+def sched_named_point(point=None):
+    """A named delay point as a scheduling point (spf_sched.h); nothing outside --sched."""
+    lib.spf_sched_yield(lib.SPF_PC_NAMED)
+
 IPI_FLUSH_TLB = lib.SPF_IPI_FLUSH_TLB
 IPI_SYNC = lib.SPF_IPI_SYNC
 MAX_CPUS = lib.SPF_MAX_CPUS

@@ -170,6 +170,8 @@ class MM:
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(
             "perturb_hits", index=cpu * native.PERTURB_WORDS))
+        if cfg.sched:          # the controlled scheduler: each of them is a point
+            self.delay, self.walk_point = native.sched_named_point, native.perturb_walk
         self.ipi_hist = arena["ipi_hist"][cpu]
         self.pt = arena["pt"]
         self.pt_ptr = arena.ptr("pt")

@@ -63,5 +63,5 @@ def write(st, rep, root):
         f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first, marks=marks))
                 + "\n")
     with open(os.path.join(d, "repro.txt"), "w") as f:
-        f.write(cfg.repro() + "\n")
+        f.write(rep["repro"] + "\n")
     return d

@@ -209,6 +209,9 @@ def summary(rep):
         lines.append("delays taken: %s" % (_kv({k: v for k, v in rep["delay_hits"].items()
                                                  if v}) or "none"))
     lines.append(perturb_line(rep["perturb"]))
+    if rep.get("sched"):
+        from .sched import summary_line
+        lines.append(summary_line(rep))
     lines.append("contention (chosen by the seed): %(hot_spots)d hot spot(s) shared by every "
                  "CPU, each CPU mostly within %(radius_pages)d pages of its own"
                  % rep["contention"])

@@ -24,7 +24,7 @@ from ..mm.khugepaged import khugepaged_scan
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
-from . import artifacts
+from . import artifacts, sched
 from .watchdog import (HB_DONE, HB_OP, HB_SEQ, OPS, RCU_CALLBACKS, StallMonitor, dump_cpu,
                        format_dump, holds_anything, process_state, stall_cause)
 from .workers import WorkerError, Workers, describe_exit
@@ -61,7 +61,7 @@ class RunState:
     def layout_for(cfg):
         g = Geometry(cfg.cpus, cfg.window_pages, cfg.tlb_entries)
         n = cfg.cpus
-        return Layout(smp_regions(n + 1) + mm_types.regions(g)
+        return Layout(smp_regions(n + 1) + mm_types.regions(g) + sched.region(cfg)
                       + [("ctl", np.uint64, 8), ("heartbeat", np.uint64, (n + 1, 8)),
                          ("cpu_acct", np.uint64, (n + 1, 8))])   # see ACCT_*
 
@@ -122,14 +122,34 @@ def worker_main(st, cpu):
     parked = st.arena.ptr("ctl", index=PARKED)
     viol = mm.reporter.count
     limit = st.cfg.ops or (1 << 62)
-    local = mm.local
-    i_ops = STAT["ops"]
     hb = st.arena["heartbeat"][cpu]
     acct = st.arena["cpu_acct"][cpu]
+    if cfg.sched:
+        sched.enter(st.arena)
+        try:
+            _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct)
+        finally:
+            sched.exit_()
+    else:
+        _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct)
+
+
+def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
+    """The CPU's operations.  Under --sched it stops at the first violation any CPU
+    reported (the parent's stop word would arrive at a wall-clock moment, not at a
+    point of the schedule)."""
+    if st.cfg.sched:
+        def stopping():
+            return debug.total(st.arena) > 0
+    else:
+        def stopping():
+            return ctl[STOP]
+    local = mm.local
+    i_ops = STAT["ops"]
     acct[ACCT_START] = native.now_ns()
     acct[ACCT_CPU0] = time.process_time_ns()
     n = 0
-    while n < limit and not ctl[STOP]:
+    while n < limit and not stopping():
         if ctl[PAUSE]:
             _park(ctl, parked)
         if paced:
@@ -193,6 +213,8 @@ def setup_initial(st):
     """The parent acts as CPU n while it builds the mm and the initial layout."""
     n = st.cfg.cpus
     st.smp.init()
+    if st.cfg.sched:
+        sched.init(st.arena, st.cfg)
     st.smp.become_cpu(n)
     mm = st.mm_for(n)
     mm_init(mm)
@@ -266,6 +288,8 @@ class Stress:
             self._final_sweep(st, mm, failed=bool(debug.total(st.arena) or self.errors or lost),
                               clean_stop=bool(done.all()))
             rep = self._result(st, time.monotonic() - t0)
+            if cfg.sched:
+                sched.add_to_report(rep, st.arena, cfg)
             if rep["exit_code"] != 0:
                 try:
                     rep["artifacts"] = artifacts.write(st, rep, self.cfg.artifacts)
@@ -309,7 +333,8 @@ class Stress:
         ctl = st.ctl
         deadline = None if cfg.ops else t0 + cfg.duration
         next_sweep = t0 + cfg.check_every if cfg.check_every else None
-        monitor = StallMonitor(st, cfg.stall_timeout)
+        monitor = sched.Monitor(st.arena, cfg) if cfg.sched else \
+            StallMonitor(st, cfg.stall_timeout)
         killer = random.Random("spfshm-kill:%d" % cfg.seed)
         while True:
             time.sleep(0.05)
@@ -326,6 +351,8 @@ class Stress:
             if not stop:
                 stuck = monitor.stuck(now, running)
                 if stuck:
+                    if getattr(monitor, "why", None):
+                        self.errors.append(monitor.why)
                     self._report_hang(st, mm, stuck)
                     workers.kill()
                     break

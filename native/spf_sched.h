@@ -1,0 +1,98 @@
+#pragma once
+/* spf_sched.h - the controlled scheduler: the second engine, over the same primitives.
+ *
+ * The CPUs stay worker processes, but only one runs at a time: the one whose id is in
+ * turn.  Every primitive's perturbation hook (spf_perturb.h: lock, atomic, seq, rcu,
+ * irq, ipi, tlb, walk) and every named delay point is a scheduling point, where the
+ * running CPU counts a step, asks the policy who runs next and, if another, hands the
+ * turn over (its go word, a futex) and sleeps until the turn comes back.  Between two
+ * points a CPU runs alone, so the shared state it sees is a function of the schedule.
+ *
+ * Blocking: a wait (a lock's, a sequence's, an IPI ack's, a grace period's, a sleep)
+ * is spf_sched_wait: the CPU is BLOCKED on a word and the value it saw, and is not
+ * chosen until the word changes, a pending IPI can be taken (IRQs on, no instruction in
+ * progress), or its logical deadline passes.  When no CPU can run, the scheduler moves
+ * the logical clock to the earliest deadline and wakes that waiter with a timeout;
+ * with no deadline left it records a deadlock and stops.
+ *
+ * IPIs: a send sets the target's pending bits and ticket (spf_cpu.h's (1), (2)) and
+ * sends no signal; the target takes the IPI at its next point with IRQs enabled and
+ * outside an instruction, and at the outermost irq_enable and insn_end, as a signal
+ * would be taken.  Time: spf_now_ns is the logical clock (SPF_SCHED_STEP_NS per step),
+ * so deadlines, stamps and pacing count steps, never the wall clock.
+ *
+ * Policies (all seeded; the same seed and configuration give the same schedule):
+ *   RANDOM  at each point, with probability switch_pm / 1e6, a uniformly chosen runnable
+ *           CPU runs next; otherwise the current one goes on.
+ *   PCT     Burckhardt et al. (ASPLOS 2010): distinct random priorities depth..depth+n-1,
+ *           depth-1 change points drawn from [1, k]; the highest-priority runnable CPU
+ *           runs; at the i-th change point the running CPU's priority drops to i.
+ *   LIST    a recorded schedule: at step s the entry (s, c) switches to c if c can run;
+ *           otherwise the current CPU goes on, and a CPU that cannot is followed by the
+ *           next one that can, in id order.  Every switch any policy makes is logged as
+ *           such an entry, so a run's log replayed as a LIST is the same run; shrinking
+ *           drops entries.
+ * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
+ */
+#define SPF_SCHED_RANDOM 1
+#define SPF_SCHED_PCT    2
+#define SPF_SCHED_LIST   3
+
+#define SPF_SCHED_ABSENT   0   /* per-CPU state: not arrived yet */
+#define SPF_SCHED_RUNNABLE 1
+#define SPF_SCHED_BLOCKED  2
+#define SPF_SCHED_DONE     3
+
+#define SPF_SCHED_NONE     65535  /* turn: nobody (before the start, after a deadlock) */
+#define SPF_SCHED_MAX_DEPTH 16
+#define SPF_SCHED_STEP_NS  1000   /* logical time per step */
+#define SPF_SCHED_CPU_BITS 16     /* a log entry: (step << 16) | cpu */
+#define SPF_PC_NAMED 8            /* a named delay point (Python), as a point's class */
+#define SPF_PC_WAIT  9            /* a blocking wait, as a point's class */
+#define SPF_PC_EXIT  10
+
+struct spf_sched {
+	uint32_t turn;            /* the CPU that runs */
+	uint32_t ncpus;
+	uint32_t arrived;
+	uint32_t policy;
+	uint64_t rng;
+	uint64_t step;            /* points so far (all CPUs) */
+	uint64_t clock_ns;        /* logical time */
+	uint64_t digest;
+	uint32_t switch_pm;       /* RANDOM */
+	uint32_t depth;           /* PCT */
+	uint64_t change_at[16];   /* PCT change points (steps), ascending */
+	uint32_t deadlock;        /* no CPU could run and none had a deadline */
+	uint32_t finished;        /* every CPU is done */
+	uint64_t timeouts;        /* waits ended by their deadline */
+	uint64_t switches;        /* turn changes, the first included */
+	uint64_t preemptions;     /* ... of them, away from a CPU that could have gone on */
+	uint64_t log_len;         /* entries logged (may exceed log_cap: then truncated) */
+	uint64_t log_cap;
+	uint64_t list_len;        /* LIST: entries to follow */
+	uint64_t list_pos;
+	uint32_t prio[256];
+	uint32_t state[256];
+	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */
+	uint32_t wait_wide[256];
+	uint64_t wait_addr[256];  /* the word a BLOCKED CPU waits on to change (0: none) */
+	uint64_t wait_val[256];
+	uint64_t wait_deadline[256];  /* logical ns, 0: none */
+	uint64_t points[256];     /* points per CPU */
+	/* then log_cap log entries, then list_len list entries (uint64_t each) */
+};
+
+/* Bytes of the shared area for a log of log_cap entries and a list of list_len. */
+uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len);
+/* Once, in the creating process.  param: RANDOM switch_pm, PCT depth; k: PCT's
+ * estimate of the run's steps.  Returns 0, or -1 for a bad argument. */
+int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
+		    uint32_t param, uint64_t k, uint64_t log_cap,
+		    const uint64_t *list, uint64_t list_len);
+/* In a registered CPU: join; returns once this CPU first has the turn. */
+int  spf_sched_enter(struct spf_sched *s);
+/* This CPU is done (after spf_cpu_unregister): the turn goes on without it. */
+void spf_sched_exit(void);
+void spf_sched_yield(int cls);    /* a point (a named delay point); no-op outside --sched */
+int  spf_sched_active(void);
