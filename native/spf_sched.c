@@ -19,6 +19,7 @@ static int sched_cpu = -1;        /* this CPU's id (spf_me.cpu is gone after unr
 
 #define LOG(s) ((uint64_t *)((s) + 1))
 #define LIST(s) (LOG(s) + (s)->log_cap)
+#define CHOICES(s) (LIST(s) + (s)->list_len)
 #define SPIN_TURN 200
 
 static uint64_t mix(uint64_t h, uint64_t x)
@@ -39,21 +40,21 @@ static uint64_t rnd(struct spf_sched *s)
 
 static uint64_t below(uint64_t r, uint64_t n) { return ((r >> 32) * n) >> 32; }
 
-uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len)
+uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap)
 {
-	return sizeof(struct spf_sched) + 8 * (log_cap + list_len);
+	return sizeof(struct spf_sched) + 8 * (log_cap + list_len + 2 * choice_cap);
 }
 
 int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		   uint32_t param, uint64_t k, uint64_t log_cap,
-		   const uint64_t *list, uint64_t list_len)
+		   const uint64_t *list, uint64_t list_len, uint64_t choice_cap)
 {
 	if (ncpus < 1 || ncpus > 256 || policy < SPF_SCHED_RANDOM || policy > SPF_SCHED_LIST
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k)))
 		return -1;
 	char *p = (char *)s;
-	for (uint64_t i = 0; i < spf_sched_size(log_cap, 0); i++)
+	for (uint64_t i = 0; i < spf_sched_size(log_cap, 0, 0); i++)
 		p[i] = 0;
 	s->turn = SPF_SCHED_NONE;
 	s->ncpus = (uint32_t)ncpus;
@@ -83,6 +84,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	s->list_len = policy == SPF_SCHED_LIST ? list_len : 0;
 	for (uint64_t i = 0; i < s->list_len; i++)
 		LIST(s)[i] = list[i];
+	s->choice_cap = choice_cap;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return 0;
 }
@@ -174,6 +176,23 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 	return next;
 }
 
+/* pick, and for exploration the choice it made: who could run, who ran, who runs. */
+static int pick_logged(struct spf_sched *s, int cur, int *preempt)
+{
+	uint64_t mask = 0;
+	for (int c = 0; s->choice_len < s->choice_cap && c < (int)s->ncpus && c < 64; c++)
+		if (can_run(s, c))
+			mask |= 1ull << c;
+	int next = pick(s, cur, preempt);
+	if (s->choice_len < s->choice_cap) {
+		CHOICES(s)[2 * s->choice_len] = mask;
+		CHOICES(s)[2 * s->choice_len + 1] = (uint64_t)(cur + 1) << 32 | (uint32_t)next;
+	}
+	if (s->choice_cap)
+		s->choice_len++;
+	return next;
+}
+
 static void wait_turn(struct spf_sched *s, int me)
 {
 	for (int n = 0;; n++) {
@@ -249,7 +268,7 @@ void spf_sched_point(int cls)
 	s->clock_ns += SPF_SCHED_STEP_NS;
 	s->points[me]++;
 	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | (uint64_t)cls);
-	int next = pick(s, me, &preempt);
+	int next = pick_logged(s, me, &preempt);
 	switch_to(s, me, next, preempt, 1);
 	take_ipi();
 }
@@ -291,7 +310,7 @@ int spf_sched_enter(struct spf_sched *s)
 	__atomic_store_n(&s->state[me], SPF_SCHED_RUNNABLE, __ATOMIC_SEQ_CST);
 	if (__atomic_add_fetch(&s->arrived, 1, __ATOMIC_SEQ_CST) == s->ncpus) {
 		int preempt;            /* the last to arrive starts the schedule (step 0) */
-		int first = pick(s, -1, &preempt);
+		int first = pick_logged(s, -1, &preempt);
 		if (s->log_len < s->log_cap)
 			LOG(s)[s->log_len] = (uint64_t)first;
 		s->log_len++;
@@ -315,5 +334,5 @@ void spf_sched_exit(void)
 	s->step++;
 	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | SPF_PC_EXIT);
 	s->state[me] = SPF_SCHED_DONE;
-	switch_to(s, me, pick(s, -1, &preempt), 0, 0);
+	switch_to(s, me, pick_logged(s, -1, &preempt), 0, 0);
 }

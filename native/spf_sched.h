@@ -72,6 +72,8 @@ struct spf_sched {
 	uint64_t log_cap;
 	uint64_t list_len;        /* LIST: entries to follow */
 	uint64_t list_pos;
+	uint64_t choice_cap;      /* exploration: steps whose choice is recorded (0: none) */
+	uint64_t choice_len;
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */
@@ -80,16 +82,18 @@ struct spf_sched {
 	uint64_t wait_val[256];
 	uint64_t wait_deadline[256];  /* logical ns, 0: none */
 	uint64_t points[256];     /* points per CPU */
-	/* then log_cap log entries, then list_len list entries (uint64_t each) */
+	/* then log_cap log entries, then list_len list entries (uint64_t each), then
+	 * choice_cap choices: per step from 0, the mask of CPUs that could run (CPUs < 64)
+	 * and (cur + 1) << 32 | next, two words */
 };
 
 /* Bytes of the shared area for a log of log_cap entries and a list of list_len. */
-uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len);
+uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap);
 /* Once, in the creating process.  param: RANDOM switch_pm, PCT depth; k: PCT's
  * estimate of the run's steps.  Returns 0, or -1 for a bad argument. */
 int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		    uint32_t param, uint64_t k, uint64_t log_cap,
-		    const uint64_t *list, uint64_t list_len);
+		    const uint64_t *list, uint64_t list_len, uint64_t choice_cap);
 /* In a registered CPU: join; returns once this CPU first has the turn. */
 int  spf_sched_enter(struct spf_sched *s);
 /* This CPU is done (after spf_cpu_unregister): the turn goes on without it. */

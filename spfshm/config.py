@@ -64,6 +64,7 @@ class Config:
     sched: str = ""                # the controlled scheduler (run/sched.py): random[:PM],
     #                                pct[:DEPTH[:K]] or list; "": truly parallel
     sched_list: tuple = ()         # list: the switches to make, (step << 16) | cpu
+    sched_choices: int = 0         # exploration: record the choices of this many steps
 
     def resolved(self):
         """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs

@@ -78,7 +78,7 @@ def region(cfg):
     """The arena region of a --sched run (none for a parallel one)."""
     if not cfg.sched:
         return []
-    size = native.lib.spf_sched_size(LOG_CAP, len(cfg.sched_list))
+    size = native.lib.spf_sched_size(LOG_CAP, len(cfg.sched_list), cfg.sched_choices)
     return [("sched", np.uint64, (size + 7) // 8)]
 
 
@@ -93,7 +93,7 @@ def init(arena, cfg):
     lst = native.ffi.new("uint64_t[]", list(cfg.sched_list) or [0])
     if native.lib.spf_sched_init(sched_ptr(arena), cfg.cpus, POLICIES[name],
                                  cfg.seed & (2**64 - 1), param, k, LOG_CAP, lst,
-                                 len(cfg.sched_list)) != 0:
+                                 len(cfg.sched_list), cfg.sched_choices) != 0:
         raise ValueError("spf_sched_init refused --sched %s" % cfg.sched)
 
 
@@ -134,6 +134,20 @@ class State:
             return None
         buf = native.ffi.cast("uint64_t *", self.s + 1)
         return [int(buf[i]) for i in range(n)]
+
+    def choices(self):
+        """Exploration: per step from 0, (mask of the CPUs that could run, the CPU whose
+        point it was or -1, the CPU that ran next or -1), as recorded (at most
+        Config.sched_choices steps)."""
+        n = min(int(self.s.choice_len), int(self.s.choice_cap))
+        base = native.ffi.cast("uint64_t *", self.s + 1) + int(self.s.log_cap) \
+            + int(self.s.list_len)
+        out = []
+        for i in range(n):
+            w = int(base[2 * i + 1])
+            nxt = w & 0xffffffff
+            out.append((int(base[2 * i]), (w >> 32) - 1, -1 if nxt == 0xffffffff else nxt))
+        return out
 
     def digest(self):
         """The run's digest: the schedule's (every point's step, CPU and class) and every
@@ -180,7 +194,7 @@ def make_token(cfg, digest, version=None):
 
 def _token_cfg(cfg):
     d = cfg.to_dict()
-    for k in ("artifacts", "pin"):             # where, not what
+    for k in ("artifacts", "pin", "sched_choices"):    # where and how it is watched, not what
         d.pop(k, None)
     lst = d.pop("sched_list")
     d["sched_deltas"] = _deltas(lst)
