@@ -275,7 +275,10 @@ class Monitor:
 
 def add_to_report(rep, arena, cfg):
     """The schedule's facts, the token, and the token as the re-run command."""
-    facts = State(arena, cfg.cpus).facts()
+    state = State(arena, cfg.cpus)
+    facts = state.facts()
+    if cfg.sched_choices:
+        facts["choices"] = state.choices()
     name, param, _ = parse_spec(cfg.sched)
     if name == "pct":
         facts["pct_bound"] = pct_bound(cfg.cpus, pct_k(cfg), param)
