@@ -26,6 +26,7 @@ int  spf_sched_wait(const void *addr, int wide, uint64_t val, uint64_t deadline)
 	__attribute__((visibility("hidden")));
 void spf_sched_sleep(uint64_t ns) __attribute__((visibility("hidden")));
 void spf_sched_take_ipi(void) __attribute__((visibility("hidden")));
+void spf_sched_event(uint32_t type) __attribute__((visibility("hidden")));
 /* An address as its offset from the scheduler's area (the arena's layout fixes it; the
  * mapping's address differs from run to run). */
 uint64_t spf_sched_rel(const void *p) __attribute__((visibility("hidden")));

@@ -37,4 +37,6 @@ void spf_trace(uint32_t type, uint64_t a0, uint64_t a1, uint64_t a2)
 		h *= 0xBF58476D1CE4E5B9ull;
 	}
 	r->digest = h;
+	if (spf_sched_on)
+		spf_sched_event(type);
 }

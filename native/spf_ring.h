@@ -25,6 +25,9 @@ struct spf_event {
 };
 #define SPF_EV_IPI_HANDLE 1     /* a0 = ticket acked, a1 = work bits */
 #define SPF_EV_IPI_SEND   2     /* a0 = target cpu, a1 = ticket, a2 = work bits */
+#define SPF_EV_TABLE_ALLOC 10   /* spfshm/mm/pagetable.py: a0 = table, a1 = level, a2 = gen */
+#define SPF_EV_TABLE_UNLINK 11
+#define SPF_EV_TABLE_FREE  12
 #define SPF_EV_IPI_DONE   3     /* a0 = result (-1 ok / failing cpu), a1 = error, a2 = ns */
 /* Under the controlled scheduler only (spf_sched.h): */
 #define SPF_EV_LOCK       4     /* a0 = lock address - the scheduler's area, a1 = 1 taken / 0 released, a2 = kind */

@@ -49,7 +49,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		   uint32_t param, uint64_t k, uint64_t log_cap,
 		   const uint64_t *list, uint64_t list_len, uint64_t choice_cap)
 {
-	if (ncpus < 1 || ncpus > 256 || policy < SPF_SCHED_RANDOM || policy > SPF_SCHED_LIST
+	if (ncpus < 1 || ncpus > 256 || policy < SPF_SCHED_RANDOM || policy > SPF_SCHED_GUIDED
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k)))
 		return -1;
@@ -81,7 +81,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 				s->change_at[j] = s->change_at[j - 1]; s->change_at[j - 1] = t;
 			}
 	}
-	s->list_len = policy == SPF_SCHED_LIST ? list_len : 0;
+	s->list_len = policy >= SPF_SCHED_LIST ? list_len : 0;
 	for (uint64_t i = 0; i < s->list_len; i++)
 		LIST(s)[i] = list[i];
 	s->choice_cap = choice_cap;
@@ -157,6 +157,15 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 		for (int c = 0; c < n; c++)
 			if (ok[c] && (next < 0 || s->prio[c] > s->prio[next]))
 				next = c;
+	} else if (s->policy == SPF_SCHED_GUIDED) {
+		if (s->list_pos < s->list_len && LIST(s)[s->list_pos] < (uint64_t)n
+		    && ok[LIST(s)[s->list_pos]])
+			next = (int)LIST(s)[s->list_pos];
+		else if (cur_ok)
+			return cur;
+		for (int i = 1; next < 0 && i <= n; i++)
+			if (ok[(cur + i + n) % n])
+				next = (cur + i + n) % n;
 	} else {
 		uint64_t *l = LIST(s);
 		while (s->list_pos < s->list_len && l[s->list_pos] >> SPF_SCHED_CPU_BITS < s->step)
@@ -271,6 +280,19 @@ void spf_sched_point(int cls)
 	int next = pick_logged(s, me, &preempt);
 	switch_to(s, me, next, preempt, 1);
 	take_ipi();
+}
+
+/* GUIDED: this CPU recorded an event (spf_trace); if it is the one the guide waits
+ * for, the guide moves on. */
+void spf_sched_event(uint32_t type)
+{
+	struct spf_sched *s = S;
+	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
+		return;
+	int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE
+		|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);
+	if (guided && LIST(s)[s->list_pos] == (uint64_t)spf_me.cpu)
+		s->list_pos++;
 }
 
 void spf_sched_yield(int cls)

@@ -32,11 +32,16 @@
  *           next one that can, in id order.  Every switch any policy makes is logged as
  *           such an entry, so a run's log replayed as a LIST is the same run; shrinking
  *           drops entries.
+ *   GUIDED  a recorded order of events (a real-parallel run's ring events: IPIs and
+ *           table alloc/unlink/free), given as the CPU of each: the CPU whose event is
+ *           next runs until it records an event of those types, then the next one's;
+ *           when that CPU cannot run, the current one goes on (or the next in id order).
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  */
 #define SPF_SCHED_RANDOM 1
 #define SPF_SCHED_PCT    2
 #define SPF_SCHED_LIST   3
+#define SPF_SCHED_GUIDED 4
 
 #define SPF_SCHED_ABSENT   0   /* per-CPU state: not arrived yet */
 #define SPF_SCHED_RUNNABLE 1

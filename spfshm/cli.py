@@ -338,11 +338,31 @@ def build_parser():
     mu.add_argument("--json", type=writable_path, metavar="PATH",
                     help="every mutant's result, the totals and the survivors")
 
-    rp = sub.add_parser("replay", help="re-run a failure artifact and measure its hit rate")
-    rp.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
-    rp.add_argument("--repeat", type=pos_int, default=5, metavar="K")
+    rp = sub.add_parser("replay", help="re-run a failure artifact and measure its hit "
+                                       "rate, or replay a --sched token exactly")
+    rp.add_argument("artifact", metavar="ARTIFACT", nargs="?", help="an artifact directory")
+    rp.add_argument("--token", metavar="T", help="a token printed by a --sched run: replay "
+                                                 "its run (the same schedule every time)")
+    rp.add_argument("--deterministic", action="store_true",
+                    help="with ARTIFACT (of a parallel run): search schedules of its "
+                         "configuration until the same violation appears; print the token")
+    rp.add_argument("--budget-runs", type=pos_int, default=300, metavar="N",
+                    help="--deterministic: schedules to try at most (default 300)")
+    rp.add_argument("--budget", type=pos_float, default=600.0, metavar="SEC",
+                    help="--deterministic: seconds at most (default 600)")
+    rp.add_argument("--repeat", type=pos_int, default=None, metavar="K",
+                    help="runs (default 5 for an artifact, 10 for a token)")
     rp.add_argument("--cpus", type=pos_int, default=None, help="change the CPU count")
+    rp.add_argument("--artifacts", default="spfshm-artifacts", metavar="DIR",
+                    help="where the runs of a token or a search write their artifacts")
     rp.add_argument("--json", type=writable_path, metavar="PATH")
+
+    sh = sub.add_parser("shrink", help="shrink a --sched token to the fewest switches and "
+                                       "operations that still fail; print its timeline")
+    sh.add_argument("token", metavar="TOKEN")
+    sh.add_argument("--artifacts", default="spfshm-artifacts", metavar="DIR",
+                    help="where the shrunk run's artifact (timeline, trace.json) goes")
+    sh.add_argument("--json", type=writable_path, metavar="PATH")
     return p
 
 
@@ -483,6 +503,13 @@ def cmd_replay(args):
     import json
     from .config import ConfigError
     from .run.replay import replay
+    if args.token:
+        return cmd_replay_token(args)
+    if not args.artifact:
+        raise UsageError("replay needs an ARTIFACT directory or --token T")
+    if args.deterministic:
+        return cmd_replay_deterministic(args)
+    args.repeat = args.repeat or 5
     try:
         r = replay(args.artifact, args.repeat, args.cpus)
     except ConfigError as e:
@@ -495,6 +522,83 @@ def cmd_replay(args):
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     return EXIT_OK if r["hits"] else EXIT_VIOLATIONS
+
+
+def cmd_replay_token(args):
+    import json
+    from .run.sched import TokenError
+    from .sched.replay import replay_token
+    if args.artifact or args.deterministic or args.cpus:
+        raise UsageError("--token replays the token's own configuration: no ARTIFACT, "
+                         "--deterministic or --cpus with it")
+    try:
+        r = replay_token(args.token, args.repeat or 10, args.artifacts)
+    except TokenError as e:
+        raise UsageError("--token: %s" % e)
+    print("replayed the token %d times (%s): signature %s hit %d/%d, digest %s the same "
+          "%d/%d" % (r["repeat"], r["config_line"], r["signature"], r["hits"], r["repeat"],
+                     r["digest"], r["same_digest"], r["repeat"]))
+    last = r.pop("last_report")
+    if last and last.get("artifacts"):
+        print("last run's artifacts: %s" % last["artifacts"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return EXIT_OK if r["hits"] == r["same_digest"] == r["repeat"] else EXIT_VIOLATIONS
+
+
+def cmd_replay_deterministic(args):
+    import json
+    from .config import ConfigError
+    from .sched.replay import find_schedule
+    try:
+        r = find_schedule(args.artifact, args.budget_runs, args.budget, args.artifacts)
+    except ConfigError as e:
+        raise UsageError(str(e))
+    if r["found"]:
+        print("found %s under --sched %s after %d schedule(s), %.1f s%s\n  spfshm replay "
+              "--token %s" % (r["signature"], r["schedule"], r["tries"], r["seconds"],
+                              " (guided by the recorded event order first)"
+                              if r["guided"] else "", r["token"]))
+    else:
+        print("not found: %s in %d schedule(s), %.1f s (raise --budget-runs/--budget)"
+              % (r["signature"], r["tries"], r["seconds"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return EXIT_OK if r["found"] else EXIT_VIOLATIONS
+
+
+def cmd_shrink(args):
+    import json
+    from .run.sched import TokenError
+    from .sched.shrink import shrink_token
+    try:
+        r = shrink_token(args.token, args.artifacts, progress=lambda line: print(line,
+                                                                              flush=True))
+    except TokenError as e:
+        raise UsageError("TOKEN: %s" % e)
+    except ValueError as e:
+        print("shrink: %s" % e)
+        return EXIT_VIOLATIONS
+    b, a = r["before"], r["after"]
+    print("shrunk %s in %d runs, %.1f s:\n  switches %d -> %d, preemptions %d -> %d, steps "
+          "%d -> %d, ops per CPU %s -> %s" % (
+              r["signature"], r["runs"], r["seconds"], b["switches"], a["switches"],
+              b["preemptions"], a["preemptions"], b["steps"], a["steps"],
+              "/".join(map(str, b["ops_per_cpu"])), "/".join(map(str, a["ops_per_cpu"]))))
+    if r["artifacts"]:
+        import os
+        with open(os.path.join(r["artifacts"], "timeline.txt")) as f:
+            print(f.read().rstrip())
+        print("artifacts (timeline.txt, trace.json for https://ui.perfetto.dev): %s"
+              % r["artifacts"])
+    print("  spfshm replay --token %s" % r["token"])
+    if args.json:
+        r.pop("report")
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return EXIT_OK
 
 
 def cmd_diff_kernel(args):
@@ -583,6 +687,8 @@ def main(argv=None):
             return detect.main(args)
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "shrink":
+            return cmd_shrink(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
         if args.command == "mutate":

@@ -65,6 +65,8 @@ class Config:
     #                                pct[:DEPTH[:K]] or list; "": truly parallel
     sched_list: tuple = ()         # list: the switches to make, (step << 16) | cpu
     sched_choices: int = 0         # exploration: record the choices of this many steps
+    cpu_ops: tuple = ()            # per CPU, instead of ops (a shrunk schedule's)
+    sched_seed: int = 0            # varies the schedule, not the workload (a search's)
 
     def resolved(self):
         """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs
@@ -165,8 +167,11 @@ class Config:
                 raise ConfigError(str(e))
             need(not self.kill_worker, "--kill-worker needs truly parallel CPUs, not --sched")
             need(self.cpus <= 256, "--sched runs at most 256 CPUs")
-        need(not self.sched_list or self.sched == "list",
-             "a switch list needs --sched list (it comes from a token)")
+        need(not self.cpu_ops or (len(self.cpu_ops) == self.cpus and self.sched
+                                  and all(n >= 0 for n in self.cpu_ops)),
+             "per-CPU op counts need --sched and one count per CPU")
+        need(not self.sched_list or self.sched in ("list", "guided"),
+             "a switch list or guide needs --sched list or guided (from a token)")
         try:
             bugs_mod.Bugs(self.bugs)
         except ValueError as e:
@@ -218,6 +223,7 @@ class Config:
         d["bugs"] = list(self.bugs)
         d["delay_points"] = list(self.delay_points)
         d["sched_list"] = list(self.sched_list)
+        d["cpu_ops"] = list(self.cpu_ops)
         return d
 
     @classmethod
@@ -230,6 +236,7 @@ class Config:
         d["bugs"] = tuple(d.get("bugs", ()))
         d["delay_points"] = tuple(d.get("delay_points", ()))
         d["sched_list"] = tuple(d.get("sched_list", ()))
+        d["cpu_ops"] = tuple(d.get("cpu_ops", ()))
         return cls(**d)
 
     def repro(self):

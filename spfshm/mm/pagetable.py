@@ -44,7 +44,8 @@ ROOT = 0                         # the PGD is table 0, allocated at mm creation
 HUGE = -2                        # "the pmd maps a huge page", where a PTE table was asked for
 
 NEXT = {PGD: PUD, PUD: PMD, PMD: PTE}
-EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = 10, 11, 12      # ring event types
+EV_TABLE_ALLOC, EV_TABLE_UNLINK, EV_TABLE_FREE = (   # ring event types (spf_ring.h)
+    native.lib.SPF_EV_TABLE_ALLOC, native.lib.SPF_EV_TABLE_UNLINK, native.lib.SPF_EV_TABLE_FREE)
 
 
 def mk_entry(pfn, gen, flags):

@@ -8,6 +8,8 @@
   timeline.txt   one column per CPU, one row per event in global order, around the first
                  violation (or the end)
   repro.txt      the command that re-runs it
+  events.json    every CPU's ring records (cpu, stamp, type, a0, a1, a2) in stamp order,
+                 and whether a ring wrapped (``replay --deterministic`` is guided by them)
 """
 import json
 import os
@@ -30,6 +32,15 @@ def check_writable(root):
     except OSError as e:
         raise PermissionError("artifact directory %r is not writable (%s)"
                               % (root, e.strerror or e))
+
+
+def ring_records(smp, ncpus):
+    """{"wrapped": [cpu...], "events": [[cpu, stamp, type, a0, a1, a2], ...]}"""
+    tl = smp.timeline(list(range(ncpus)))
+    heads = smp.rings[:ncpus, 0]
+    return {"wrapped": [c for c in range(ncpus) if int(heads[c]) > smp.capacity],
+            "events": [[int(e["cpu"]), int(e["stamp"]), int(e["type"]), int(e["a0"]),
+                        int(e["a1"]), int(e["a2"])] for e in tl]}
 
 
 def write(st, rep, root):
@@ -62,6 +73,8 @@ def write(st, rep, root):
     with open(os.path.join(d, "timeline.txt"), "w") as f:
         f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first, marks=marks))
                 + "\n")
+    with open(os.path.join(d, "events.json"), "w") as f:
+        json.dump(ring_records(st.smp, cfg.cpus), f)
     with open(os.path.join(d, "repro.txt"), "w") as f:
         f.write(rep["repro"] + "\n")
     return d

@@ -104,6 +104,7 @@ def build_report(st, stress, elapsed):
         "faults": faults,
         "faults_per_s": round(handled / elapsed, 1) if elapsed else 0.0,
         "faults_per_s_per_cpu": [round(f / elapsed, 1) for f in per_cpu_faults],
+        "ops_per_cpu": rows[:, STATS.index("ops")].tolist(),
         "faults_per_cpu": per_cpu_faults,
         "cpu_run_s": _run_seconds(arena, cfg.cpus, ACCT_START, ACCT_END),
         "cpu_busy_s": _run_seconds(arena, cfg.cpus, ACCT_CPU0, ACCT_CPU),

@@ -121,7 +121,7 @@ def worker_main(st, cpu):
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
     viol = mm.reporter.count
-    limit = st.cfg.ops or (1 << 62)
+    limit = st.cfg.cpu_ops[cpu] if st.cfg.cpu_ops else st.cfg.ops or (1 << 62)
     hb = st.arena["heartbeat"][cpu]
     acct = st.arena["cpu_acct"][cpu]
     if cfg.sched:

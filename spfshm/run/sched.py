@@ -21,11 +21,15 @@ import zlib
 import numpy as np
 
 from .. import __version__, native
+from ..mm.mm_types import STAT
+from .replay import signature_of
 
 TOKEN_PREFIX = "spfshm1-"
 LOG_CAP = 1 << 17              # switches a run logs (a longer log is truncated)
 POLICIES = {"random": native.lib.SPF_SCHED_RANDOM, "pct": native.lib.SPF_SCHED_PCT,
-            "list": native.lib.SPF_SCHED_LIST}
+            "list": native.lib.SPF_SCHED_LIST, "guided": native.lib.SPF_SCHED_GUIDED}
+GUIDE_EVENTS = (native.EV_IPI_SEND, native.EV_IPI_HANDLE, native.lib.SPF_EV_TABLE_ALLOC,
+                native.lib.SPF_EV_TABLE_UNLINK, native.lib.SPF_EV_TABLE_FREE)
 RANDOM_DEFAULT_PM = 20000      # random: a switch at 2% of the points
 PCT_DEFAULT_DEPTH = 3
 POINTS_PER_OP = 35             # PCT's k when not given: a mixed op's points, measured
@@ -41,7 +45,7 @@ def parse_spec(spec):
     """(policy, param, k) of a --sched spec; ValueError naming what is wrong."""
     parts = spec.split(":")
     name, args = parts[0], parts[1:]
-    if name not in ("random", "pct", "list"):
+    if name not in ("random", "pct", "list", "guided"):
         raise ValueError("--sched must be random[:PER_MILLION], pct[:DEPTH[:K]] or "
                          "replay:TOKEN, got %r" % spec)
     try:
@@ -59,7 +63,7 @@ def parse_spec(spec):
                              % native.lib.SPF_SCHED_MAX_DEPTH)
         return name, nums[0] if nums else PCT_DEFAULT_DEPTH, nums[1] if len(nums) > 1 else 0
     if args:
-        raise ValueError("--sched list takes no argument (a token carries the list)")
+        raise ValueError("--sched %s takes no argument (a token carries its list)" % name)
     return name, 0, 0
 
 
@@ -92,9 +96,16 @@ def init(arena, cfg):
     k = pct_k(cfg) if name == "pct" else 0
     lst = native.ffi.new("uint64_t[]", list(cfg.sched_list) or [0])
     if native.lib.spf_sched_init(sched_ptr(arena), cfg.cpus, POLICIES[name],
-                                 cfg.seed & (2**64 - 1), param, k, LOG_CAP, lst,
+                                 schedule_seed(cfg), param, k, LOG_CAP, lst,
                                  len(cfg.sched_list), cfg.sched_choices) != 0:
         raise ValueError("spf_sched_init refused --sched %s" % cfg.sched)
+
+
+def schedule_seed(cfg):
+    """The scheduler's seed: the run's, and sched_seed (0 by default) to vary the
+    schedule of the same workload."""
+    return int.from_bytes(hashlib.sha256(b"%d:%d" % (cfg.seed, cfg.sched_seed)).digest()[:8],
+                          "little")
 
 
 def enter(arena):
@@ -186,18 +197,22 @@ def model_version():
     return "%s+%s" % (__version__, h.hexdigest()[:10])
 
 
-def make_token(cfg, digest, version=None):
-    d = {"v": version or model_version(), "cfg": _token_cfg(cfg), "digest": digest}
+def make_token(cfg, digest, signature=None, version=None):
+    d = {"v": version or model_version(), "cfg": _token_cfg(cfg), "digest": digest,
+         "sig": signature}
     raw = zlib.compress(json.dumps(d, separators=(",", ":"), sort_keys=True).encode(), 9)
     return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _token_cfg(cfg):
-    d = cfg.to_dict()
-    for k in ("artifacts", "pin", "sched_choices"):    # where and how it is watched, not what
+    """The settings that differ from the defaults (the rest are the defaults of the same
+    model version), without where and how the run is watched."""
+    from ..config import Config
+    d, default = cfg.to_dict(), Config().to_dict()
+    for k in ("artifacts", "pin", "sched_choices"):
         d.pop(k, None)
-    lst = d.pop("sched_list")
-    d["sched_deltas"] = _deltas(lst)
+    d = {k: v for k, v in d.items() if v != default[k]}
+    d["sched_deltas"] = _deltas(d.pop("sched_list", ()))
     return d
 
 
@@ -219,14 +234,14 @@ def _undeltas(flat):
 
 
 def read_token(token):
-    """(config dict, digest) of a token; TokenError naming the problem."""
+    """(config dict, digest, signature) of a token; TokenError naming the problem."""
     if not token.startswith(TOKEN_PREFIX):
         raise TokenError("not a spfshm token (it must start with %r)" % TOKEN_PREFIX)
     body = token[len(TOKEN_PREFIX):].strip()
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         d = json.loads(zlib.decompress(raw))
-        cfg, digest, version = d["cfg"], d["digest"], d["v"]
+        cfg, digest, version, sig = d["cfg"], d["digest"], d["v"], d.get("sig")
         deltas = cfg.pop("sched_deltas")
         if not isinstance(deltas, list) or len(deltas) % 2 or \
                 not all(isinstance(x, int) and x >= 0 for x in deltas):
@@ -239,7 +254,7 @@ def read_token(token):
     if version != mine:
         raise TokenError("the token was made by model version %s; this is %s (its "
                          "schedule would not replay here)" % (version, mine))
-    return cfg, digest
+    return cfg, digest, sig
 
 
 # -- the runner's side --------------------------------------------------------------------
@@ -282,7 +297,10 @@ def add_to_report(rep, arena, cfg):
     name, param, _ = parse_spec(cfg.sched)
     if name == "pct":
         facts["pct_bound"] = pct_bound(cfg.cpus, pct_k(cfg), param)
-    facts["token"] = make_token(cfg, facts["digest"])
+    ops = arena["stats"][:cfg.cpus, STAT["ops"]]
+    facts["ops_per_cpu"] = [int(x) for x in ops]
+    facts["log"] = state.log()
+    facts["token"] = make_token(cfg, facts["digest"], signature_of(rep))
     rep["sched"] = facts
     rep["repro"] = "spfshm replay --token %s" % facts["token"]
 
