@@ -255,6 +255,21 @@ def build_parser():
                      help="skip each seed's control run (the same run without the bug)")
     det.add_argument("--json", type=writable_path, metavar="PATH")
 
+    bs = bsub.add_parser("sched", help="the controlled scheduler: runs to catch every busted "
+                                       "variant, and its cost against parallel runs")
+    bs.add_argument("--sched", default="pct:3", metavar="SPEC",
+                    help="the schedule policy (default pct:3)")
+    bs.add_argument("--bugs", default="", metavar="A,B", help="these variants (default: all)")
+    bs.add_argument("--seeds", type=pos_int, default=5)
+    bs.add_argument("--cpus", type=pos_int, default=3)
+    bs.add_argument("--ops", type=pos_int, default=100, help="ops per CPU per run")
+    bs.add_argument("--max-runs", type=pos_int, default=40, metavar="N",
+                    help="give up on a seed after N runs (default 40)")
+    bs.add_argument("--cost-ops", type=pos_int, default=2000, metavar="N",
+                    help="ops per CPU of the cost comparison (default 2000)")
+    bs.add_argument("--cost-only", action="store_true", help="only the cost comparison")
+    bs.add_argument("--json", type=writable_path, metavar="PATH")
+
     from .config import FAULT_MODES, TABLE_FREE
     sc = bsub.add_parser("scaling", help="fault throughput vs CPUs per fault path (and the "
                                          "real kernel's page-fault rate)")
@@ -693,6 +708,19 @@ def main(argv=None):
             return cmd_fuzz(args)
         if args.command == "mutate":
             return cmd_mutate(args)
+        if args.command == "bench" and args.bench == "sched":
+            from .bugs import BY_NAME
+            from .bench import sched as bench_sched
+            from .run.sched import parse_spec
+            bad = [b for b in args.bugs.split(",") if b and b not in BY_NAME]
+            if bad:
+                raise UsageError("--bugs: unknown bug %r (see 'spfshm bugs')" % bad[0])
+            try:
+                if parse_spec(args.sched)[0] not in ("random", "pct"):
+                    raise ValueError("bench sched --sched must be random or pct")
+            except ValueError as e:
+                raise UsageError(str(e))
+            return bench_sched.main(args)
         if args.command == "bench" and args.bench == "scaling":
             return cmd_bench_scaling(args)
         if args.command == "bench" and args.bench == "primitives":

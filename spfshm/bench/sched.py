@@ -1,0 +1,95 @@
+"""``spfshm bench sched``: what the controlled scheduler catches and what it costs.
+
+detect: for every busted variant (each with its ``needs``: features only), over seeds
+s = 0..SEEDS-1, the runs it takes under ``--sched SPEC`` to catch it: run r uses the
+run seed 1000 s + r (a new workload and a new schedule each run), up to --max-runs; a
+run counts when its first violation has one of the catalogue's signatures.  Reports
+per variant the runs to catch, median and worst over the seeds.
+
+cost: the same configuration and op count run truly parallel and under the scheduler;
+ops and faults per second of each (wall clock), and the scheduler's steps per second.
+"""
+import json
+import statistics
+import tempfile
+import time
+
+from ..bugs import BY_NAME, CATALOGUE
+from ..config import Config
+from ..run.replay import signature_of
+from ..run.runner import run_stress
+
+
+def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art):
+    expect = BY_NAME[bug].expect
+    for r in range(max_runs):
+        cfg = Config(cpus=cpus, ops=ops, seed=1000 * seed_index + r, bugs=(bug,), sched=spec,
+                     artifacts=art).resolved()
+        if signature_of(run_stress(cfg)) in expect:
+            return r + 1
+    return None
+
+
+def detect(names, seeds, spec, cpus, ops, max_runs):
+    out = []
+    with tempfile.TemporaryDirectory() as art:
+        print("%-34s %7s %7s %6s  %s" % ("bug", "caught", "median", "worst", "runs per seed"))
+        for name in names:
+            t0 = time.monotonic()
+            runs = [runs_to_catch(name, s, spec, cpus, ops, max_runs, art) for s in range(seeds)]
+            got = [r for r in runs if r is not None]
+            row = {"bug": name, "runs": runs, "caught": len(got), "seeds": seeds,
+                   "median_runs": statistics.median(r if r is not None else float("inf")
+                                                    for r in runs) if got else None,
+                   "worst_runs": max(runs) if len(got) == seeds else None,
+                   "seconds": round(time.monotonic() - t0, 1)}
+            if row["median_runs"] == float("inf"):
+                row["median_runs"] = None
+            out.append(row)
+            print("%-34s %3d/%-3d %7s %6s  %s" % (
+                name, len(got), seeds, _n(row["median_runs"]), _n(row["worst_runs"]),
+                " ".join(str(r) if r is not None else ">%d" % max_runs for r in runs)),
+                flush=True)
+    return out
+
+
+def _n(x):
+    return "-" if x is None else ("%g" % x)
+
+
+def cost(spec, cpus, ops, seed):
+    rows = []
+    with tempfile.TemporaryDirectory() as art:
+        for mode in ("parallel", spec):
+            cfg = Config(cpus=cpus, ops=ops, seed=seed, artifacts=art, check_every=0,
+                         perturb="off", sched="" if mode == "parallel" else spec).resolved()
+            t0 = time.monotonic()
+            rep = run_stress(cfg)
+            dt = time.monotonic() - t0
+            f = rep["faults"]
+            faults = f["classic"] + f["spf_ok"] + f["pervma_ok"]
+            row = {"mode": mode, "ops": rep["ops_total"], "seconds": round(dt, 2),
+                   "ops_per_s": round(rep["ops_total"] / dt, 1),
+                   "faults_per_s": round(faults / dt, 1), "exit_code": rep["exit_code"]}
+            if rep.get("sched"):
+                row["steps_per_s"] = round(rep["sched"]["steps"] / dt, 1)
+                row["switches"] = rep["sched"]["switches"]
+            rows.append(row)
+            print("%-10s %7d ops in %6.2f s: %8.0f ops/s, %8.0f faults/s%s" % (
+                mode, row["ops"], dt, row["ops_per_s"], row["faults_per_s"],
+                ", %.0f steps/s, %d switches" % (row["steps_per_s"], row["switches"])
+                if "steps_per_s" in row else ""), flush=True)
+    return rows
+
+
+def main(args):
+    names = args.bugs.split(",") if args.bugs else [b.name for b in CATALOGUE]
+    res = {"bench": "sched", "spec": args.sched, "cpus": args.cpus, "ops": args.ops}
+    if not args.cost_only:
+        res["detect"] = detect(names, args.seeds, args.sched, args.cpus, args.ops,
+                               args.max_runs)
+    res["cost"] = cost(args.sched, args.cpus, args.cost_ops, 1)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0 if args.cost_only or all(r["caught"] == r["seeds"] for r in res["detect"]) else 1
