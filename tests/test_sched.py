@@ -128,3 +128,20 @@ def test_irqs_off_walkers_hold_off_the_ipi_under_the_scheduler(tmp_path):
     assert caught is not None
     control = run_stress(dataclasses.replace(caught, bugs=()).resolved())
     assert control["exit_code"] == 0 and control["ipi"]["sent"] > 0
+
+
+def test_a_parallel_artifact_becomes_a_token_that_replays(tmp_path):
+    """replay --deterministic: the parallel run's configuration, seed and op counts,
+    searched under the scheduler until the recorded signature comes back."""
+    from spfshm.sched.replay import find_schedule
+    rep = None
+    for seed in range(1, 6):
+        rep = run_stress(Config(cpus=3, duration=8, seed=seed, bugs=("free_table_no_sync",),
+                                artifacts=str(tmp_path / "par")).resolved())
+        if rep.get("artifacts"):
+            break
+    assert rep.get("artifacts"), "the parallel runs never caught free_table_no_sync"
+    r = find_schedule(rep["artifacts"], 60, 300, str(tmp_path / "det"), progress=None)
+    assert r["found"] and r["signature"] == signature_of(rep)
+    again = replay_token(r["token"], 3, str(tmp_path / "r"))
+    assert again["hits"] == again["same_digest"] == 3
