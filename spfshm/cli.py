@@ -323,6 +323,9 @@ def build_parser():
     fz.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only seeds with (seed - A) %% N == I (CI matrix jobs)")
     fz.add_argument("--ops", type=pos_int, default=1500, help="operations per CPU per seed")
+    fz.add_argument("--sched", default="", metavar="SPEC",
+                    help="every seed under the controlled scheduler (random[:PM] or "
+                         "pct[:DEPTH[:K]]); a failure prints its token")
     fz.add_argument("--corpus", default=None, metavar="DIR",
                     help="add new failure signatures here (e.g. stress/corpus)")
     fz.add_argument("--json", type=writable_path, metavar="PATH",
@@ -432,13 +435,18 @@ def cmd_fuzz(args):
         return EXIT_OK if not merged["failures"] else EXIT_VIOLATIONS
     try:
         seeds = campaign.seeds_of(args.seeds, args.shard)
-    except ConfigError as e:
+        if args.sched:
+            from .run.sched import parse_spec
+            if parse_spec(args.sched)[0] not in ("random", "pct"):
+                raise ConfigError("fuzz --sched must be random or pct, got %r" % args.sched)
+    except (ConfigError, ValueError) as e:
         raise UsageError(str(e))
     if not (args.jobs == "auto" or args.jobs.isdigit() and int(args.jobs) > 0):
         raise UsageError("--jobs must be a positive integer or auto, got %r" % args.jobs)
     with tempfile.TemporaryDirectory() as results:
         env = dict(os.environ, SPFSHM_SEEDS=args.seeds, SPFSHM_SHARD=args.shard,
-                   SPFSHM_RESULTS=results, SPFSHM_OPS=str(args.ops))
+                   SPFSHM_RESULTS=results, SPFSHM_OPS=str(args.ops),
+                   SPFSHM_SCHED=args.sched)
         print("fuzz: %d seeds (%s, shard %s), %d ops per CPU, %s jobs"
               % (len(seeds), args.seeds, args.shard, args.ops, args.jobs), flush=True)
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

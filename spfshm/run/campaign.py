@@ -6,7 +6,8 @@ hosts with pytest-xdist (``-n``) and over CI matrix jobs with ``--shard I/N``; e
 drops its result as JSON in a directory, and ``spfshm fuzz`` merges them, deduplicates
 failures by signature and adds new ones to the corpus.  Environment: SPFSHM_SEEDS
 ("A:B", default ``ROTATION``), SPFSHM_SHARD ("I/N"), SPFSHM_RESULTS (directory),
-SPFSHM_OPS (per CPU).
+SPFSHM_OPS (per CPU), SPFSHM_SCHED (a --sched spec: every seed under the controlled
+scheduler, its schedule seeded by the seed too).
 """
 import dataclasses
 import json
@@ -67,15 +68,15 @@ def seeds_of(seeds=ROTATION, shard="0/1"):
     return [s for s in range(a, b) if (s - a) % n == i]
 
 
-def config_for(seed, ops=1500, cpus=2):
+def config_for(seed, ops=1500, cpus=2, sched=""):
     base = CONFIGS[seed % len(CONFIGS)]
     modes = len(base.get("fault_mode", Config.fault_mode).split(","))
     return Config(cpus=max(cpus, modes, 3 if base.get("workload") == "faults+writer" else 0),
-                  ops=ops, seed=seed, check_every=0.5, **base)
+                  ops=ops, seed=seed, check_every=0.5, sched=sched, **base)
 
 
-def run_one(seed, ops=1500, results=None):
-    cfg = config_for(seed, ops)
+def run_one(seed, ops=1500, results=None, sched=""):
+    cfg = config_for(seed, ops, sched=sched)
     with tempfile.TemporaryDirectory() as art:
         rep = run_stress(dataclasses.replace(cfg, artifacts=art).resolved())
     out = {"seed": seed, "config": cfg.to_dict(), "exit_code": rep["exit_code"],

@@ -13,6 +13,6 @@ SEEDS = seeds_of(os.environ.get("SPFSHM_SEEDS", ROTATION),
 @pytest.mark.parametrize("seed", SEEDS)
 def test_campaign_seed(seed):
     r = run_one(seed, int(os.environ.get("SPFSHM_OPS", "1500")),
-                os.environ.get("SPFSHM_RESULTS"))
+                os.environ.get("SPFSHM_RESULTS"), os.environ.get("SPFSHM_SCHED", ""))
     assert r["exit_code"] == 0, "seed %d: %s %s\n  re-run: %s" % (
         seed, r["signature"], r["errors"], r["repro"])
