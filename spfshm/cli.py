@@ -268,6 +268,15 @@ def build_parser():
     bs.add_argument("--cost-ops", type=pos_int, default=2000, metavar="N",
                     help="ops per CPU of the cost comparison (default 2000)")
     bs.add_argument("--cost-only", action="store_true", help="only the cost comparison")
+    bs.add_argument("--from-parallel", action="store_true",
+                    help="instead: per variant, a parallel failure -> replay --deterministic "
+                         "-> token replayed 10 times -> shrink")
+    bs.add_argument("--parallel-s", type=pos_float, default=15.0, metavar="SEC",
+                    help="--from-parallel: each parallel run's length (default 15)")
+    bs.add_argument("--budget-runs", type=pos_int, default=100, metavar="N",
+                    help="--from-parallel: schedules the search may try (default 100)")
+    bs.add_argument("--budget", type=pos_float, default=180.0, metavar="SEC",
+                    help="--from-parallel: seconds the search may take (default 180)")
     bs.add_argument("--json", type=writable_path, metavar="PATH")
 
     from .config import FAULT_MODES, TABLE_FREE

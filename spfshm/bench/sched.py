@@ -6,6 +6,13 @@ run seed 1000 s + r (a new workload and a new schedule each run), up to --max-ru
 run counts when its first violation has one of the catalogue's signatures.  Reports
 per variant the runs to catch, median and worst over the seeds.
 
+pipeline (--from-parallel): for every variant, the road from a CI failure to a minimal
+trace: a truly parallel run (its needs, the default perturbation, up to --parallel-s
+seconds per seed, seeds 1, 2, 3... until one fails with an expected signature), then
+``replay ARTIFACT --deterministic`` (tries and seconds to find a token), the token
+replayed 10 times (hits and equal digests), and ``shrink`` (switches, preemptions and
+ops per CPU before and after).
+
 cost: the same configuration and op count run truly parallel and under the scheduler;
 ops and faults per second of each (wall clock), and the scheduler's steps per second.
 """
@@ -53,6 +60,55 @@ def detect(names, seeds, spec, cpus, ops, max_runs):
     return out
 
 
+def pipeline(names, parallel_s, budget_runs, budget_s):
+    from ..sched.replay import find_schedule, replay_token
+    from ..sched.shrink import shrink_token
+    out = []
+    with tempfile.TemporaryDirectory() as art:
+        for name in names:
+            expect = BY_NAME[name].expect
+            row = {"bug": name}
+            rep = None
+            for seed in range(1, 4):
+                rep = run_stress(Config(duration=parallel_s, seed=seed, bugs=(name,),
+                                        artifacts=art).resolved())
+                if signature_of(rep) in expect and rep.get("artifacts"):
+                    break
+                rep = None
+            if rep is None:
+                row["parallel"] = "not caught in 3 x %g s" % parallel_s
+                out.append(row)
+                print("%-34s parallel: not caught" % name, flush=True)
+                continue
+            row["parallel_s"] = rep["elapsed_s"]
+            f = find_schedule(rep["artifacts"], budget_runs, budget_s, art, progress=None)
+            row["find"] = {k: f[k] for k in ("found", "tries", "seconds", "guided")}
+            if f["found"]:
+                r = replay_token(f["token"], 10, art)
+                row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
+                try:
+                    s = shrink_token(f["token"], art)
+                    row["shrink"] = {"before": s["before"], "after": s["after"],
+                                     "runs": s["runs"], "seconds": s["seconds"]}
+                except ValueError as e:
+                    row["shrink"] = {"error": str(e)}
+            out.append(row)
+            sh = row.get("shrink", {})
+            print("%-34s parallel %5.1fs; found %s in %d tries %.1fs%s; replay %s; shrink %s"
+                  % (name, row["parallel_s"], f["found"], f["tries"], f["seconds"],
+                     " (guided)" if f["guided"] else "",
+                     "%d/10 (digests %d/10)" % (row["replay"]["hits"],
+                                                row["replay"]["same_digest"])
+                     if "replay" in row else "-",
+                     "preemptions %d->%d switches %d->%d ops %s->%s" % (
+                         sh["before"]["preemptions"], sh["after"]["preemptions"],
+                         sh["before"]["switches"], sh["after"]["switches"],
+                         "/".join(map(str, sh["before"]["ops_per_cpu"])),
+                         "/".join(map(str, sh["after"]["ops_per_cpu"])))
+                     if "before" in sh else sh.get("error", "-")), flush=True)
+    return out
+
+
 def _n(x):
     return "-" if x is None else ("%g" % x)
 
@@ -85,6 +141,12 @@ def cost(spec, cpus, ops, seed):
 def main(args):
     names = args.bugs.split(",") if args.bugs else [b.name for b in CATALOGUE]
     res = {"bench": "sched", "spec": args.sched, "cpus": args.cpus, "ops": args.ops}
+    if args.from_parallel:
+        res["pipeline"] = pipeline(names, args.parallel_s, args.budget_runs, args.budget)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return 0 if all(r.get("replay", {}).get("hits") == 10 for r in res["pipeline"]) else 1
     if not args.cost_only:
         res["detect"] = detect(names, args.seeds, args.sched, args.cpus, args.ops,
                                args.max_runs)
