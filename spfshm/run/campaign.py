@@ -37,6 +37,11 @@ CONFIGS = [
     dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="off"),   # IPI fallback
     dict(fault_mode="pervma,spf,classic", table_free="rcu-always", madvise_lock="vma",
          workload="faults"),
+    # The controlled scheduler (run/sched.py): one CPU at a time, a switch at 20% of the
+    # points, so a window between two primitives is opened without being pointed at.
+    dict(sched="random:200000"),
+    dict(fault_mode="spf,pervma,classic", table_free="ipi", sched="random:200000",
+         workload="faults"),
 ]
 
 # The fixed campaign (stress/test_campaign.py): every configuration of the rotation once.
@@ -69,10 +74,12 @@ def seeds_of(seeds=ROTATION, shard="0/1"):
 
 
 def config_for(seed, ops=1500, cpus=2, sched=""):
-    base = CONFIGS[seed % len(CONFIGS)]
+    base = dict(CONFIGS[seed % len(CONFIGS)])
+    if sched:                                  # fuzz --sched: every seed under it
+        base["sched"] = sched
     modes = len(base.get("fault_mode", Config.fault_mode).split(","))
     return Config(cpus=max(cpus, modes, 3 if base.get("workload") == "faults+writer" else 0),
-                  ops=ops, seed=seed, check_every=0.5, sched=sched, **base)
+                  ops=ops, seed=seed, check_every=0.5, **base)
 
 
 def run_one(seed, ops=1500, results=None, sched=""):
