@@ -351,9 +351,10 @@ class Stress:
             if not stop:
                 stuck = monitor.stuck(now, running)
                 if stuck:
-                    if getattr(monitor, "why", None):
-                        self.errors.append(monitor.why)
-                    self._report_hang(st, mm, stuck)
+                    why = getattr(monitor, "why", None)
+                    if why:
+                        self.errors.append(why)
+                    self._report_hang(st, mm, stuck, "" if why else None)
                     workers.kill()
                     break
             if stop:
@@ -435,16 +436,19 @@ class Stress:
                 return False
             time.sleep(random.random() * 0.0002)
 
-    def _report_hang(self, st, mm, stuck):
+    def _report_hang(self, st, mm, stuck, how_long=None):
+        """how_long: the text after "made no progress" (default: for the stall timeout)."""
         secs = self.cfg.stall_timeout
+        if how_long is None:
+            how_long = " for %.0fs" % secs
         dumps = [dump_cpu(st, c) for c in range(self.cfg.cpus)]
         self.hang = [format_dump(d) for d in dumps]
         for c in stuck:
             d = dumps[c]
             mm.report("hang", "watchdog", 0, c, int(secs * 1000), 0)
-            self.errors.append("hang: CPU %d made no progress for %.0fs (%s; waits for %s; "
+            self.errors.append("hang: CPU %d made no progress%s (%s; waits for %s; "
                                "process %s): %s"
-                               % (c, secs, "in %s" % d["in_op"] if d["in_op"] else "idle",
+                               % (c, how_long, "in %s" % d["in_op"] if d["in_op"] else "idle",
                                   ", ".join(d["waits_for"]) or "nothing", d["process"],
                                   stall_cause(d)))
 
