@@ -72,7 +72,8 @@ def test_hang_ends_with_exit_3_dump_and_artifact(tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["exit_code"] == 3 and rep["hang_dump"]
     art = rep["artifacts"]
-    for f in ("config.json", "report.json", "dump.txt", "timeline.txt", "repro.txt"):
+    for f in ("config.json", "report.json", "dump.txt", "timeline.txt", "trace.json",
+              "repro.txt"):
         assert os.path.getsize(os.path.join(art, f)) > 0
     assert_no_orphans(pids)
 

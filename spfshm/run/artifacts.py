@@ -6,7 +6,11 @@
   dump.txt       per CPU: what it was doing, holds, waits for, IRQ/RCU state, last events
                  (after a hang, first as it was then, with what the OS said of its process)
   timeline.txt   one column per CPU, one row per event in global order, around the first
-                 violation (or the end)
+                 violation (or the end); under --sched in steps, with lock holds, IRQs-off
+                 and RCU sections and the switches
+  trace.json     the run as Chrome trace-event JSON (trace.py): one lane per CPU, lock
+                 holds and IRQs-off and RCU sections as slices, IPIs as arrows,
+                 violations as instants; opens in https://ui.perfetto.dev
   repro.txt      the command that re-runs it
   events.json    every CPU's ring records (cpu, stamp, type, a0, a1, a2) in stamp order,
                  and whether a ring wrapped (``replay --deterministic`` is guided by them)
@@ -17,7 +21,8 @@ import tempfile
 import time
 
 from .. import __version__
-from .events import timeline
+from .events import lock_namer, timeline
+from .trace import chrome_trace
 from .watchdog import dump_cpu, format_dump
 
 
@@ -66,15 +71,22 @@ def write(st, rep, root):
                     % "\n".join(rep["hang_dump"]))
         for c in range(cfg.cpus):
             f.write(format_dump(dump_cpu(st, c, nevents=64, process=False)) + "\n\n")
-    first = rep["violations"][0]["stamp"] if rep["violations"] else None
-    marks = [(v["stamp"], "VIOLATION %s (%s): %s" % (v["signature"], "sweep" if v["cpu"] < 0
-                                                      else "CPU %d" % v["cpu"], v["detail"]))
+    # Under --sched the CPUs' stamps are logical and the sweeper's (the parent's) are not:
+    # the timeline is then around the first violation a CPU found, the sweep's at the end.
+    first = next((v["stamp"] for v in rep["violations"] if v["cpu"] >= 0 or not cfg.sched),
+                 None)
+    marks = [(None if cfg.sched else v["stamp"],
+              "VIOLATION %s (%s): %s" % (v["signature"], "sweep" if v["cpu"] < 0
+                                         else "CPU %d" % v["cpu"], v["detail"]))
              for v in rep["violations"] if v["cpu"] < 0]
     with open(os.path.join(d, "timeline.txt"), "w") as f:
-        f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first, marks=marks))
+        f.write("\n".join(timeline(st.smp, list(range(cfg.cpus)), around=first, marks=marks,
+                                   lock_name=lock_namer(st.arena), sched=bool(cfg.sched)))
                 + "\n")
     with open(os.path.join(d, "events.json"), "w") as f:
         json.dump(ring_records(st.smp, cfg.cpus), f)
+    with open(os.path.join(d, "trace.json"), "w") as f:
+        json.dump(chrome_trace(st), f)
     with open(os.path.join(d, "repro.txt"), "w") as f:
         f.write(rep["repro"] + "\n")
     return d

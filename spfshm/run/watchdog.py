@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 
 from ..mm.mm_types import STAT
-from .events import describe_event
+from .events import describe_event, lock_namer
 
 HB_SEQ, HB_OP, HB_DONE = 0, 1, 2
 OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
@@ -101,6 +101,7 @@ def dump_cpu(st, cpu, nevents=12, process=True):
     pc = st.arena["percpu"][cpu]
     hb = st.arena["heartbeat"][cpu]
     ev = st.smp.events(cpu)[-nevents:]
+    lock_name = lock_namer(st.arena)
     return {
         "cpu": cpu, "pid": int(pc["pid"]), "alive": int(pc["alive"]),
         "in_op": STEPS[int(hb[HB_OP])] if int(hb[HB_SEQ]) & 1 else None,
@@ -110,7 +111,7 @@ def dump_cpu(st, cpu, nevents=12, process=True):
         "ipi_unacked": int((int(pc["req_seq"]) - int(pc["ack_seq"])) & 0xFFFFFFFF),
         "ipi_pending_work": int(pc["pending"]),
         "holds": locks_held(st, cpu), "waits_for": waiting_for(st, cpu),
-        "last_events": [describe_event(e) for e in ev],
+        "last_events": [describe_event(e, lock_name) for e in ev],
         "process": process_state(int(pc["pid"])) if process else None,
     }
 
