@@ -145,3 +145,9 @@ def test_a_parallel_artifact_becomes_a_token_that_replays(tmp_path):
     assert r["found"] and r["signature"] == signature_of(rep)
     again = replay_token(r["token"], 3, str(tmp_path / "r"))
     assert again["hits"] == again["same_digest"] == 3
+
+
+def test_two_failing_runs_in_one_second_keep_two_artifacts(tmp_path):
+    cfg = cfg_of(tmp_path, cpus=2, ops=30, seed=3, bugs=(BUG,))
+    a, b = run_stress(cfg), run_stress(cfg)
+    assert a["artifacts"] and b["artifacts"] and a["artifacts"] != b["artifacts"]

@@ -50,9 +50,17 @@ def ring_records(smp, ncpus):
 
 def write(st, rep, root):
     cfg = st.cfg
-    d = os.path.join(root, "%s-seed%d-%d" % (time.strftime("%Y%m%d-%H%M%S"), cfg.seed,
-                                             os.getpid()))
-    os.makedirs(d, exist_ok=True)
+    base = os.path.join(root, "%s-seed%d-%d" % (time.strftime("%Y%m%d-%H%M%S"), cfg.seed,
+                                                os.getpid()))
+    os.makedirs(root, exist_ok=True)
+    d, n = base, 1
+    while True:                     # runs of one process within a second: one dir each
+        try:
+            os.mkdir(d)
+            break
+        except FileExistsError:
+            n += 1
+            d = "%s-%d" % (base, n)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(dict(cfg.to_dict(), version=__version__), f, indent=2)
     with open(os.path.join(d, "report.json"), "w") as f:
