@@ -117,11 +117,6 @@ def enter(arena):
 exit_ = native.lib.spf_sched_exit
 
 
-def point():
-    """A named delay point under the scheduler."""
-    native.lib.spf_sched_yield(native.lib.SPF_PC_NAMED)
-
-
 class State:
     """What the parent reads of the scheduler (during and after the run)."""
 
