@@ -176,6 +176,14 @@ def add_config_args(p):
                         "run a token names; every other option is the token's)")
 
 
+def add_search_budget(p, when, runs, secs):
+    """The budget of a schedule search (sched/replay.py find_schedule)."""
+    p.add_argument("--budget-runs", type=pos_int, default=runs, metavar="N",
+                   help="%s: schedules the search may try (default %d)" % (when, runs))
+    p.add_argument("--budget", type=pos_float, default=secs, metavar="SEC",
+                   help="%s: seconds the search may take (default %g)" % (when, secs))
+
+
 def config_from_args(a):
     from .config import Config, ConfigError
     if a.sched.startswith("replay:"):
@@ -273,10 +281,7 @@ def build_parser():
                          "-> token replayed 10 times -> shrink")
     bs.add_argument("--parallel-s", type=pos_float, default=15.0, metavar="SEC",
                     help="--from-parallel: each parallel run's length (default 15)")
-    bs.add_argument("--budget-runs", type=pos_int, default=100, metavar="N",
-                    help="--from-parallel: schedules the search may try (default 100)")
-    bs.add_argument("--budget", type=pos_float, default=180.0, metavar="SEC",
-                    help="--from-parallel: seconds the search may take (default 180)")
+    add_search_budget(bs, "--from-parallel", 100, 180.0)
     bs.add_argument("--json", type=writable_path, metavar="PATH")
 
     from .config import FAULT_MODES, TABLE_FREE
@@ -373,10 +378,7 @@ def build_parser():
     rp.add_argument("--deterministic", action="store_true",
                     help="with ARTIFACT (of a parallel run): search schedules of its "
                          "configuration until the same violation appears; print the token")
-    rp.add_argument("--budget-runs", type=pos_int, default=300, metavar="N",
-                    help="--deterministic: schedules to try at most (default 300)")
-    rp.add_argument("--budget", type=pos_float, default=600.0, metavar="SEC",
-                    help="--deterministic: seconds at most (default 600)")
+    add_search_budget(rp, "--deterministic", 300, 600.0)
     rp.add_argument("--repeat", type=pos_int, default=None, metavar="K",
                     help="runs (default 5 for an artifact, 10 for a token)")
     rp.add_argument("--cpus", type=pos_int, default=None, help="change the CPU count")
