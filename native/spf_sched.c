@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 #include "spf_internal.h"
 #include "spf_futex.h"
@@ -53,9 +54,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k)))
 		return -1;
-	char *p = (char *)s;
-	for (uint64_t i = 0; i < spf_sched_size(log_cap, 0, 0); i++)
-		p[i] = 0;
+	memset(s, 0, sizeof(*s));      /* the log is written before it is read */
 	s->turn = SPF_SCHED_NONE;
 	s->ncpus = (uint32_t)ncpus;
 	s->policy = (uint32_t)policy;

@@ -223,6 +223,24 @@ def build_parser():
 
     sub.add_parser("bugs", help="list the busted variants (--bug NAME)")
 
+    ex = sub.add_parser("explore", help="run every schedule of a litmus scenario with at "
+                                        "most K preemptions (iterative context bounding)")
+    ex.add_argument("scenario", metavar="SCENARIO",
+                    help="a scenario file (README: Litmus scenarios; stress/scenarios/)")
+    ex.add_argument("--preemptions", type=nonneg_int, required=True, metavar="K",
+                    help="the preemption bound (forced switches are free)")
+    ex.add_argument("--config", action="append", default=[], metavar="'NAME=VALUE ...'",
+                    help="options over the scenario's config line (the same syntax; "
+                         "repeatable), e.g. --config 'walk=rcu table-free=ipi'")
+    ex.add_argument("--max-schedules", type=pos_int, default=0, metavar="N",
+                    help="stop after N schedules (the verdict then says not exhaustive)")
+    ex.add_argument("--artifacts", default=None, metavar="DIR",
+                    help="where the failing schedule's artifacts go (default: "
+                         "./spfshm-artifacts)")
+    ex.add_argument("--json", type=writable_path, metavar="PATH",
+                    help="write the result (counts, verdict, the failure and its token)")
+    ex.add_argument("--quiet", action="store_true", help="no progress line")
+
     dk = sub.add_parser("diff-kernel", help="compare the model with the real kernel, step by step")
     src = dk.add_mutually_exclusive_group()
     src.add_argument("--script", metavar="FILE.json", help="a JSON list of ops (see README)")
@@ -425,6 +443,48 @@ def cmd_stress(args):
     if args.json:
         write_json(rep, args.json)
     return rep["exit_code"]
+
+
+def cmd_explore(args):
+    import json
+    from .config import Config, ConfigError
+    from .run import artifacts, scenario
+    from .run.explore import Explorer, Progress
+    try:
+        cfg = scenario.config_of(args.scenario, [x for c in args.config for x in c.split()],
+                                 artifacts=args.artifacts or Config.artifacts,
+                                 sched="list").resolved()
+        artifacts.check_writable(cfg.artifacts)
+    except ConfigError as e:
+        raise UsageError(str(e))
+    except PermissionError as e:
+        raise UsageError("--artifacts: %s" % e)
+    if not args.quiet:
+        print("spfshm explore %s: %s, up to %d preemption(s)%s" % (
+            args.scenario, cfg.describe(), args.preemptions,
+            ", at most %d schedules" % args.max_schedules if args.max_schedules else ""),
+            flush=True)
+    prog = Progress(args.quiet)
+    ex = Explorer(cfg, args.preemptions, args.max_schedules, progress=prog).explore()
+    prog.done()
+    f = ex.failure
+    if f:
+        for v in f["violations"]:
+            print("VIOLATION %s (CPU %d, va %#x): %s" % (v["signature"], v["cpu"], v["va"],
+                                                         v["detail"]))
+        for e in f["errors"]:
+            print("error: %s" % e)
+    print("schedules by preemptions: %s" % ex.levels())
+    print(ex.verdict())
+    if f:
+        print("  replay: %s\n     (or: spfshm stress --sched replay:%s)"
+              % (f["repro"], f["token"]))
+        if f["artifacts"]:
+            print("  artifacts: %s" % f["artifacts"])
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(ex.to_dict(), fh, indent=2)
+    return EXIT_VIOLATIONS if f else ex.interrupted or EXIT_OK
 
 
 def cmd_fuzz(args):
@@ -706,6 +766,8 @@ def main(argv=None):
     try:
         if args.command == "stress":
             return cmd_stress(args)
+        if args.command == "explore":
+            return cmd_explore(args)
         if args.command == "diff-kernel":
             return cmd_diff_kernel(args)
         if args.command == "bugs":

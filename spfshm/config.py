@@ -67,12 +67,21 @@ class Config:
     sched_choices: int = 0         # exploration: record the choices of this many steps
     cpu_ops: tuple = ()            # per CPU, instead of ops (a shrunk schedule's)
     sched_seed: int = 0            # varies the schedule, not the workload (a search's)
+    scenario: str = ""             # a litmus scenario (run/scenario.py), normalized JSON:
+    #                                its layout and each CPU's ops instead of the workload
 
     def resolved(self):
         """A copy with defaults filled in (cpus=0 -> usable cores; what each --bug needs
         to be reachable, where the setting was left at its default; reclaim and collapse
         "auto" -> what the kernel pairs with the rest), validated."""
         c = dataclasses.replace(self)
+        if c.scenario:              # the CPUs and their ops are the scenario's
+            from .run.scenario import ncpus_and_ops
+            try:
+                n, most = ncpus_and_ops(c.scenario)
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError("scenario: not a normalized scenario (run/scenario.py)")
+            c.cpus, c.ops = c.cpus or n, max(1, most)
         if c.sched:
             # One CPU runs at a time and time is logical: the run is a number of ops, a
             # sweep only at the end, and the scheduler is the only perturbation.
@@ -172,6 +181,9 @@ class Config:
              "per-CPU op counts need --sched and one count per CPU")
         need(not self.sched_list or self.sched in ("list", "guided"),
              "a switch list or guide needs --sched list or guided (from a token)")
+        if self.scenario:
+            from .run.scenario import validate
+            validate(self)
         try:
             bugs_mod.Bugs(self.bugs)
         except ValueError as e:
@@ -213,7 +225,8 @@ class Config:
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
                    self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
-                   self.collapse, self.madvise_lock, self.workload, self.delay,
+                   self.collapse, self.madvise_lock,
+                   "scenario" if self.scenario else self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
                    self.perturb_profile(), ",".join(self.bugs) or "none",
                    " sched=%s" % self.sched if self.sched else ""))

@@ -33,6 +33,7 @@ def test_sdist_carries_every_package_native_and_the_suite(tmp_path):
         top = name[:-len(".tar.gz")]
         shipped = {os.path.relpath(m, top) for m in tar.getnames()}
     want = tree_files("spfshm/**/*.py", "native/*.[ch]", "tests/*.py", "stress/*.py",
-                      "stress/corpus/*.json") | {"pyproject.toml", "setup.py", "README.md"}
+                      "stress/corpus/*.json", "stress/scenarios/*.litmus") \
+        | {"pyproject.toml", "setup.py", "README.md"}
     assert {"spfshm/run/runner.py", "spfshm/mm/fault.py", "native/spf_rcu.h"} <= want
     assert want - shipped == set()

@@ -151,3 +151,18 @@ def test_two_failing_runs_in_one_second_keep_two_artifacts(tmp_path):
     cfg = cfg_of(tmp_path, cpus=2, ops=30, seed=3, bugs=(BUG,))
     a, b = run_stress(cfg), run_stress(cfg)
     assert a["artifacts"] and b["artifacts"] and a["artifacts"] != b["artifacts"]
+
+
+def test_a_token_naming_an_op_its_scenario_lacks_is_exit_2(tmp_path, capsys):
+    import json
+    import os
+    from spfshm.run.scenario import load
+    _, sc = load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "stress", "scenarios", "gup-vs-madvise.litmus"))
+    sc["cpus"][0] = [["frobnicate", 0]]
+    cfg = Config(cpus=2, ops=1, sched="list", scenario=json.dumps(sc),
+                 artifacts=str(tmp_path))
+    token = sched.make_token(cfg, "0" * 16)
+    assert cli.main(["replay", "--token", token]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "frobnicate" in err

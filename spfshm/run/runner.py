@@ -24,7 +24,7 @@ from ..mm.khugepaged import khugepaged_scan
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
-from . import artifacts, sched
+from . import artifacts, scenario, sched
 from .watchdog import (HB_DONE, HB_OP, HB_SEQ, OPS, RCU_CALLBACKS, StallMonitor, dump_cpu,
                        format_dump, holds_anything, process_state, stall_cause)
 from .workers import WorkerError, Workers, describe_exit
@@ -112,16 +112,21 @@ def worker_main(st, cpu):
     c = Cpu(mm)
     cfg = st.cfg
     is_reclaimer = cfg.reclaimer and cpu == cfg.cpus - 1
-    wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
-                  reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer, reclaimer=is_reclaimer,
-                  collapse_op=cfg.collapse != "off", writer_rate=cfg.writer_rate,
-                  whole_blocks=cfg.reclaim != "off" or cfg.collapse != "off")
+    if cfg.scenario:                          # a litmus scenario: this CPU's ops
+        wl = scenario.ScriptWorkload(st.g, cfg.scenario, cpu)
+    else:
+        wl = Workload(st.g, cfg.seed, cpu, cfg.workload,
+                      reclaim_op=cfg.reclaim == "seed" and not cfg.reclaimer,
+                      reclaimer=is_reclaimer, collapse_op=cfg.collapse != "off",
+                      writer_rate=cfg.writer_rate,
+                      whole_blocks=cfg.reclaim != "off" or cfg.collapse != "off")
     paced = wl.period_ns > 0
     c.reclaimer_pause = RECLAIMER_PAUSE_NS if is_reclaimer else 0
     ctl = st.ctl
     parked = st.arena.ptr("ctl", index=PARKED)
     viol = mm.reporter.count
-    limit = st.cfg.cpu_ops[cpu] if st.cfg.cpu_ops else st.cfg.ops or (1 << 62)
+    limit = cfg.cpu_ops[cpu] if cfg.cpu_ops else wl.limit if cfg.scenario \
+        else cfg.ops or (1 << 62)
     hb = st.arena["heartbeat"][cpu]
     acct = st.arena["cpu_acct"][cpu]
     if cfg.sched:
@@ -218,8 +223,11 @@ def setup_initial(st):
     st.smp.become_cpu(n)
     mm = st.mm_for(n)
     mm_init(mm)
-    for addr, npages, prot in initial_layout(st.g, st.cfg.seed, st.cfg.workload):
-        do_mmap(mm, addr, npages * mm_types.PAGE, prot, MAP_FIXED)
+    if st.cfg.scenario:
+        scenario.setup(mm, st.cfg.scenario)          # its map and populate lines
+    else:
+        for addr, npages, prot in initial_layout(st.g, st.cfg.seed, st.cfg.workload):
+            do_mmap(mm, addr, npages * mm_types.PAGE, prot, MAP_FIXED)
     mm.rcu.rcu_barrier()
     mm.flush_stats()
     native.cpu_unregister()
@@ -336,8 +344,9 @@ class Stress:
         monitor = sched.Monitor(st.arena, cfg) if cfg.sched else \
             StallMonitor(st, cfg.stall_timeout)
         killer = random.Random("spfshm-kill:%d" % cfg.seed)
+        poll = 0.005 if cfg.sched else 0.05      # a scheduled run is short: look often
         while True:
-            time.sleep(0.05)
+            time.sleep(poll)
             now = time.monotonic()
             running = workers.poll()
             if not running:

@@ -13,6 +13,7 @@ runs the same configuration under the same schedule; the digest says whether the
 was the same one.
 """
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -174,9 +175,11 @@ class State:
 
 
 # -- tokens -------------------------------------------------------------------------------
-_MODEL_FILES = ("mm", "run/runner.py", "run/workload.py", "rcu.py", "smp.py", "arena.py")
+_MODEL_FILES = ("mm", "run/runner.py", "run/workload.py", "run/scenario.py", "rcu.py", "smp.py",
+                "arena.py")
 
 
+@functools.lru_cache(maxsize=1)
 def model_version():
     """__version__ and a digest of the model's protocol sources: a token made by other
     sources may schedule differently."""

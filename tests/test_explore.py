@@ -1,0 +1,157 @@
+"""Litmus scenarios (run/scenario.py) and bounded exploration (run/explore.py):
+malformed scenarios are usage errors naming FILE:LINE and the field; a clean scenario is
+explored exhaustively; a busted one is found, and its token replays the failure."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spfshm.cli import main
+from spfshm.config import ConfigError
+from spfshm.run import scenario
+from spfshm.run.explore import Explorer, children
+from spfshm.run.runner import run_stress
+from spfshm.run.sched import read_token
+from spfshm.config import Config
+
+SCENARIOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "stress", "scenarios")
+GOOD = """\
+# two CPUs, one op each
+config fault-mode=classic reclaim=off collapse=off
+map 0 512 rw
+populate 0 2
+cpu 0: gup 0 1
+cpu 1:
+    madvise 0 1   # DONTNEED
+"""
+
+
+def write(tmp_path, text, name="s.litmus"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("line,lineno,needle", [
+    ("cpu 1: madvise 0 1 dontneed", None, None),                       # valid
+    ("cpu 1: madvise 0 x", 7, "madvise: NPAGES 'x' is not an integer"),
+    ("cpu 1: frob 3", 7, "frob: unknown operation"),
+    ("cpu 1: store 4096", 7, "store: PAGE 4096 is outside the window"),
+    ("cpu 1: mprotect 0 4 rwx", 7, "mprotect: PROT 'rwx'"),
+    ("cpu x: load 1", 7, "cpu: CPU 'x'"),
+    ("cpu 1: gup 0 17", 7, "gup: NPAGES 17"),
+    ("cpu 1: reclaim", 2, "config: a reclaim op (the seed scanner) needs reclaim=seed"),
+    ("populate 0 600", 7, "populate: pages 0..599 are not all in a read-write map"),
+    ("bogus 1", 7, "bogus: unknown operation"),
+])
+def test_parse_errors_name_line_and_field(tmp_path, line, lineno, needle):
+    path = write(tmp_path, GOOD.replace("    madvise 0 1   # DONTNEED", line))
+    if needle is None:
+        opts, s = scenario.load(path)
+        assert s["cpus"][1] == [["madvise", 0, 1]] and s["populate"] == [[0, 2]]
+        return
+    with pytest.raises(ConfigError) as e:
+        scenario.load(path)
+    assert str(e.value).startswith("%s:%d: " % (path, lineno)) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("config,needle", [
+    ("config walk=sideways", "s.litmus:2: walk: --walk must be one of"),
+    ("config table-free=ipi reclaim=ptreclaim", "s.litmus:2: config: --reclaim ptreclaim"),
+    ("config duration=3", "s.litmus:2: duration: not a scenario option"),
+    ("config bug=no_such_bug", "s.litmus:2: bug: --bug: unknown"),
+    ("config seed=x", "s.litmus:2: seed: 'x' is not an integer"),
+])
+def test_cli_bad_scenario_exits_2_with_one_line(tmp_path, capsys, config, needle):
+    path = write(tmp_path, GOOD.replace("config fault-mode=classic reclaim=off collapse=off",
+                                        config))
+    assert main(["explore", path, "--preemptions", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_cli_missing_file_and_bad_override_exit_2(tmp_path, capsys):
+    assert main(["explore", str(tmp_path / "none.litmus"), "--preemptions", "1"]) == 2
+    assert "none.litmus" in capsys.readouterr().err
+    path = write(tmp_path, GOOD)
+    assert main(["explore", path, "--preemptions", "1", "--config", "walk=up"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--config: walk:" in err[0], err
+
+
+def test_config_carries_the_scenario(tmp_path):
+    """Config.resolved takes the CPUs and ops from the scenario; the runner runs exactly
+    the script, from the scenario's layout."""
+    cfg = scenario.config_of(write(tmp_path, GOOD), sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    assert cfg.cpus == 2 and cfg.ops == 1 and "workload=scenario" in cfg.describe()
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="scenario: it has 2 CPUs"):
+        dataclasses.replace(cfg, cpus=3).validate()
+    rep = run_stress(cfg)
+    assert rep["exit_code"] == 0, rep["violations"]
+    assert rep["ops"]["gup"] == 1 and rep["ops"]["madvise"] == 1 and rep["ops_total"] == 2
+
+
+def test_children_count_preemptions():
+    # (mask, cur, next): step 0 is the start (free), at step 1 CPU 0 could go on (a
+    # preemption to CPU 1), at step 2 CPU 0 blocked (CPU 1 ran: CPU 2 is a free choice)
+    ch = [(3, -1, 0), (3, 0, 0), (6, 0, 1), (2, 1, 1)]
+    assert children((), ch, 0, 1) == [((1,), 0), ((1 << 16 | 1,), 1), ((2 << 16 | 2,), 0)]
+    assert children((), ch, 1, 1) == [((1,), 1), ((2 << 16 | 2,), 1)]
+    assert children((2 << 16 | 1,), ch, 0, 1) == []
+
+
+def test_clean_scenario_is_explored_exhaustively(tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "spfshm", "explore", write(tmp_path, GOOD),
+                        "--preemptions", "1", "--quiet", "--json", str(out),
+                        "--artifacts", str(tmp_path / "a")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["exhaustive"] and res["failure"] is None and res["diverged"] == 0
+    assert res["schedules"] > 1 and res["per_preemptions"][1] > 0
+    assert "no violation (exhaustive up to 1 preemption)" in r.stdout
+
+
+def test_max_schedules_says_not_exhaustive(tmp_path):
+    cfg = scenario.config_of(write(tmp_path, GOOD), artifacts=str(tmp_path / "a")).resolved()
+    ex = Explorer(cfg, 1, max_schedules=2).explore()
+    assert ex.runs == 2 and not ex.exhaustive
+    assert "not exhaustive: stopped at --max-schedules 2" in ex.verdict()
+
+
+def test_busted_scenario_is_found_and_its_token_replays(tmp_path):
+    """gup_fast without its PTE re-check against MADV_DONTNEED: one preemption (between
+    gup_fast's read of the PTE and its pin) is enough.  The token replays it."""
+    path = os.path.join(SCENARIOS, "gup-vs-madvise.litmus")
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "spfshm", "explore", path, "--preemptions",
+                        "1", "--config", "bug=gup_fast_no_recheck", "--quiet", "--json",
+                        str(out), "--artifacts", str(tmp_path / "a")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    f = json.loads(out.read_text())["failure"]
+    assert f["signature"] == "gup_unmapped@gup" and f["preemptions"] == 1
+    assert "VIOLATION gup_unmapped@gup in schedule" in r.stdout
+    assert "spfshm replay --token " + f["token"] in r.stdout
+    cfg, _, sig = read_token(f["token"])
+    assert sig == "gup_unmapped@gup"
+    assert json.loads(cfg["scenario"])["cpus"][0] == [["gup", 0, 1]]
+    rr = subprocess.run([sys.executable, "-m", "spfshm", "stress", "--sched",
+                         "replay:" + f["token"], "--quiet", "--artifacts",
+                         str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert rr.returncode == 1 and "VIOLATION gup_unmapped@gup" in rr.stdout, rr.stdout
+
+
+def test_shipped_scenarios_parse():
+    names = sorted(f for f in os.listdir(SCENARIOS) if f.endswith(".litmus"))
+    assert len(names) >= 5
+    for n in names:
+        cfg = scenario.config_of(os.path.join(SCENARIOS, n), sched="list").resolved()
+        assert cfg.cpus == 2
