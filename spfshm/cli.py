@@ -409,6 +409,9 @@ def build_parser():
     sh.add_argument("token", metavar="TOKEN")
     sh.add_argument("--artifacts", default="spfshm-artifacts", metavar="DIR",
                     help="where the shrunk run's artifact (timeline, trace.json) goes")
+    sh.add_argument("--budget", type=pos_float, default=600.0, metavar="SEC",
+                    help="stop shrinking after this long and keep the smallest failing "
+                         "schedule found (default 600)")
     sh.add_argument("--json", type=writable_path, metavar="PATH")
     return p
 
@@ -668,17 +671,19 @@ def cmd_shrink(args):
     from .run.sched import TokenError
     from .sched.shrink import shrink_token
     try:
-        r = shrink_token(args.token, args.artifacts, progress=lambda line: print(line,
-                                                                              flush=True))
+        r = shrink_token(args.token, args.artifacts, budget_s=args.budget,
+                         progress=lambda line: print(line, flush=True))
     except TokenError as e:
         raise UsageError("TOKEN: %s" % e)
     except ValueError as e:
         print("shrink: %s" % e)
         return EXIT_VIOLATIONS
     b, a = r["before"], r["after"]
-    print("shrunk %s in %d runs, %.1f s:\n  switches %d -> %d, preemptions %d -> %d, steps "
+    print("shrunk %s in %d runs, %.1f s%s:\n  switches %d -> %d, preemptions %d -> %d, steps "
           "%d -> %d, ops per CPU %s -> %s" % (
-              r["signature"], r["runs"], r["seconds"], b["switches"], a["switches"],
+              r["signature"], r["runs"], r["seconds"],
+              "" if r["complete"] else " (out of time: the smallest so far)",
+              b["switches"], a["switches"],
               b["preemptions"], a["preemptions"], b["steps"], a["steps"],
               "/".join(map(str, b["ops_per_cpu"])), "/".join(map(str, a["ops_per_cpu"]))))
     if r["artifacts"]:

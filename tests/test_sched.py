@@ -166,3 +166,10 @@ def test_a_token_naming_an_op_its_scenario_lacks_is_exit_2(tmp_path, capsys):
     assert cli.main(["replay", "--token", token]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "frobnicate" in err
+
+
+def test_shrink_out_of_time_keeps_the_smallest_failing_schedule_so_far(tmp_path):
+    rep = run_stress(cfg_of(tmp_path, cpus=2, ops=30, seed=3, bugs=(BUG,)))
+    r = shrink_token(rep["sched"]["token"], str(tmp_path / "s"), budget_s=1e-6)
+    assert not r["complete"] and r["signature"] == signature_of(rep)
+    assert replay_token(r["token"], 1, str(tmp_path / "r"))["hits"] == 1

@@ -87,9 +87,10 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
                 r = replay_token(f["token"], 10, art)
                 row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
                 try:
-                    s = shrink_token(f["token"], art)
+                    s = shrink_token(f["token"], art, budget_s=budget_s)
                     row["shrink"] = {"before": s["before"], "after": s["after"],
-                                     "runs": s["runs"], "seconds": s["seconds"]}
+                                     "runs": s["runs"], "seconds": s["seconds"],
+                                     "complete": s["complete"]}
                 except ValueError as e:
                     row["shrink"] = {"error": str(e)}
             out.append(row)

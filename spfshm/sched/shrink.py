@@ -11,7 +11,8 @@
 3. Fewest operations: per CPU, the smallest count that still fails (from zero up by
    bisection, assuming that a longer prefix of the same CPU's operations fails too, and
    checked).
-The last run (the shrunk token's) writes an artifact: its timeline.txt has one column
+A time budget bounds steps 2 and 3: past it, the smallest failing schedule found so far
+is the result (``complete`` False).  The last run (the shrunk token's) writes an artifact: its timeline.txt has one column
 per CPU with only the events that make the steps (locks, IRQs-off and RCU sections,
 IPIs, tables, switches, violations), and trace.json the same for Perfetto.
 """
@@ -25,7 +26,11 @@ from ..shrink import Shrinker
 from .replay import config_of_token
 
 
-def shrink_token(token, out_dir, progress=None, run=run_stress):
+class _OutOfTime(Exception):
+    pass
+
+
+def shrink_token(token, out_dir, progress=None, run=run_stress, budget_s=600.0):
     cfg, _, sig = config_of_token(token, out_dir)
     t0 = time.monotonic()
     first = run(cfg)
@@ -40,8 +45,11 @@ def shrink_token(token, out_dir, progress=None, run=run_stress):
     base = dataclasses.replace(cfg, sched="list", sched_list=tuple(log), cpu_ops=ops,
                                ops=max(ops) if ops else cfg.ops)
     runs = [0]
+    deadline = time.monotonic() + budget_s
 
     def fails(c):
+        if runs[0] and time.monotonic() > deadline:
+            raise _OutOfTime()
         runs[0] += 1
         return signature_of(run(c)) == sig
 
@@ -50,17 +58,25 @@ def shrink_token(token, out_dir, progress=None, run=run_stress):
                          "not deterministic here (a bug of the scheduler; please report it)")
     sh = Shrinker(lambda lst: fails(dataclasses.replace(base, sched_list=tuple(lst))),
                   key=lambda lst: json.dumps(lst), progress=progress, unit="switches")
-    switches = [] if sh.test([]) else sh.shrink(list(log))
+    complete = True
+    try:
+        switches = [] if sh.test([]) else sh.shrink(list(log))
+    except _OutOfTime:
+        switches, complete = sh.best if sh.best is not None else list(log), False
     cur = dataclasses.replace(base, sched_list=tuple(switches))
     cpu_ops = list(ops)
-    for c in range(len(cpu_ops)):
-        cpu_ops[c] = _fewest_ops(cur, cpu_ops, c, fails)
+    for c in range(len(cpu_ops) if complete else 0):
+        try:
+            cpu_ops[c] = _fewest_ops(cur, cpu_ops, c, fails)
+        except _OutOfTime:
+            complete = False
+            break
         cur = dataclasses.replace(cur, cpu_ops=tuple(cpu_ops))
     last = run(cur)
     if signature_of(last) != sig:
         raise ValueError("the shrunk schedule no longer fails (the op counts interact): "
                          "please report it with the token")
-    return dict(signature=sig, runs=runs[0] + sh.runs + 2,
+    return dict(signature=sig, runs=runs[0] + 2, complete=complete,
                   seconds=round(time.monotonic() - t0, 2),
                   before={"switches": len(log), "preemptions": first["sched"]["preemptions"],
                           "steps": first["sched"]["steps"], "ops_per_cpu": list(ops)},
