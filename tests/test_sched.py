@@ -66,6 +66,7 @@ def test_shrink_keeps_the_signature_with_fewer_switches_and_ops(tmp_path):
     assert r["signature"] == signature_of(rep)
     assert r["after"]["switches"] <= r["before"]["switches"]
     assert r["after"]["preemptions"] <= r["before"]["preemptions"]
+    assert r["after"]["preemptions"] < r["before"]["preemptions"] or not r["before"]["preemptions"]
     assert sum(r["after"]["ops_per_cpu"]) < sum(r["before"]["ops_per_cpu"])
     again = replay_token(r["token"], 2, str(tmp_path / "r"))
     assert again["hits"] == again["same_digest"] == 2

@@ -5,7 +5,8 @@
    scheduler every CPU stops at its first operation boundary after a violation).
 2. Fewest switches: delta debugging over the switch list (Choi and Zeller, "Isolating
    Failure-Inducing Thread Schedules", ISSTA 2002: ddmin over the switch points, then
-   one-switch removal until 1-minimal), keeping the first violation's signature.  A
+   one-switch removal until 1-minimal), keeping the first violation's signature and
+   never more preemptions than the token's run.  A
    dropped switch is a preemption that does not happen (the CPU goes on) or a forced
    switch that goes to the next CPU in id order.
 3. Fewest operations: per CPU, the smallest count that still fails (from zero up by
@@ -47,11 +48,16 @@ def shrink_token(token, out_dir, progress=None, run=run_stress, budget_s=600.0):
     runs = [0]
     deadline = time.monotonic() + budget_s
 
+    most = [first["sched"]["preemptions"]]
+
     def fails(c):
+        """Same signature, and no more preemptions than the schedule it shrinks (a list
+        with fewer entries may preempt more: dropping a forced switch changes who runs)."""
         if runs[0] and time.monotonic() > deadline:
             raise _OutOfTime()
         runs[0] += 1
-        return signature_of(run(c)) == sig
+        rep = run(c)
+        return signature_of(rep) == sig and rep["sched"]["preemptions"] <= most[0]
 
     if not fails(base):
         raise ValueError("the token's schedule, made explicit, no longer fails: the run is "
