@@ -369,8 +369,11 @@ class Stress:
             if stop:
                 ctl[STOP] = 1
                 ctl[PAUSE] = 0
-                grace = VIOLATION_GRACE_S if (violated or self.kills or self.interrupted) \
-                    else STOP_TIMEOUT_S
+                # Under --sched the CPUs stop at their next operation after a violation
+                # (a point of the schedule): killing them at a wall-clock moment would cut
+                # the run short where the machine is slow, and change its digest.
+                grace = VIOLATION_GRACE_S if (self.kills or self.interrupted or (
+                    violated and not cfg.sched)) else STOP_TIMEOUT_S
                 try:
                     workers.join(grace)
                 except WorkerError as e:
