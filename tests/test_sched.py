@@ -174,3 +174,14 @@ def test_shrink_out_of_time_keeps_the_smallest_failing_schedule_so_far(tmp_path)
     r = shrink_token(rep["sched"]["token"], str(tmp_path / "s"), budget_s=1e-6)
     assert not r["complete"] and r["signature"] == signature_of(rep)
     assert replay_token(r["token"], 1, str(tmp_path / "r"))["hits"] == 1
+
+
+def test_a_slow_machine_does_not_cut_a_scheduled_run_short(tmp_path, monkeypatch):
+    """After a violation the parent gives parallel CPUs VIOLATION_GRACE_S, then kills
+    them; under --sched the CPUs stop where the schedule says, however slow the machine:
+    with no grace at all the token still replays to the same digest."""
+    from spfshm.run import runner
+    rep = run_stress(cfg_of(tmp_path, cpus=3, ops=40, seed=3, bugs=(BUG,)))
+    monkeypatch.setattr(runner, "VIOLATION_GRACE_S", 0.0)
+    r = replay_token(rep["sched"]["token"], 3, str(tmp_path / "r"))
+    assert r["hits"] == r["same_digest"] == 3
