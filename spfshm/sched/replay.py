@@ -5,8 +5,9 @@ violation signature and its digest; the report counts both.
 ``spfshm replay ARTIFACT --deterministic``: turn a real-parallel failure into a token.
 The search keeps what the artifact fixes: the configuration and the seed (so each CPU's
 operation sequence is the recorded one) and each CPU's operation count at the end (the
-CPUs stop soon after the first violation).  It tries, in order, until a run's first
-violation has the artifact's signature or the budget is spent:
+CPUs stop soon after the first violation; after a hang the count lags by up to the
+runner's STATS_FLUSH_OPS, which the search adds).  It tries, in order, until a run's
+first violation has the artifact's signature or the budget is spent:
   1. the recorded event order (the artifact's events.json: IPIs sent and handled, tables
      allocated, unlinked and freed, in stamp order) as a GUIDED schedule: the CPU whose
      recorded event is next runs until it records it (only when no ring wrapped, so the
@@ -21,7 +22,7 @@ import time
 from ..config import Config, ConfigError
 from ..run import sched
 from ..run.replay import load, signature_of
-from ..run.runner import run_stress
+from ..run.runner import STATS_FLUSH_OPS, run_stress
 
 PCT_DEPTHS = (2, 3, 4)
 
@@ -86,8 +87,12 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
     ops = rep0.get("ops_per_cpu")
     if not ops:
         raise ConfigError("%s has no per-CPU op counts (made by an older spfshm)" % artifact)
-    base = dataclasses.replace(cfg0, artifacts=out_dir, kill_worker=0.0, ops=max(ops) + 1,
-                               cpu_ops=tuple(n + 1 for n in ops), duration=Config.duration)
+    # A CPU's op counter is flushed every STATS_FLUSH_OPS ops and at a clean end: after a
+    # hang or a crash it lags by up to that many (the run stops at the violation anyway).
+    slack = STATS_FLUSH_OPS
+    base = dataclasses.replace(cfg0, artifacts=out_dir, kill_worker=0.0,
+                               ops=max(ops) + slack, duration=Config.duration,
+                               cpu_ops=tuple(n + slack for n in ops))
     guide = guide_of(artifact, cfg0.cpus)
     t0, tries = time.monotonic(), 0
     for cand in candidates(base, guide):
