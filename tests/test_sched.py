@@ -185,3 +185,17 @@ def test_a_slow_machine_does_not_cut_a_scheduled_run_short(tmp_path, monkeypatch
     monkeypatch.setattr(runner, "VIOLATION_GRACE_S", 0.0)
     r = replay_token(rep["sched"]["token"], 3, str(tmp_path / "r"))
     assert r["hits"] == r["same_digest"] == 3
+
+
+def test_ctrl_c_ends_a_sched_benchmark_not_just_its_current_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "spfshm", "bench", "sched", "--bugs",
+                          "fault_no_ptl", "--seeds", "50", "--max-runs", "40", "--ops", "200"],
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, out + err

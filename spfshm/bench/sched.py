@@ -27,12 +27,21 @@ from ..run.replay import signature_of
 from ..run.runner import run_stress
 
 
+def run(cfg):
+    """run_stress, and a SIGINT/SIGTERM that interrupted the run ends the benchmark too
+    (the runner's handler only stops the run it was given)."""
+    rep = run_stress(cfg)
+    if rep.get("interrupted"):
+        raise KeyboardInterrupt
+    return rep
+
+
 def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art):
     expect = BY_NAME[bug].expect
     for r in range(max_runs):
         cfg = Config(cpus=cpus, ops=ops, seed=1000 * seed_index + r, bugs=(bug,), sched=spec,
                      artifacts=art).resolved()
-        if signature_of(run_stress(cfg)) in expect:
+        if signature_of(run(cfg)) in expect:
             return r + 1
     return None
 
@@ -70,8 +79,8 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
             row = {"bug": name}
             rep = None
             for seed in range(1, 4):
-                rep = run_stress(Config(duration=parallel_s, seed=seed, bugs=(name,),
-                                        artifacts=art).resolved())
+                rep = run(Config(duration=parallel_s, seed=seed, bugs=(name,),
+                                 artifacts=art).resolved())
                 if signature_of(rep) in expect and rep.get("artifacts"):
                     break
                 rep = None
@@ -81,13 +90,14 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
                 print("%-34s parallel: not caught" % name, flush=True)
                 continue
             row["parallel_s"] = rep["elapsed_s"]
-            f = find_schedule(rep["artifacts"], budget_runs, budget_s, art, progress=None)
+            f = find_schedule(rep["artifacts"], budget_runs, budget_s, art, progress=None,
+                              run=run)
             row["find"] = {k: f[k] for k in ("found", "tries", "seconds", "guided")}
             if f["found"]:
-                r = replay_token(f["token"], 10, art)
+                r = replay_token(f["token"], 10, art, run=run)
                 row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
                 try:
-                    s = shrink_token(f["token"], art, budget_s=budget_s)
+                    s = shrink_token(f["token"], art, budget_s=budget_s, run=run)
                     row["shrink"] = {"before": s["before"], "after": s["after"],
                                      "runs": s["runs"], "seconds": s["seconds"],
                                      "complete": s["complete"]}
@@ -121,7 +131,7 @@ def cost(spec, cpus, ops, seed):
             cfg = Config(cpus=cpus, ops=ops, seed=seed, artifacts=art, check_every=0,
                          perturb="off", sched="" if mode == "parallel" else spec).resolved()
             t0 = time.monotonic()
-            rep = run_stress(cfg)
+            rep = run(cfg)
             dt = time.monotonic() - t0
             f = rep["faults"]
             faults = f["classic"] + f["spf_ok"] + f["pervma_ok"]
