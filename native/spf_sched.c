@@ -225,11 +225,13 @@ static void give_turn(struct spf_sched *s, int next)
  * the caller; for a caller that goes on waiting, when the turn is back). */
 static void switch_to(struct spf_sched *s, int me, int next, int preempt, int wait)
 {
-	if (next < 0) {
+	if (next < 0 || s->halted) {
 		int live = 0;
 		for (int c = 0; c < (int)s->ncpus; c++)
 			live += s->state[c] != SPF_SCHED_DONE;
-		if (live)
+		if (s->halted)
+			;
+		else if (live)
 			s->deadlock = 1;
 		else
 			s->finished = 1;
@@ -276,6 +278,8 @@ void spf_sched_point(int cls)
 	s->clock_ns += SPF_SCHED_STEP_NS;
 	s->points[me]++;
 	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | (uint64_t)cls);
+	if (s->halt_at && s->step >= s->halt_at)
+		s->halted = 1;                         /* switch_to stops everyone */
 	int next = pick_logged(s, me, &preempt);
 	switch_to(s, me, next, preempt, 1);
 	take_ipi();
@@ -292,6 +296,12 @@ void spf_sched_event(uint32_t type)
 		|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);
 	if (guided && LIST(s)[s->list_pos] == (uint64_t)spf_me.cpu)
 		s->list_pos++;
+}
+
+void spf_sched_halt_after(uint64_t steps)
+{
+	if (spf_sched_on && !S->halt_at)
+		S->halt_at = S->step + (steps ? steps : 1);
 }
 
 void spf_sched_yield(int cls)

@@ -37,6 +37,11 @@
  *           next runs until it records an event of those types, then the next one's;
  *           when that CPU cannot run, the current one goes on (or the next in id order).
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
+ *
+ * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
+ * the CPUs stop at their next operation, and spf_sched_halt_after bounds what they may
+ * still do (a CPU left retrying a timed wait for ever would otherwise be cut wherever
+ * the runner's patience ended, a different run each time).
  */
 #define SPF_SCHED_RANDOM 1
 #define SPF_SCHED_PCT    2
@@ -70,6 +75,9 @@ struct spf_sched {
 	uint64_t change_at[16];   /* PCT change points (steps), ascending */
 	uint32_t deadlock;        /* no CPU could run and none had a deadline */
 	uint32_t finished;        /* every CPU is done */
+	uint64_t halt_at;         /* the schedule stops at this step (0: never) */
+	uint32_t halted;          /* ... and it did: every CPU waits for good */
+	uint32_t pad0;
 	uint64_t timeouts;        /* waits ended by their deadline */
 	uint64_t switches;        /* turn changes, the first included */
 	uint64_t preemptions;     /* ... of them, away from a CPU that could have gone on */
@@ -104,4 +112,7 @@ int  spf_sched_enter(struct spf_sched *s);
 /* This CPU is done (after spf_cpu_unregister): the turn goes on without it. */
 void spf_sched_exit(void);
 void spf_sched_yield(int cls);    /* a point (a named delay point); no-op outside --sched */
+/* The running CPU: the schedule halts after this many more steps (the first call counts;
+ * a violation's report makes it).  No-op outside --sched. */
+void spf_sched_halt_after(uint64_t steps);
 int  spf_sched_active(void);

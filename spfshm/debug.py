@@ -120,6 +120,12 @@ class Reporter:
                             int(a2) & (2**64 - 1))
         self.count[0] = n + 1
         native.trace(EV_VIOLATION, KIND_ID[kind], va, a0)
+        native.lib.spf_sched_halt_after(SCHED_HALT_STEPS)    # under --sched only
+
+
+# Under --sched, the steps the CPUs may still take after the first violation (they stop
+# at their next operation; this bounds one that never gets there).
+SCHED_HALT_STEPS = 200_000
 
 
 EV_VIOLATION = 99

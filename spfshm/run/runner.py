@@ -355,7 +355,14 @@ class Stress:
             violated = debug.total(st.arena) > 0
             crashed = [c for c, code in workers.status.items()
                        if code != 0 and c not in [k["cpu"] for k in self.kills]]
-            stop = violated or (deadline and now >= deadline) or self.interrupted or crashed
+            if cfg.sched and monitor.halted():
+                workers.kill()      # every CPU waits for a turn that will not come
+                break
+            # Under --sched a violation ends the run at a point of the schedule (the CPUs
+            # stop at their next operation; the schedule halts soon after), never at a
+            # wall-clock moment, which would make a slow machine's run another run.
+            stop = (violated and not cfg.sched) or (deadline and now >= deadline) \
+                or self.interrupted or crashed
             if not stop and cfg.kill_worker and killer.random() < cfg.kill_worker:
                 stop = self._kill_one(st, workers, killer)
             if not stop:
@@ -370,11 +377,8 @@ class Stress:
             if stop:
                 ctl[STOP] = 1
                 ctl[PAUSE] = 0
-                # Under --sched the CPUs stop at their next operation after a violation
-                # (a point of the schedule): killing them at a wall-clock moment would cut
-                # the run short where the machine is slow, and change its digest.
-                grace = VIOLATION_GRACE_S if (self.kills or self.interrupted or (
-                    violated and not cfg.sched)) else STOP_TIMEOUT_S
+                grace = VIOLATION_GRACE_S if (violated or self.kills or self.interrupted) \
+                    else STOP_TIMEOUT_S
                 try:
                     workers.join(grace)
                 except WorkerError as e:

@@ -170,6 +170,7 @@ class State:
         return {"steps": int(s.step), "switches": int(s.switches),
                 "preemptions": int(s.preemptions), "timeouts": int(s.timeouts),
                 "deadlock": bool(s.deadlock), "finished": bool(s.finished),
+                "halted": bool(s.halted),
                 "points": [int(s.points[c]) for c in range(self.ncpus)],
                 "log_truncated": int(s.log_len) > LOG_CAP, "digest": self.digest()}
 
@@ -266,6 +267,10 @@ class Monitor:
         self.timeout = cfg.stall_timeout
         self.last, self.since = -1, 0.0
         self.why = None
+
+    def halted(self):
+        """The schedule halted (spf_sched_halt_after, after a violation)."""
+        return bool(self.state.s.halted)
 
     def stuck(self, now, running):
         s = self.state.s

@@ -22,7 +22,7 @@ import json
 import time
 
 from ..run.replay import signature_of
-from ..run.runner import run_stress
+from ..run.runner import STATS_FLUSH_OPS, run_stress
 from ..shrink import Shrinker
 from .replay import config_of_token
 
@@ -43,6 +43,10 @@ def shrink_token(token, out_dir, progress=None, run=run_stress, budget_s=600.0):
         raise ValueError("the token's run made more switches than the log holds (%d steps):"
                          " shrink a shorter run" % first["sched"]["steps"])
     ops = tuple(first["sched"]["ops_per_cpu"])
+    if not first["sched"]["finished"]:
+        # A hung run's op counters lag (flushed every STATS_FLUSH_OPS): the list replays
+        # the same steps whatever the limit, as long as it is not below the real count.
+        ops = tuple(n + STATS_FLUSH_OPS for n in ops)
     base = dataclasses.replace(cfg, sched="list", sched_list=tuple(log), cpu_ops=ops,
                                ops=max(ops) if ops else cfg.ops)
     runs = [0]
