@@ -209,12 +209,18 @@ def test_list_prints_the_mutants_and_runs_nothing(capsys):
     assert line.startswith("mm/spf.py:__pte_map_lock:trylock:") and " trylock " in line
 
 
+def default_sigint():
+    """A user's shell: Ctrl-C is not ignored (an ignored SIGINT is inherited through
+    exec, and the process running the tests may ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_run_keeps_and_reports_its_results(tmp_path):
     out = tmp_path / "m.json"
     p = subprocess.Popen([sys.executable, "-m", "spfshm", "mutate", "spfshm/mm/tlb.py",
                           "--operators", "sync", "--campaign", "seeds=0:1", "--jobs", "1",
                           "--json", str(out)], stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=default_sigint)
     lines = []
     for line in p.stdout:
         lines.append(line)

@@ -194,7 +194,8 @@ def test_ctrl_c_ends_a_sched_benchmark_not_just_its_current_run(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "spfshm", "bench", "sched", "--bugs",
                           "fault_no_ptl", "--seeds", "50", "--max-runs", "40", "--ops", "200"],
                          cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                     signal.SIG_DFL))
     time.sleep(4)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
