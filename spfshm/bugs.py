@@ -124,7 +124,9 @@ CATALOGUE = [
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
         {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi"},
-        {"table_free": "rcu"},
+        # The kernel's pairing for an RCU-only walker: every table after a grace period
+        # (plain rcu with reclaim off falls back to an IPI: walk_rcu_table_free_fallback)
+        {"table_free": "rcu-always"},
         window={"delay": 0.15, "delay_max_us": 3000.0,
                 "delay_points": ("spf_before_ptl",)}),
     Bug("walk_rcu_table_free_fallback",

@@ -117,7 +117,7 @@ def test_origins_cite_checked_commits_by_id_and_exact_title():
 
 @pytest.mark.parametrize("bug,changed", [
     ("rss_no_dec", {"bugs": ()}),
-    ("walk_rcu_free_ipi", {"bugs": (), "table_free": "rcu"}),
+    ("walk_rcu_free_ipi", {"bugs": (), "table_free": "rcu-always"}),
     ("irq_walk_no_ipi_flush", {"bugs": (), "tlb_flush": "ipi"}),
     ("mmap_unlock_leak", {"bugs": (), "stall_timeout": Config.stall_timeout}),
     ("spf_ptl_spin", {"bugs": (), "ipi_timeout": Config.ipi_timeout}),
@@ -127,6 +127,15 @@ def test_control_changes_only_the_bug(bug, changed):
     ctl = bugs.control(cfg)
     before, after = dataclasses.asdict(cfg), dataclasses.asdict(ctl)
     assert {k: v for k, v in after.items() if before[k] != v} == changed
+
+
+@pytest.mark.parametrize("bug", [b.name for b in bugs.CATALOGUE])
+def test_every_control_is_a_pairing_the_kernel_has(bug):
+    """A control run must be correct: an RCU-only walker needs every unlinked table to
+    wait for a grace period (plain rcu with reclaim off falls back to an IPI, which is
+    walk_rcu_table_free_fallback, not a control)."""
+    ctl = bugs.control(Config(cpus=2, seed=7, bugs=(bug,)).resolved())
+    assert ctl.walk_mode() != "rcu" or ctl.table_free_always_rcu(), (bug, ctl.describe())
 
 
 def test_switching_on_an_unknown_name_is_a_usage_error():
