@@ -30,13 +30,15 @@ void spf_trace(uint32_t type, uint64_t a0, uint64_t a1, uint64_t a2)
 	e->a1 = a1;
 	e->a2 = a2;
 	__atomic_store_n(&e->seq, i + 1, __ATOMIC_RELEASE);
-	uint64_t h = r->digest;        /* under the scheduler nothing interrupts this */
+	if (!spf_sched_on)
+		return;
+	/* Under the scheduler (nothing interrupts this): the run's digest, and the guide. */
+	uint64_t h = r->digest;
 	uint64_t w[5] = { e->stamp, type, a0, a1, a2 };
 	for (int k = 0; k < 5; k++) {
 		h ^= w[k] + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
 		h *= 0xBF58476D1CE4E5B9ull;
 	}
 	r->digest = h;
-	if (spf_sched_on)
-		spf_sched_event(type);
+	spf_sched_event(type);
 }

@@ -11,7 +11,7 @@
 struct spf_ring_hdr {
 	uint64_t head;
 	uint64_t capacity;
-	uint64_t digest;         /* every record this ring was given, folded in order */
+	uint64_t digest;         /* under --sched: every record, folded in order */
 	uint64_t pad[5];
 };
 struct spf_event {

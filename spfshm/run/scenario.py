@@ -100,16 +100,12 @@ def parse(text, path="<scenario>", overrides=()):
         if word == "config":
             continue
         if word == "map":
-            f = line.split()[1:]
-            if len(f) != 3:
-                at.fail("map", "expected map PAGE NPAGES PROT, got %r" % line)
+            f = _fields(at, line, "map PAGE NPAGES PROT")
             page, n = _range(at, "map", f[0], f[1], window)
             maps.append([page, n, _prot(at, "map", f[2])])
             continue
         if word == "populate":
-            f = line.split()[1:]
-            if len(f) != 2:
-                at.fail("populate", "expected populate PAGE NPAGES, got %r" % line)
+            f = _fields(at, line, "populate PAGE NPAGES")
             page, n = _range(at, "populate", f[0], f[1], window)
             if not all(any(m[0] <= p < m[0] + m[1] and m[2] == "rw" for m in maps)
                        for p in range(page, page + n)):
@@ -190,6 +186,14 @@ def _config(at, items, opts):
             Config(cpus=1, bugs=opts["bugs"]).validate()
         except ConfigError as e:
             at.fail("bug", str(e))
+
+
+def _fields(at, line, form):
+    """The fields after an item's word, as many as ``form`` ("WORD A B ...") names."""
+    word, f = form.split()[0], line.split()[1:]
+    if len(f) != len(form.split()) - 1:
+        at.fail(word, "expected %s, got %r" % (form, line))
+    return f
 
 
 def _int(at, field, value, what):
