@@ -378,6 +378,9 @@ def build_parser():
     mu.add_argument("--sample", type=pos_int, default=None, metavar="N",
                     help="a seeded sample of N mutants")
     mu.add_argument("--seed", type=nonneg_int, default=0, help="the sample's seed (default 0)")
+    mu.add_argument("--ids", default=None, metavar="ID,ID",
+                    help="only these mutants (ids as --list and the report print them, "
+                         "e.g. a previous run's survivors)")
     mu.add_argument("--campaign", default="", metavar="SPEC",
                     help="KEY=VALUE,... over the default seeds=0:20,ops=1500,cpus=2,"
                          "perturb=on (keys: seeds, ops, cpus, perturb, delay, stall)")
@@ -553,20 +556,22 @@ def cmd_mutate(args):
             else dict(harness.DEFAULT_CAMPAIGN)
         paths = harness.resolve_paths(harness.root(), args.paths or [
             os.path.join("spfshm", "mm")])
+        ids = [i for i in (args.ids or "").split(",") if i]
+        harness.plan(paths, ops, args.sample, args.seed, ids=ids)
     except harness.MutateError as e:
         raise UsageError(str(e))
     if not (args.jobs == "auto" or args.jobs.isdigit() and int(args.jobs) > 0):
         raise UsageError("--jobs must be a positive integer or auto, got %r" % args.jobs)
     if args.list:
-        for m in harness.plan(paths, ops, args.sample, args.seed):
+        for m in harness.plan(paths, ops, args.sample, args.seed, ids=ids):
             print("%s  %s:%d  %s  %s" % (m.id, short_name(m.file), m.line, m.operator,
                                          m.description))
         return EXIT_OK
-    if not harness.plan(paths, ops, args.sample, args.seed):
+    if not harness.plan(paths, ops, args.sample, args.seed, ids=ids):
         raise UsageError("no mutants: operators %s find nothing in %s"
                          % (",".join(ops), " ".join(paths)))
     return harness.main(paths, ops, campaign, args.time_limit, args.jobs, args.sample,
-                        args.seed, args.json)
+                        args.seed, args.json, ids=ids)
 
 
 def cmd_bench_scaling(args):

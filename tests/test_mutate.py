@@ -193,6 +193,7 @@ def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
     (["--campaign", "ops"], "expected KEY=VALUE"),
     (["--jobs", "0"], "--jobs must be a positive integer or auto"),
     (["--time-limit", "0"], "--time-limit"),
+    (["--ids", "mm/spf.py:nope:recheck:0"], "--ids: no mutant mm/spf.py:nope:recheck:0"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, words):
     try:

@@ -135,8 +135,16 @@ def resolve_paths(base, paths):
     return out
 
 
-def select(mutants, sample, seed):
-    """All mutants, or a seeded sample of ``sample`` of them (in their order)."""
+def select(mutants, sample, seed, ids=None):
+    """All mutants, those named in ``ids``, or a seeded sample of ``sample`` of them (in
+    their order); an id no operator generates is a MutateError."""
+    if ids:
+        known = {m.id for m in mutants}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise MutateError("--ids: no mutant %s in these paths and operators (see "
+                              "--list)" % missing[0])
+        return [m for m in mutants if m.id in set(ids)]
     if sample is None or sample >= len(mutants):
         return list(mutants)
     keep = set(random.Random(seed).sample(range(len(mutants)), sample))
@@ -380,13 +388,13 @@ def format_report(rep):
 
 
 # -- the run ------------------------------------------------------------------------------------
-def plan(paths, operators, sample, seed, base=None):
+def plan(paths, operators, sample, seed, base=None, ids=None):
     """The mutants (as Mutant objects) a run over ``paths`` would have, from ``base``."""
-    return select(generate(base or root(), paths, operators), sample, seed)
+    return select(generate(base or root(), paths, operators), sample, seed, ids)
 
 
 def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
-         out=sys.stdout):
+         out=sys.stdout, ids=None):
     """Run the mutants; returns the exit status (0: every non-equivalent one killed)."""
     from . import mutant_tests
     base = root()
@@ -398,7 +406,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
         snap = os.path.join(tmp, "snapshot")
         snapshot(base, snap, any(p.startswith("native") for p in paths))
         mutants = []
-        for i, m in enumerate(plan(paths, operators, sample, seed, snap)):
+        for i, m in enumerate(plan(paths, operators, sample, seed, snap, ids)):
             with open(os.path.join(snap, m.file)) as f:
                 mutants.append(dict(m.to_dict(), index=i, diff=m.diff(f.read())))
         todo = [m for m in mutants if m["id"] not in equivalent]
