@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "spf_internal.h"
+#include "spf_sched.h"
 
 int spf_futex_wait_ns(uint32_t *word, uint32_t expected, int64_t timeout_ns)
 {
@@ -45,4 +46,12 @@ void spf_sleep_ns(uint64_t ns)
 	struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
+}
+
+void spf_work_ns(uint64_t ns)
+{
+	if (spf_sched_on)
+		spf_sched_point(SPF_PC_NAMED);
+	else
+		spf_sleep_ns(ns);
 }

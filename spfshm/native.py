@@ -33,6 +33,7 @@ futex_wait = lib.spf_futex_wait
 futex_wake = lib.spf_futex_wake
 now_ns = lib.spf_now_ns
 sleep_ns = lib.spf_sleep_ns
+work_ns = lib.spf_work_ns
 
 # -- IRQs, RCU readers, tracing (spf_cpu.h, spf_rcu.h, spf_ring.h) --------------------------
 local_irq_disable = lib.spf_irq_disable

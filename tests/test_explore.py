@@ -155,3 +155,17 @@ def test_shipped_scenarios_parse():
     for n in names:
         cfg = scenario.config_of(os.path.join(SCENARIOS, n), sched="list").resolved()
         assert cfg.cpus == 2
+
+
+def test_work_is_a_point_not_a_wait(tmp_path):
+    """munmap's work inside its write section (SPLIT_WORK_NS) is a scheduling point under
+    --sched, not a sleep: were it a wait that only the clock ends, the speculative fault
+    (the only other runnable CPU) would always run through its window meanwhile, and SPF
+    without its final mmap_seq check would pass every schedule (it did: 66, exhaustive)."""
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "spf-vs-munmap.litmus"),
+                             ["bug=spf_skip_final_seq_check"], sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    ex = Explorer(cfg, 1).explore()
+    assert ex.failure and ex.failure["signature"] == "pt_lost_ptes@free_pgtables", \
+        ex.verdict()
+    assert ex.failure["preemptions"] == 1

@@ -48,6 +48,7 @@ def _clone(mm, v, start, end, prot):
 
 
 SPLIT_WORK_NS = 20_000     # the work between __split_vma's bounds and mprotect's flags
+                           # (native.work_ns: under --sched a point, not a wait)
 
 
 def _set_bounds(mm, v, start, end, prot):
@@ -59,7 +60,7 @@ def _set_bounds(mm, v, start, end, prot):
     rec["vseq"] += 1
     rec["start"] = start
     rec["end"] = end
-    native.sleep_ns(SPLIT_WORK_NS)
+    native.work_ns(SPLIT_WORK_NS)
     mm.delay("split_vma")
     rec["prot"] = prot
     rec["vseq"] += 1
