@@ -38,7 +38,7 @@ VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are kill
 OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
 PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
-STATS_FLUSH_OPS = 64                # every so many ops a CPU runs call_rcu work, flushes stats
+STATS_FLUSH_OPS = 64                # every so many ops a CPU flushes its stats
 # cpu_acct row of a CPU: when its loop started and (last) ended, call_rcu latency sums
 # and the CPU time it used meanwhile (user + system: IPI handling and spinning included)
 ACCT_START, ACCT_END, ACCT_RCU_N, ACCT_RCU_SUM, ACCT_RCU_MAX, ACCT_CPU0, ACCT_CPU = range(7)
@@ -180,11 +180,12 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
         if res in OUTCOME_STATS:
             local[STAT[res]] += 1
         n += 1
-        if n % STATS_FLUSH_OPS == 0:
-            hb[HB_OP] = RCU_CALLBACKS
+        if mm.rcu.queue:                      # rcu_do_batch: callbacks run soon after their
+            hb[HB_OP] = RCU_CALLBACKS         # grace period, between two operations
             hb[HB_SEQ] += 1                   # odd: callbacks free objects (not idle)
             mm.rcu.rcu_process_callbacks()
             hb[HB_SEQ] += 1
+        if n % STATS_FLUSH_OPS == 0:
             local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
             mm.flush_stats()
             _flush_acct(mm.rcu, acct, times=True)
