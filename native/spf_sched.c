@@ -184,21 +184,30 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 	return next;
 }
 
-/* pick, and for exploration the choice it made: who could run, who ran, who runs. */
-static int pick_logged(struct spf_sched *s, int cur, int *preempt)
+/* pick, and for exploration the choice it made: who could run, who ran, who runs; a
+ * free choice is logged as made by nobody (-1) and is no preemption. */
+static int pick_choice(struct spf_sched *s, int cur, int free_choice, int *preempt)
 {
 	uint64_t mask = 0;
 	for (int c = 0; s->choice_len < s->choice_cap && c < (int)s->ncpus && c < 64; c++)
 		if (can_run(s, c))
 			mask |= 1ull << c;
 	int next = pick(s, cur, preempt);
+	if (free_choice)
+		*preempt = 0;
 	if (s->choice_len < s->choice_cap) {
 		CHOICES(s)[2 * s->choice_len] = mask;
-		CHOICES(s)[2 * s->choice_len + 1] = (uint64_t)(cur + 1) << 32 | (uint32_t)next;
+		CHOICES(s)[2 * s->choice_len + 1] =
+			(uint64_t)(free_choice ? 0 : cur + 1) << 32 | (uint32_t)next;
 	}
 	if (s->choice_cap)
 		s->choice_len++;
 	return next;
+}
+
+static int pick_logged(struct spf_sched *s, int cur, int *preempt)
+{
+	return pick_choice(s, cur, 0, preempt);
 }
 
 static void wait_turn(struct spf_sched *s, int me)
@@ -256,12 +265,30 @@ static void switch_to(struct spf_sched *s, int me, int next, int preempt, int wa
 		wait_turn(s, me);
 }
 
-/* The IPI a signal would deliver here. */
+static void step(int cls, int free_choice)
+{
+	struct spf_sched *s = S;
+	int me = spf_me.cpu, preempt;
+	s->step++;
+	s->clock_ns += SPF_SCHED_STEP_NS;
+	s->points[me]++;
+	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | (uint64_t)cls);
+	if (s->halt_at && s->step >= s->halt_at)
+		s->halted = 1;                         /* switch_to stops everyone */
+	int next = pick_choice(s, me, free_choice, &preempt);
+	switch_to(s, me, next, preempt, 1);
+}
+
+/* The IPI a signal would deliver here.  Once it is acked, its sender, which waited,
+ * and this CPU, which was interrupted, both go on at once, as two CPUs do: who runs
+ * first is a free choice (a step of its own, no preemption), as after a block. */
 static void take_ipi(void)
 {
 	if (spf_me.irq_nest == 0 && spf_me.insn_nest == 0 && spf_me.cpu >= 0
-	    && __atomic_load_n(&spf_me.slots[spf_me.cpu].pending, __ATOMIC_SEQ_CST))
+	    && __atomic_load_n(&spf_me.slots[spf_me.cpu].pending, __ATOMIC_SEQ_CST)) {
 		spf_ipi_handle();
+		step(SPF_PC_IPI, 1);
+	}
 }
 
 void spf_sched_take_ipi(void)
@@ -272,16 +299,7 @@ void spf_sched_take_ipi(void)
 
 void spf_sched_point(int cls)
 {
-	struct spf_sched *s = S;
-	int me = spf_me.cpu, preempt;
-	s->step++;
-	s->clock_ns += SPF_SCHED_STEP_NS;
-	s->points[me]++;
-	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | (uint64_t)cls);
-	if (s->halt_at && s->step >= s->halt_at)
-		s->halted = 1;                         /* switch_to stops everyone */
-	int next = pick_logged(s, me, &preempt);
-	switch_to(s, me, next, preempt, 1);
+	step(cls, 0);
 	take_ipi();
 }
 

@@ -151,7 +151,7 @@ def test_busted_scenario_is_found_and_its_token_replays(tmp_path):
 
 def test_shipped_scenarios_parse():
     names = sorted(f for f in os.listdir(SCENARIOS) if f.endswith(".litmus"))
-    assert len(names) >= 5
+    assert len(names) >= 6
     for n in names:
         cfg = scenario.config_of(os.path.join(SCENARIOS, n), sched="list").resolved()
         assert cfg.cpus == 2
@@ -167,5 +167,20 @@ def test_work_is_a_point_not_a_wait(tmp_path):
                              artifacts=str(tmp_path / "a")).resolved()
     ex = Explorer(cfg, 1).explore()
     assert ex.failure and ex.failure["signature"] == "pt_lost_ptes@free_pgtables", \
+        ex.verdict()
+    assert ex.failure["preemptions"] == 1
+
+
+def test_after_an_ipi_who_runs_first_is_a_free_choice(tmp_path):
+    """Once CPU 0 acked mprotect's flush IPI, both go on: which runs first costs no
+    preemption.  The per-VMA fault that read its VMA before the lock checks
+    (pervma_seq_no_acquire) is preempted once, after that read; mprotect then blocks on
+    its IPI, CPU 0 takes it, and mprotect must run on to its unlock before CPU 0's
+    checks: with the choice after the ack a preemption, this needed K=2."""
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "pervma-vs-mprotect.litmus"),
+                             ["bug=pervma_seq_no_acquire"], sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    ex = Explorer(cfg, 1).explore()
+    assert ex.failure and ex.failure["signature"] == "vma_unlocked_change@fault", \
         ex.verdict()
     assert ex.failure["preemptions"] == 1
