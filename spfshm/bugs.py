@@ -305,7 +305,7 @@ CATALOGUE = [
         "'mm: mmu_gather: remove __tlb_reset_range() for force flush' (freed_tables reset "
         "before munmap's flush: arm64 flushed the last level only); cf. 3ef938c35035 "
         "'x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs'",
-        ("pt_uaf@free_pgtables", "pt_uaf@hw_walk"),
+        ("pt_uaf@free_pgtables", "pt_uaf@hw_walk", "pipe_age@hw_walk"),
         "the gather frees page tables without setting freed_tables: a flush that does not "
         "interrupt (INVLPGB, arm64 TLBI) keeps another CPU's paging-structure-cache entry "
         "to the freed table", {"tlb_flush": "no-ipi"}),

@@ -84,6 +84,8 @@ KINDS = {
                         "IRQs off on the ptl of table #{a2}, which this CPU holds",
                  "ptl": "spun {a0} ms with IRQs off on the ptl of table #{a1}, held by CPU {a2}",
                  "ipi_timeout": "CPU {a1} did not ack a TLB-flush IPI for {a0} ms"},
+    "early_free": "VMA record #{a0} freed when {a1} grace periods had ended since it was "
+                  "detached (at least 1: a lockless reader that found it may still be in it)",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}

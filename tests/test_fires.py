@@ -48,7 +48,7 @@ from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.syscalls import MAP_FIXED, MAX_ADDR, do_madvise_dontneed, do_mmap, \
     do_mprotect, do_munmap
 from spfshm.mm.tlb import MmuGather, flush_tlb_all
-from spfshm.mm.vma import TREE_FREE, current_tree, find_vma, tree_entries
+from spfshm.mm.vma import TREE_FREE, current_tree, find_vma, tree_entries, vm_area_free
 from spfshm.run.runner import run_stress
 from spfshm.run.workers import Workers
 from spfshm.smp import Smp, smp_regions
@@ -148,6 +148,7 @@ FIRES = {
     "double_free@vm_area_free":
         ("test_sweep.py::test_vma_record_freed_twice_is_reported_at_the_free",),
     "vma_uaf@find_vma": ("test_retired_vma_read_under_mmap_lock",),
+    "early_free@vm_area_free": ("test_vma_record_freed_before_its_grace_period",),
     "vma_uaf@pervma": ("test_freed_vma[vma_uaf@pervma-record]",
                        "test_freed_vma[vma_uaf@pervma-tree]"),
     "vma_uaf@spf": ("test_freed_vma[vma_uaf@spf-record]", "test_freed_vma[vma_uaf@spf-tree]"),
@@ -780,6 +781,26 @@ def test_retired_vma_read_under_mmap_lock(box):
     assert only(box, "vma_uaf@find_vma")[:2] == (vid, VMA_PENDING)
 
 
+class _NoGracePeriod:
+    """A call_rcu that runs its callback at once."""
+
+    def call_rcu(self, fn, *args):
+        fn(*args)
+
+    def rcu_barrier(self):
+        pass
+
+
+def test_vma_record_freed_before_its_grace_period(box):
+    """vm_area_free's callback runs with no grace period since the record was detached
+    and retired: a lockless reader that found it may still be in it (or in its reuse)."""
+    mm = box.mm
+    vid = box.vid()
+    mm.rcu = _NoGracePeriod()
+    vm_area_free(mm, vid)
+    assert only(box, "early_free@vm_area_free") == (vid, 0, 0)
+
+
 def _spf_fault(mm, va):
     return do_speculative_page_fault(mm, va, 1) == "uaf"
 
@@ -789,23 +810,38 @@ def _pervma_fault(mm, va):
 
 
 @pytest.mark.parametrize("sig,what", [("vma_uaf@spf", "record"), ("vma_uaf@spf", "tree"),
+                                      ("vma_uaf@spf", "reused"),
                                       ("vma_uaf@pervma", "record"),
-                                      ("vma_uaf@pervma", "tree")],
-                         ids=["vma_uaf@spf-record", "vma_uaf@spf-tree",
-                              "vma_uaf@pervma-record", "vma_uaf@pervma-tree"])
+                                      ("vma_uaf@pervma", "tree"),
+                                      ("vma_uaf@pervma", "reused")],
+                         ids=["vma_uaf@spf-record", "vma_uaf@spf-tree", "vma_uaf@spf-reused",
+                              "vma_uaf@pervma-record", "vma_uaf@pervma-tree",
+                              "vma_uaf@pervma-reused"])
 def test_freed_vma(box, sig, what):
     """A lockless fault finds the VMA record, or the tree it looks it up in, freed while
-    still published."""
+    still published; or the record is freed and reused (live again, a new generation)
+    between the lookup and the copy, as vm_area_free without its grace period lets a
+    writer do."""
     mm = box.mm
-    if what == "record":
-        obj = box.vid()
-        mm.vma[obj]["state"] = VMA_FREE
-    else:
+    state = VMA_FREE if what == "record" else TREE_FREE
+    if what == "tree":
         obj = current_tree(mm)
         mm.vma_tree[obj][0] = TREE_FREE
+    else:
+        obj = box.vid()
+        if what == "record":
+            mm.vma[obj]["state"] = VMA_FREE
+        else:
+            state = int(mm.vma[obj]["state"])
+
+            def reuse(point):
+                if point == "vma_copy":
+                    mm.vma[obj]["gen"] += 1
+
+            mm.delay = reuse
     fault = _spf_fault if sig.endswith("spf") else _pervma_fault
     assert fault(mm, BASE + 5 * PAGE)
-    assert only(box, sig)[:2] == (obj, VMA_FREE if what == "record" else TREE_FREE)
+    assert only(box, sig)[:2] == (obj, state)
 
 
 @pytest.mark.parametrize("sig", ["vma_read_held@munmap", "vma_read_held@split_vma"])

@@ -57,7 +57,8 @@ def test_a_reader_of_the_old_tree_finds_the_vma_detached(make, monkeypatch):
 
     def find(mm_, va, site):
         lookups.append(va)                 # the first walk is of the tree before the store
-        return vid if len(lookups) == 1 else real_find(mm_, va, site)
+        return (vid, int(mm_.vma[vid]["gen"])) if len(lookups) == 1 \
+            else real_find(mm_, va, site)
 
     def zap(mm_, tlb, start, end, **kw):
         monkeypatch.setattr(pervma, "find_vma_rcu", find)

@@ -177,7 +177,7 @@ def test_no_ipi_flush_is_a_sync(model, table_free):
 # -- VMAs and VMA trees -----------------------------------------------------------------------
 def retire_vma(m):
     mm = m.mm
-    vid = find_vma_rcu(mm, BASE, "spf")
+    vid = find_vma_rcu(mm, BASE, "spf")[0]
     mm.vma[vid]["state"] = VMA_PENDING           # detached, waiting for its grace period
     mm.pipe.retire(pipe.VMAS, vid, pipe.CLOCK_RCU)
     return vid
@@ -196,6 +196,20 @@ def test_vma_read_by_a_lockless_lookup(model, path):
     assert reported(m) == [] and ages(m, "vmas")[0] >= 1
     sync(m.mm, pipe.CLOCK_RCU)
     FAULTS[path](m.mm, BASE + 2 * PAGE, 1)
+    assert reported(m) == ["pipe_age@" + path] and others(m) == []
+    m.mm.vma[vid]["state"] = VMA_LIVE
+
+
+@pytest.mark.parametrize("path", ["spf", "pervma"])
+def test_grace_period_known_to_end_without_its_callbacks(model, path):
+    """A grace period that began after the retirement and ended (no reader holds it) ages
+    the object at once, before any CPU's callbacks run and record it: a reader whose
+    section began after it (one that left its section in between, as an SPF step 6
+    without its walk section would) is reported."""
+    m = model
+    vid = retire_vma(m)
+    native.rcu_start_gp()                        # begun; nobody reads: over, unrecorded
+    FAULTS[path](m.mm, BASE + PAGE, 1)
     assert reported(m) == ["pipe_age@" + path] and others(m) == []
     m.mm.vma[vid]["state"] = VMA_LIVE
 

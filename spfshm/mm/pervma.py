@@ -50,21 +50,22 @@ MISS = object()
 def _lock_vma_once(mm, va):
     """One lookup under the caller's RCU section: the read-locked VMA copy, None, or MISS
     (the VMA found was detached: the caller looks up again)."""
-    vid = find_vma_rcu(mm, va, "pervma")
-    if vid is None or vid < 0:
+    found = find_vma_rcu(mm, va, "pervma")
+    if found is None or found[0] < 0:
         return None
+    vid, gen = found
     if not mm.vma[vid]["anon_vma"]:
         return None                      # find_mergeable_anon_vma reads unlocked neighbours
     mm.delay("pervma_lookup")
     # Bug ``pervma_seq_no_acquire`` emulates what a missing ACQUIRE on the sequence
     # loads lets a weakly ordered CPU do: satisfy the reads of the VMA before them.
-    early = read_vma(mm, vid, "pervma", va, lockless=True) \
+    early = read_vma(mm, vid, "pervma", va, lockless=True, gen=gen) \
         if mm.bugs.on("pervma_seq_no_acquire") else None
     if early is not None:
         mm.delay("vma_start_read")
     if not vma_start_read(mm, vid):
         return None
-    vma = early or read_vma(mm, vid, "pervma", va, lockless=True)
+    vma = early or read_vma(mm, vid, "pervma", va, lockless=True, gen=gen)
     if vma is None or not vma.start <= va < vma.end:                      # 2
         vma_end_read(mm, vid)
         return None

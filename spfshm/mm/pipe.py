@@ -37,7 +37,11 @@ counter on a hot path):
         with IRQs off cannot ack, so an IPI's (2) waits for it.
   RCU:  a CPU that sees a grace-period cookie elapse (its call_rcu queue) records the
         cookie in its slot.  The stamp is the gp_seq before the free's own cookie.
-age = max over the CPUs' slots - stamp.
+age = max over the CPUs' slots - stamp.  A grace period is also known to have completed
+the moment it has, not only once a CPU's callbacks run (every STATS_FLUSH_OPS ops): the
+first one after the stamp has begun and no CPU is in a read-side section that began
+before it (the native RCU's own test, its rcu_gp_blocker, over every CPU including the
+reader's own: a walker that left its section is no reader) gives age 1 at least.
 """
 import numpy as np
 
@@ -66,7 +70,7 @@ class Pipe:
     """One CPU's view: its clock slots, its histogram row, and the stamp arrays."""
 
     __slots__ = ("ticket_ptr", "gp_seq_ptr", "clocks", "my_clock", "hist", "stamps",
-                 "report")
+                 "report", "percpu")
 
     def __init__(self, arena, cpu, report):
         self.ticket_ptr = arena.ptr("pipe_ticket")
@@ -76,6 +80,7 @@ class Pipe:
         self.hist = arena["pipe_hist"][cpu]
         self.stamps = [arena["pipe_stamp_" + k] for k in KINDS]
         self.report = report
+        self.percpu = arena["percpu"]
 
     # -- the syncs' side ------------------------------------------------------------------
     def ipi_sync_begin(self):
@@ -111,7 +116,20 @@ class Pipe:
             return -1
         clock = CLOCK_RCU if s & _CLOCK_BIT else CLOCK_IPI
         done = int(self.clocks[:, clock].max())
-        return max(0, done - ((s & ~_CLOCK_BIT) - 1))
+        a = max(0, done - ((s & ~_CLOCK_BIT) - 1))
+        if a == 0 and clock == CLOCK_RCU and self._gp_elapsed(s & ~_CLOCK_BIT):
+            a = 1
+        return a
+
+    def _gp_elapsed(self, cookie):
+        """Whether the grace period ``cookie`` has begun and ended by now: no CPU (this
+        one too; a dead one's stale section only hides an age) is in a read-side section
+        that began before it."""
+        if native.load_acquire(self.gp_seq_ptr) < cookie:
+            return False
+        native.smp_mb()
+        snaps = self.percpu["rcu_snap"]
+        return not ((snaps != 0) & (snaps < cookie)).any()
 
     def observe(self, kind, idx, site, va=0):
         """A lockless walker relies on the object now: histogram its age; past the legal

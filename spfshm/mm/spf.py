@@ -74,12 +74,13 @@ def do_speculative_page_fault(mm, va, write):
     mm.delay("spf_after_seq_read")
     native.rcu_read_lock()                                                   # 2
     try:
-        vid = find_vma_rcu(mm, va, "spf")
-        if vid is None:
+        found = find_vma_rcu(mm, va, "spf")
+        if found is None:
             return "uaf"
+        vid, gen = found
         if vid < 0:
             return "unmapped"                # the tree has no VMA at va
-        vma = read_vma(mm, vid, "spf", va, lockless=True)
+        vma = read_vma(mm, vid, "spf", va, lockless=True, gen=gen)
     finally:
         native.rcu_read_unlock()
     if vma is None:

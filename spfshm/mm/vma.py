@@ -72,6 +72,11 @@ def vm_area_alloc(mm, start, end, prot, anon_vma=0):
 
 
 def _vm_area_free_now(mm, vid):
+    """The call_rcu callback: the record's pipe age (pipe.py) must show a grace period
+    that began after vm_area_free retired it and has ended."""
+    age = mm.pipe.age(VMAS, vid)
+    if age < 1:
+        mm.report("early_free", "vm_area_free", 0, vid, age)
     rec = mm.vma[vid]
     rec["vseq"] += 1
     rec["state"] = VMA_FREE
@@ -120,11 +125,12 @@ def vm_area_free(mm, vid):
     mm.count("call_rcu")
 
 
-def read_vma(mm, vid, site, va=0, lockless=False):
+def read_vma(mm, vid, site, va=0, lockless=False, gen=None):
     """Copy a record.  Under mmap_lock or the VMA's lock it must be live; a lockless
     reader (RCU) may also see it detached and waiting for its grace period, but never
-    freed: either is a use-after-free.  ``v.torn`` tells whether a writer changed the
-    record during the copy (the debug seqcount; only checkers look at it)."""
+    freed, nor freed and reused (``gen``: its generation when the lookup found it, which
+    only a free changes): either is a use-after-free.  ``v.torn`` tells whether a writer
+    changed the record during the copy (the debug seqcount; only checkers look at it)."""
     rec = mm.vma[vid]
     s0 = int(rec["vseq"])
     start = int(rec["start"])
@@ -133,7 +139,8 @@ def read_vma(mm, vid, site, va=0, lockless=False):
     v = Vma(vid, start, int(rec["end"]), int(rec["prot"]), int(rec["anon_vma"]))
     v.torn = bool(s0 & 1) or int(rec["vseq"]) != s0
     state = rec["state"]
-    if state != VMA_LIVE and not (lockless and state == VMA_PENDING):
+    if state != VMA_LIVE and not (lockless and state == VMA_PENDING) \
+            or gen is not None and int(rec["gen"]) != gen:
         mm.report("vma_uaf", site, va, vid, int(rec["state"]), int(rec["gen"]))
         return None
     if state == VMA_PENDING:         # our rcu_read_lock holds its grace period off
@@ -161,8 +168,10 @@ def tree_entries(mm, tree):
 
 
 def find_vma_rcu(mm, va, site):
-    """Lockless lookup (rcu_read_lock held): the id of the VMA containing va in the
-    published tree, -1 if none, or None when the tree read was a use-after-free."""
+    """Lockless lookup (rcu_read_lock held): (id, generation) of the VMA containing va in
+    the published tree (id -1 if none), or None when the tree read was a use-after-free.
+    The generation (the record's, read at once: the model's tree holds ids, not
+    pointers) is what read_vma checks the record against when it copies it."""
     tree = current_tree(mm)                                            # (b)
     row = mm.vma_tree[tree]
     gen = int(row[2])
@@ -171,6 +180,8 @@ def find_vma_rcu(mm, va, site):
     i = int(np.searchsorted(ends, va, side="right"))
     found = i < n and int(row[TREE_HDR + 3 * i]) <= va
     vid = int(row[TREE_HDR + 3 * i + 2]) if found else -1
+    vgen = int(mm.vma[vid]["gen"]) if 0 <= vid < len(mm.vma) else 0
+    mm.walk_point()                      # a shared read of the walk, relied on below
     # Retired and waiting for a grace period is fine; freed (or freed and reused) while
     # we were in it is a use-after-free, whatever we read.
     state = row[0]
@@ -179,7 +190,7 @@ def find_vma_rcu(mm, va, site):
         return None
     if state == TREE_PENDING:        # our rcu_read_lock holds its grace period off
         mm.pipe.observe(TREES, tree, site, va)
-    return vid
+    return vid, vgen
 
 
 def find_vma(mm, va):
