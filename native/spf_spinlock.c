@@ -55,11 +55,23 @@ int spf_spin_trylock(spf_spinlock_t *l, int cpu)
 	return taken;
 }
 
+/* CONFIG_DEBUG_SPINLOCK's "already unlocked": this process's unlocks of a free lock (a
+ * caller that went on as if it held a lock it never took), taken by spf_spin_bugs_take. */
+static uint64_t spin_bugs;
+
 void spf_spin_unlock(spf_spinlock_t *l)
 {
 	spf_perturb(SPF_PC_LOCK);                        /* still inside the section */
 	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(l), 0, SPF_LK_SPIN);
-	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
+	if (__atomic_exchange_n(l, 0, __ATOMIC_RELEASE) == 0)
+		spin_bugs++;
+}
+
+uint64_t spf_spin_bugs_take(void)
+{
+	uint64_t n = spin_bugs;
+	spin_bugs = 0;
+	return n;
 }
 int spf_spin_is_locked(const spf_spinlock_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
 int spf_spin_owner(const spf_spinlock_t *l) { return (int)__atomic_load_n(l, __ATOMIC_RELAXED) - 1; }

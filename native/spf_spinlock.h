@@ -13,6 +13,7 @@ void spf_spin_lock(spf_spinlock_t *l, int cpu);
 int  spf_spin_lock_timeout(spf_spinlock_t *l, int cpu, int64_t timeout_ns);
 int  spf_spin_trylock(spf_spinlock_t *l, int cpu);      /* 1 = taken */
 void spf_spin_unlock(spf_spinlock_t *l);
+uint64_t spf_spin_bugs_take(void);   /* unlocks of a free lock since the last take */
 int  spf_spin_is_locked(const spf_spinlock_t *l);
 int  spf_spin_owner(const spf_spinlock_t *l);            /* -1 when free */
 

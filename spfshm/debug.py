@@ -86,6 +86,8 @@ KINDS = {
                  "ipi_timeout": "CPU {a1} did not ack a TLB-flush IPI for {a0} ms"},
     "early_free": "VMA record #{a0} freed when {a1} grace periods had ended since it was "
                   "detached (at least 1: a lockless reader that found it may still be in it)",
+    "bad_page": "frame #{a0} freed with mapcount {a1} (free_pages_prepare: bad page state)",
+    "spin_bug": "{a0} spin_unlock(s) of a lock that was not held (already unlocked)",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
@@ -95,7 +97,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
-         "collapse_huge_page", "madvise"]
+         "collapse_huge_page", "madvise", "spin_unlock"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

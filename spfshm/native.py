@@ -189,6 +189,7 @@ spin_lock_timeout = lib.spf_spin_lock_timeout
 spin_trylock = lib.spf_spin_trylock
 spin_unlock = lib.spf_spin_unlock
 spin_owner = lib.spf_spin_owner
+spin_bugs_take = lib.spf_spin_bugs_take
 
 
 class RWSem:

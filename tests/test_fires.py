@@ -30,7 +30,7 @@ from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_anonymous_page, \
 from spfshm.mm.frames import alloc_frame, put_page
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page
-from spfshm.mm.lockdep import Deadlock, ptl_lock_irqs_off
+from spfshm.mm.lockdep import Deadlock, check_spin_unlocks, ptl_lock_irqs_off
 from spfshm.mm.memory import free_pgtables, reclaim_pt
 from spfshm.mm.mm_types import (FRAME_INUSE, HPAGE_NR, MM, PAGE, PGD, PROT_BY_NAME,
                                 PROT_READ, PTE, PUD, TABLE_PENDING, TREE_HDR, VMA_FREE,
@@ -91,8 +91,10 @@ FIRES = {
     "double_free@free_frame":
         ("test_sweep.py::test_frame_freed_twice_is_reported_at_the_free_and_listed_once",),
     "frame_uaf@gup": ("test_pinned_frame_reused",),
+    "bad_page@free_frame": ("test_frame_freed_with_a_mapcount",),
     # mm/lockdep.py, memory.py, mmap_lock.py
     "deadlock@ptl": ("test_ptl_spin_with_irqs_off",),
+    "spin_bug@spin_unlock": ("test_unlock_of_a_lock_not_held",),
     "deadlock@ipi": ("test_ipi_to_a_cpu_spinning_on_our_ptl",),
     "pt_lost_ptes@free_pgtables": ("test_huge_pmd_left_below_the_floor",
                                    "test_huge_pmd_left_in_a_removed_subtree",
@@ -414,8 +416,9 @@ def _pte_read_only_tlb_writable(b):
 
 def _reference_dropped_while_mapped(b):
     f = b.frame()
+    flush_tlb_all(b.mm)                      # (free_frame asserts no TLB entry is left
+    b.mm.frame_meta[f]["mapcount"] = 0       #  and no mapcount)
     put_page(b.mm, f)                        # the mapping's reference: freed, still mapped
-    flush_tlb_all(b.mm)
     return f, 0, 0
 
 
@@ -468,18 +471,30 @@ def test_sweep(box, case):
 def test_tlb_fill_of_a_freed_frame(box):
     """The PTE still maps a frame that was freed: the hardware walk's fill sees it."""
     f = box.frame()
+    flush_tlb_all(box.mm)                    # (free_frame asserts no TLB entry is left
+    box.mm.frame_meta[f]["mapcount"] = 0     #  and no mapcount)
     put_page(box.mm, f)
-    flush_tlb_all(box.mm)
     assert box.cpu.load(BASE) == VIOLATION
     assert only(box, "frame_uaf@tlb_fill")[2] == f
 
 
 def test_tlb_hit_on_a_freed_frame(box):
-    """A TLB entry outlives its frame's free: the access through it sees it."""
+    """A TLB entry outlives its frame's free: the access through it sees it.  (Freed
+    behind free_frame's back, a new generation at the same pfn: free_frame's own
+    assertion would report the entry first, as frame_uaf@zap.)"""
     f = box.frame()
-    put_page(box.mm, f)
+    box.mm.frame_gen[f] += 1
     assert box.cpu.load(BASE) == VIOLATION
     assert only(box, "frame_uaf@tlb_access")[2] == f
+
+
+def test_frame_freed_with_a_mapcount(box):
+    """free_pages_prepare's bad_page: a frame freed while its mapcount still counts a
+    mapping (a split that drops the huge page before its mapcount, say)."""
+    f = alloc_frame(box.mm)
+    box.mm.frame_meta[f]["mapcount"] = 1
+    put_page(box.mm, f)
+    assert only(box, "bad_page@free_frame") == (f, 1, 0)
 
 
 def test_fault_that_never_makes_progress(box):
@@ -557,6 +572,20 @@ def test_ptl_spin_with_irqs_off(make):
     finally:
         native.spin_unlock(b.mm.ptl(t))
     assert only(b, "deadlock@ptl")[1:] == (t, OTHER)
+
+
+def test_unlock_of_a_lock_not_held(make):
+    """A caller that goes on as if a spin_trylock had taken the lock (and releases it)."""
+    b = make().map()
+    native.spin_bugs_take()
+    ptl = b.mm.ptl(pte_table_of(b.mm, BASE))
+    native.spin_lock(ptl, b.mm.cpu)
+    native.spin_unlock(ptl)
+    check_spin_unlocks(b.mm)
+    assert debug.collect(b.arena) == []             # a lock that was held: fine
+    native.spin_unlock(ptl)
+    check_spin_unlocks(b.mm)
+    assert only(b, "spin_bug@spin_unlock")[0] == 1
 
 
 def _wait_for(cond, what):

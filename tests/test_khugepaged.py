@@ -13,7 +13,7 @@ from spfshm.config import Config
 from spfshm.diffkernel import Model
 from spfshm.mm.gup import gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page, khugepaged_scan
-from spfshm.mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME, PTE, TABLE_FREE, TABLE_LIVE
+from spfshm.mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME, PTE, STAT, TABLE_FREE, TABLE_LIVE
 from spfshm.mm.pagetable import (P, PS, RW, alloc_table, deposited_tables,
                                  pgtable_trans_huge_deposit, pmd_entry_of, pte_offset_map_lock,
                                  pte_table_of, pte_unmap_unlock)
@@ -71,6 +71,20 @@ def test_collapse_keeps_contents_and_accounting(model):
     model.mm.flush_stats()
     assert sweep(model.mm) > 0 and kinds(model) == set()
     assert int(model.mm.rss_all[:, 0].sum()) == HPAGE_NR
+
+
+def test_khugepaged_allocation_failure_gives_up(model):
+    """khugepaged's huge page allocation fails at random (THP_ALLOC_FAIL): the scan gives
+    up, the block stays as it was; a direct collapse (MADV_COLLAPSE) is not subject to
+    it."""
+    store_pages(model, [0, 9])
+    model.mm.thp_alloc_fails = lambda: True
+    assert khugepaged_scan(model.mm, BASE) is False
+    assert not pmd(model) & PS and model.mm.local[STAT["thp_oom"]] == 1
+    loads_ok(model, [0, 9])
+    assert collapse_huge_page(model.mm, BASE) and pmd(model) & PS
+    loads_ok(model, [0, 9])
+    assert sweep(model.mm) > 0 and kinds(model) == set()
 
 
 def test_split_by_mprotect_dontneed_and_munmap(model):

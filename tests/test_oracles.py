@@ -11,6 +11,7 @@ from spfshm.check.sweep import sweep
 from spfshm.diffkernel import Model
 from spfshm.kernel_exec import default_window_base
 from spfshm.mm.memory import change_protection
+from spfshm.mm.frames import put_page
 from spfshm.mm.mm_types import PAGE, PROT_BY_NAME, TREE_HDR
 from spfshm.mm.pagetable import READ_RETRIES, RW, entry_pfn, index, pte_table_of
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap, do_mprotect
@@ -128,6 +129,19 @@ def test_every_translation_to_a_freed_frame_is_reported(model):
     mapped(model, "rw", 2)
     assert_no_translation(model.mm, frames_of(model, 2))
     assert signatures(model) == {"frame_uaf@zap": 2}
+
+
+def test_a_frame_freed_while_translated_is_reported_at_the_free(model):
+    """free_frame's own assertion (KASAN at the free, whoever frees: a put_page of the
+    last reference that bypassed the mmu_gather, as zap_huge_pmd freeing its huge page
+    before the flush would): the PTE cleared, the TLB entry not flushed."""
+    mapped(model, "rw", 2)
+    t, i = pte_table_of(model.mm, BASE), index(BASE, 1)
+    f = frames_of(model, 1)[0]
+    model.mm.pt[t, i] = 0
+    model.mm.frame_meta[f]["mapcount"] -= 1
+    put_page(model.mm, f)
+    assert signatures(model) == {"frame_uaf@zap": 1}
 
 
 class Refilling:

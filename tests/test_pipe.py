@@ -146,6 +146,24 @@ def test_table_whose_ptl_is_taken_under_rcu(model, path):
     revive_table(m, t)
 
 
+@pytest.mark.parametrize("clock", ["ipi", "rcu"])
+def test_fault_relies_on_the_table_until_it_holds_its_ptl(model, clock):
+    """The fault read the pmd, then the table was retired and its sync completed before
+    the fault took the ptl in it (a reclaim that did not wait for it): the age is read
+    once the ptl is held, the end of the window, so it is seen."""
+    m = model
+    mm = m.mm
+    retired = []
+
+    def delay(point):
+        if point == "fault_before_ptl" and not retired:
+            retired.append(retire_table(m, CLOCKS[clock]))
+    mm.delay = delay
+    assert do_user_addr_fault(mm, BASE + PAGE, 1) is not None
+    assert retired and reported(m) == ["pipe_age@fault"] and others(m) == []
+    revive_table(m, retired[0])
+
+
 def test_table_read_before_any_later_sync_is_legal(model):
     m = model
     mm = m.mm

@@ -71,13 +71,15 @@ def do_anonymous_page(mm, vma, va, write):
                 return VM_FAULT_OOM
             huge_pmd_set_accessed(mm, va)
             return VM_FAULT_RETRY
-        mm.pipe.observe(TABLES, t, "fault", va)          # its ptl: RCU keeps t alive
         ptl = mm.ptl(t)
         mm.delay("fault_before_ptl")
         locked = not mm.bugs.on("fault_no_ptl")
         if locked:
             native.spin_lock(ptl, mm.cpu)                     # (2)
         try:
+            # The ptl lives in t: RCU kept t alive from the pmd read to here (observed
+            # once the lock is taken, the end of that window, not at its start)
+            mm.pipe.observe(TABLES, t, "fault", va)
             pmd_t, pmd_i = pmd_entry_of(mm, va)               # pmd still points here?
             if pmd_t < 0 or not pmd_maps_table(int(mm.pt[pmd_t, pmd_i]), t):
                 put_page(mm, f)

@@ -11,8 +11,11 @@ Payload: zero after allocation (clear_page), the last stored value otherwise.  A
 value says who stored it, at which page, and how far the page's zaps had gone when it did
 (the load-value oracle: cpu.py).
 """
+import numpy as np
+
 from .. import native
 from .mm_types import FRAME_FREE, FRAME_INUSE, HPAGE_NR, POISON
+from .pagetable import read_tagged
 from .pipe import FRAMES
 
 # A page's zap clock (mm.zap_clock, a word per page of the window): how many zaps of the
@@ -72,9 +75,11 @@ def frame_pages(mm, frames):
     return [p for f in frames for p in (range(f, f + HPAGE_NR) if f >= small else (f,))]
 
 
-def alloc_huge_frame(mm):
-    """A zeroed huge page (its head frame) with refcount 1 and no mapping, or -1."""
-    k = mm.hpages.alloc(mm.cpu)
+def alloc_huge_frame(mm, may_fail=False):
+    """A zeroed huge page (its head frame) with refcount 1 and no mapping, or -1: the
+    pool is empty, or (``may_fail``: khugepaged's GFP_TRANSHUGE allocation) it fails at
+    random, as under fragmentation (THP_ALLOC_FAIL, seeded per CPU)."""
+    k = -1 if may_fail and mm.thp_alloc_fails() else mm.hpages.alloc(mm.cpu)
     if k < 0:
         return -1
     f = mm.g.nsmall + k * HPAGE_NR
@@ -87,6 +92,32 @@ def alloc_huge_frame(mm):
     mm.frame_payload[f:f + HPAGE_NR] = 0
     mm.pipe.unretire(FRAMES, f)
     return f
+
+
+def tlb_snapshot(mm):
+    """Every CPU's TLB entries as (valid, data, gen, va), read while they change (an entry
+    torn by a fill or a flush is read again until it holds still: pagetable.read_tagged).
+    A dead CPU's TLB went with it."""
+    valid, ents = read_tagged(mm, mm.tlbs)
+    return valid, ents[:, :, 1], ents[:, :, 2], ents[:, :, 3]
+
+
+def assert_no_translation(mm, frames):
+    """KASAN-style assertion before frames are freed (free_frame: every free; and the
+    mmu_gather's flush, for a frame a pin keeps): no CPU's TLB may still translate to
+    them (this incarnation).  Exact under a correct protocol: the PTEs were cleared
+    before the flush, and a walker that read one had IRQs off, so its fill was flushed."""
+    if not frames:
+        return
+    valid, data, gen, va = tlb_snapshot(mm)
+    pfn = (data >> 12).astype(np.int64)
+    hit = valid & np.isin(pfn, frames)
+    if hit.any():
+        hit &= gen == mm.frame_gen[np.where(hit, pfn, 0)]
+        for cpu, slot in zip(*np.nonzero(hit)):
+            f = int(pfn[cpu, slot])
+            mm.report("frame_uaf", "zap", int(va[cpu, slot]), int(gen[cpu, slot]),
+                      int(mm.frame_gen[f]), f)
 
 
 def put_page(mm, f):
@@ -102,10 +133,19 @@ def put_page(mm, f):
 def free_frame(mm, f):
     """Generation first, then poison (a reader of the poison also sees the new
     generation: the smp_wmb pairs with spf_tlb_access's acquire load of the gen).
-    Freeing a free frame is reported (KASAN's double-free) and leaves the pool as it is."""
+    Freeing a free frame is reported (KASAN's double-free) and leaves the pool as it is;
+    so is freeing one still counted as mapped (free_pages_prepare's bad_page) or still
+    translated by a TLB (assert_no_translation)."""
     if mm.frame_meta[f]["state"] == FRAME_FREE:
         mm.report("double_free", "free_frame", 0, f, int(mm.frame_gen[f]))
         return
+    if mm.frame_meta[f]["mapcount"]:             # free_page_is_bad: "nonzero mapcount"
+        mm.report("bad_page", "free_frame", 0, f, int(mm.frame_meta[f]["mapcount"]))
+    n = HPAGE_NR if f >= mm.g.nsmall else 1
+    # A racy look first (an entry filled meanwhile for a freed frame is the fill's to
+    # report): nothing cached for these pfns, no need for the snapshot
+    if ((mm.tlbs[:, :, 1] >> np.uint64(12)) - np.uint64(f) < np.uint64(n)).any():
+        assert_no_translation(mm, list(range(f, f + n)))
     if f >= mm.g.nsmall:                         # a huge page
         mm.frame_meta[f:f + HPAGE_NR]["state"] = FRAME_FREE
         mm.frame_gen[f:f + HPAGE_NR] += 1        # nobody else writes a free page's gens

@@ -34,7 +34,7 @@ from .frames import alloc_frame, put_page
 from .mm_types import HPAGE_NR, PTRS
 from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PS, RW, entry_pfn, free_table_now,
                         mk_entry, pgtable_trans_huge_withdraw, pmd_entry_of, populate)
-from .tlb import assert_no_translation, flush_tlb_range
+from .tlb import flush_tlb_range
 
 PMD_SIZE = HPAGE_NR << 12
 
@@ -132,7 +132,6 @@ def split_huge_pmd(mm, pmd_t, pmd_i, e, haddr):
     populate(mm, pmd_t, pmd_i, t)
     native.spin_unlock(pmdl)
     mm.frame_meta[head]["mapcount"] -= 1                                      # (5)
-    assert_no_translation(mm, list(range(head, head + HPAGE_NR)))
     put_page(mm, head)
     mm.count("thp_split")
     return True

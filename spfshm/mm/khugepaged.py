@@ -6,7 +6,7 @@ collapse_huge_page, as a CPU's op (``--collapse write-lock``):
   1. scan under mmap_lock read (hpage_collapse_scan_pmd, hugepage_vma_revalidate's
      conditions): a 2 MiB-aligned block inside one accessible VMA whose pmd links a PTE
      table with at least one present PTE (max_ptes_none = 511, the default); drop the
-     lock, allocate the huge page
+     lock, allocate the huge page (it may fail, SCAN_ALLOC_HUGE_PAGE_FAIL: give up)
   2. mmap_write_lock, revalidate the VMA, vma_start_write, then check_pmd_still_valid
      (in this order since "mm: Fix the race between collapse and PT_RECLAIM under
      per-vma lock", 2025: before vma_start_write a DONTNEED under the VMA's read lock,
@@ -47,7 +47,7 @@ from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
 from .pagetable import (PFN_MASK, PFN_SHIFT, P, PROTNONE, entry_pfn,
                         pgtable_trans_huge_deposit,
                         pmd_entry_of, pmd_maps_table, populate, pte_table_of, pte_unmap_unlock)
-from .tlb import assert_no_translation, flush_tlb_range, tlb_remove_table_sync_one
+from .tlb import flush_tlb_range, tlb_remove_table_sync_one
 from .vma import find_vma
 
 SCAN_BLOCKS = 8             # blocks looked at per scan (khugepaged's pages_to_scan)
@@ -95,11 +95,13 @@ def khugepaged_scan(mm, start):
         mmap_read_unlock(mm)
     if target is None:
         return False
-    return collapse_huge_page(mm, target)
+    return collapse_huge_page(mm, target, may_fail=True)
 
 
-def collapse_huge_page(mm, base):
-    head = alloc_huge_frame(mm)                                               # 1
+def collapse_huge_page(mm, base, may_fail=False):
+    """Collapse the block at base (steps 1-7); ``may_fail``: khugepaged's allocation,
+    which fails at random (frames.alloc_huge_frame).  True when collapsed."""
+    head = alloc_huge_frame(mm, may_fail)                                     # 1
     if head < 0:
         mm.count("thp_oom")
         return False
@@ -174,7 +176,6 @@ def _collapse_locked(mm, base, v, head):
     finally:
         pte_unmap_unlock(mm, t)
     if ok:
-        assert_no_translation(mm, frames.tolist())
         for f in frames.tolist():
             put_page(mm, f)
     native.spin_lock(pmdl, mm.cpu)                                            # 7

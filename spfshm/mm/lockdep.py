@@ -1,4 +1,5 @@
-"""A wait-for graph for spinlocks, enough to name a deadlock instead of hanging.
+"""A wait-for graph for spinlocks, enough to name a deadlock instead of hanging; and
+CONFIG_DEBUG_SPINLOCK's "already unlocked".
 
 A CPU about to spin on a ptl publishes which table's lock it waits for (its own arena
 line).  When an IPI is not acked in time, the sender asks: is the silent target spinning
@@ -36,3 +37,12 @@ def check_ipi_wait(mm, target, waited_ms):
     if t >= 0 and native.spin_owner(mm.ptl(t)) == mm.cpu:
         mm.report("deadlock", "ipi", 0, waited_ms, target, t)
         raise Deadlock()
+
+
+def check_spin_unlocks(mm):
+    """CONFIG_DEBUG_SPINLOCK's spin_bug "already unlocked", once per operation: native
+    counts this CPU's spin_unlock of a lock that was free (a caller that went on as if a
+    spin_trylock had taken the lock for it, and released it anyway)."""
+    n = native.spin_bugs_take()
+    if n:
+        mm.report("spin_bug", "spin_unlock", 0, n)

@@ -79,6 +79,10 @@ IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch
 # (GFP_NOWAIT), seeded per CPU; rare in a kernel, common here so that the fallback runs
 TABLE_BATCH_FAIL = 0.5
+# khugepaged's huge page allocation (GFP_TRANSHUGE: __GFP_NORETRY, fragmentation) fails,
+# seeded per CPU; the model's huge page pool is sized never to run out, so without this
+# collapse_huge_page's allocation failure path would never run
+THP_ALLOC_FAIL = 0.2
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
@@ -166,6 +170,8 @@ class MM:
         self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
         batch = random.Random("spfshm-table-batch:%d:%d" % (cfg.seed, cpu))
         self.table_batch_alloc_fails = lambda: batch.random() < TABLE_BATCH_FAIL
+        thp = random.Random("spfshm-thp-alloc:%d:%d" % (cfg.seed, cpu))
+        self.thp_alloc_fails = lambda: thp.random() < THP_ALLOC_FAIL
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(

@@ -81,11 +81,12 @@ import numpy as np
 
 from .. import native
 from .frames import (VALUE_PAGE, VALUE_PAGE_SHIFT, VALUE_RACED, VALUE_STORED, VALUE_ZAP,
-                     VALUE_ZAP_SHIFT, ZAP_COUNT, ZAP_DONE_SHIFT, frame_pages, put_page)
+                     VALUE_ZAP_SHIFT, ZAP_COUNT, ZAP_DONE_SHIFT, assert_no_translation,
+                     frame_pages, put_page, tlb_snapshot)
 from .lockdep import Deadlock, check_ipi_wait
 from .mm_types import HPAGE_NR, IPI_HIST_BUCKETS, LEVEL_SHIFT, PAGE_SHIFT, PMD, PROT_NONE, \
     PROT_WRITE
-from .pagetable import free_table_now, mark_pending, read_tagged
+from .pagetable import free_table_now, mark_pending
 from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
 
@@ -222,31 +223,6 @@ def flush_tlb_all(mm):
     flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, True)
 
 
-def tlb_snapshot(mm):
-    """Every CPU's TLB entries as (valid, data, gen, va), read while they change (an entry
-    torn by a fill or a flush is read again until it holds still: pagetable.read_tagged).
-    A dead CPU's TLB went with it."""
-    valid, ents = read_tagged(mm, mm.tlbs)
-    return valid, ents[:, :, 1], ents[:, :, 2], ents[:, :, 3]
-
-
-def assert_no_translation(mm, frames):
-    """KASAN-style assertion before frames are freed: no CPU's TLB may still translate to
-    them (this incarnation).  Exact under a correct protocol: the PTEs were cleared
-    before the flush, and a walker that read one had IRQs off, so its fill was flushed."""
-    if not frames:
-        return
-    valid, data, gen, va = tlb_snapshot(mm)
-    pfn = (data >> 12).astype(np.int64)
-    hit = valid & np.isin(pfn, frames)
-    if hit.any():
-        hit &= gen == mm.frame_gen[np.where(hit, pfn, 0)]
-        for cpu, slot in zip(*np.nonzero(hit)):
-            f = int(pfn[cpu, slot])
-            mm.report("frame_uaf", "zap", int(va[cpu, slot]), int(gen[cpu, slot]),
-                      int(mm.frame_gen[f]), f)
-
-
 def assert_no_access_beyond(mm, start, end, prot):
     """After a permission downgrade's flush: no CPU may still hold a translation in
     [start, end) that grants more than ``prot``: none at all under PROT_NONE, none
@@ -379,8 +355,7 @@ class MmuGather:
         mm = self.mm
         zapped, self.last_zap = self.last_zap, None
         if mm.bugs.on("free_frame_before_flush"):
-            assert_no_translation(mm, frame_pages(mm, [f]))
-            put_page(mm, f)
+            put_page(mm, f)              # free_frame's assertion sees the TLB entries
         else:
             self.frames.append(f)
             if zapped is not None:

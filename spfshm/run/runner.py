@@ -17,7 +17,7 @@ from ..bugs import Bugs
 from ..check.sweep import sweep
 from ..mm import mm_types
 from ..mm.cpu import Cpu
-from ..mm.lockdep import Deadlock
+from ..mm.lockdep import Deadlock, check_spin_unlocks
 from ..mm.mm_types import MM, STAT, Geometry, mm_init
 from ..mm.gup import gup_fast, gup_hold_and_release
 from ..mm.khugepaged import khugepaged_scan
@@ -175,6 +175,7 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
             # the runner kills the rest.
             mm.flush_stats()
             return
+        check_spin_unlocks(mm)
         local[i_ops] += 1
         local[STAT[op]] += 1
         if res in OUTCOME_STATS:
