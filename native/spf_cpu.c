@@ -270,6 +270,8 @@ void spf_irq_enable(void)
 		if (spf_me.cpu >= 0) {
 			struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 			me->irq_depth = 0;
+			/* before the ack below: an IPI sync waits for this section alone */
+			__atomic_store_n(&me->walk_ref, 0, __ATOMIC_RELEASE);
 			__atomic_store_n(&me->irq_enable_ns, spf_now_ns_inline(), __ATOMIC_SEQ_CST);
 		}
 		ipi_mask(SIG_UNBLOCK);           /* a pending IPI runs here, before we return */

@@ -42,7 +42,9 @@ struct spf_percpu {
 	uint64_t flush_start;
 	uint64_t flush_end;
 	uint64_t flush_active;
-	uint64_t pad[1];         /* one slot per 128 bytes: no false sharing */
+	uint64_t walk_ref;       /* the table a lockless walk of the current read-side or
+	                          * IRQs-off section relies on (spf_walk_ref), 0 outside;
+	                          * the slot stays 128 bytes: no false sharing */
 };
 
 #define SPF_CPU_ONLINE  1

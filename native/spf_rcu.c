@@ -5,6 +5,17 @@
 #include "spf_cpu.h"
 #include "spf_rcu.h"
 
+/* (b'): while gp_seq moved past the published s, publish it again (spf_rcu.h). */
+static __attribute__((noinline)) void spf_reader_settle(struct spf_percpu *me, uint64_t s)
+{
+	uint64_t now;
+	while ((now = __atomic_load_n(spf_me.gp_seq, __ATOMIC_SEQ_CST)) != s) {
+		s = now;
+		__atomic_store_n(&me->rcu_snap, s, __ATOMIC_SEQ_CST);
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	}
+}
+
 void spf_reader_enter(void)
 {
 	if (spf_me.reader_nest++ == 0 && spf_me.cpu >= 0) {
@@ -12,13 +23,22 @@ void spf_reader_enter(void)
 		uint64_t s = __atomic_load_n(spf_me.gp_seq, __ATOMIC_SEQ_CST);   /* (a) */
 		__atomic_store_n(&me->rcu_snap, s, __ATOMIC_SEQ_CST);            /* (b) */
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);   /* pairs with the updater's (2)-(3) */
+		spf_reader_settle(me, s);                                        /* (b') */
 	}
 }
 
 void spf_reader_exit(void)
 {
-	if (--spf_me.reader_nest == 0 && spf_me.cpu >= 0)
+	if (--spf_me.reader_nest == 0 && spf_me.cpu >= 0) {
+		__atomic_store_n(&spf_me.slots[spf_me.cpu].walk_ref, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&spf_me.slots[spf_me.cpu].rcu_snap, 0, __ATOMIC_RELEASE); /* (d) */
+	}
+}
+
+void spf_walk_ref(uint64_t ref)
+{
+	if (spf_me.reader_nest > 0 && spf_me.cpu >= 0)
+		__atomic_store_n(&spf_me.slots[spf_me.cpu].walk_ref, ref, __ATOMIC_RELAXED);
 }
 
 /* Perturbation (spf_perturb.h): inside the read-side section, at both ends. */

@@ -120,7 +120,7 @@ CATALOGUE = [
         "bug class 1: an IPI sync does not wait for an rcu_read_lock() walker (why x86 "
         "moved to RCU table freeing: 718b13861d22 'x86: mm: free page table pages by RCU "
         "instead of semi RCU', Qi Zheng's PT_RECLAIM series)",
-        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@free_pgtables"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while tables are freed right after the flush IPI",
         {"fault_mode": "spf", "walk": "rcu", "table_free": "ipi"},
@@ -136,7 +136,7 @@ CATALOGUE = [
         "mm/mmu_gather.c tlb_remove_table_one without CONFIG_PT_RECLAIM) is "
         "tlb_remove_table_sync_one, an IPI, then the free, which an rcu_read_lock() "
         "walker does not hold up",
-        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@free_pgtables"),
         "a forbidden configuration, no code change: speculative walkers hold only RCU "
         "while a table whose batch page could not be allocated is freed after an IPI sync",
         {"fault_mode": "spf", "walk": "rcu", "table_free": "rcu", "reclaim": "off"},
@@ -147,7 +147,8 @@ CATALOGUE = [
         "Andy Lutomirski's warning in the SPF thread: where the TLB flush does not "
         "interrupt the target, IRQs off protects nothing (cf. a37259732a7d 'x86/mm: Make "
         "MMU_GATHER_RCU_TABLE_FREE unconditional')",
-        ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@gup", "pipe_age@gup"),
+        ("pt_uaf@spf_walk", "pipe_age@spf_walk", "pt_uaf@gup", "pipe_age@gup",
+         "pt_uaf@free_pgtables"),
         "a forbidden configuration, no code change: remote TLB invalidation, tables freed "
         "after the flush, speculative and gup_fast walkers with IRQs off",
         {"fault_mode": "spf", "walk": "irq", "tlb_flush": "no-ipi", "table_free": "ipi"},

@@ -17,7 +17,7 @@ VIOL_PER_CPU = 32
 # kind -> sentence; {va}, {a0}, {a1}, {a2} are the record's operands.
 KINDS = {
     "pt_uaf": "page table #{a0} (level {a1}) used after it was freed or reused "
-              "(walker's tag, or the CPU still caching it: {a2})",
+              "(walker's tag, or the CPU still caching it or walking in it: {a2})",
     "frame_uaf": "frame #{a2} (now generation {a1}) was freed or reused while a "
                  "translation made at generation {a0} still reached it",
     "stale_pte": "present PTE to frame #{a0} ({a1:#x}) where no VMA allows it",

@@ -42,6 +42,7 @@ irqs_disabled = lib.spf_irqs_disabled
 rcu_read_lock = lib.spf_rcu_read_lock
 rcu_read_unlock = lib.spf_rcu_read_unlock
 rcu_read_depth = lib.spf_rcu_read_depth
+walk_ref = lib.spf_walk_ref
 rcu_start_gp = lib.spf_rcu_start_gp
 rcu_gp_blocker = lib.spf_rcu_gp_blocker
 trace = lib.spf_trace

@@ -40,7 +40,7 @@ from spfshm.mm.mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_loc
 from spfshm.mm.pagetable import (P, PROTNONE, ROOT, RW, alloc_table, entry_pfn,
                                  free_table_now, index, mark_pending, mk_entry,
                                  pmd_entry_of, pte_offset_map_lock,
-                                 pte_table_of)
+                                 pte_table_of, walk_lockless)
 from spfshm.mm.perturb import no_delay
 from spfshm.mm.pervma import do_pervma_fault
 from spfshm.mm.pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES, VMAS
@@ -112,7 +112,8 @@ FIRES = {
     "vma_read_held@split_vma": ("test_vma_read_held[vma_read_held@split_vma]",),
     "vma_not_write_locked@split_vma": ("test_vma_split_without_its_write_lock",),
     # mm/pagetable.py
-    "pt_uaf@free_pgtables": ("test_table_freed_while_cached",),
+    "pt_uaf@free_pgtables": ("test_table_freed_while_cached",
+                             "test_table_freed_under_a_walker[inside]"),
     "pmd_changed@reclaim_pt": ("test_pmd_changed_under_the_ptl",),
     "pmd_changed@collapse_huge_page": ("test_collapse_checks_the_pmd_before_the_vma_lock",),
     "pt_uaf@collapse_huge_page":
@@ -758,6 +759,45 @@ def test_table_freed_while_cached(make):
     t = b.table()
     assert do_munmap(b.mm, BASE, 8 * PAGE) == 0
     assert only(b, "pt_uaf@free_pgtables") == (t, PTE, b.mm.cpu)
+
+
+@pytest.mark.parametrize("how", ["inside", "before_retire", "after_retire"])
+def test_table_freed_under_a_walker(make, how):
+    """A table freed at once (no grace period) while CPU 0 runs an RCU read-side section
+    that is inside it (it need not read the table again to be seen), or that began
+    before the table was retired for a grace period (which would have waited for it).
+    The control: a section that began after a grace period began (after the
+    retirement) cannot have found the table, and that grace period does not wait for
+    it: nothing fires."""
+    b = make(ncpus=2, cpu=1, table_free="rcu-always", reclaim="off").map()
+    assert do_madvise_dontneed(b.mm, BASE, 8 * PAGE) == 0      # empty; TLBs flushed
+    t = b.table()
+    if how == "after_retire":
+        b.mm.pipe.retire(TABLES, t, CLOCK_RCU)
+        native.rcu_start_gp()
+
+    def walker(cpu):
+        mm0 = MM(b.arena, b.g, b.cfg, Bugs(), cpu)
+        native.rcu_read_lock()
+        if how == "inside":
+            assert walk_lockless(mm0, BASE, "spf_walk")[0] == t
+        b.flags[0] = 1
+        _wait_for(lambda: b.flags[1], "never released")
+        native.rcu_read_unlock()
+
+    with Workers(b.smp, 1, walker) as w:
+        _wait_for(lambda: b.flags[0], "CPU 0 never entered its section")
+        try:
+            if how == "before_retire":
+                b.mm.pipe.retire(TABLES, t, CLOCK_RCU)
+            free_table_now(b.mm, t)
+        finally:
+            b.flags[1] = 1
+        assert w.join(30) == {0: 0}
+    if how == "after_retire":
+        assert fired(b) == []
+    else:
+        assert only(b, "pt_uaf@free_pgtables") == (t, PTE, 0)
 
 
 def _hw_walk(b, va):

@@ -28,7 +28,10 @@ Lockless walker protocol (hardware TLB fill, later SPF and gup_fast), against th
   freer:  (a) clear the parent entry  (b) IPI sync / grace period  (c) FREE + gen++
           (d) poison
 (b) waits for (1)'s section, so (3) can only fail when the protocol is broken: that
-failure is reported as pt_uaf at once.
+failure is reported as pt_uaf at once.  And (3) names the table in the walker's CPU slot
+(``walk_ref``, cleared when its section ends, native spf_rcu.h), so that (c) finds a
+walker still inside the table (KASAN's view of the free: the walker need not read the
+table again for the broken (b) to be seen): reported as pt_uaf@free_pgtables.
 """
 import numpy as np
 
@@ -136,6 +139,32 @@ def assert_table_unreferenced(mm, t):
                   int(mm.pt_level[t]), int(cpu))
 
 
+def walk_ref_of(t, tag):
+    """A walker's name for table t of generation tag (its CPU slot's walk_ref)."""
+    return (t + 1) | (tag << 32)
+
+
+def assert_no_walker_in(mm, t):
+    """No other CPU's lockless walk may still rely on a table being freed: step (b)
+    waited for every walk section that entered it before (a) (a later one cannot find
+    it), and each clears its ``walk_ref`` when it ends.  Where (b) is a grace period
+    (pte_free_defer stamped t with the gp_seq it read after (a)), no other CPU may
+    even be in a read-side section whose rcu_snap is at most that gp_seq: it began
+    before the grace period did, which waits for it (spf_rcu.h), and any such section
+    may have read the entry before (a) and be inside t (rcutorture's view: a callback
+    ran while a reader from before its grace period still runs)."""
+    percpu = mm.arena["percpu"][:mm.g.ncpus]
+    hit = percpu["walk_ref"] == walk_ref_of(t, int(mm.pt_gen[t]) & GEN_MASK)
+    gp = mm.pipe.retired_at_gp(TABLES, t)
+    if gp:
+        snap = percpu["rcu_snap"].copy()        # one read of each: they change meanwhile
+        hit |= (snap != 0) & (snap <= gp)
+    if mm.cpu < len(hit):
+        hit[mm.cpu] = False
+    for cpu in np.flatnonzero(hit & mm.online()):
+        mm.report("pt_uaf", "free_pgtables", 0, t, int(mm.pt_level[t]), int(cpu))
+
+
 def free_table_now(mm, t):
     """The final free (after tlb_remove_table's sync).  A table freed with present PTEs
     lost them: report.  So is a table freed twice (KASAN's double-free; the pool is left
@@ -144,6 +173,7 @@ def free_table_now(mm, t):
         mm.report("double_free", "free_pgtables", 0, t, int(mm.pt_level[t]), TABLE_FREE)
         return
     assert_table_unreferenced(mm, t)
+    assert_no_walker_in(mm, t)
     if mm.pt_level[t] == PTE:
         present = int(((mm.pt[t] & P) | ((mm.pt[t] & PROTNONE) >> 8)).astype(bool).sum())
         if present:
@@ -188,6 +218,7 @@ def check_table(mm, t, tag, level, site, va):
             or (int(mm.pt_gen[t]) & GEN_MASK) != tag:
         mm.report("pt_uaf", site, va, t, level, tag)
         return False
+    native.walk_ref(walk_ref_of(t, tag))      # outside a walk section: ignored
     if state == TABLE_PENDING:
         mm.pipe.observe(TABLES, t, site, va)
     return True

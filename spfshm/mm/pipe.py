@@ -109,6 +109,12 @@ class Pipe:
         """Allocated again: not retired."""
         self.stamps[kind][idx] = 0
 
+    def retired_at_gp(self, kind, idx):
+        """The gp_seq read when the object was retired to wait for a grace period, or 0
+        (not retired, or retired to wait for an IPI sync)."""
+        s = int(self.stamps[kind][idx])
+        return (s & ~_CLOCK_BIT) - 1 if s & _CLOCK_BIT else 0
+
     def age(self, kind, idx):
         """The object's age in syncs, or -1 when it is not retired."""
         s = int(self.stamps[kind][idx])

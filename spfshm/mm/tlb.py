@@ -259,7 +259,8 @@ def assert_zaps_complete(mm, first, seen):
 
 def pte_free_defer(mm, t):
     """Free an unlinked table after a grace period (its pipe stamp is taken just before
-    the grace period starts: see pipe.py)."""
+    the grace period starts: see pipe.py; at the free, pagetable.assert_no_walker_in
+    checks against it that no read-side section from before the grace period runs)."""
     mm.pipe.retire(TABLES, t, CLOCK_RCU)
     mm.rcu.call_rcu(free_table_now, mm, t)
     mm.count("call_rcu")
