@@ -251,8 +251,9 @@ CATALOGUE = [
         "bug class 1: a lockless walk with neither IRQs off nor RCU (why the series' "
         "speculative_page_walk_begin() disables IRQs, or takes rcu_read_lock() where "
         "tables are freed by RCU, as its v1 does)",
-        ("pt_uaf@spf_walk", "pipe_age@spf_walk"),
-        "the speculative page-table walk takes no protection against table freeing",
+        ("walk_unprotected@spf_walk", "pt_uaf@spf_walk", "pipe_age@spf_walk"),
+        "the speculative page-table walk takes no protection against table freeing "
+        "(PROVE_RCU's check sees it at once; with it off, a free that meets the walk)",
         {"fault_mode": "spf"},
         window={"delay": 0.1, "delay_max_us": 20000.0,     # long enough for a grace period
                 "delay_points": ("spf_before_ptl",)}),

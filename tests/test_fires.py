@@ -28,7 +28,8 @@ from spfshm.mm.cpu import MAX_TRIES, VIOLATION, Cpu
 from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_anonymous_page, \
     do_user_addr_fault
 from spfshm.mm.frames import alloc_frame, put_page
-from spfshm.mm.gup import gup_fast, gup_hold_and_release
+from spfshm.mm import fault as fault_module, pagetable as pagetable_module
+from spfshm.mm.gup import _walk as gup_walk, gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page
 from spfshm.mm.lockdep import Deadlock, check_spin_unlocks, ptl_lock_irqs_off
 from spfshm.mm.memory import free_pgtables, reclaim_pt
@@ -39,8 +40,8 @@ from spfshm.mm.mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_loc
     mmap_write_unlock
 from spfshm.mm.pagetable import (P, PROTNONE, ROOT, RW, alloc_table, entry_pfn,
                                  free_table_now, index, mark_pending, mk_entry,
-                                 pmd_entry_of, pte_offset_map_lock,
-                                 pte_table_of, walk_lockless)
+                                 pmd_entry_of, pte_offset_map_lock, pte_table_of,
+                                 pte_unmap_unlock, walk_lockless)
 from spfshm.mm.perturb import no_delay
 from spfshm.mm.pervma import do_pervma_fault
 from spfshm.mm.pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES, VMAS
@@ -48,7 +49,8 @@ from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.syscalls import MAP_FIXED, MAX_ADDR, do_madvise_dontneed, do_mmap, \
     do_mprotect, do_munmap
 from spfshm.mm.tlb import MmuGather, flush_tlb_all
-from spfshm.mm.vma import TREE_FREE, current_tree, find_vma, tree_entries, vm_area_free
+from spfshm.mm.vma import (TREE_FREE, current_tree, find_vma, find_vma_rcu, tree_entries,
+                           vm_area_free)
 from spfshm.run.runner import run_stress
 from spfshm.run.workers import Workers
 from spfshm.smp import Smp, smp_regions
@@ -58,6 +60,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # kind@site -> the tests that make it fire, one per report call (scan order).  A name is
 # a test of this file (with its parameter id), or "file.py::test[id]" under tests/.
 FIRES = {
+    # mm/lockdep.py's lockdep_assert_walk_protected, from each lockless reader
+    "walk_unprotected@spf_walk": ("test_walk_unprotected[spf_walk-walk]",),
+    "walk_unprotected@spf": ("test_walk_unprotected[spf-find_vma_rcu]",),
+    "walk_unprotected@pervma": ("test_walk_unprotected[pervma-find_vma_rcu]",),
+    "walk_unprotected@gup": ("test_walk_unprotected[gup]",),
+    "walk_unprotected@fault": ("test_walk_unprotected[fault]",),
+    "walk_unprotected@pte_offset_map_lock": ("test_walk_unprotected[pte_offset_map_lock]",),
     # check/sweep.py
     "vma_overlap@sweep": ("test_sweep[vma_overlap@sweep]",),
     "vma_uaf@sweep": ("test_sweep[vma_uaf@sweep]",),
@@ -1031,7 +1040,9 @@ def test_pipe_age_in_a_run(make):
 
     b.mm.delay = meanwhile
     assert do_speculative_page_fault(b.mm, BASE + 5 * PAGE, 1) == "pte_map_lock_seq2"
-    kind, idx, age = only(b, "pipe_age@spf_walk")
+    got = [g for g in fired(b) if g[0] != "walk_unprotected@spf_walk"]   # PROVE_RCU too
+    assert [g[0] for g in got] == ["pipe_age@spf_walk"], fired(b)
+    kind, idx, age = got[0][1:]
     assert (kind, idx) == (TABLES, t) and age >= 1
 
 
@@ -1057,3 +1068,66 @@ def test_hang_in_a_run(tmp_path):
                             artifacts=str(tmp_path)).resolved())
     assert rep["exit_code"] == 3 and rep["violations"], rep["errors"]
     assert {v["signature"] for v in rep["violations"]} == {"hang@watchdog"}, rep["violations"]
+
+
+# -- PROVE_RCU: a lockless reader with neither RCU nor IRQs off ------------------------------
+class _NoRcu:
+    """A module's ``native`` whose rcu_read_lock/unlock do nothing: that module's RCU
+    section deleted, as the section mutants do."""
+
+    def __init__(self):
+        self.rcu_read_lock = self.rcu_read_unlock = lambda: None
+
+    def __getattr__(self, name):
+        return getattr(native, name)
+
+
+def _unprotected_pte_map_lock(b):
+    from spfshm.mm import spf
+    native.rcu_read_lock()
+    pmd_t, orig_pmd, tag = walk_lockless(b.mm, BASE, "spf_walk", stop=mm_types.PMD)
+    native.rcu_read_unlock()
+    seq = native.seq_try_begin(b.mm.mmap_seq)
+    assert getattr(spf, "__pte_map_lock")(b.mm, BASE, seq, pmd_t, tag, orig_pmd,
+                                          entry_pfn(orig_pmd)) is None
+    native.spin_unlock(b.mm.ptl(entry_pfn(orig_pmd)))
+
+
+def _anonymous_fault(mm, va):
+    mmap_read_lock(mm)
+    try:
+        do_anonymous_page(mm, find_vma(mm, va), va, 1)
+    finally:
+        mmap_read_unlock(mm)
+
+
+def _without_rcu(module, call):
+    def run(b, monkeypatch):
+        monkeypatch.setattr(module, "native", _NoRcu())
+        call(b)
+    return run
+
+
+WALK_UNPROTECTED = {
+    "spf_walk-walk": (dict(fault_mode="spf", bugs=("spf_walk_unprotected",)),
+                      lambda b, mp: do_speculative_page_fault(b.mm, BASE + 5 * PAGE, 1)),
+    "spf_walk-pte_map_lock": (dict(fault_mode="spf"), lambda b, mp: _unprotected_pte_map_lock(b)),
+    "spf-find_vma_rcu": ({}, lambda b, mp: find_vma_rcu(b.mm, BASE, "spf")),
+    "pervma-find_vma_rcu": ({}, lambda b, mp: find_vma_rcu(b.mm, BASE, "pervma")),
+    "gup": ({}, lambda b, mp: gup_walk(b.mm, BASE)),
+    "fault": ({}, _without_rcu(fault_module, lambda b: _anonymous_fault(b.mm, BASE + 5 * PAGE))),
+    "pte_offset_map_lock": ({}, _without_rcu(pagetable_module, lambda b: pte_unmap_unlock(
+        b.mm, pte_offset_map_lock(b.mm, BASE)))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WALK_UNPROTECTED))
+def test_walk_unprotected(make, monkeypatch, case):
+    """Each lockless reader asserts it holds RCU or IRQs off where it relies on what it
+    read (lockdep_assert_walk_protected); without, the assert fires at once, before any
+    free could meet it."""
+    kw, run = WALK_UNPROTECTED[case]
+    b = make(**kw).map()
+    run(b, monkeypatch)
+    site = case.split("-")[0]
+    assert only(b, "walk_unprotected@" + site) == (0, 0, 0)

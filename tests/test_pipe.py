@@ -195,7 +195,9 @@ def test_no_ipi_flush_is_a_sync(model, table_free):
 # -- VMAs and VMA trees -----------------------------------------------------------------------
 def retire_vma(m):
     mm = m.mm
+    native.rcu_read_lock()
     vid = find_vma_rcu(mm, BASE, "spf")[0]
+    native.rcu_read_unlock()
     mm.vma[vid]["state"] = VMA_PENDING           # detached, waiting for its grace period
     mm.pipe.retire(pipe.VMAS, vid, pipe.CLOCK_RCU)
     return vid

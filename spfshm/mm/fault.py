@@ -15,6 +15,7 @@ second overwrites the first's PTE (bug ``fault_no_ptl``: a leaked frame, RSS off
 from .. import native
 from .frames import alloc_frame, put_page
 from .huge_memory import huge_pmd_set_accessed
+from .lockdep import lockdep_assert_walk_protected
 from .mm_types import PROT_WRITE, PTE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
@@ -62,6 +63,7 @@ def do_anonymous_page(mm, vma, va, write):
     native.rcu_read_lock()
     try:
         t = pte_alloc_walk(mm, va)
+        lockdep_assert_walk_protected(mm, "fault", va)   # the table, until its ptl is held
         if t < 0:
             # HUGE: a trans-huge pmd (collapsed since the TLB missed, or being split):
             # the huge pmd's fault, then the access retries (a present huge pmd is as

@@ -27,6 +27,7 @@ incarnation it pinned (a pinned frame is never freed under its holder) and unpin
 """
 from .. import native
 from .frames import put_page
+from .lockdep import lockdep_assert_walk_protected
 from .mm_types import PAGE, PMD, PTE
 from .pagetable import (GEN_MASK, P, PS, check_table, entry_gen, entry_pfn, index,
                         walk_lockless)
@@ -49,6 +50,7 @@ def try_grab(mm, f):
 
 def _walk(mm, va):
     """(2): (pmd table, pmd entry, PTE table or -1, leaf entry), or None."""
+    lockdep_assert_walk_protected(mm, "gup", va)
     res = walk_lockless(mm, va, "gup", stop=PMD)
     if res is None or res[0] < 0 or not res[1] & P:
         return None

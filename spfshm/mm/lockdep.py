@@ -46,3 +46,14 @@ def check_spin_unlocks(mm):
     n = native.spin_bugs_take()
     if n:
         mm.report("spin_bug", "spin_unlock", 0, n)
+
+
+def lockdep_assert_walk_protected(mm, site, va):
+    """RCU_LOCKDEP_WARN(!rcu_read_lock_any_held(), ...), as CONFIG_PROVE_RCU's
+    rcu_dereference_check() splats "suspicious RCU usage": a lockless reader (a page
+    table walk, the VMA tree lookup) relies on what it reads only inside an RCU
+    read-side section or with IRQs off (an RCU reader too since 4.20's consolidated
+    RCU, and what holds off the flush IPI); with neither, a free can meet it whatever
+    the timing, so it is reported at once."""
+    if not native.rcu_read_depth() and not native.irqs_disabled():
+        mm.report("walk_unprotected", site, va)

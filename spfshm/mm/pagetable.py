@@ -38,6 +38,7 @@ import numpy as np
 from .. import native
 from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PTE, PTRS, PUD, TABLE_FREE,
                        TABLE_LIVE, TABLE_PENDING)
+from .lockdep import lockdep_assert_walk_protected
 from .pipe import TABLES
 
 P, RW, PS, PROTNONE = 0x1, 0x2, 0x80, 0x100
@@ -344,6 +345,7 @@ def pte_offset_map_lock(mm, va):
     unlinked but is not freed until pte_unmap_unlock drops both."""
     while True:
         native.rcu_read_lock()
+        lockdep_assert_walk_protected(mm, "pte_offset_map_lock", va)
         pmd_t, pmd_i = pmd_entry_of(mm, va)
         e = int(mm.pt[pmd_t, pmd_i]) if pmd_t >= 0 else 0
         if e & (P | PS) != P:

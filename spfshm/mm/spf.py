@@ -49,7 +49,7 @@ write section there) and zaps and frees page tables under mmap_lock read:
 from .. import native
 from .fault import VM_FAULT_OK, install_anon_pte
 from .frames import alloc_frame, put_page
-from .lockdep import ptl_lock_irqs_off
+from .lockdep import lockdep_assert_walk_protected, ptl_lock_irqs_off
 from .mm_types import PMD, PTE
 from .pagetable import (P, PS, check_table, entry_gen, entry_pfn, index, lockless_walk_begin,
                         lockless_walk_end, walk_lockless)
@@ -99,6 +99,7 @@ def do_speculative_page_fault(mm, va, write):
 
     speculative_page_walk_begin(mm)                                          # 3
     try:
+        lockdep_assert_walk_protected(mm, "spf_walk", va)
         res = walk_lockless(mm, va, "spf_walk", stop=PMD)                    # 4
         if res is None:
             return "uaf"
@@ -137,6 +138,7 @@ def __pte_map_lock(mm, va, seq, pmd_t, pmd_tag, orig_pmd, t):
     """Step 6 (walk section held): None with the ptl of table t held, else the abort
     reason with nothing held."""
     bugs = mm.bugs
+    lockdep_assert_walk_protected(mm, "spf_walk", va)
     if native.seq_read_retry(mm.mmap_seq, seq):
         return "pte_map_lock_seq1"
     cur = int(mm.pt[pmd_t, index(va, PMD)])

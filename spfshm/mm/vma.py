@@ -24,6 +24,7 @@ import bisect
 import numpy as np
 
 from .. import native
+from .lockdep import lockdep_assert_walk_protected
 from .mmap_lock import mmap_assert_locked, mmap_assert_write_locked
 from .pipe import CLOCK_RCU, TREES, VMAS
 from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
@@ -172,6 +173,7 @@ def find_vma_rcu(mm, va, site):
     the published tree (id -1 if none), or None when the tree read was a use-after-free.
     The generation (the record's, read at once: the model's tree holds ids, not
     pointers) is what read_vma checks the record against when it copies it."""
+    lockdep_assert_walk_protected(mm, site, va)
     tree = current_tree(mm)                                            # (b)
     row = mm.vma_tree[tree]
     gen = int(row[2])
