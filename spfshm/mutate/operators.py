@@ -19,7 +19,7 @@ Omitted by construction, since they cannot change what the protocol does (only t
 per-CPU statistics or what an oracle sees): functions that are oracles (ORACLE_FUNCTIONS,
 names containing ``assert``, the pipe-age and perturbation modules); moves across
 instrumentation (``mm.count``, ``mm.delay``, ``native.trace``, ``mm.pipe.*``,
-``mm.report``); swapping two statements that only compute locals from pure calls
+``mm.report``, the oracles' own calls: ``assert_*``, ``lockdep_assert_*``); swapping two statements that only compute locals from pure calls
 (PURE_CALLS); moving a release above another release (lock release order cannot break
 mutual exclusion); swaps where one statement reads or writes a name the other writes
 (that is a different program, not a reordering).  What the generator does produce and
@@ -58,7 +58,7 @@ SECTION_PAIRS = {"rcu_read_lock": "rcu_read_unlock", "local_irq_disable": "local
                  "speculative_page_walk_begin": "speculative_page_walk_end",
                  "spf_insn_begin": "spf_insn_end"}
 RELEASES = set(LOCK_PAIRS.values()) | set(SECTION_PAIRS.values()) | {"vma_end_read"}
-INSTRUMENTS = {"count", "delay", "trace", "report", "sleep_ns"}
+INSTRUMENTS = {"count", "delay", "trace", "report", "sleep_ns", "work_ns"}
 ORACLE_FUNCTIONS = {"check_value", "read_tagged", "tlb_snapshot"}
 ORACLE_FILES = {"pipe.py", "perturb.py"}
 SETUP_FUNCTIONS = {"__init__", "init", "mm_init", "init_tree"}    # run before CPUs share it
@@ -155,7 +155,9 @@ def _is_instrument(stmt):
     if c is None:
         return False
     path = _dotted(c.func) or ""
-    return bool(set(_names(c.func)) & INSTRUMENTS) or ".pipe." in path
+    names = set(_names(c.func))
+    return bool(names & (INSTRUMENTS | ORACLE_FUNCTIONS)) or ".pipe." in path \
+        or any("assert" in n for n in names)
 
 
 def _binds_reads(node):
