@@ -6,7 +6,7 @@ calls of native/.
 
 | operator | edit |
 |---|---|
-| recheck | delete an ``if`` (no ``else``) whose body bails out (ends in return, continue, break or raise after simple statements, e.g. an unlock); not one whose test mentions ``bugs.on(`` (a busted-variant switch, measured by ``spfshm bench detect``) nor one whose body reports (oracle code) |
+| recheck | delete an ``if`` (no ``else``) whose body bails out (ends in return, continue, break or raise after simple statements, e.g. an unlock); not one whose test mentions ``bugs.on(`` (a busted-variant switch, measured by ``spfshm bench detect``) nor one whose test or body reports (oracle code; REPORTING_CHECKS such as ``check_table``) |
 | sync | delete a call of a flush, IPI sync or grace-period wait (SYNC_CALLS); or make a deferred free immediate (DEFERRED_FREES: ``call_rcu(fn, a)`` -> ``fn(a)``, ``tlb.remove_table(t)`` -> ``free_table_now(mm, t)``, ...) |
 | lock | delete an acquire and every matching release after it in the same function (LOCK_PAIRS, same lock expression); ``vma_start_write``, whose release is mmap_write_unlock's, alone |
 | unlock_early | move a release (of a lock or a section) above the statement before it |
@@ -60,6 +60,9 @@ SECTION_PAIRS = {"rcu_read_lock": "rcu_read_unlock", "local_irq_disable": "local
 RELEASES = set(LOCK_PAIRS.values()) | set(SECTION_PAIRS.values()) | {"vma_end_read"}
 INSTRUMENTS = {"count", "delay", "trace", "report", "sleep_ns", "work_ns"}
 ORACLE_FUNCTIONS = {"check_value", "read_tagged", "tlb_snapshot"}
+# Checks that report their own failure (a violation) and return False: an ``if`` on one
+# bails out only in a run that already failed, so deleting it is no protocol mistake.
+REPORTING_CHECKS = {"check_table"}
 ORACLE_FILES = {"pipe.py", "perturb.py"}
 SETUP_FUNCTIONS = {"__init__", "init", "mm_init", "init_tree"}    # run before CPUs share it
 PURE_CALLS = {"int", "len", "min", "max", "bool", "range", "list", "tuple", "sorted", "zip",
@@ -386,7 +389,8 @@ def _py_mutants(path, text, operators):
                         or f.lines[s.lineno - 1].lstrip().startswith("elif") \
                         or not isinstance(s.body[-1], BAIL) \
                         or not all(isinstance(b, SIMPLE) for b in s.body[:-1]) \
-                        or any(isinstance(n, ast.Call) and "report" in _names(n.func)
+                        or any(isinstance(n, ast.Call)
+                               and set(_names(n.func)) & ({"report"} | REPORTING_CHECKS)
                                for n in ast.walk(s)):
                     continue
                 add("recheck", f.delete([s]), "delete the re-check `%s`"
