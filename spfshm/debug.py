@@ -87,6 +87,8 @@ KINDS = {
     "early_free": "VMA record #{a0} freed when {a1} grace periods had ended since it was "
                   "detached (at least 1: a lockless reader that found it may still be in it)",
     "bad_page": "frame #{a0} freed with mapcount {a1} (free_pages_prepare: bad page state)",
+    "spurious_segv": "SIGSEGV decided at {va:#x} under mmap_lock, yet VMA #{a0} maps it "
+                     "with that access (write {a1})",
     "walk_unprotected": "a lockless reader relied on what it read with neither RCU nor IRQs "
                         "off (PROVE_RCU: suspicious rcu_dereference_check() usage)",
     "spin_bug": "{a0} spin_unlock(s) of a lock that was not held (already unlocked)",

@@ -60,6 +60,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # kind@site -> the tests that make it fire, one per report call (scan order).  A name is
 # a test of this file (with its parameter id), or "file.py::test[id]" under tests/.
 FIRES = {
+    "spurious_segv@fault": ("test_spurious_segv",),
     # mm/lockdep.py's lockdep_assert_walk_protected, from each lockless reader
     "walk_unprotected@spf_walk": ("test_walk_unprotected[spf_walk-walk]",),
     "walk_unprotected@spf": ("test_walk_unprotected[spf-find_vma_rcu]",),
@@ -1131,3 +1132,11 @@ def test_walk_unprotected(make, monkeypatch, case):
     run(b, monkeypatch)
     site = case.split("-")[0]
     assert only(b, "walk_unprotected@" + site) == (0, 0, 0)
+
+
+def test_spurious_segv(box, monkeypatch):
+    """A classical fault that decides SIGSEGV where a VMA maps the page with the access
+    (here find_vma made to miss it) is reported: nothing else would judge a SIGSEGV."""
+    monkeypatch.setattr(fault_module, "find_vma", lambda mm, va: None)
+    assert do_user_addr_fault(box.mm, BASE + 5 * PAGE, 1) == VM_FAULT_SIGSEGV
+    assert only(box, "spurious_segv@fault") == (box.vid(), 1, 0)

@@ -21,7 +21,7 @@ from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
                         pte_alloc_walk)
 from .pipe import TABLES
-from .vma import access_ok, anon_vma_prepare, find_vma
+from .vma import access_ok, anon_vma_prepare, current_tree, find_vma, tree_entries
 
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
@@ -96,6 +96,15 @@ def do_anonymous_page(mm, vma, va, write):
         native.rcu_read_unlock()                              # pte_unmap
 
 
+def assert_segv_justified(mm, va, write):
+    """SIGSEGV is decided under mmap_lock read, so the tree cannot change meanwhile: no
+    VMA of it may map va with the access (a linear scan, not find_vma's search)."""
+    starts, ends, ids = tree_entries(mm, current_tree(mm))
+    for s, e, vid in zip(starts, ends, ids):
+        if s <= va < e and access_ok(int(mm.vma[vid]["prot"]), write):
+            mm.report("spurious_segv", "fault", va, vid, write)
+
+
 def do_user_addr_fault(mm, va, write):
     """The classical fault under mmap_lock read (also every speculative fallback)."""
     mm.count("fault_classic")
@@ -103,6 +112,7 @@ def do_user_addr_fault(mm, va, write):
     try:
         vma = find_vma(mm, va)
         if vma is None or not access_ok(vma.prot, write):
+            assert_segv_justified(mm, va, write)
             return VM_FAULT_SIGSEGV
         return do_anonymous_page(mm, vma, va, write)
     finally:
