@@ -157,30 +157,30 @@ def test_shipped_scenarios_parse():
         assert cfg.cpus == 2
 
 
-def test_work_is_a_point_not_a_wait(tmp_path):
-    """munmap's work inside its write section (SPLIT_WORK_NS) is a scheduling point under
-    --sched, not a sleep: were it a wait that only the clock ends, the speculative fault
-    (the only other runnable CPU) would always run through its window meanwhile, and SPF
-    without its final mmap_seq check would pass every schedule (it did: 66, exhaustive)."""
-    cfg = scenario.config_of(os.path.join(SCENARIOS, "spf-vs-munmap.litmus"),
-                             ["bug=spf_skip_final_seq_check"], sched="list",
-                             artifacts=str(tmp_path / "a")).resolved()
-    ex = Explorer(cfg, 1).explore()
-    assert ex.failure and ex.failure["signature"] == "pt_lost_ptes@free_pgtables", \
-        ex.verdict()
-    assert ex.failure["preemptions"] == 1
+# Found with one preemption only because of a rule of the scheduler (each test fails
+# without it): scenario, --config, the expected first violation.
+ONE_PREEMPTION = {
+    # munmap's work inside its write section (SPLIT_WORK_NS) is a scheduling point under
+    # --sched, not a sleep: were it a wait that only the clock ends, the speculative
+    # fault (the only other runnable CPU) would always run through its window meanwhile,
+    # and SPF without its final mmap_seq check would pass every schedule (66, exhaustive).
+    "work_is_a_point_not_a_wait": ("spf-vs-munmap", "bug=spf_skip_final_seq_check",
+                                   "pt_lost_ptes@free_pgtables"),
+    # Once CPU 0 acked mprotect's flush IPI, both go on: which runs first costs no
+    # preemption.  The per-VMA fault that read its VMA before the lock checks is
+    # preempted once, after that read; mprotect then blocks on its IPI, CPU 0 takes it,
+    # and mprotect must run on to its unlock before CPU 0's checks: with the choice after
+    # the ack a preemption, this needed K=2.
+    "after_an_ipi_the_choice_is_free": ("pervma-vs-mprotect", "bug=pervma_seq_no_acquire",
+                                        "vma_unlocked_change@fault"),
+}
 
 
-def test_after_an_ipi_who_runs_first_is_a_free_choice(tmp_path):
-    """Once CPU 0 acked mprotect's flush IPI, both go on: which runs first costs no
-    preemption.  The per-VMA fault that read its VMA before the lock checks
-    (pervma_seq_no_acquire) is preempted once, after that read; mprotect then blocks on
-    its IPI, CPU 0 takes it, and mprotect must run on to its unlock before CPU 0's
-    checks: with the choice after the ack a preemption, this needed K=2."""
-    cfg = scenario.config_of(os.path.join(SCENARIOS, "pervma-vs-mprotect.litmus"),
-                             ["bug=pervma_seq_no_acquire"], sched="list",
-                             artifacts=str(tmp_path / "a")).resolved()
+@pytest.mark.parametrize("rule", sorted(ONE_PREEMPTION))
+def test_found_with_one_preemption(tmp_path, rule):
+    name, config, signature = ONE_PREEMPTION[rule]
+    cfg = scenario.config_of(os.path.join(SCENARIOS, name + ".litmus"), [config],
+                             sched="list", artifacts=str(tmp_path / "a")).resolved()
     ex = Explorer(cfg, 1).explore()
-    assert ex.failure and ex.failure["signature"] == "vma_unlocked_change@fault", \
-        ex.verdict()
+    assert ex.failure and ex.failure["signature"] == signature, ex.verdict()
     assert ex.failure["preemptions"] == 1
