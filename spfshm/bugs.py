@@ -95,9 +95,10 @@ CATALOGUE = [
     Bug("pte_alloc_no_recheck", "__pte_alloc -> pmd_populate",
         "pmd_install's 'Has another populated it ?' re-check (mm/memory.c) missing in a "
         "table allocation",
-        ("pt_leak@sweep",),
+        ("pt_leak@sweep", "lost_update@load"),
         "a new PTE table is installed without re-checking the pmd under the pmd lock, "
-        "overwriting a table another CPU just populated", {}),
+        "overwriting a table another CPU just populated (its table leaks, and a store "
+        "through its PTE is lost)", {}),
     Bug("ptreclaim_after_ptl_drop", "PT_RECLAIM fast path after zap_pte_range",
         "bug class 4: reclaim after the ptl was dropped mid-zap freed a refilled table "
         "(f39edcf6349a 'mm: pgtable: fix incorrect reclaim of non-empty PTE pages', Qi "

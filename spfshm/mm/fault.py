@@ -16,7 +16,7 @@ from .. import native
 from .frames import alloc_frame, put_page
 from .huge_memory import huge_pmd_set_accessed
 from .lockdep import lockdep_assert_walk_protected
-from .mm_types import PROT_WRITE, PTE
+from .mm_types import PROT_WRITE, PTE, VMA_LIVE
 from .mmap_lock import mmap_read_lock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
                         pte_alloc_walk)
@@ -98,10 +98,12 @@ def do_anonymous_page(mm, vma, va, write):
 
 def assert_segv_justified(mm, va, write):
     """SIGSEGV is decided under mmap_lock read, so the tree cannot change meanwhile: no
-    VMA of it may map va with the access (a linear scan, not find_vma's search)."""
+    live VMA of it may map va with the access (a linear scan, not find_vma's search; a
+    record in the tree that is not live is find_vma's vma_uaf)."""
     starts, ends, ids = tree_entries(mm, current_tree(mm))
     for s, e, vid in zip(starts, ends, ids):
-        if s <= va < e and access_ok(int(mm.vma[vid]["prot"]), write):
+        if s <= va < e and mm.vma[vid]["state"] == VMA_LIVE \
+                and access_ok(int(mm.vma[vid]["prot"]), write):
             mm.report("spurious_segv", "fault", va, vid, write)
 
 
