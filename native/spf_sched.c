@@ -205,11 +205,6 @@ static int pick_choice(struct spf_sched *s, int cur, int free_choice, int *preem
 	return next;
 }
 
-static int pick_logged(struct spf_sched *s, int cur, int *preempt)
-{
-	return pick_choice(s, cur, 0, preempt);
-}
-
 static void wait_turn(struct spf_sched *s, int me)
 {
 	for (int n = 0;; n++) {
@@ -238,12 +233,10 @@ static void switch_to(struct spf_sched *s, int me, int next, int preempt, int wa
 		int live = 0;
 		for (int c = 0; c < (int)s->ncpus; c++)
 			live += s->state[c] != SPF_SCHED_DONE;
-		if (s->halted)
-			;
-		else if (live)
-			s->deadlock = 1;
-		else
-			s->finished = 1;
+		if (!s->halted) {            /* halted: stopped on purpose, neither */
+			s->deadlock = live > 0;
+			s->finished = live == 0;
+		}
 		__atomic_store_n(&s->turn, SPF_SCHED_NONE, __ATOMIC_SEQ_CST);
 		for (int c = 0; c < (int)s->ncpus; c++)      /* the runner reads what happened */
 			__atomic_fetch_add(&s->go[c], 1, __ATOMIC_SEQ_CST);
@@ -359,7 +352,7 @@ int spf_sched_enter(struct spf_sched *s)
 	__atomic_store_n(&s->state[me], SPF_SCHED_RUNNABLE, __ATOMIC_SEQ_CST);
 	if (__atomic_add_fetch(&s->arrived, 1, __ATOMIC_SEQ_CST) == s->ncpus) {
 		int preempt;            /* the last to arrive starts the schedule (step 0) */
-		int first = pick_logged(s, -1, &preempt);
+		int first = pick_choice(s, -1, 0, &preempt);
 		if (s->log_len < s->log_cap)
 			LOG(s)[s->log_len] = (uint64_t)first;
 		s->log_len++;
@@ -383,5 +376,5 @@ void spf_sched_exit(void)
 	s->step++;
 	s->digest = mix(s->digest, s->step << 24 | (uint64_t)me << 8 | SPF_PC_EXIT);
 	s->state[me] = SPF_SCHED_DONE;
-	switch_to(s, me, pick_logged(s, -1, &preempt), 0, 0);
+	switch_to(s, me, pick_choice(s, -1, 0, &preempt), 0, 0);
 }

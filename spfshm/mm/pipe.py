@@ -38,10 +38,10 @@ counter on a hot path):
   RCU:  a CPU that sees a grace-period cookie elapse (its call_rcu queue) records the
         cookie in its slot.  The stamp is the gp_seq before the free's own cookie.
 age = max over the CPUs' slots - stamp.  A grace period is also known to have completed
-the moment it has, not only once a CPU's callbacks run (every STATS_FLUSH_OPS ops): the
+the moment it has, not only once a CPU's callbacks run (between its operations): the
 first one after the stamp has begun and no CPU is in a read-side section that began
-before it (the native RCU's own test, its rcu_gp_blocker, over every CPU including the
-reader's own: a walker that left its section is no reader) gives age 1 at least.
+before it (rcu_gp_blocker's test, but over every CPU, the reader's own and dead ones
+included: a walker that left its section is no reader) gives age 1 at least.
 """
 import numpy as np
 
