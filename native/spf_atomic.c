@@ -2,7 +2,8 @@
 #include "spf_internal.h"
 
 /* Perturbation (spf_perturb.h): after a load or an RMW (what it read ages), before a
- * store (the section before it widens), after a fence. */
+ * store (the section before it widens), after a release store too (what follows a
+ * publication), after a fence. */
 #define AFTER(expr) do { __typeof__(expr) v_ = (expr); spf_perturb(SPF_PC_ATOMIC); return v_; } while (0)
 
 uint64_t spf_load_relaxed(const uint64_t *p) { AFTER(__atomic_load_n(p, __ATOMIC_RELAXED)); }
@@ -16,6 +17,7 @@ void spf_store_release(uint64_t *p, uint64_t v)
 {
 	spf_perturb(SPF_PC_ATOMIC);
 	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+	spf_perturb(SPF_PC_ATOMIC);
 }
 uint64_t spf_cmpxchg(uint64_t *p, uint64_t old, uint64_t new_)
 {
@@ -39,6 +41,7 @@ void spf_store32_release(uint32_t *p, uint32_t v)
 {
 	spf_perturb(SPF_PC_ATOMIC);
 	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+	spf_perturb(SPF_PC_ATOMIC);
 }
 uint32_t spf_cmpxchg32(uint32_t *p, uint32_t old, uint32_t new_)
 {

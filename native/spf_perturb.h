@@ -13,7 +13,10 @@
  *   walk    the shared reads of a lockless walk (Python, through spf_perturb_walk)
  * A primitive pauses after a read or an acquire and before a write or a release, so the
  * pause falls inside the section, or between a read and the use of what it read; a spin
- * lock also before its acquire (a trylock protocol's window ends there).  A walk's shared
+ * lock also before its acquire (a trylock protocol's window ends there); a release (an
+ * unlock, a downgrade, a seqcount write end, a release store) also after it, so what the
+ * code does next runs late: a step that a broken protocol moved past its unlock or its
+ * publication is then seen by the next holder or reader.  A walk's shared
  * read pauses with its own chance (read_factor times the profile's) and always sleeps
  * (1..read_sleep_ns): long enough for another CPU to run a whole operation.
  * Disarmed, the hook is one predictable branch on a process-local flag.

@@ -66,7 +66,8 @@ static int read_claim(struct spf_rwsem *s)
 	return 0;
 }
 
-/* Perturbation (spf_perturb.h): after an acquire attempt, before a release or downgrade. */
+/* Perturbation (spf_perturb.h): after an acquire attempt; before and after a release or
+ * downgrade. */
 int spf_down_read_trylock(struct spf_rwsem *s)
 {
 	int taken = read_claim(s);
@@ -96,6 +97,7 @@ void spf_up_read(struct spf_rwsem *s)
 	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(s), 0, SPF_LK_READ);
 	__atomic_fetch_sub(&s->state, 1, __ATOMIC_SEQ_CST);     /* RELEASE, and step (1) */
 	rwsem_wake(s);
+	spf_perturb(SPF_PC_LOCK);
 }
 
 static int write_claim(struct spf_rwsem *s, uint32_t extra_clear, int cpu)
@@ -143,6 +145,7 @@ void spf_up_write(struct spf_rwsem *s)
 	__atomic_store_n(&s->owner, -1, __ATOMIC_RELAXED);
 	__atomic_fetch_and(&s->state, ~RW_WRITER, __ATOMIC_SEQ_CST);
 	rwsem_wake(s);
+	spf_perturb(SPF_PC_LOCK);
 }
 
 void spf_downgrade_write(struct spf_rwsem *s)
@@ -154,6 +157,7 @@ void spf_downgrade_write(struct spf_rwsem *s)
 	/* One RMW: writer bit off and one reader on, so no other writer gets in between. */
 	__atomic_fetch_add(&s->state, 1u - RW_WRITER, __ATOMIC_SEQ_CST);
 	rwsem_wake(s);
+	spf_perturb(SPF_PC_LOCK);
 }
 
 int spf_rwsem_is_locked(const struct spf_rwsem *s)

@@ -46,6 +46,7 @@ void spf_seq_write_end(uint64_t *seq)
 	spf_perturb(SPF_PC_SEQ);                                  /* between (3) and (4) */
 	__atomic_thread_fence(__ATOMIC_RELEASE);                  /* (4), pairs with (a) */
 	__atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+	spf_perturb(SPF_PC_SEQ);                                  /* after (4) */
 }
 
 void spf_seq_write_begin_busted(uint64_t *seq)

@@ -65,6 +65,7 @@ void spf_spin_unlock(spf_spinlock_t *l)
 	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(l), 0, SPF_LK_SPIN);
 	if (__atomic_exchange_n(l, 0, __ATOMIC_RELEASE) == 0)
 		spin_bugs++;
+	spf_perturb(SPF_PC_LOCK);                        /* released: what comes next */
 }
 
 uint64_t spf_spin_bugs_take(void)

@@ -166,6 +166,12 @@ def _seq():
     native.seq_read_retry(s, native.seq_try_begin(s))
 
 
+def _seq_write():
+    s = ffi.new("uint64_t *")
+    native.seq_write_begin(s)
+    native.seq_write_end(s)
+
+
 def _rcu():
     native.rcu_read_lock()
     native.rcu_read_unlock()
@@ -177,12 +183,15 @@ def _irq():
 
 
 @pytest.mark.parametrize("cls,call,n", [
-    ("lock", _lock, 3), ("atomic", lambda: native.load_acquire(ffi.new("uint64_t *")), 1),
-    ("seq", _seq, 2), ("rcu", _rcu, 2), ("irq", _irq, 2), ("walk", native.perturb_walk, 1),
+    ("lock", _lock, 4), ("atomic", lambda: native.load_acquire(ffi.new("uint64_t *")), 1),
+    ("atomic", lambda: native.store_release(ffi.new("uint64_t *"), 1), 2),
+    ("seq", _seq, 2), ("seq", _seq_write, 3), ("rcu", _rcu, 2), ("irq", _irq, 2), ("walk", native.perturb_walk, 1),
 ])
 def test_each_primitive_pauses_in_its_class(arm, cls, call, n):
     """... with the profile's pause kind (spins here), except a walk's shared read, which
-    always sleeps (long enough for another CPU's whole operation)."""
+    always sleeps (long enough for another CPU's whole operation).  A release pauses on
+    both sides: the lock's four are before the acquire, inside, before and after the
+    release; a release store's and a seqcount write end's, before and after."""
     hits = arm(ALWAYS)
     call()
     assert [hits[i] for i in range(len(CLS))] == [n if c == cls else 0 for c in CLS]
