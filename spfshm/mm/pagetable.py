@@ -241,7 +241,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     flush is still to come, or one that a broken protocol unlinked and leaked.
     ``mm.walk_point()`` follows each shared read: generic perturbation's pause there
     ages the entry before its table is checked and the walk descends."""
-    pt, point = mm.pt, mm.walk_point
+    pt, walk_point = mm.pt, mm.walk_point
     block = va >> LEVEL_SHIFT[PMD]
     if use_pwc:
         slot = mm.pwc[block & (len(mm.pwc) - 1)]
@@ -249,7 +249,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
             cached = int(slot[1])
             t, tag = cached & 0xFFFFFFFF, cached >> 32
             e = int(pt[t, index(va, PTE)])
-            point()
+            walk_point()
             if not check_table(mm, t, tag, PTE, site, va):
                 return None
             if not e & P:
@@ -258,7 +258,7 @@ def walk_lockless(mm, va, site, stop=PTE, use_pwc=False):
     t, tag, level = ROOT, int(mm.pt_gen[ROOT]) & GEN_MASK, PGD
     while True:
         e = int(pt[t, index(va, level)])
-        point()
+        walk_point()
         if not check_table(mm, t, tag, level, site, va):
             return None
         if level == PMD and use_pwc:

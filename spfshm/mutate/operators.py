@@ -18,7 +18,8 @@ calls of native/.
 Omitted by construction, since they cannot change what the protocol does (only timing,
 per-CPU statistics or what an oracle sees): functions that are oracles (ORACLE_FUNCTIONS,
 names containing ``assert``, the pipe-age and perturbation modules); moves across
-instrumentation (``mm.count``, ``mm.delay``, ``native.trace``, ``mm.pipe.*``,
+instrumentation (``mm.count``, ``mm.delay``, ``mm.walk_point`` (perturbation's and the
+scheduler's hook: moving it moves a pause, not a step), ``native.trace``, ``mm.pipe.*``,
 ``mm.report``, the oracles' own calls: ``assert_*``, ``lockdep_assert_*``); swapping two statements that only compute locals from pure calls
 (PURE_CALLS); moving a release above another release (lock release order cannot break
 mutual exclusion); swaps where one statement reads or writes a name the other writes
@@ -58,7 +59,7 @@ SECTION_PAIRS = {"rcu_read_lock": "rcu_read_unlock", "local_irq_disable": "local
                  "speculative_page_walk_begin": "speculative_page_walk_end",
                  "spf_insn_begin": "spf_insn_end"}
 RELEASES = set(LOCK_PAIRS.values()) | set(SECTION_PAIRS.values()) | {"vma_end_read"}
-INSTRUMENTS = {"count", "delay", "trace", "report", "sleep_ns", "work_ns"}
+INSTRUMENTS = {"count", "delay", "walk_point", "trace", "report", "sleep_ns", "work_ns"}
 ORACLE_FUNCTIONS = {"check_value", "read_tagged", "tlb_snapshot"}
 # Checks that report their own failure (a violation) and return False: an ``if`` on one
 # bails out only in a run that already failed, so deleting it is no protocol mistake.
