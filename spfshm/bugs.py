@@ -289,6 +289,17 @@ CATALOGUE = [
         {"fault_mode": "pervma"},
         window={"delay": 0.2, "delay_max_us": 1000.0,
                 "delay_points": ("vma_start_read",)}),
+    Bug("pervma_skip_detached", "lock_vma_under_rcu step 2: the detached check",
+        "per-VMA lock taken on a VMA unmapped since the lookup found it (v6.4's 'Check if "
+        "the VMA got isolated after we found it', added with the detached flag by "
+        "'mm: introduce vma detached flag'; 6.5 moved it into vma_start_read)",
+        ("vma_detached@fault", "vma_unlocked_change@fault", "stale_pte@sweep",
+         "pt_leak@sweep") + TABLE_FREED_WITH_PTES,
+        "the fault read-locks a VMA that munmap detached after the RCU lookup found it "
+        "(its write section over, the lock is free) and faults in a range no VMA maps",
+        {"fault_mode": "pervma"},
+        window={"delay": 0.2, "delay_max_us": 2000.0,
+                "delay_points": ("pervma_lookup",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",
         "bug class 10: a writer path that does not take the per-VMA lock "
         "(cf. fb49c455323f 'fork: lock VMAs of the parent process when forking')",

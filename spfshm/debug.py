@@ -59,6 +59,10 @@ KINDS = {
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
                            "(prot {a1} in the copy, {a2} now)",
     "vma_read_held": "VMA #{a0} is being changed while CPU {a1} holds it read-locked",
+    "fault_outside_vma": "a fault runs in VMA #{a0} [{a1:#x}, {a2:#x}), which does not "
+                         "contain its address",
+    "vma_detached": "a fault runs in VMA #{a0} [{a1:#x}, {a2:#x}) after it was detached "
+                    "(unmapped): its lock did not keep it in the mm",
     "mmap_not_locked": "mmap_lock must be held here (need {a0}: 1 read or write, 2 write) "
                        "but this CPU holds it for read: {a1}, for write: {a2}",
     "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame, 3 VMA tree: {a0}) read "

@@ -96,6 +96,8 @@ FIRES = {
     "bad_value@load": ("test_load_of_poison",),
     "lost_update@load": ("test_load_of_an_older_store",),
     "vma_unlocked_change@fault": ("test_vma_changed_under_a_fault",),
+    "vma_detached@fault": ("test_fault_in_a_detached_vma",),
+    "fault_outside_vma@fault": ("test_fault_outside_its_vma",),
     "double_free@put_page":
         ("test_sweep.py::test_frame_put_without_a_reference_is_a_double_free",),
     "double_free@free_frame":
@@ -545,6 +547,33 @@ def test_vma_changed_under_a_fault(box):
     finally:
         mmap_read_unlock(mm)
     assert only(box, "vma_unlocked_change@fault") == (v.id, PROT_RW, PROT_READ)
+
+
+def test_fault_in_a_detached_vma(make):
+    """The per-VMA path locks a VMA that munmap detached after the lookup found it (its
+    detached check skipped): the fault runs in a VMA that is no longer in the mm."""
+    box = make(bugs=("pervma_skip_detached",)).map()
+    mm = box.mm
+    mmap_read_lock(mm)
+    v = find_vma(mm, BASE)
+    mmap_read_unlock(mm)
+    mm.vma[v.id]["anon_vma"] = 1
+    mm.vma[v.id]["detached"] = 1
+    assert do_pervma_fault(mm, BASE + 5 * PAGE, 1) == VM_FAULT_OK
+    assert only(box, "vma_detached@fault") == (v.id, v.start, v.end)
+
+
+def test_fault_outside_its_vma(box):
+    """A fault handed a VMA that does not contain its address (a path whose range check
+    is missing: the VMA shrank between the lookup and the lock)."""
+    mm = box.mm
+    mmap_read_lock(mm)
+    try:
+        v = find_vma(mm, BASE)
+        assert do_anonymous_page(mm, v, v.end, 1) == VM_FAULT_OK
+    finally:
+        mmap_read_unlock(mm)
+    assert only(box, "fault_outside_vma@fault") == (v.id, v.start, v.end)
 
 
 def test_pin_kept_on_a_frame_zap_just_unmapped(make):

@@ -28,10 +28,17 @@ VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
 def assert_vma_stable(mm, vma, va):
     """A fault that holds mmap_lock read or the VMA's read lock must find the VMA as it
-    copied it: a writer may change it only after waiting for those readers."""
+    copied it, and attached: a writer may change or detach it only after waiting for
+    those readers (a detached VMA was unmapped; lock_vma_under_rcu must not lock one).
+    And va must lie in it: both paths decide that before they fault (find_vma's range,
+    lock_vma_under_rcu's re-check once the VMA is locked)."""
     rec = mm.vma[vma.id]
-    if (int(rec["start"]), int(rec["end"]), int(rec["prot"])) != (vma.start, vma.end, vma.prot):
+    if not vma.start <= va < vma.end:
+        mm.report("fault_outside_vma", "fault", va, vma.id, vma.start, vma.end)
+    elif (int(rec["start"]), int(rec["end"]), int(rec["prot"])) != (vma.start, vma.end, vma.prot):
         mm.report("vma_unlocked_change", "fault", va, vma.id, vma.prot, int(rec["prot"]))
+    elif rec["detached"]:
+        mm.report("vma_detached", "fault", va, vma.id, vma.start, vma.end)
 
 
 def install_anon_pte(mm, vma, t, i, f, write):

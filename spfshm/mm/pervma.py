@@ -69,7 +69,7 @@ def _lock_vma_once(mm, va):
     if vma is None or not vma.start <= va < vma.end:                      # 2
         vma_end_read(mm, vid)
         return None
-    if mm.vma[vid]["detached"]:
+    if mm.vma[vid]["detached"] and not mm.bugs.on("pervma_skip_detached"):
         vma_end_read(mm, vid)
         return MISS
     return vma
