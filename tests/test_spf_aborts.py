@@ -3,8 +3,8 @@ named after its SPF_ABORT_* vm event, and never decides a SIGSEGV itself: no VMA
 address ("unmapped") and an access error ("access_error") go to the classical path,
 which decides; a VMA without an anon_vma aborts ("anon_vma") and the classical fault
 prepares one (under mmap_lock read and page_table_lock), after which SPF succeeds."""
-from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_user_addr_fault
-from spfshm.mm.mm_types import PROT_BY_NAME
+from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, do_user_addr_fault
+from spfshm.mm.mm_types import FRAME_INUSE, PROT_BY_NAME
 from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.vma import current_tree, tree_entries
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap, do_mprotect, do_munmap
@@ -44,3 +44,21 @@ def test_split_pieces_inherit_the_anon_vma(make):
     b = make().map(pages=8, stored=1)
     assert do_munmap(b.mm, BASE + 2 * PAGE, 2 * PAGE) == 0
     assert do_speculative_page_fault(b.mm, BASE + 6 * PAGE, 1) == VM_FAULT_OK
+
+
+def test_a_failed_page_allocation_is_oom_on_both_paths_and_leaks_nothing(make):
+    """The fault's allocation fails (FAULT_ALLOC_FAIL, forced here): SPF aborts "oom",
+    the classical fault returns VM_FAULT_OOM, nothing is mapped or held; once it stops
+    failing, both succeed."""
+    b = make().map(pages=4, stored=1)
+    mm = b.mm
+    in_use = lambda: int((mm.frame_meta["state"] == FRAME_INUSE).sum())  # noqa: E731
+    rss, frames = int(mm.rss[0]), in_use()
+    mm.fault_alloc_fails = lambda: True
+    assert do_speculative_page_fault(mm, BASE + 2 * PAGE, 1) == "oom"
+    assert do_user_addr_fault(mm, BASE + 2 * PAGE, 1) == VM_FAULT_OOM
+    assert (int(mm.rss[0]), in_use()) == (rss, frames) and fired(b) == []
+    mm.fault_alloc_fails = lambda: False
+    assert do_speculative_page_fault(mm, BASE + 2 * PAGE, 1) == VM_FAULT_OK
+    assert do_user_addr_fault(mm, BASE + 3 * PAGE, 1) == VM_FAULT_OK
+    assert (int(mm.rss[0]), in_use()) == (rss + 2, frames + 2) and fired(b) == []

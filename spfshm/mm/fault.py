@@ -61,7 +61,7 @@ def install_anon_pte(mm, vma, t, i, f, write):
 def do_anonymous_page(mm, vma, va, write):
     if not vma.anon_vma:
         anon_vma_prepare(mm, vma)        # classical path only: per-VMA needs one already
-    f = alloc_frame(mm)                                       # (1)
+    f = alloc_frame(mm, may_fail=True)                        # (1)
     if f < 0:
         return VM_FAULT_OOM
     # pte_offset_map_lock (6.5+): the PTE table is mapped under RCU, since reclaim may

@@ -52,9 +52,11 @@ def stamp_value(v, zw):
         | (VALUE_RACED if begun != zw >> ZAP_DONE_SHIFT else 0)
 
 
-def alloc_frame(mm):
-    """A zeroed frame with refcount 1 and no mapping, or -1 when memory is exhausted."""
-    f = mm.frames.alloc(mm.cpu)
+def alloc_frame(mm, may_fail=False):
+    """A zeroed frame with refcount 1 and no mapping, or -1: memory is exhausted, or
+    (``may_fail``: a fault's allocation and memcg charge) it fails at random
+    (FAULT_ALLOC_FAIL, seeded per CPU)."""
+    f = -1 if may_fail and mm.fault_alloc_fails() else mm.frames.alloc(mm.cpu)
     if f < 0:
         return -1
     meta = mm.frame_meta[f]

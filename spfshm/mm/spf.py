@@ -112,7 +112,7 @@ def do_speculative_page_fault(mm, va, write):
         return "pmd"
     if not vma.anon_vma:                                                     # 5
         return "anon_vma"
-    f = alloc_frame(mm)
+    f = alloc_frame(mm, may_fail=True)
     if f < 0:
         return "oom"
     t, tag, i = entry_pfn(orig_pmd), entry_gen(orig_pmd), index(va, PTE)
