@@ -177,6 +177,21 @@ def test_a_known_bad_mutant_is_killed_in_its_copy_and_the_control_is_clean(tmp_p
     assert not [d for d in os.listdir(tmp_path) if d.startswith("mutant-")]
 
 
+def test_the_real_kernel_judges_what_no_invariant_does(tmp_path):
+    """_range_args without its alignment check breaks no invariant (the stress seed is
+    clean) but madvise's errno differs from the kernel's: the seed's diff-kernel replay
+    kills it, and with diffkernel=off it survives that seed."""
+    (bad,) = [m for m in generate(ROOT, ["spfshm/mm/syscalls.py"], ["recheck"])
+              if m.function == "_range_args" and "PAGE - 1" in m.description]
+    on = _run_dict(tmp_path / "on", {"seeds": (0, 1)})
+    off = _run_dict(tmp_path / "off", {"seeds": (0, 1), "diffkernel": "off"})
+    r = harness.run_mutant(on, _as_run(bad, 0, on["snapshot"]))
+    s = harness.run_mutant(off, _as_run(bad, 0, off["snapshot"]))
+    assert r["outcome"] == "killed" and r["signature"].startswith("diverge@"), r
+    assert r["detail"].startswith("spfshm diff-kernel --seed 0 "), r
+    assert s["outcome"] == "survived", s
+
+
 def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
     r = {"id": "x", "outcome": "error", "detail": ""}
     harness._classify(r, [{"event": "start", "spfshm": os.path.join(ROOT, "spfshm/x.py"),
@@ -193,6 +208,7 @@ def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
     (["--campaign", "seeds=0:4,color=red"], "unknown key 'color'"),
     (["--campaign", "seeds=4:0"], "bad seeds '4:0'"),
     (["--campaign", "perturb=on"], "bad perturb 'on'"),
+    (["--campaign", "diffkernel=yes"], "bad diffkernel 'yes'"),
     (["--campaign", "ops"], "expected KEY=VALUE"),
     (["--jobs", "0"], "--jobs must be a positive integer or auto"),
     (["--time-limit", "0"], "--time-limit"),

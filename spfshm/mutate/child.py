@@ -1,6 +1,8 @@
 """Runs inside a mutant's private copy (``python -m spfshm.mutate.child CAMPAIGN_JSON``,
 cwd and PYTHONPATH the copy): the campaign's seeds in order, one JSON line per event on
-stdout, stopping at the first seed that is not clean.
+stdout, stopping at the first seed that is not clean.  A seed is its stress run and,
+with ``diffkernel`` on, once that is clean, its diff-kernel replay (the real kernel
+judges what no invariant does: a syscall's result, its errno, what a page holds).
 
 Lines: ``start`` (which files ``import spfshm`` and its native core resolved to: the
 caller checks they are the copy's), one ``seed`` per seed run (``t`` seconds since
@@ -46,11 +48,26 @@ def run(campaign):
         sig = rep["violations"][0]["signature"] if rep["violations"] else \
             "error: %s" % rep["errors"][0][:200] if rep["errors"] else \
             "exit %d" % rep["exit_code"] if rep["exit_code"] else None
+        if rep["exit_code"] == 0 and campaign["diffkernel"] == "on":
+            rep, sig = _diff_kernel(seed)
         emit(event="seed", seed=seed, exit_code=rep["exit_code"], signature=sig,
              t=time.monotonic() - t0, repro=rep["repro"])
         if rep["exit_code"] != 0:
             return
     emit(event="done", t=time.monotonic() - t0)
+
+
+DK_OPS, DK_PAGES = 150, 64
+
+
+def _diff_kernel(seed):
+    """The seed's diff-kernel replay: (a report-like dict, the signature or None)."""
+    from spfshm import diffkernel as dk
+    repro = "spfshm diff-kernel --seed %d --ops %d --pages %d" % (seed, DK_OPS, DK_PAGES)
+    d = dk.compare(dk.random_ops(seed, DK_OPS, DK_PAGES), DK_PAGES)
+    if d is None:
+        return {"exit_code": 0, "repro": repro}, None
+    return {"exit_code": 1, "repro": repro}, "diverge@%s:%s" % (d["op"]["op"], d["field"])
 
 
 if __name__ == "__main__":

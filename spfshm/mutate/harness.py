@@ -14,7 +14,8 @@ A run (``spfshm mutate``, ``main``):
   4. the parent prints a line per result while pytest runs, then the table, the summary
      and the survivors with their diffs; Ctrl-C keeps and reports what has finished.
 
-Outcomes: killed (a seed reported a violation, an error or a hang, or the run crashed:
+Outcomes: killed (a seed reported a violation, an error or a hang, or the run crashed,
+or its diff-kernel replay diverged from the real kernel:
 the first signature and the campaign time to it are recorded), survived (every seed
 clean), timeout (the time limit hit first), error (the harness could not run the
 mutant: a failed build, ``import spfshm`` not resolving to the copy), equivalent (in
@@ -35,7 +36,7 @@ import time
 from .operators import OPERATORS, generate, short_name
 
 DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "auto", "delay": None,
-                    "stall": None}
+                    "stall": None, "diffkernel": "on"}
 CAMPAIGN_KEYS = {
     "seeds": "A:B, the seeds run in order (each one configuration of the fuzz rotation)",
     "ops": "operations per CPU per seed",
@@ -44,6 +45,9 @@ CAMPAIGN_KEYS = {
                "default run), a profile (chaos, kcsan, sleepy, mixed), or off",
     "delay": "P, the named delay points' probability for every configuration (0: none)",
     "stall": "SEC, a CPU without progress this long ends the seed as a hang",
+    "diffkernel": "on (each clean seed also replays its seeded op sequence on one CPU "
+                  "against the real kernel, spfshm diff-kernel --seed: results, errnos "
+                  "and pages must agree) or off",
 }
 BUILD_TIMEOUT_S = 600
 STOP_GRACE_S = 15
@@ -83,6 +87,10 @@ def parse_campaign(spec):
                 if out[key] < (2 if key == "cpus" else 1) or \
                         key == "cpus" and out[key] > native.MAX_CPUS - 1:
                     raise ValueError
+            elif key == "diffkernel":
+                if value not in ("on", "off"):
+                    raise ValueError
+                out[key] = value
             elif key == "perturb":
                 from ..config import PERTURB
                 if value not in PERTURB:
@@ -98,8 +106,8 @@ def parse_campaign(spec):
 
 
 def format_campaign(c):
-    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s" % (c["seeds"] + (c["ops"], c["cpus"],
-                                                                c["perturb"]))
+    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s,diffkernel=%s" % (
+        c["seeds"] + (c["ops"], c["cpus"], c["perturb"], c["diffkernel"]))
     s += "".join(",%s=%g" % (k, c[k]) for k in ("delay", "stall") if c[k] is not None)
     return s
 
