@@ -59,6 +59,7 @@ def _walk(mm, va):
         return pmd_t, pmd_e, -1, pmd_e
     t = entry_pfn(pmd_e)
     e = int(mm.pt[t, index(va, PTE)])
+    mm.walk_point()                      # a shared read of the walk, relied on below
     if not check_table(mm, t, entry_gen(pmd_e), PTE, "gup", va) or not e & P:
         return None
     return pmd_t, pmd_e, t, e
