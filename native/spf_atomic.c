@@ -52,6 +52,28 @@ uint32_t spf_cmpxchg32(uint32_t *p, uint32_t old, uint32_t new_)
 uint32_t spf_xchg32(uint32_t *p, uint32_t v) { AFTER(__atomic_exchange_n(p, v, __ATOMIC_SEQ_CST)); }
 uint32_t spf_fetch_add32(uint32_t *p, uint32_t v) { AFTER(__atomic_fetch_add(p, v, __ATOMIC_SEQ_CST)); }
 
+void spf_fetch_add_range(uint64_t *p, uint64_t n, uint64_t v, uint64_t *old)
+{
+	for (uint64_t i = 0; i < n; i++)
+		old[i] = __atomic_fetch_add(&p[i], v, __ATOMIC_SEQ_CST);
+	spf_perturb(SPF_PC_ATOMIC);
+}
+
+void spf_max_field_each(uint64_t *p, const uint64_t *idx, const uint64_t *val, uint64_t n,
+			unsigned shift)
+{
+	uint64_t low = shift >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << shift) - 1;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t *w = &p[idx[i]];
+		uint64_t cur = __atomic_load_n(w, __ATOMIC_RELAXED);
+		while ((cur >> shift) < val[i] &&
+		       !__atomic_compare_exchange_n(w, &cur, (cur & low) | (val[i] << shift), 0,
+						    __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+			;
+	}
+	spf_perturb(SPF_PC_ATOMIC);
+}
+
 void spf_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); spf_perturb(SPF_PC_ATOMIC); }
 void spf_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); spf_perturb(SPF_PC_ATOMIC); }
 void spf_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); spf_perturb(SPF_PC_ATOMIC); }

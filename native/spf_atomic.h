@@ -24,6 +24,14 @@ uint32_t spf_cmpxchg32(uint32_t *p, uint32_t old, uint32_t new_);
 uint32_t spf_xchg32(uint32_t *p, uint32_t v);
 uint32_t spf_fetch_add32(uint32_t *p, uint32_t v);
 
+/* Batches: one call, and one perturbation point, for many independent words (a huge
+ * pmd's 512 pages).  fetch_add_range: old[i] = fetch_add(&p[i], v) for i < n.
+ * max_field_each: word p[idx[i]]'s bits from shift up are raised to val[i] where they
+ * are below it, its low bits kept (a cmpxchg loop per word: an atomic max). */
+void spf_fetch_add_range(uint64_t *p, uint64_t n, uint64_t v, uint64_t *old);
+void spf_max_field_each(uint64_t *p, const uint64_t *idx, const uint64_t *val, uint64_t n,
+			unsigned shift);
+
 void spf_fence_full(void);     /* smp_mb()  */
 void spf_fence_acquire(void);  /* smp_rmb() */
 void spf_fence_release(void);  /* smp_wmb() */

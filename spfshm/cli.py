@@ -383,9 +383,10 @@ def build_parser():
                          "e.g. a previous run's survivors)")
     mu.add_argument("--campaign", default="", metavar="SPEC",
                     help="KEY=VALUE,... over the default seeds=0:20,ops=1500,cpus=2,"
-                         "perturb=on (keys: seeds, ops, cpus, perturb, delay, stall)")
-    mu.add_argument("--time-limit", type=pos_float, default=60.0, metavar="SEC",
-                    help="per mutant: its campaign stops here (outcome timeout; default 60)")
+                         "perturb=auto,diffkernel=on,scenarios=1 (keys: seeds, ops, cpus, perturb, "
+                         "delay, stall, diffkernel, scenarios)")
+    mu.add_argument("--time-limit", type=pos_float, default=120.0, metavar="SEC",
+                    help="per mutant: its campaign stops here (outcome timeout; default 120)")
     mu.add_argument("--jobs", default="auto", metavar="N",
                     help="mutants run in parallel (pytest-xdist workers, default auto)")
     mu.add_argument("--json", type=writable_path, metavar="PATH",

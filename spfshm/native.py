@@ -24,6 +24,20 @@ load32_acquire = lib.spf_load32_acquire
 store32_release = lib.spf_store32_release
 cmpxchg32 = lib.spf_cmpxchg32
 fetch_add32 = lib.spf_fetch_add32
+
+
+def fetch_add_range(p, old, v):
+    """old[i] = fetch_add(p + i, v) for every i of the uint64 array old: one call."""
+    lib.spf_fetch_add_range(p, len(old), v, ffi.from_buffer("uint64_t[]", old))
+
+
+def max_field_each(p, idx, val, shift):
+    """Raise the bits from ``shift`` up of word p[idx[i]] to val[i] where below it, for
+    every i (uint64 arrays): one call."""
+    lib.spf_max_field_each(p, ffi.from_buffer("uint64_t[]", idx),
+                           ffi.from_buffer("uint64_t[]", val), len(idx), shift)
+
+
 smp_mb = lib.spf_fence_full
 smp_rmb = lib.spf_fence_acquire
 smp_wmb = lib.spf_fence_release

@@ -46,6 +46,8 @@ def write(tmp_path, text, name="s.litmus"):
     ("cpu 1: gup 0 17", 7, "gup: NPAGES 17"),
     ("cpu 1: reclaim", 2, "config: a reclaim op (the seed scanner) needs reclaim=seed"),
     ("populate 0 600", 7, "populate: pages 0..599 are not all in a read-write map"),
+    ("thp 8", 7, "thp: page 8 is not the first of a 2 MiB block"),
+    ("thp 512", 7, "thp: page 512 is not the first of a 2 MiB block"),
     ("bogus 1", 7, "bogus: unknown operation"),
 ])
 def test_parse_errors_name_line_and_field(tmp_path, line, lineno, needle):
@@ -147,6 +149,15 @@ def test_busted_scenario_is_found_and_its_token_replays(tmp_path):
                          "replay:" + f["token"], "--quiet", "--artifacts",
                          str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert rr.returncode == 1 and "VIOLATION gup_unmapped@gup" in rr.stdout, rr.stdout
+
+
+def test_a_thp_line_leaves_a_huge_pmd_that_only_one_zap_takes(tmp_path):
+    """dontneed-vs-dontneed-thp: the block is collapsed before the CPUs start, both
+    DONTNEEDs zap it, and exactly one finds the huge pmd (the other its re-check)."""
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "dontneed-vs-dontneed-thp.litmus"),
+                             sched="list", artifacts=str(tmp_path / "a")).resolved()
+    rep = run_stress(cfg)
+    assert rep["exit_code"] == 0 and rep["thp"]["zapped"] == 1, rep["thp"]
 
 
 def test_shipped_scenarios_parse():

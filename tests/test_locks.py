@@ -42,6 +42,28 @@ def test_busted_fetch_add_loses_updates(make_smp):
     pytest.fail("busted fetch_add never lost an update")
 
 
+def test_batched_atomics(make_smp):
+    """fetch_add_range and max_field_each, from several processes at once: every add
+    counted, each old value returned; the field raised to the largest value asked, its
+    low bits kept."""
+    arena, smp = make_smp(4, [("ctr", np.uint64, 16)])
+    arena["ctr"][:] = 7
+
+    def body(cpu):
+        p = arena.ptr("ctr")
+        old = np.empty(16, dtype=np.uint64)
+        for k in range(500):
+            native.fetch_add_range(p, old, 1)
+            assert (old & np.uint64(0xFFFF) >= 7).all()
+        native.max_field_each(p, np.array([1, 3], dtype=np.uint64),
+                              np.array([cpu + 1, 9 - cpu], dtype=np.uint64), 32)
+    run_workers(smp, 4, body, timeout=120)
+    low = arena["ctr"] & np.uint64(0xFFFFFFFF)
+    assert (low == 7 + 4 * 500).all()
+    assert arena["ctr"][1] >> np.uint64(32) == 4 and arena["ctr"][3] >> np.uint64(32) == 9
+    assert (arena["ctr"][[0, 2]] >> np.uint64(32) == 0).all()
+
+
 def _spin_body(busted):
     def body(arena, cpu, iters):
         lock = native.SpinLock(arena.ptr("lock", "uint32_t"), busted=busted)

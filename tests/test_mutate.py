@@ -192,6 +192,21 @@ def test_the_real_kernel_judges_what_no_invariant_does(tmp_path):
     assert s["outcome"] == "survived", s
 
 
+def test_a_scenario_explored_after_the_seeds_kills_a_window_they_miss(tmp_path):
+    """zap_huge_pmd comparing the pmd before it takes the pmd lock survives a stress seed;
+    dontneed-vs-dontneed-thp.litmus at one preemption finds both DONTNEEDs zapping the
+    one huge pmd.  The scenario is named where the seed would be."""
+    (bad,) = [m for m in generate(ROOT, ["spfshm/mm/huge_memory.py"], ["swap"])
+              if m.function == "zap_huge_pmd" and "spin_lock" in m.description]
+    thp = os.path.join(ROOT, "stress", "scenarios", "dontneed-vs-dontneed-thp.litmus")
+    run = _run_dict(tmp_path, {"seeds": (0, 1), "diffkernel": "off", "scenarios": 1,
+                               "scenario_files": [thp]})
+    r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
+    assert r["outcome"] == "killed" and r["seed"] == os.path.basename(thp), r
+    assert "spfshm explore" in r["detail"] or "replay" in r["detail"], r
+    assert thp in harness.scenario_files(ROOT)
+
+
 def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
     r = {"id": "x", "outcome": "error", "detail": ""}
     harness._classify(r, [{"event": "start", "spfshm": os.path.join(ROOT, "spfshm/x.py"),
@@ -209,6 +224,7 @@ def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):
     (["--campaign", "seeds=4:0"], "bad seeds '4:0'"),
     (["--campaign", "perturb=on"], "bad perturb 'on'"),
     (["--campaign", "diffkernel=yes"], "bad diffkernel 'yes'"),
+    (["--campaign", "scenarios=-1"], "bad scenarios '-1'"),
     (["--campaign", "ops"], "expected KEY=VALUE"),
     (["--jobs", "0"], "--jobs must be a positive integer or auto"),
     (["--time-limit", "0"], "--time-limit"),

@@ -297,14 +297,9 @@ def mm_tlb_flush_nested(mm):
 def complete_zaps(mm, pages, counts):
     """Raise each page's completed count to at least its count (an atomic max: zappers
     of one page complete in any order)."""
-    ptr = mm.zap_clock_ptr
-    for p, begun in zip(pages, counts):
-        w = native.load_relaxed(ptr + p)
-        while w >> ZAP_DONE_SHIFT < begun:
-            seen = native.cmpxchg(ptr + p, w, w & ZAP_COUNT | begun << ZAP_DONE_SHIFT)
-            if seen == w:
-                break
-            w = seen
+    if len(pages):
+        native.max_field_each(mm.zap_clock_ptr, np.asarray(pages, dtype=np.uint64),
+                              np.asarray(counts, dtype=np.uint64), ZAP_DONE_SHIFT)
 
 
 def zaps_returned(mm, first, seen):
@@ -375,9 +370,10 @@ class MmuGather:
         self.last_zap = len(self.zapped)
         self._adjust_range(va, n << PAGE_SHIFT)
         first = (va - mm.g.window_base) >> PAGE_SHIFT
-        for p in range(first, first + n):
-            begun = (native.fetch_add(mm.zap_clock_ptr + p, 1) & ZAP_COUNT) + 1
-            self.zapped.append((p, begun))
+        old = np.empty(n, dtype=np.uint64)
+        native.fetch_add_range(mm.zap_clock_ptr + first, old, 1)     # one call, one step
+        self.zapped.extend(zip(range(first, first + n),
+                               ((old & np.uint64(ZAP_COUNT)) + np.uint64(1)).tolist()))
 
     def _check_zapped_frames(self):
         """After the flush (no CPU can reach the zapped frames any more), before they are

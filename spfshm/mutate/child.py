@@ -3,6 +3,8 @@ cwd and PYTHONPATH the copy): the campaign's seeds in order, one JSON line per e
 stdout, stopping at the first seed that is not clean.  A seed is its stress run and,
 with ``diffkernel`` on, once that is clean, its diff-kernel replay (the real kernel
 judges what no invariant does: a syscall's result, its errno, what a page holds).
+Once every seed is clean, each of ``scenario_files`` is explored up to ``scenarios``
+preemptions (spfshm explore: a window a few primitives wide, found by enumeration).
 
 Lines: ``start`` (which files ``import spfshm`` and its native core resolved to: the
 caller checks they are the copy's), one ``seed`` per seed run (``t`` seconds since
@@ -54,7 +56,31 @@ def run(campaign):
              t=time.monotonic() - t0, repro=rep["repro"])
         if rep["exit_code"] != 0:
             return
+    for path in campaign.get("scenario_files", []):
+        if not _explore(path, campaign["scenarios"], t0):
+            return
     emit(event="done", t=time.monotonic() - t0)
+
+
+def _explore(path, bound, t0):
+    """Explore one scenario; emits a seed event (its name for the seed) and returns
+    whether it was clean."""
+    import os
+    from spfshm.run import scenario
+    from spfshm.run.explore import Explorer
+    name = os.path.basename(path)
+    with tempfile.TemporaryDirectory() as art:
+        cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
+        f = Explorer(cfg, bound).explore().failure
+    if f is None:
+        emit(event="seed", seed=name, exit_code=0, signature=None,
+             t=time.monotonic() - t0, repro="spfshm explore %s --preemptions %d" % (path, bound))
+        return True
+    emit(event="seed", seed=name, exit_code=f["exit_code"], signature=f["signature"],
+         t=time.monotonic() - t0,
+         repro="%s (schedule %d, %d preemption(s); token %s)" % (
+             f["repro"], f["schedule"], f["preemptions"], f["token"]))
+    return False
 
 
 DK_OPS, DK_PAGES = 150, 64

@@ -15,12 +15,14 @@ A run (``spfshm mutate``, ``main``):
      and the survivors with their diffs; Ctrl-C keeps and reports what has finished.
 
 Outcomes: killed (a seed reported a violation, an error or a hang, or the run crashed,
-or its diff-kernel replay diverged from the real kernel:
+or its diff-kernel replay diverged from the real kernel, or a schedule of a litmus
+scenario explored after the seeds failed:
 the first signature and the campaign time to it are recorded), survived (every seed
 clean), timeout (the time limit hit first), error (the harness could not run the
 mutant: a failed build, ``import spfshm`` not resolving to the copy), equivalent (in
 the reviewed list, not run).
 """
+import glob
 import json
 import os
 import random
@@ -36,7 +38,7 @@ import time
 from .operators import OPERATORS, generate, short_name
 
 DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "auto", "delay": None,
-                    "stall": None, "diffkernel": "on"}
+                    "stall": None, "diffkernel": "on", "scenarios": 1}
 CAMPAIGN_KEYS = {
     "seeds": "A:B, the seeds run in order (each one configuration of the fuzz rotation)",
     "ops": "operations per CPU per seed",
@@ -48,11 +50,15 @@ CAMPAIGN_KEYS = {
     "diffkernel": "on (each clean seed also replays its seeded op sequence on one CPU "
                   "against the real kernel, spfshm diff-kernel --seed: results, errnos "
                   "and pages must agree) or off",
+    "scenarios": "K (once every seed is clean, each litmus scenario of stress/scenarios/ "
+                 "is explored exhaustively up to K preemptions, as spfshm explore does) "
+                 "or off",
 }
 BUILD_TIMEOUT_S = 600
 STOP_GRACE_S = 15
 OUTCOMES = ("killed", "survived", "timeout", "error", "equivalent")
 EQUIVALENT_LIST = os.path.join("stress", "mutants", "equivalent.json")
+SCENARIOS = os.path.join("stress", "scenarios")
 
 
 class MutateError(ValueError):
@@ -87,6 +93,10 @@ def parse_campaign(spec):
                 if out[key] < (2 if key == "cpus" else 1) or \
                         key == "cpus" and out[key] > native.MAX_CPUS - 1:
                     raise ValueError
+            elif key == "scenarios":
+                out[key] = None if value == "off" else int(value)
+                if out[key] is not None and out[key] < 0:
+                    raise ValueError
             elif key == "diffkernel":
                 if value not in ("on", "off"):
                     raise ValueError
@@ -106,10 +116,16 @@ def parse_campaign(spec):
 
 
 def format_campaign(c):
-    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s,diffkernel=%s" % (
-        c["seeds"] + (c["ops"], c["cpus"], c["perturb"], c["diffkernel"]))
+    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s,diffkernel=%s,scenarios=%s" % (
+        c["seeds"] + (c["ops"], c["cpus"], c["perturb"], c["diffkernel"],
+                      "off" if c["scenarios"] is None else c["scenarios"]))
     s += "".join(",%s=%g" % (k, c[k]) for k in ("delay", "stall") if c[k] is not None)
     return s
+
+
+def scenario_files(base):
+    """The litmus scenarios a campaign explores (none outside a source tree)."""
+    return sorted(glob.glob(os.path.join(base, SCENARIOS, "*.litmus")))
 
 
 def parse_operators(spec):
@@ -319,7 +335,9 @@ def _classify(res, events, timed_out, code, work, stderr):
         res.update(outcome="timeout", detail="%d seed(s) clean when the time limit hit"
                    % len(seeds))
     elif any(e["event"] == "done" for e in events):
-        res.update(outcome="survived", detail="%d seed(s) clean" % len(seeds))
+        n = sum(isinstance(e["seed"], int) for e in seeds)
+        res.update(outcome="survived", detail="%d seed(s)%s clean" % (
+            n, " and %d scenario(s)" % (len(seeds) - n) if len(seeds) > n else ""))
     else:                                    # the campaign process itself died
         last = (stderr.strip().splitlines() or ["exit %s" % code])[-1]
         res.update(outcome="killed", signature="crash: %s" % last[:200],
@@ -363,7 +381,8 @@ def merge(mutants, results_dir, equivalent):
 def format_row(r):
     what = r["signature"] or r.get("detail", "")
     if r["outcome"] == "killed" and r.get("time_to_kill_s") is not None:
-        what = "%s (seed %s, %.1f s)" % (what, r["seed"], r["time_to_kill_s"])
+        what = "%s (%s, %.1f s)" % (what, "seed %d" % r["seed"] if isinstance(r["seed"], int)
+                                    else r["seed"], r["time_to_kill_s"])
     return "%-10s %-52s %-28s %-12s %s" % (
         r["outcome"], r["id"], "%s:%d" % (short_name(r["file"]), r["line"]), r["operator"],
         what[:100])
@@ -418,6 +437,8 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
             with open(os.path.join(snap, m.file)) as f:
                 mutants.append(dict(m.to_dict(), index=i, diff=m.diff(f.read())))
         todo = [m for m in mutants if m["id"] not in equivalent]
+        campaign = dict(campaign, scenario_files=scenario_files(base)
+                        if campaign["scenarios"] is not None else [])
         results = os.path.join(tmp, "results")
         os.makedirs(results)
         run = {"snapshot": snap, "tmp": tmp, "results": results, "campaign": campaign,

@@ -8,6 +8,7 @@ of the address window (page 0 is its first page; the window is 2 MiB-aligned, so
     config fault-mode=spf,classic table-free=rcu walk=rcu reclaim=off collapse=off
     map 0 512 rw                      # initial mapping: PAGE NPAGES PROT (none, r, rw)
     populate 0 8                      # pages faulted in before the CPUs start
+    thp 0                             # ... and the block collapsed to a huge pmd
     cpu 0: store 3; load 3            # CPU 0's ops, in order (';' between them) ...
     cpu 1:
         munmap 0 512                  # ... or one a line after "cpu N:"
@@ -15,7 +16,9 @@ of the address window (page 0 is its first page; the window is 2 MiB-aligned, so
 ``config`` takes the options of ``spfshm stress`` that decide what is modelled, as
 NAME=VALUE (``bug`` may repeat or list several).  ``populate PAGE NPAGES`` write-faults
 pages of a read-write mapping in, in order, before the CPUs start (MAP_POPULATE's
-effect: PTEs and their table, no TLB entry anywhere).  The CPUs are 0..the highest ``cpu``
+effect: PTEs and their table, no TLB entry anywhere); ``thp PAGE`` then collapses the
+2 MiB block at PAGE (a multiple of 512, inside one read-write map line, populated) to a
+huge pmd, as a khugepaged pass before the CPUs start would.  The CPUs are 0..the highest ``cpu``
 line; a CPU without ops does nothing.  The operations and their arguments:
 
     load PAGE / store PAGE              an access (a fault if need be)
@@ -27,7 +30,8 @@ line; a CPU without ops does nothing.  The operations and their arguments:
     reclaim                             the seed scanner (needs reclaim=seed)
 
 A scenario travels in ``Config.scenario`` as compact JSON (``{"map": [[page, npages,
-prot], ...], "populate": [[page, npages], ...], "cpus": [[[op, arg, ...], ...], ...]}``),
+prot], ...], "populate": [[page, npages], ...], "thp": [page, ...], "cpus": [[[op, arg,
+...], ...], ...]}``; "thp" may be absent),
 so a replay token carries it.
 """
 import json
@@ -36,6 +40,7 @@ import re
 from .. import native
 from ..config import Config, ConfigError
 from ..mm.gup import GUP_MAX
+from ..mm.khugepaged import collapse_huge_page
 from ..mm.fault import VM_FAULT_OK, do_user_addr_fault
 from ..mm.mm_types import PAGE, PROT_BY_NAME
 from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT, do_mmap
@@ -75,7 +80,7 @@ def parse(text, path="<scenario>", overrides=()):
     """(options for Config, the normalized scenario as a dict) of a scenario's text;
     ConfigError naming FILE:LINE and the bad field.  ``overrides``: NAME=VALUE items
     applied over the config line (``spfshm explore --config``)."""
-    opts, maps, populate, cpus = {}, [], [], {}
+    opts, maps, populate, thp, cpus = {}, [], [], [], {}
     cur, config_at = None, None
     lines = []
     for no, raw in enumerate(text.splitlines(), 1):
@@ -113,6 +118,16 @@ def parse(text, path="<scenario>", overrides=()):
                         "above" % (page, page + n - 1))
             populate.append([page, n])
             continue
+        if word == "thp":
+            f = _fields(at, line, "thp PAGE")
+            page, _ = _range(at, "thp", f[0], "512", window)
+            if page % 512 or not any(m[0] <= page and page + 512 <= m[0] + m[1]
+                                     and m[2] == "rw" for m in maps) \
+                    or not any(q <= page < q + n for q, n in populate):
+                at.fail("thp", "page %d is not the first of a 2 MiB block inside one "
+                        "read-write map line above, with a page populated" % page)
+            thp.append(page)
+            continue
         m = CPU_LINE.match(line)
         if m:
             cur = _cpu_id(at, m.group(1))
@@ -121,7 +136,7 @@ def parse(text, path="<scenario>", overrides=()):
         elif word == "cpu":
             at.fail("cpu", "expected 'cpu N: OP ARGS; ...', got %r" % line)
         elif cur is None:
-            at.fail(word, "unknown item (expected config, map, populate or cpu N:)")
+            at.fail(word, "unknown item (expected config, map, populate, thp or cpu N:)")
         else:
             rest = line
         for item in (x.strip() for x in rest.split(";")):
@@ -129,7 +144,7 @@ def parse(text, path="<scenario>", overrides=()):
                 cpus[cur].append(_op(at, item.split(), window))
     if not cpus:
         raise ConfigError("%s: no 'cpu N:' line (a scenario needs at least one CPU)" % path)
-    scenario = {"map": maps, "populate": populate,
+    scenario = {"map": maps, "populate": populate, "thp": thp,
                 "cpus": [cpus.get(c, []) for c in range(max(cpus) + 1)]}
     at = config_at or _Where("%s:1" % path)
     try:                            # the whole configuration, as a run would resolve it
@@ -270,7 +285,8 @@ def validate(cfg):
     try:
         s = json.loads(cfg.scenario)
         cpus, maps, populate = s["cpus"], s["map"], s["populate"]
-        ok = all(isinstance(x, list) for x in (cpus, maps, populate)) and all(
+        ok = all(isinstance(x, list) for x in (cpus, maps, populate, s.get("thp", []))) \
+            and all(
             isinstance(o, list) and o for c in cpus for o in c)
     except (ValueError, KeyError, TypeError):
         ok = False
@@ -293,7 +309,7 @@ def ncpus_and_ops(text):
 
 
 def setup(mm, text):
-    """The scenario's map and populate lines, in the parent before the CPUs start
+    """The scenario's map, populate and thp lines, in the parent before the CPUs start
     (runner.setup_initial)."""
     s, base = json.loads(text), mm.g.window_base
     for p, n, prot in s["map"]:
@@ -303,6 +319,9 @@ def setup(mm, text):
             r = do_user_addr_fault(mm, base + page * PAGE, True)
             if r != VM_FAULT_OK:
                 raise RuntimeError("populate: the fault at page %d returned %r" % (page, r))
+    for page in s.get("thp", []):
+        if not collapse_huge_page(mm, base + page * PAGE):
+            raise RuntimeError("thp: the block at page %d did not collapse" % page)
 
 
 class ScriptWorkload:
