@@ -211,12 +211,15 @@ def _bug_only(test):
         and any(on(v) for v in test.values)
 
 
+def _docstring(stmt):
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+
+
 def _swappable(stmt):
     """A simple statement worth moving: not a docstring, not a local computation, not a
     barrier that is no instruction on x86-64 (smp_wmb, smp_rmb)."""
     c = _call(stmt)
-    return isinstance(stmt, SIMPLE) and not _local_only(stmt) \
-        and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)) \
+    return isinstance(stmt, SIMPLE) and not _local_only(stmt) and not _docstring(stmt) \
         and not (c is not None and set(_names(c.func)) & NO_OP_BARRIERS)
 
 
@@ -457,7 +460,7 @@ def _py_mutants(path, text, operators):
                         if "unlock_early" in operators and not an & RELEASES \
                                 and not an & (set(LOCK_PAIRS) | set(SECTION_PAIRS)) \
                                 and not isinstance(a, BAIL + (ast.Pass,)) \
-                                and not _local_only(a):
+                                and not _local_only(a) and not _docstring(a):
                             add("unlock_early", f.exchange(a, b), "move `%s` above `%s`"
                                 % (_one_line(b, f.lines), f.lines[a.lineno - 1].strip()),
                                 a.lineno)
