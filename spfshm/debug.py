@@ -105,7 +105,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
-         "collapse_huge_page", "madvise", "spin_unlock"]
+         "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -10,7 +10,7 @@ from spfshm.mm.mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lo
                                  mmap_write_unlock, vma_assert_write_locked,
                                  vma_end_write_all, vma_start_write)
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap
-from spfshm.mm.vma import find_vma, publish_tree, vmas_snapshot
+from spfshm.mm.vma import anon_vma_prepare, find_vma, publish_tree, vmas_snapshot
 
 BASE = 0x3F0000000000
 
@@ -77,6 +77,24 @@ def test_write_lock_asserts(model, path, site):
     finally:
         mmap_write_unlock(m.mm)
     assert len(fired(m)) == n + 1
+
+
+def test_anon_vma_prepare_asserts_the_lock(model):
+    """__anon_vma_prepare under mmap_lock (v6.10's assertion): a per-VMA fault on a VMA
+    without an anon_vma must fall back first (lock_vma_under_rcu), so preparing one
+    under the VMA lock alone is reported; under mmap_lock read it is silent."""
+    m = model
+    mmap_read_lock(m.mm)
+    v = find_vma(m.mm, BASE)
+    mmap_read_unlock(m.mm)
+    anon_vma_prepare(m.mm, v)
+    assert [s for s, _ in fired(m)] == ["mmap_not_locked@anon_vma_prepare"]
+    mmap_read_lock(m.mm)
+    try:
+        anon_vma_prepare(m.mm, v)
+    finally:
+        mmap_read_unlock(m.mm)
+    assert len(fired(m)) == 1
 
 
 @pytest.mark.parametrize("site", ["find_vma", "vmas_snapshot"])

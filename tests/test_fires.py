@@ -115,6 +115,8 @@ FIRES = {
     "mmap_not_locked@vmas_snapshot":
         ("test_asserts.py::test_find_vma_asserts_the_lock[vmas_snapshot]",),
     "mmap_not_locked@publish_tree": ("test_asserts.py::test_write_lock_asserts[publish_tree]",),
+    "mmap_not_locked@anon_vma_prepare":
+        ("test_asserts.py::test_anon_vma_prepare_asserts_the_lock",),
     "mmap_not_locked@split_vma": ("test_asserts.py::test_write_lock_asserts[split_vma]",),
     "mmap_not_locked@vma_end_write_all":
         ("test_asserts.py::test_write_lock_asserts[vma_end_write_all]",),

@@ -94,7 +94,9 @@ def anon_vma_prepare(mm, vma):
     without one, since find_mergeable_anon_vma reads the unlocked neighbours) and the mm's
     page_table_lock, which orders two faulters preparing the same VMA.  The model has no
     reverse map: the anon_vma is a flag that, once set, stays for the VMA's life (a
-    split piece inherits it)."""
+    split piece inherits it).  mmap_lock is asserted as v6.10 does ("mm: Assert the
+    mmap_lock is held in __anon_vma_prepare()", which made the comment an assertion)."""
+    mmap_assert_locked(mm, "anon_vma_prepare")
     lock = mm.page_table_lock
     native.spin_lock(lock, mm.cpu)
     rec = mm.vma[vma.id]
