@@ -50,6 +50,8 @@ KINDS = {
     "never_freed": "object #{a1} of pool {a0} (0 tables, 3 VMA records, 4 VMA trees) was "
                    "unlinked (state {a2}) but never freed, after every CPU's rcu_barrier",
     "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
+    "vma_outside": "VMA [{a0:#x}, {a1:#x}) is not inside the address window (its end "
+                   "{a2:#x}: the model's TASK_SIZE)",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
     "torn_vma": "a speculative fault went on with a VMA copy torn by a concurrent "
                 "writer, which its mmap_seq check let pass (VMA #{a0} read as "

@@ -70,6 +70,7 @@ FIRES = {
     "walk_unprotected@pte_offset_map_lock": ("test_walk_unprotected[pte_offset_map_lock]",),
     # check/sweep.py
     "vma_overlap@sweep": ("test_sweep[vma_overlap@sweep]",),
+    "vma_outside@sweep": ("test_sweep[vma_outside@sweep]",),
     "vma_uaf@sweep": ("test_sweep[vma_uaf@sweep]",),
     "pt_leak@sweep": ("test_sweep[pt_leak@sweep-walk]", "test_sweep[pt_leak@sweep-count]"),
     "pt_free_reachable@sweep": ("test_sweep[pt_free_reachable@sweep-linked]",),
@@ -379,6 +380,14 @@ def _overlap(b):
     return BASE + 2 * PAGE, BASE + 20 * PAGE, BASE + 8 * PAGE
 
 
+def _outside(b):
+    """A VMA placed below the window (an mmap that did not check it got one there)."""
+    row = b.mm.vma_tree[current_tree(b.mm)]
+    row[TREE_HDR] = b.mm.g.window_base - 4 * PAGE
+    b.mm.tree_cache = (None, None)
+    return b.mm.g.window_base - 4 * PAGE, BASE + 8 * PAGE, b.mm.g.window_end
+
+
 def _vma_retired_in_tree(b):
     vid = b.vid()
     b.mm.vma[vid]["state"] = VMA_PENDING
@@ -453,6 +462,7 @@ def _pte_writable_in_read_only_vma(b):
 
 SWEEP_STATES = {
     "vma_overlap@sweep": _overlap,
+    "vma_outside@sweep": _outside,
     "vma_uaf@sweep": _vma_retired_in_tree,
     "pt_leak@sweep-walk": _entry_past_the_tables,
     "pt_leak@sweep-count": _table_unlinked_by_nobody,

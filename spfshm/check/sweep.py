@@ -45,6 +45,8 @@ def sweep(mm, final=False):
     for s, e, vid in zip(starts, ends, ids):
         if s < prev_end or e <= s:
             rep("vma_overlap", "sweep", s, s, e, prev_end)
+        if s < g.window_base or e > g.window_end:
+            rep("vma_outside", "sweep", s, s, e, g.window_end)
         if mm.vma[vid]["state"] != VMA_LIVE:
             rep("vma_uaf", "sweep", s, vid, int(mm.vma[vid]["state"]), int(mm.vma[vid]["gen"]))
         prev_end = e
