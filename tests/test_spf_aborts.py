@@ -4,7 +4,7 @@ address ("unmapped") and an access error ("access_error") go to the classical pa
 which decides; a VMA without an anon_vma aborts ("anon_vma") and the classical fault
 prepares one (under mmap_lock read and page_table_lock), after which SPF succeeds."""
 from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, do_user_addr_fault
-from spfshm.mm.mm_types import FRAME_INUSE, PROT_BY_NAME
+from spfshm.mm.mm_types import FRAME_INUSE, PROT_BY_NAME, TABLE_LIVE
 from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.vma import current_tree, tree_entries
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap, do_mprotect, do_munmap
@@ -62,3 +62,20 @@ def test_a_failed_page_allocation_is_oom_on_both_paths_and_leaks_nothing(make):
     assert do_speculative_page_fault(mm, BASE + 2 * PAGE, 1) == VM_FAULT_OK
     assert do_user_addr_fault(mm, BASE + 3 * PAGE, 1) == VM_FAULT_OK
     assert (int(mm.rss[0]), in_use()) == (rss + 2, frames + 2) and fired(b) == []
+
+
+def test_a_failed_page_table_allocation_is_oom_and_leaks_nothing(make):
+    """The fault's page is allocated, its page table cannot be (pte_alloc_one failing):
+    VM_FAULT_OOM, no table and no frame held; the next fault allocates it."""
+    b = make().map(pages=4, stored=0)          # mapped, never faulted: no page table yet
+    mm = b.mm
+    tables = lambda: int((mm.pt_state == TABLE_LIVE).sum())           # noqa: E731
+    frames, live = int((mm.frame_meta["state"] == FRAME_INUSE).sum()), tables()
+    draws = iter([False])                      # the page's allocation, then the tables'
+    mm.fault_alloc_fails = lambda: next(draws, True)
+    assert do_user_addr_fault(mm, BASE + PAGE, 1) == VM_FAULT_OOM
+    assert tables() == live and fired(b) == []
+    assert int((mm.frame_meta["state"] == FRAME_INUSE).sum()) == frames
+    mm.fault_alloc_fails = lambda: False
+    assert do_user_addr_fault(mm, BASE + PAGE, 1) == VM_FAULT_OK
+    assert tables() > live and fired(b) == []

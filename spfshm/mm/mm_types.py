@@ -83,10 +83,11 @@ TABLE_BATCH_FAIL = 0.5
 # seeded per CPU; the model's huge page pool is sized never to run out, so without this
 # collapse_huge_page's allocation failure path would never run
 THP_ALLOC_FAIL = 0.2
-# A fault's page allocation fails now and then (do_anonymous_page's
-# vma_alloc_zeroed_movable_folio, or its mem_cgroup_charge against a memcg limit: both
-# end in VM_FAULT_OOM), seeded per CPU; the frame pool is sized never to run out, so
-# without this no fault would take its out-of-memory path
+# A fault's allocation fails now and then (do_anonymous_page's
+# vma_alloc_zeroed_movable_folio, or its mem_cgroup_charge against a memcg limit, or a
+# page table's pte_alloc_one/pmd_alloc_one: all end in VM_FAULT_OOM), seeded per CPU; the
+# pools are sized never to run out, so without this no fault would take its
+# out-of-memory path
 FAULT_ALLOC_FAIL = 0.003
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 

@@ -79,9 +79,11 @@ def leaf_frame(e, va):
 
 
 # -- allocation and freeing ---------------------------------------------------------------
-def alloc_table(mm, level):
-    """A zeroed LIVE table of ``level``, or -1.  Publish it with ``populate``."""
-    t = mm.tables.alloc(mm.cpu)
+def alloc_table(mm, level, may_fail=False):
+    """A zeroed LIVE table of ``level``, or -1: the pool is empty, or (``may_fail``: the
+    fault path's pte_alloc_one / pmd_alloc_one) it fails at random, as the fault's page
+    allocation does (mm_types.FAULT_ALLOC_FAIL).  Publish it with ``populate``."""
+    t = -1 if may_fail and mm.fault_alloc_fails() else mm.tables.alloc(mm.cpu)
     if t < 0:
         return -1
     mm.pt[t, :] = 0
@@ -292,7 +294,7 @@ def _alloc_level(mm, parent, va, level, lock):
         return HUGE
     if e & P:
         return entry_pfn(e)
-    new = alloc_table(mm, level)
+    new = alloc_table(mm, level, may_fail=True)
     if new < 0:
         return -1
     mm.delay("pte_alloc")
