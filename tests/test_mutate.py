@@ -203,7 +203,7 @@ def test_a_scenario_explored_after_the_seeds_kills_a_window_they_miss(tmp_path):
                                "scenario_files": [thp]})
     r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
     assert r["outcome"] == "killed" and r["seed"] == os.path.basename(thp), r
-    assert "spfshm explore" in r["detail"] or "replay" in r["detail"], r
+    assert "preemption(s); token spfshm1-" in r["detail"], r
     assert thp in harness.scenario_files(ROOT)
 
 

@@ -79,3 +79,27 @@ def test_a_failed_page_table_allocation_is_oom_and_leaks_nothing(make):
     mm.fault_alloc_fails = lambda: False
     assert do_user_addr_fault(mm, BASE + PAGE, 1) == VM_FAULT_OK
     assert tables() > live and fired(b) == []
+
+
+def test_allocation_failures_are_drawn_on_the_workers_only(tmp_path):
+    """The parent builds a scenario's layout without injected failures (populate's 512
+    faults would meet one on this seed's stream: see the first assert), and the
+    diff-kernel model, compared with a kernel that has memory, never fails either."""
+    import random
+    from spfshm import diffkernel as dk
+    from spfshm.mm.mm_types import FAULT_ALLOC_FAIL
+    from spfshm.run import scenario
+    from spfshm.run.runner import run_stress
+    stream = random.Random("spfshm-fault-alloc:%d:%d" % (1, 1))   # seed 1, row ncpus=1
+    assert any(stream.random() < FAULT_ALLOC_FAIL for _ in range(512))
+    path = tmp_path / "p.litmus"
+    path.write_text("config fault-mode=classic reclaim=off collapse=off seed=1\n"
+                    "map 0 512 rw\npopulate 0 512\ncpu 0: load 0\n")
+    cfg = scenario.config_of(str(path), sched="list", artifacts=str(tmp_path / "a"))
+    rep = run_stress(cfg.resolved())
+    assert rep["exit_code"] == 0, rep["errors"]
+    model = dk.Model(64, dk.default_window_base())
+    try:
+        assert not any(model.mm.fault_alloc_fails() for _ in range(20000))
+    finally:
+        model.close()

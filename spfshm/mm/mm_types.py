@@ -178,8 +178,9 @@ class MM:
         self.table_batch_alloc_fails = lambda: batch.random() < TABLE_BATCH_FAIL
         thp = random.Random("spfshm-thp-alloc:%d:%d" % (cfg.seed, cpu))
         self.thp_alloc_fails = lambda: thp.random() < THP_ALLOC_FAIL
+        # the workers' faults only: the parent's (a scenario's populate) build a layout
         page = random.Random("spfshm-fault-alloc:%d:%d" % (cfg.seed, cpu))
-        self.fault_alloc_fails = lambda: page.random() < FAULT_ALLOC_FAIL
+        self.fault_alloc_fails = lambda: cpu < g.ncpus and page.random() < FAULT_ALLOC_FAIL
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(

@@ -370,10 +370,13 @@ class MmuGather:
         self.last_zap = len(self.zapped)
         self._adjust_range(va, n << PAGE_SHIFT)
         first = (va - mm.g.window_base) >> PAGE_SHIFT
-        old = np.empty(n, dtype=np.uint64)
-        native.fetch_add_range(mm.zap_clock_ptr + first, old, 1)     # one call, one step
-        self.zapped.extend(zip(range(first, first + n),
-                               ((old & np.uint64(ZAP_COUNT)) + np.uint64(1)).tolist()))
+        if n == 1:                       # a PTE (zap_pte_range's loop): one atomic
+            old = (native.fetch_add(mm.zap_clock_ptr + first, 1),)
+        else:                            # a huge pmd's pages: one call, one step
+            buf = np.empty(n, dtype=np.uint64)
+            native.fetch_add_range(mm.zap_clock_ptr + first, buf, 1)
+            old = buf.tolist()
+        self.zapped.extend(zip(range(first, first + n), [(o & ZAP_COUNT) + 1 for o in old]))
 
     def _check_zapped_frames(self):
         """After the flush (no CPU can reach the zapped frames any more), before they are

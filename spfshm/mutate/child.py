@@ -12,6 +12,7 @@ start when it ended), ``done`` when every seed ran clean.
 """
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,24 +64,19 @@ def run(campaign):
 
 
 def _explore(path, bound, t0):
-    """Explore one scenario; emits a seed event (its name for the seed) and returns
+    """Explore one scenario; emits a seed event (its file name for the seed) and returns
     whether it was clean."""
-    import os
     from spfshm.run import scenario
     from spfshm.run.explore import Explorer
-    name = os.path.basename(path)
     with tempfile.TemporaryDirectory() as art:
         cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
         f = Explorer(cfg, bound).explore().failure
-    if f is None:
-        emit(event="seed", seed=name, exit_code=0, signature=None,
-             t=time.monotonic() - t0, repro="spfshm explore %s --preemptions %d" % (path, bound))
-        return True
-    emit(event="seed", seed=name, exit_code=f["exit_code"], signature=f["signature"],
-         t=time.monotonic() - t0,
-         repro="%s (schedule %d, %d preemption(s); token %s)" % (
-             f["repro"], f["schedule"], f["preemptions"], f["token"]))
-    return False
+    repro = "spfshm explore %s --preemptions %d" % (path, bound) if f is None else \
+        "%s (schedule %d, %d preemption(s); token %s)" % (
+            f["repro"], f["schedule"], f["preemptions"], f["token"])
+    emit(event="seed", seed=os.path.basename(path), exit_code=f["exit_code"] if f else 0,
+         signature=f and f["signature"], t=time.monotonic() - t0, repro=repro)
+    return f is None
 
 
 DK_OPS, DK_PAGES = 150, 64

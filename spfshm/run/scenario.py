@@ -18,8 +18,8 @@ NAME=VALUE (``bug`` may repeat or list several).  ``populate PAGE NPAGES`` write
 pages of a read-write mapping in, in order, before the CPUs start (MAP_POPULATE's
 effect: PTEs and their table, no TLB entry anywhere); ``thp PAGE`` then collapses the
 2 MiB block at PAGE (a multiple of 512, inside one read-write map line, populated) to a
-huge pmd, as a khugepaged pass before the CPUs start would.  The CPUs are 0..the highest ``cpu``
-line; a CPU without ops does nothing.  The operations and their arguments:
+huge pmd, as a khugepaged pass before the CPUs start would.  The CPUs are 0..the highest
+``cpu`` line; a CPU without ops does nothing.  The operations and their arguments:
 
     load PAGE / store PAGE              an access (a fault if need be)
     mmap PAGE NPAGES PROT [fixed|noreplace|hint]
@@ -42,7 +42,7 @@ from ..config import Config, ConfigError
 from ..mm.gup import GUP_MAX
 from ..mm.khugepaged import collapse_huge_page
 from ..mm.fault import VM_FAULT_OK, do_user_addr_fault
-from ..mm.mm_types import PAGE, PROT_BY_NAME
+from ..mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME
 from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT, do_mmap
 
 # op -> its argument fields; a field in brackets is optional
@@ -119,10 +119,9 @@ def parse(text, path="<scenario>", overrides=()):
             populate.append([page, n])
             continue
         if word == "thp":
-            f = _fields(at, line, "thp PAGE")
-            page, _ = _range(at, "thp", f[0], "512", window)
-            if page % 512 or not any(m[0] <= page and page + 512 <= m[0] + m[1]
-                                     and m[2] == "rw" for m in maps) \
+            page = _int(at, "thp", _fields(at, line, "thp PAGE")[0], "PAGE")
+            if page % HPAGE_NR or not any(m[0] <= page and page + HPAGE_NR <= m[0] + m[1]
+                                          and m[2] == "rw" for m in maps) \
                     or not any(q <= page < q + n for q, n in populate):
                 at.fail("thp", "page %d is not the first of a 2 MiB block inside one "
                         "read-write map line above, with a page populated" % page)
@@ -286,8 +285,7 @@ def validate(cfg):
         s = json.loads(cfg.scenario)
         cpus, maps, populate = s["cpus"], s["map"], s["populate"]
         ok = all(isinstance(x, list) for x in (cpus, maps, populate, s.get("thp", []))) \
-            and all(
-            isinstance(o, list) and o for c in cpus for o in c)
+            and all(isinstance(o, list) and o for c in cpus for o in c)
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
