@@ -149,6 +149,10 @@ def add_config_args(p):
     p.add_argument("--window-pages", type=pos_int, default=d.window_pages,
                    help="pages in the address window the workload uses")
     p.add_argument("--tlb-entries", type=pos_int, default=d.tlb_entries)
+    p.add_argument("--max-map-count", type=pos_int, default=d.max_map_count, metavar="N",
+                   help="sysctl vm.max_map_count: the VMAs an mm may have, 1..%d (an mmap or "
+                        "a split past it fails with ENOMEM; default %d)"
+                        % (d.max_map_count, d.max_map_count))
     p.add_argument("--delay", type=delay_spec, default=None, metavar="P[:MAX_US]",
                    help="pause with probability P (up to MAX_US, default %g) at named "
                         "protocol points; 0 turns perturbation off" % d.delay_max_us)
@@ -206,7 +210,8 @@ def config_from_args(a):
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
-                  tlb_entries=a.tlb_entries, pin=not a.no_pin, sched=a.sched)
+                  tlb_entries=a.tlb_entries, max_map_count=a.max_map_count,
+                  pin=not a.no_pin, sched=a.sched)
 
 
 def build_parser():

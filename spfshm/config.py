@@ -49,6 +49,8 @@ class Config:
     writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
     bugs: tuple = ()
     window_pages: int = 4096       # the address window the workload uses (16 MiB)
+    max_map_count: int = 512       # sysctl vm.max_map_count: VMAs an mm may have (the
+    #                                model's tree holds 512; mmap and splits beyond: ENOMEM)
     tlb_entries: int = 64
     ipi_timeout: float = 10.0
     delay: float = 0.0             # perturbation: probability of a pause at each named point
@@ -150,6 +152,8 @@ class Config:
         need(self.check_every >= 0, "--check-every must be >= 0, got %g" % self.check_every)
         need(64 <= self.window_pages <= 1 << 20 and self.window_pages % 64 == 0,
              "--window-pages must be a multiple of 64 in 64..1048576, got %d" % self.window_pages)
+        need(1 <= self.max_map_count <= 512,
+             "--max-map-count must be in 1..512, got %d" % self.max_map_count)
         need(self.tlb_entries in (8, 16, 32, 64, 128, 256, 512),
              "--tlb-entries must be a power of two in 8..512, got %d" % self.tlb_entries)
         need(self.ipi_timeout > 0, "--ipi-timeout must be positive")
@@ -290,6 +294,8 @@ class Config:
             a += ["--window-pages", str(self.window_pages)]
         if self.tlb_entries != Config.tlb_entries:
             a += ["--tlb-entries", str(self.tlb_entries)]
+        if self.max_map_count != Config.max_map_count:
+            a += ["--max-map-count", str(self.max_map_count)]
         for b in self.bugs:
             a += ["--bug", b]
         if self.sched:              # a list schedule re-runs from its token (run/sched.py)

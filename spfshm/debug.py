@@ -52,6 +52,8 @@ KINDS = {
     "vma_overlap": "VMA [{a0:#x}, {a1:#x}) overlaps the previous one ending at {a2:#x}",
     "vma_outside": "VMA [{a0:#x}, {a1:#x}) is not inside the address window (its end "
                    "{a2:#x}: the model's TASK_SIZE)",
+    "map_count": "the VMA tree holds {a0} VMAs, more than vm.max_map_count ({a1}): an mmap "
+                 "or a split did not check it",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
     "torn_vma": "a speculative fault went on with a VMA copy torn by a concurrent "
                 "writer, which its mmap_seq check let pass (VMA #{a0} read as "

@@ -10,7 +10,7 @@ from spfshm.mm.mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lo
                                  mmap_write_unlock, vma_assert_write_locked,
                                  vma_end_write_all, vma_start_write)
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap
-from spfshm.mm.vma import anon_vma_prepare, find_vma, publish_tree, vmas_snapshot
+from spfshm.mm.vma import anon_vma_prepare, find_vma, publish_tree, tree_prealloc, vmas_snapshot
 
 BASE = 0x3F0000000000
 
@@ -49,7 +49,7 @@ def end_write_all(m, vid):
 
 
 def publish(m, vid):
-    publish_tree(m.mm, vmas_snapshot(m.mm))
+    publish_tree(m.mm, tree_prealloc(m.mm), vmas_snapshot(m.mm))
 
 
 # (a path that needs mmap_lock for write, the site its assert reports)

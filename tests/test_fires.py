@@ -12,6 +12,7 @@ report calls apart).  A broken state is built either by a busted variant switche
 in-process, or by writing the arena directly where no variant breaks that step.
 """
 import ast
+import dataclasses
 import os
 
 import numpy as np
@@ -72,6 +73,7 @@ FIRES = {
     "vma_overlap@sweep": ("test_sweep[vma_overlap@sweep]",),
     "vma_outside@sweep": ("test_sweep[vma_outside@sweep]",),
     "vma_uaf@sweep": ("test_sweep[vma_uaf@sweep]",),
+    "map_count@sweep": ("test_sweep[map_count@sweep]",),
     "pt_leak@sweep": ("test_sweep[pt_leak@sweep-walk]", "test_sweep[pt_leak@sweep-count]"),
     "pt_free_reachable@sweep": ("test_sweep[pt_free_reachable@sweep-linked]",),
     "frame_leak@sweep": ("test_sweep[frame_leak@sweep-huge]",
@@ -388,6 +390,14 @@ def _outside(b):
     return b.mm.g.window_base - 4 * PAGE, BASE + 8 * PAGE, b.mm.g.window_end
 
 
+def _over_max_map_count(b):
+    """Two VMAs (a munmap split one) where vm.max_map_count allows one: an mmap or a
+    split that did not check it."""
+    assert do_munmap(b.mm, BASE + 2 * PAGE, PAGE) == 0
+    b.mm.cfg = dataclasses.replace(b.mm.cfg, max_map_count=1)
+    return 2, 1, 0
+
+
 def _vma_retired_in_tree(b):
     vid = b.vid()
     b.mm.vma[vid]["state"] = VMA_PENDING
@@ -464,6 +474,7 @@ SWEEP_STATES = {
     "vma_overlap@sweep": _overlap,
     "vma_outside@sweep": _outside,
     "vma_uaf@sweep": _vma_retired_in_tree,
+    "map_count@sweep": _over_max_map_count,
     "pt_leak@sweep-walk": _entry_past_the_tables,
     "pt_leak@sweep-count": _table_unlinked_by_nobody,
     "pt_free_reachable@sweep-linked": _pending_table_linked,

@@ -2,6 +2,8 @@
 the VMAs are detached and the new tree published under the write lock, then the zap and
 free_pgtables run under mmap_lock read, with mmap_seq even again (the SPF series) and
 every VMA write lock dropped (vma_end_write_all), so faults on the neighbours proceed."""
+import errno
+
 from spfshm import native
 from spfshm.mm import pervma, syscalls
 from spfshm.mm.fault import VM_FAULT_OK
@@ -72,3 +74,65 @@ def test_a_reader_of_the_old_tree_finds_the_vma_detached(make, monkeypatch):
     row = mm.local
     assert int(row[STAT["vma_lock_miss"]]) == 1 and int(row[STAT["vma_lock_abort"]]) == 1
     assert fired(b) == []
+
+
+def _vma_state(mm):
+    """The published tree and every live record's bounds and protection."""
+    from spfshm.mm.mm_types import VMA_LIVE
+    live = [(vid, int(r["start"]), int(r["end"]), int(r["prot"]))
+            for vid, r in enumerate(mm.vma) if int(r["state"]) == VMA_LIVE]
+    starts, ends, ids = tree_entries(mm, current_tree(mm))
+    return list(zip(starts, ends, ids)), live
+
+
+def test_a_failed_record_or_tree_allocation_leaves_the_mm_as_it_was(make):
+    """failslab on each allocation of an mmap, a munmap and an mprotect that split
+    (vm_area_dup, vma_iter_prealloc): ENOMEM, and the tree and every record as before
+    (__split_vma allocates before it changes a record); the same call then succeeds."""
+    from spfshm.mm.mm_types import PROT_READ
+    from test_fires import PROT_RW
+    calls = [("munmap", lambda mm: syscalls.do_munmap(mm, BASE + 2 * PAGE, 2 * PAGE)),
+             ("mprotect", lambda mm: syscalls.do_mprotect(mm, BASE + 5 * PAGE, PAGE,
+                                                           PROT_READ)),
+             ("mmap", lambda mm: syscalls.do_mmap(mm, BASE + 2 * PAGE, 2 * PAGE, PROT_RW,
+                                                  syscalls.MAP_FIXED_NOREPLACE))]
+    for name, call in calls:
+        b = make().map(pages=8, stored=8)
+        mm = b.mm
+        if name == "mmap":
+            assert syscalls.do_munmap(mm, BASE + 2 * PAGE, 2 * PAGE) == 0
+        failed = 0
+        for k in range(8):                     # the k-th allocation fails
+            draws = iter([False] * k + [True])
+            mm.slab_alloc_fails = lambda: next(draws, False)
+            before = _vma_state(mm)
+            r = call(mm)
+            if r >= 0:
+                break
+            assert r == -errno.ENOMEM, (name, k, r)
+            assert _vma_state(mm) == before, (name, k)
+            failed += 1
+        assert failed >= 2, (name, failed)      # a record and the tree, at least
+        assert r >= 0 and fired(b) == [], (name, r, fired(b))
+
+
+def test_max_map_count_bounds_mmap_and_splits(make):
+    """vm.max_map_count: an mmap or a split past it is ENOMEM and changes nothing (the
+    checks come before any record is touched); the tree holds the largest value."""
+    from spfshm.config import Config
+    from spfshm.mm.mm_types import MAX_VMAS, PROT_READ
+    from test_fires import PROT_RW
+    assert Config.max_map_count == MAX_VMAS
+    b = make(max_map_count=2).map(pages=8, stored=8)
+    mm = b.mm
+    before = _vma_state(mm)
+    assert syscalls.do_munmap(mm, BASE + 2 * PAGE, 2 * PAGE) == -errno.ENOMEM   # 3 pieces
+    assert syscalls.do_mprotect(mm, BASE + 2 * PAGE, PAGE, PROT_READ) == -errno.ENOMEM
+    assert _vma_state(mm) == before
+    assert syscalls.do_munmap(mm, BASE + 6 * PAGE, 2 * PAGE) == 0                 # 1 piece
+    assert syscalls.do_mmap(mm, BASE + 6 * PAGE, PAGE, PROT_RW, syscalls.MAP_FIXED) \
+        == BASE + 6 * PAGE                                                        # 2 VMAs
+    before = _vma_state(mm)
+    assert syscalls.do_mmap(mm, BASE + 7 * PAGE, PAGE, PROT_RW, syscalls.MAP_FIXED) \
+        == -errno.ENOMEM
+    assert _vma_state(mm) == before and fired(b) == []

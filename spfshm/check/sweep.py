@@ -50,6 +50,8 @@ def sweep(mm, final=False):
         if mm.vma[vid]["state"] != VMA_LIVE:
             rep("vma_uaf", "sweep", s, vid, int(mm.vma[vid]["state"]), int(mm.vma[vid]["gen"]))
         prev_end = e
+    if len(ids) > mm.cfg.max_map_count:
+        rep("map_count", "sweep", starts[0], len(ids), mm.cfg.max_map_count, 0)
     checked += len(ids)
     prots = [int(mm.vma[v]["prot"]) for v in ids]
 

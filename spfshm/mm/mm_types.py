@@ -89,6 +89,10 @@ THP_ALLOC_FAIL = 0.2
 # pools are sized never to run out, so without this no fault would take its
 # out-of-memory path
 FAULT_ALLOC_FAIL = 0.003
+# A syscall's VMA record (vm_area_alloc, vm_area_dup) or maple tree preallocation
+# (vma_iter_prealloc) fails now and then, as under failslab: GFP_KERNEL slab allocations
+# do not fail otherwise, and the pools are sized not to run dry
+SLAB_ALLOC_FAIL = 0.005
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
@@ -181,6 +185,8 @@ class MM:
         # the workers' faults only: the parent's (a scenario's populate) build a layout
         page = random.Random("spfshm-fault-alloc:%d:%d" % (cfg.seed, cpu))
         self.fault_alloc_fails = lambda: cpu < g.ncpus and page.random() < FAULT_ALLOC_FAIL
+        slab = random.Random("spfshm-slab-alloc:%d:%d" % (cfg.seed, cpu))
+        self.slab_alloc_fails = lambda: cpu < g.ncpus and slab.random() < SLAB_ALLOC_FAIL
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(

@@ -23,15 +23,15 @@ from .. import native
 from .frames import ZAP_COUNT
 from .huge_memory import split_huge_range
 from .memory import change_protection, free_pgtables, zap_pte_range
-from .mm_types import MAX_VMAS, PAGE, PAGE_SHIFT
+from .mm_types import PAGE, PAGE_SHIFT
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
                         mmap_write_unlock, vma_end_read,
                         vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
 from .pervma import lock_vma_under_rcu
 from .tlb import (MmuGather, assert_no_access_beyond, assert_zaps_complete, flush_tlb_mm_range,
                   zaps_returned)
-from .vma import (Vma, publish_tree, vm_area_alloc, vm_area_free, vma_mark_detached,
-                  vmas_snapshot)
+from .vma import (Vma, publish_tree, tree_prealloc, tree_prealloc_free, vm_area_alloc,
+                  vm_area_free, vma_mark_detached, vmas_snapshot)
 
 MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT = "fixed", "noreplace", "hint"
 MAX_ADDR = 1 << 47
@@ -39,12 +39,6 @@ MAX_ADDR = 1 << 47
 
 def _page_align(n):
     return (n + PAGE - 1) & ~(PAGE - 1)
-
-
-def _clone(mm, v, start, end, prot):
-    """A new record for a piece of v (the __split_vma new side)."""
-    vid = vm_area_alloc(mm, start, end, prot, v.anon_vma)
-    return None if vid < 0 else Vma(vid, start, end, prot, v.anon_vma)
 
 
 SPLIT_WORK_NS = 20_000     # the work between __split_vma's bounds and mprotect's flags
@@ -68,21 +62,24 @@ def _set_bounds(mm, v, start, end, prot):
     return v
 
 
-def _split_fits(vmas, start, end):
-    """Whether splitting at start and end stays within MAX_VMAS (checked before any
-    record is touched, so a failure leaves the mm as it was)."""
+def _split_fits(mm, vmas, start, end):
+    """Whether splitting at start and end stays within vm.max_map_count (checked before
+    any record is touched, so a failure leaves the mm as it was: vms_gather_munmap_vmas'
+    and vma_modify's map_count checks)."""
     extra = sum((v.start < start < v.end) + (v.start < end < v.end) for v in vmas)
-    return len(vmas) + extra <= MAX_VMAS
+    return len(vmas) + extra <= mm.cfg.max_map_count
 
 
 def _split(mm, vmas, start, end, prot_of=None):
     """Split the VMAs overlapping [start, end) at its bounds.  Returns (new list, the
-    pieces inside), or None when out of records (only if _split_fits was not asked).
-    With ``prot_of``, the inside pieces get prot_of(v)."""
-    out, inside = [], []
+    pieces inside), or None (ENOMEM).  As __split_vma, every new record is allocated
+    (vm_area_dup) before any record changes, so a failure leaves the mm as it was (the
+    caller has preallocated the tree).  With ``prot_of``, the inside pieces get
+    prot_of(v)."""
+    plan = []                                   # (v, [(start, end, prot, inside)])
     for v in vmas:
         if v.end <= start or v.start >= end:
-            out.append(v)
+            plan.append((v, None))
             continue
         pieces = []
         if v.start < start:
@@ -91,10 +88,26 @@ def _split(mm, vmas, start, end, prot_of=None):
                        prot_of(v) if prot_of else v.prot, True))
         if v.end > end:
             pieces.append((end, v.end, v.prot, False))
-        for k, (a, b, p, ins) in enumerate(pieces):
-            nv = _set_bounds(mm, v, a, b, p) if k == 0 else _clone(mm, v, a, b, p)
-            if nv is None:
+        plan.append((v, pieces))
+    new = {}                                    # (v.id, k) -> the k-th piece's new record
+    for v, pieces in plan:
+        for k, (a, b, p, _) in enumerate(pieces or ()):
+            if k == 0:
+                continue
+            vid = vm_area_alloc(mm, a, b, p, v.anon_vma)
+            if vid < 0:
+                for nid in new.values():
+                    vm_area_free(mm, nid)       # out_free_vma
                 return None
+            new[v.id, k] = vid
+    out, inside = [], []
+    for v, pieces in plan:
+        if pieces is None:
+            out.append(v)
+            continue
+        for k, (a, b, p, ins) in enumerate(pieces):
+            nv = _set_bounds(mm, v, a, b, p) if k == 0 else \
+                Vma(new[v.id, k], a, b, p, v.anon_vma)
             out.append(nv)
             if ins:
                 inside.append(nv)
@@ -113,7 +126,10 @@ def _unmap_locked(mm, vmas, start, end, unlock=False):
     try:
         if not any(v.start < end and v.end > start for v in vmas):
             return vmas
-        if not _split_fits(vmas, start, end):
+        if not _split_fits(mm, vmas, start, end):
+            return None
+        tree = tree_prealloc(mm)
+        if tree < 0:
             return None
         for v in vmas:
             if v.start < end and v.end > start:
@@ -121,11 +137,11 @@ def _unmap_locked(mm, vmas, start, end, unlock=False):
                 vma_assert_no_readers(mm, v.id, "munmap")
         res = _split(mm, vmas, start, end)
         if res is None:
+            tree_prealloc_free(mm, tree)
             return None
         split, inside = res
         keep = [v for v in split if not (v.start >= start and v.end <= end)]
-        if not publish_tree(mm, keep):
-            return None
+        publish_tree(mm, tree, keep)
         for v in inside:
             vma_mark_detached(mm, v.id)      # still write-locked: no reader sees it yet
         if unlock:
@@ -196,13 +212,17 @@ def do_mmap(mm, addr, length, prot, flags):
             addr = _get_unmapped_area(mm, vmas, length)
             if addr < 0:
                 return -errno.ENOMEM
+        if len(vmas) >= mm.cfg.max_map_count:       # do_mmap's map_count check
+            return -errno.ENOMEM
         vid = vm_area_alloc(mm, addr, addr + length, prot)
         if vid < 0:
             return -errno.ENOMEM
-        new = sorted(vmas + [Vma(vid, addr, addr + length, prot)], key=lambda v: v.start)
-        if not publish_tree(mm, new):
+        tree = tree_prealloc(mm)
+        if tree < 0:
             vm_area_free(mm, vid)
             return -errno.ENOMEM
+        publish_tree(mm, tree, sorted(vmas + [Vma(vid, addr, addr + length, prot)],
+                                      key=lambda v: v.start))
         return addr
     finally:
         mmap_write_unlock(mm)
@@ -240,16 +260,21 @@ def do_mprotect(mm, addr, length, prot):
         if nstart < end:
             err = -errno.ENOMEM
             end = min(end, nstart)
-        if not covered or end <= addr or not _split_fits(vmas, addr, end):
+        if not covered or end <= addr or not _split_fits(mm, vmas, addr, end):
             return -errno.ENOMEM
         if not mm.bugs.on("mprotect_no_vma_lock"):
             for v in covered:
                 vma_start_write(mm, v.id)
         if not split_huge_range(mm, addr, end):        # huge pmds first (vma_adjust_trans_huge)
             return -errno.ENOMEM
-        res = _split(mm, vmas, addr, end, prot_of=lambda v: prot)
-        if res is None or not publish_tree(mm, res[0]):
+        tree = tree_prealloc(mm)
+        if tree < 0:
             return -errno.ENOMEM
+        res = _split(mm, vmas, addr, end, prot_of=lambda v: prot)
+        if res is None:
+            tree_prealloc_free(mm, tree)
+            return -errno.ENOMEM
+        publish_tree(mm, tree, res[0])
         if change_protection(mm, addr, end, prot):
             if not mm.bugs.on("mprotect_no_flush"):
                 flush_tlb_mm_range(mm, addr, end, False)   # tlb_finish_mmu's flush

@@ -52,13 +52,22 @@ def access_ok(prot, write):
 
 
 # -- records ------------------------------------------------------------------------------
+def slab_alloc(mm, pool):
+    """kmem_cache_alloc (GFP_KERNEL) of a VMA record or, for a tree, the maple tree's
+    preallocation (mas_preallocate): an index, or -1 when failslab fails it
+    (SLAB_ALLOC_FAIL, seeded per CPU).  The pools are sized for MAX_VMAS live objects,
+    the call_rcu queues' limits and every CPU's cache (mm_types.Geometry), so they do
+    not run dry otherwise."""
+    return -1 if mm.slab_alloc_fails() else pool.alloc(mm.cpu)
+
+
 def vm_area_alloc(mm, start, end, prot, anon_vma=0):
-    vid = mm.vmas.alloc(mm.cpu)
+    """A new record, born write-locked, or -1 (ENOMEM).  Nothing is published: the caller
+    (do_mmap, __split_vma) allocates before it changes anything, so a failure leaves the
+    mm as it was."""
+    vid = slab_alloc(mm, mm.vmas)
     if vid < 0:
-        mm.rcu.rcu_barrier()           # records waiting for a grace period: wait, retry
-        vid = mm.vmas.alloc(mm.cpu)
-        if vid < 0:
-            return -1
+        return -1
     rec = mm.vma[vid]
     native.lib.spf_rwsem_init(mm.vma_lock(vid))
     rec["start"], rec["end"], rec["prot"] = start, end, prot
@@ -216,18 +225,22 @@ def vmas_snapshot(mm):
             for s, e, v in zip(starts, ends, ids)]
 
 
-def publish_tree(mm, vmas):
-    """Steps (1)-(3): a new array from ``vmas`` (sorted Vma list), published; the old
-    one retired.  Returns False (ENOMEM) when there are too many VMAs or no free slot."""
+def tree_prealloc(mm):
+    """A free tree slot for publish_tree, or -1 (ENOMEM): vma_iter_prealloc, taken before
+    the records change (__split_vma, mmap_region, vms_gather_munmap_vmas), so the store
+    itself cannot fail (mmap_lock write held: publish_tree asserts it)."""
+    return slab_alloc(mm, mm.trees)
+
+
+def tree_prealloc_free(mm, new):
+    """An unused preallocation given back (mas_destroy on an error path)."""
+    mm.trees.free(mm.cpu, new)
+
+
+def publish_tree(mm, new, vmas):
+    """Steps (1)-(3): the preallocated slot ``new`` filled from ``vmas`` (sorted Vma list,
+    at most MAX_VMAS: the callers' map_count checks), published; the old one retired."""
     mmap_assert_write_locked(mm, "publish_tree")
-    if len(vmas) > MAX_VMAS:
-        return False
-    new = mm.trees.alloc(mm.cpu)
-    if new < 0:
-        mm.rcu.rcu_barrier()           # trees waiting for a grace period: wait, retry
-        new = mm.trees.alloc(mm.cpu)
-        if new < 0:
-            return False
     mm.pipe.unretire(TREES, new)
     row = mm.vma_tree[new]
     for i, v in enumerate(vmas):
@@ -243,7 +256,6 @@ def publish_tree(mm, vmas):
         _tree_free_now(mm, old)                 # BUSTED: readers may still be in it
     else:
         mm.rcu.call_rcu(_tree_free_now, mm, old)                   # (3)
-    return True
 
 
 def _tree_free_now(mm, tree):

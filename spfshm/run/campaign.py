@@ -21,9 +21,10 @@ from .runner import run_stress
 # the generic perturbation's profile rotates with the seed too (--perturb auto).
 CONFIGS = [
     dict(),                                         # the default run: today's kernel
-    dict(fault_mode="classic", table_free="ipi"),
+    # a low vm.max_map_count: mmap and the splits of munmap and mprotect meet it
+    dict(fault_mode="classic", table_free="ipi", max_map_count=16),
     dict(fault_mode="spf", table_free="ipi"),
-    dict(fault_mode="pervma", table_free="rcu"),
+    dict(fault_mode="pervma", table_free="rcu", max_map_count=8),
     dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="ptreclaim",
          workload="faults"),
     # the seed scanner write-locks the VMAs over a table: per-VMA faults must meet it
