@@ -69,6 +69,23 @@ def alloc_frame(mm, may_fail=False):
     return f
 
 
+def alloc_frames(mm, n):
+    """n zeroed frames (uint64 array) with refcount 1 and no mapping, taken in one batch
+    (a huge pmd's split), or None: memory is exhausted."""
+    fs = mm.frames.alloc_many(mm.cpu, n)
+    if fs is None:
+        return None
+    meta = mm.frame_meta[fs]
+    meta["state"] = FRAME_INUSE
+    meta["refcount"] = 1
+    meta["mapcount"] = 0
+    meta["zap"] = 0
+    mm.frame_meta[fs] = meta
+    mm.frame_payload[fs] = 0
+    mm.pipe.unretire(FRAMES, fs)
+    return fs.astype(np.uint64)
+
+
 def frame_pages(mm, frames):
     """The frames mappings of ``frames`` cover (a huge page's: its subpages)."""
     small = mm.g.nsmall

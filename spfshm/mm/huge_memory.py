@@ -8,10 +8,12 @@ permissions of its VMA; khugepaged.py creates them and deposits the PTE table th
 replaced with their PMD table (pgtable_trans_huge_deposit).  Whatever needs PTE
 granularity (a partial munmap or DONTNEED, mprotect, a VMA split) splits the pmd first.
 The split fills the deposited table with copies of the subpages (the kernel maps the
-same subpages; copying keeps every frame a single page, and the locking is the same):
+same subpages; copying keeps every frame a single page, and the locking is the same;
+the copies are allocated under the pmd lock, where the kernel allocates nothing, so a
+splitter that finds the pmd changed has nothing to give back):
 
-  split: (1) 512 small frames allocated (no locks held)
-         (2) pmd lock; re-check the pmd is still this huge page
+  split: (1) pmd lock; re-check the pmd is still this huge page
+         (2) 512 small frames allocated in one batch (none: unlock, out of memory)
          (3) pmdp_invalidate: the pmd loses its present bit (pmd_mkinvalid: still
              trans-huge to software, not present to the hardware walk) and every TLB is
              flushed: once we copy, no CPU may still write through the huge mapping
@@ -30,7 +32,7 @@ same subpages; copying keeps every frame a single page, and the locking is the s
 import numpy as np
 
 from .. import native
-from .frames import alloc_frame, put_page
+from .frames import alloc_frames, put_page
 from .mm_types import HPAGE_NR, PTRS
 from .pagetable import (GEN_MASK, GEN_SHIFT, P, PFN_SHIFT, PS, RW, entry_pfn, free_table_now,
                         mk_entry, pgtable_trans_huge_withdraw, pmd_entry_of, populate)
@@ -91,34 +93,20 @@ def zap_deposited_table(mm, pmd_t):
     free_table_now(mm, pgtable_trans_huge_withdraw(mm, pmd_t))
 
 
-def _alloc_small(mm):
-    """Step (1): 512 frames, or None (everything given back)."""
-    frames = []
-    while len(frames) < HPAGE_NR:
-        f = alloc_frame(mm)
-        if f < 0:
-            for f in frames:
-                put_page(mm, f)
-            return None
-        frames.append(f)
-    return np.array(frames, dtype=np.uint64)
-
-
 def split_huge_pmd(mm, pmd_t, pmd_i, e, haddr):
     """Replace huge pmd e by a PTE table mapping copies of its subpages (mmap_lock held,
     read or write).  Returns True when the pmd is no longer e's huge mapping (split
     here, or changed by someone else), False when out of memory."""
-    frames = _alloc_small(mm)                                                  # (1)
-    if frames is None:
-        mm.count("thp_oom")
-        return False
     pmdl = mm.ptl(pmd_t)
-    native.spin_lock(pmdl, mm.cpu)                                            # (2)
+    native.spin_lock(pmdl, mm.cpu)                                            # (1)
     if int(mm.pt[pmd_t, pmd_i]) != e:
         native.spin_unlock(pmdl)
-        for f in frames.tolist():
-            put_page(mm, f)
         return True
+    frames = alloc_frames(mm, HPAGE_NR)                                       # (2)
+    if frames is None:
+        native.spin_unlock(pmdl)
+        mm.count("thp_oom")
+        return False
     native.store_relaxed(mm.entry_ptr(pmd_t, pmd_i), e & ~P)                 # (3)
     flush_tlb_range(mm, haddr, haddr + PMD_SIZE)                             # pmdp_invalidate
     t = pgtable_trans_huge_withdraw(mm, pmd_t)                                 # (4)

@@ -50,6 +50,25 @@ class Pool:
         pcp[0] = n - 1
         return int(pcp[n])
 
+    def alloc_many(self, cpu, n):
+        """n object indexes (an int64 array), or None when fewer are left: this CPU's
+        cache first, the rest in one trip to the global stack."""
+        pcp = self.pcp[cpu]
+        have = int(pcp[0])
+        k = min(have, n)
+        out = pcp[have - k + 1:have + 1].astype(np.int64)
+        if n > k:
+            native.spin_lock(self.lock, cpu)
+            top = int(self.hdr[8])
+            if top < n - k:
+                native.spin_unlock(self.lock)
+                return None
+            out = np.concatenate([out, self.stack[top - (n - k):top].astype(np.int64)])
+            self.hdr[8] = top - (n - k)
+            native.spin_unlock(self.lock)
+        pcp[0] = have - k
+        return out
+
     def free(self, cpu, idx):
         pcp = self.pcp[cpu]
         n = int(pcp[0]) + 1
