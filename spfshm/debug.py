@@ -54,6 +54,8 @@ KINDS = {
                    "{a2:#x}: the model's TASK_SIZE)",
     "map_count": "the VMA tree holds {a0} VMAs, more than vm.max_map_count ({a1}): an mmap "
                  "or a split did not check it",
+    "unmapped_area_missed": "mmap found no room for {a0:#x} bytes, but the window has a gap "
+                            "of {a1:#x} at {a2:#x}: get_unmapped_area missed it",
     "vma_uaf": "VMA record #{a0} read after it was freed (state {a1}, gen {a2})",
     "torn_vma": "a speculative fault went on with a VMA copy torn by a concurrent "
                 "writer, which its mmap_seq check let pass (VMA #{a0} read as "
@@ -109,7 +111,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
-         "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare"]
+         "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

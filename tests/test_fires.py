@@ -13,6 +13,7 @@ in-process, or by writing the arena directly where no variant breaks that step.
 """
 import ast
 import dataclasses
+import errno
 import os
 
 import numpy as np
@@ -162,6 +163,7 @@ FIRES = {
     "deadlock@ipi_timeout": ("test_ipi_never_acked",),
     "frame_uaf@zap": ("test_frame_freed_before_the_flush",),
     "stale_tlb@mprotect": ("test_writable_tlb_entry_after_mprotect",),
+    "unmapped_area_missed@mmap": ("test_mmap_misses_the_lowest_gap",),
     "stale_tlb@madvise":
         ("test_flush_pending.py::test_dontneed_returning_before_the_other_flushed",),
     "lost_update@zap": ("test_flush_pending.py::test_huge_zap_checks_every_subpage",),
@@ -1105,6 +1107,25 @@ def test_frame_freed_before_the_flush(make):
     f = b.frame()
     assert do_munmap(b.mm, BASE, PAGE) == 0
     assert only(b, "frame_uaf@zap")[2] == f
+
+
+def test_mmap_misses_the_lowest_gap(make, monkeypatch):
+    """The window full but for a gap below its lowest VMA, and a get_unmapped_area that
+    looks only between and above the VMAs: the hinted mmap's ENOMEM is reported (the
+    correct search finds the gap, and nothing fires)."""
+    from spfshm.mm import syscalls
+    b = make()
+    mm, g = b.mm, b.mm.g
+    low = g.window_base + 8 * PAGE
+    assert do_mmap(mm, low, g.window_end - low, PROT_RW, MAP_FIXED) == low
+    assert do_mmap(mm, low, 4 * PAGE, PROT_RW, syscalls.MAP_HINT) == low - 4 * PAGE
+    assert fired(b) == []
+    real = syscalls._get_unmapped_area
+    monkeypatch.setattr(syscalls, "_get_unmapped_area",
+                        lambda mm_, vmas, length: -1 if vmas[0].start > g.window_base
+                        else real(mm_, vmas, length))
+    assert do_mmap(mm, low, 2 * PAGE, PROT_RW, syscalls.MAP_HINT) == -errno.ENOMEM
+    assert only(b, "unmapped_area_missed@mmap") == (2 * PAGE, 4 * PAGE, g.window_base)
 
 
 def test_writable_tlb_entry_after_mprotect(make):

@@ -4,6 +4,8 @@ free_pgtables run under mmap_lock read, with mmap_seq even again (the SPF series
 every VMA write lock dropped (vma_end_write_all), so faults on the neighbours proceed."""
 import errno
 
+import pytest
+
 from spfshm import native
 from spfshm.mm import pervma, syscalls
 from spfshm.mm.fault import VM_FAULT_OK
@@ -136,3 +138,20 @@ def test_max_map_count_bounds_mmap_and_splits(make):
     assert syscalls.do_mmap(mm, BASE + 7 * PAGE, PAGE, PROT_RW, syscalls.MAP_FIXED) \
         == -errno.ENOMEM
     assert _vma_state(mm) == before and fired(b) == []
+
+
+def test_the_pools_global_stack_moves_only_under_its_lock(make, monkeypatch):
+    """A refill, a drain and a batch allocation (a huge pmd's split) take the global
+    stack's lock; without it (the busted twin: spin_lock a no-op) the first refill
+    raises instead of racing another CPU's."""
+    from spfshm.mm import pool
+    b = make()
+    frames = b.mm.frames
+    got = [frames.alloc(b.mm.cpu) for _ in range(3 * pool.BATCH)]
+    more = frames.alloc_many(b.mm.cpu, 2 * pool.BATCH)
+    for f in got + more.tolist():
+        frames.free(b.mm.cpu, f)
+    monkeypatch.setattr(pool.native, "spin_lock", lambda lock, cpu: None)
+    monkeypatch.setattr(pool.native, "spin_unlock", lambda lock: None)
+    with pytest.raises(RuntimeError, match="without its lock"):
+        frames.alloc_many(b.mm.cpu, 8 * pool.BATCH)

@@ -56,16 +56,10 @@ class Pool:
         pcp = self.pcp[cpu]
         have = int(pcp[0])
         k = min(have, n)
-        out = pcp[have - k + 1:have + 1].astype(np.int64)
-        if n > k:
-            native.spin_lock(self.lock, cpu)
-            top = int(self.hdr[8])
-            if top < n - k:
-                native.spin_unlock(self.lock)
-                return None
-            out = np.concatenate([out, self.stack[top - (n - k):top].astype(np.int64)])
-            self.hdr[8] = top - (n - k)
-            native.spin_unlock(self.lock)
+        more = self._take(cpu, n - k, whole=True) if n > k else ()
+        if len(more) < n - k:
+            return None
+        out = np.concatenate([pcp[have - k + 1:have + 1], more]).astype(np.int64)
         pcp[0] = have - k
         return out
 
@@ -77,16 +71,30 @@ class Pool:
         if n > 3 * self.batch:
             self._drain(cpu, pcp, self.batch)
 
-    def _refill(self, cpu, pcp):
+    def _assert_held(self, cpu):
+        """lockdep_assert_held(&zone->lock), at the end of each section that moves the
+        global stack's top: a CPU that does not hold the lock there raced, or may have
+        raced, another's refill or drain (a model bug: raised, and the run fails)."""
+        if native.spin_owner(self.lock) != cpu:
+            raise RuntimeError("pool %s: the global stack changed without its lock (CPU %d)"
+                               % (self.name, cpu))
+
+    def _take(self, cpu, k, whole=False):
+        """Up to k objects off the global stack (``whole``: k or none), as an array."""
         native.spin_lock(self.lock, cpu)
         top = int(self.hdr[8])
-        k = min(self.batch, top)
-        if k:
-            pcp[1:k + 1] = self.stack[top - k:top]
-            self.hdr[8] = top - k
+        k = min(k, top) if not whole or top >= k else 0
+        out = self.stack[top - k:top].copy()
+        self.hdr[8] = top - k
+        self._assert_held(cpu)
         native.spin_unlock(self.lock)
-        pcp[0] = k
-        return k
+        return out
+
+    def _refill(self, cpu, pcp):
+        got = self._take(cpu, self.batch)
+        pcp[1:len(got) + 1] = got
+        pcp[0] = len(got)
+        return len(got)
 
     def _drain(self, cpu, pcp, k):
         """Give k objects back to the global stack."""
@@ -96,6 +104,7 @@ class Pool:
         top = int(self.hdr[8])
         self.stack[top:top + k] = pcp[n - k + 1:n + 1]
         self.hdr[8] = top + k
+        self._assert_held(cpu)
         native.spin_unlock(self.lock)
         pcp[0] = n - k
 

@@ -189,6 +189,16 @@ def _get_unmapped_area(mm, vmas, length):
     return -1
 
 
+def assert_no_gap(mm, vmas, length):
+    """get_unmapped_area failed: the window has no gap of ``length`` (the widest gap,
+    from the bounds alone, as vm_unmapped_area's gap search guarantees it would find)."""
+    lo = [mm.g.window_base] + [v.end for v in vmas]
+    hi = [v.start for v in vmas] + [mm.g.window_end]
+    gap, at = max((b - a, a) for a, b in zip(lo, hi))
+    if gap >= length:
+        mm.report("unmapped_area_missed", "mmap", at, length, gap, at)
+
+
 def do_mmap(mm, addr, length, prot, flags):
     if length <= 0:
         return -errno.EINVAL
@@ -211,6 +221,7 @@ def do_mmap(mm, addr, length, prot, flags):
                                     or not _in_window(mm, addr, addr + length)):
             addr = _get_unmapped_area(mm, vmas, length)
             if addr < 0:
+                assert_no_gap(mm, vmas, length)
                 return -errno.ENOMEM
         if len(vmas) >= mm.cfg.max_map_count:       # do_mmap's map_count check
             return -errno.ENOMEM

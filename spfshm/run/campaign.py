@@ -36,7 +36,8 @@ CONFIGS = [
          workload="faults"),
     dict(fault_mode="spf,classic", table_free="rcu", tlb_flush="no-ipi", collapse="write-lock",
          reclaim="ptreclaim", workload="faults"),
-    dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="off"),   # IPI fallback
+    # tlb_remove_table's IPI fallback, from munmap and the seed scanner
+    dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="seed"),
     dict(fault_mode="pervma,spf,classic", table_free="rcu-always", madvise_lock="vma",
          workload="faults"),
     # The controlled scheduler (run/sched.py): one CPU at a time, a switch at 20% of the
