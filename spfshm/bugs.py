@@ -282,6 +282,7 @@ CATALOGUE = [
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
         ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
+         "vma_detached@fault", "fault_outside_vma@fault",
          "stale_pte@sweep", "pt_leak@sweep") + TABLE_FREED_WITH_PTES,
         "a fault read-locks a VMA that the current writer has already write-locked (under "
         "khugepaged: it populates the pmd the collapse cleared, and the huge pmd set over "

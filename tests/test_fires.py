@@ -77,6 +77,7 @@ FIRES = {
     "map_count@sweep": ("test_sweep[map_count@sweep]",),
     "pt_leak@sweep": ("test_sweep[pt_leak@sweep-walk]", "test_sweep[pt_leak@sweep-count]"),
     "pt_free_reachable@sweep": ("test_sweep[pt_free_reachable@sweep-linked]",),
+    "pt_free_reachable@free_pgtables": ("test_table_queued_for_freeing_while_linked",),
     "frame_leak@sweep": ("test_sweep[frame_leak@sweep-huge]",
                          "test_sweep[frame_leak@sweep-unmapped]"),
     "mapcount@sweep": ("test_sweep[mapcount@sweep]",),
@@ -1029,7 +1030,7 @@ def _retire_table(b):
     """The table is retired (its free waits for a shootdown) while still linked, and a
     shootdown that began after that has completed."""
     t = b.table()
-    mark_pending(b.mm, t)
+    mark_pending(b.mm, t, 0)      # va 0: the unlink itself is not under test
     b.mm.pipe.retire(TABLES, t, CLOCK_IPI)
     flush_tlb_all(b.mm)
     return TABLES, t
@@ -1107,6 +1108,16 @@ def test_frame_freed_before_the_flush(make):
     f = b.frame()
     assert do_munmap(b.mm, BASE, PAGE) == 0
     assert only(b, "frame_uaf@zap")[2] == f
+
+
+def test_table_queued_for_freeing_while_linked(box):
+    """tlb_remove_table's precondition: the parent entry no longer maps the table (here
+    the pmd still does, as when a free is moved above the pmd_clear)."""
+    from spfshm.mm.pagetable import mark_pending, pmd_entry_of
+    t = box.table()
+    mark_pending(box.mm, t, BASE)
+    assert only(box, "pt_free_reachable@free_pgtables") == (
+        t, TABLE_PENDING, pmd_entry_of(box.mm, BASE)[0])
 
 
 def test_mmap_misses_the_lowest_gap(make, monkeypatch):

@@ -64,7 +64,7 @@ def retire_table(m, clock):
     """BASE's PTE table retired (unlinked, as far as its state says) and one sync done."""
     mm = m.mm
     t = pte_table_of(mm, BASE)
-    mark_pending(mm, t)
+    mark_pending(mm, t, 0)
     mm.pipe.retire(pipe.TABLES, t, clock)
     sync(mm, clock)
     return t
@@ -169,7 +169,7 @@ def test_table_read_before_any_later_sync_is_legal(model):
     mm = m.mm
     t = pte_table_of(mm, BASE)
     sync(mm, pipe.CLOCK_IPI)                     # before the retirement: does not count
-    mark_pending(mm, t)
+    mark_pending(mm, t, 0)
     mm.pipe.retire(pipe.TABLES, t, pipe.CLOCK_IPI)
     gup_hold_and_release(mm, gup_fast(mm, BASE, 1))
     assert reported(m) == [] and ages(m, "tables")[0] >= 1
@@ -184,7 +184,7 @@ def test_no_ipi_flush_is_a_sync(model, table_free):
     configure(m, "irq", "no-ipi")
     mm = m.mm
     t = pte_table_of(mm, BASE)
-    mark_pending(mm, t)
+    mark_pending(mm, t, 0)
     mm.pipe.retire(pipe.TABLES, t, CLOCKS[table_free])
     flush_tlb_all(mm)
     gup_hold_and_release(mm, gup_fast(mm, BASE, 1))

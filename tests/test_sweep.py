@@ -162,10 +162,10 @@ def test_table_unlinked_twice_is_reported_at_the_unlink(model, freed):
     second free would follow."""
     mm = model.mm
     t = alloc_table(mm, PTE)
-    mark_pending(mm, t)
+    mark_pending(mm, t, 0)
     if freed:
         free_table_now(mm, t)
-    mark_pending(mm, t)
+    mark_pending(mm, t, 0)
     assert found(model) == {"double_free@free_pgtables": 1}
     assert records(model, "double_free@free_pgtables")[0]["a2"] == \
         (TABLE_FREE if freed else TABLE_PENDING)
@@ -297,7 +297,7 @@ def test_final_sweep_finds_what_was_never_freed(model):
 def test_final_sweep_finds_a_table_unlinked_and_never_freed(model):
     mm = model.mm
     t = alloc_table(mm, PTE)
-    mark_pending(mm, t)                  # unlinked, and nobody will free it
+    mark_pending(mm, t, 0)               # unlinked, and nobody will free it
     sweep(mm)
     assert found(model) == {}
     sweep(mm, final=True)

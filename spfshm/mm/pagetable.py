@@ -190,9 +190,21 @@ def free_table_now(mm, t):
     mm.count("tables_freed")
 
 
-def mark_pending(mm, t):
-    """Unlinked from its parent, waiting for tlb_remove_table's sync.  A table already
-    pending or free was unlinked twice: its second free would be a double free."""
+def mark_pending(mm, t, va):
+    """Unlinked from its parent (the entry for va, which must no longer map it: a table
+    queued for freeing while still linked is reached by walks its sync does not wait
+    for), waiting for tlb_remove_table's sync.  A table already pending or free was
+    unlinked twice: its second free would be a double free."""
+    level = int(mm.pt_level[t])
+    parent, lvl = ROOT, PGD
+    while parent >= 0 and NEXT.get(lvl) != level:
+        e = int(mm.pt[parent, index(va, lvl)])
+        parent = entry_pfn(e) if e & P and not e & PS else -1
+        lvl = NEXT.get(lvl, PTE)
+    if parent >= 0:
+        e = int(mm.pt[parent, index(va, lvl)])
+        if e & P and not e & PS and entry_pfn(e) == t:
+            mm.report("pt_free_reachable", "free_pgtables", va, t, TABLE_PENDING, parent)
     state = int(mm.pt_state[t])
     if state != TABLE_LIVE:
         mm.report("double_free", "free_pgtables", 0, t, int(mm.pt_level[t]), state)

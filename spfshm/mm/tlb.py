@@ -414,7 +414,7 @@ class MmuGather:
         if mm.bugs.on("free_table_no_sync"):
             free_table_now(mm, t)
         else:
-            mark_pending(mm, t)
+            mark_pending(mm, t, va)
             if mm.cfg.table_free == "ipi":
                 mm.pipe.retire(TABLES, t, CLOCK_IPI)
             elif mm.cfg.table_free == "rcu" and not self.batch:
