@@ -17,6 +17,10 @@ int spf_tlb_access(struct spf_tlb_entry *tlb, uint64_t nentries, const uint64_t 
 		r = SPF_TLB_PERM;
 	} else {
 		uint64_t pfn = e->data >> 12;
+		/* The translation is read; the data access comes after it (a store waits in
+		 * the store buffer): a flush must wait for this instruction to end (its IPI is
+		 * deferred to spf_insn_end, a remote invalidation waits for insn_seq). */
+		spf_perturb_walk();
 		uint64_t g = __atomic_load_n(&frame_gen[pfn], __ATOMIC_ACQUIRE);
 		if (g != e->gen) {
 			out[0] = e->gen;
