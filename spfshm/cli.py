@@ -239,6 +239,11 @@ def build_parser():
                          "repeatable), e.g. --config 'walk=rcu table-free=ipi'")
     ex.add_argument("--max-schedules", type=pos_int, default=0, metavar="N",
                     help="stop after N schedules (the verdict then says not exhaustive)")
+    ex.add_argument("--sample", type=nonneg_int, default=0, metavar="S",
+                    help="once every schedule up to K has run: S schedules drawn at random "
+                         "(seeded) from those with K+1 preemptions")
+    ex.add_argument("--sample-seed", type=nonneg_int, default=0, metavar="N",
+                    help="the sample's seed (default 0)")
     ex.add_argument("--artifacts", default=None, metavar="DIR",
                     help="where the failing schedule's artifacts go (default: "
                          "./spfshm-artifacts)")
@@ -472,12 +477,15 @@ def cmd_explore(args):
     except PermissionError as e:
         raise UsageError("--artifacts: %s" % e)
     if not args.quiet:
-        print("spfshm explore %s: %s, up to %d preemption(s)%s" % (
+        print("spfshm explore %s: %s, up to %d preemption(s)%s%s" % (
             args.scenario, cfg.describe(), args.preemptions,
-            ", at most %d schedules" % args.max_schedules if args.max_schedules else ""),
+            ", at most %d schedules" % args.max_schedules if args.max_schedules else "",
+            ", then %d sampled with %d (seed %d)" % (args.sample, args.preemptions + 1,
+                                                     args.sample_seed) if args.sample else ""),
             flush=True)
     prog = Progress(args.quiet)
-    ex = Explorer(cfg, args.preemptions, args.max_schedules, progress=prog).explore()
+    ex = Explorer(cfg, args.preemptions, args.max_schedules, progress=prog,
+                  sample=args.sample, sample_seed=args.sample_seed).explore()
     prog.done()
     f = ex.failure
     if f:

@@ -128,6 +128,25 @@ def test_max_schedules_says_not_exhaustive(tmp_path):
     assert "not exhaustive: stopped at --max-schedules 2" in ex.verdict()
 
 
+def test_a_seeded_sample_of_the_next_level_runs_after_the_bound(tmp_path):
+    """--sample S: once every schedule with at most K preemptions has run, S of those
+    with K + 1, drawn from all of them by the seed (the same seed, the same ones)."""
+    cfg = scenario.config_of(write(tmp_path, GOOD), artifacts=str(tmp_path / "a")).resolved()
+    drawn = {}
+    for seed in (0, 0, 1):
+        lists = []
+
+        def run(c):
+            lists.append(c.sched_list)
+            return run_stress(c)
+
+        ex = Explorer(cfg, 0, sample=3, sample_seed=seed, run=run).explore()
+        assert ex.per_level[1] == 3 and ex.runs == ex.per_level[0] + 3 < ex.sampled_of + 2
+        assert "and 3 sampled of the %d with 1" % ex.sampled_of in ex.verdict()
+        drawn.setdefault(seed, []).append(lists[ex.per_level[0]:])
+    assert drawn[0][0] == drawn[0][1] != drawn[1][0]
+
+
 def test_busted_scenario_is_found_and_its_token_replays(tmp_path):
     """gup_fast without its PTE re-check against MADV_DONTNEED: one preemption (between
     gup_fast's read of the PTE and its pin) is enough.  The token replays it."""

@@ -15,8 +15,13 @@ there switch to another CPU:
 A child's run is new from its last entry on, so no schedule runs twice.  The schedules
 with b preemptions are all run (depth first) before any with b + 1 (iterative
 deepening), up to K; the first run that fails stops the search, with its token.
+With ``sample`` S, once level K is exhausted a seeded random sample of S schedules of
+level K + 1 (drawn from all of them: the children the level-K runs found) runs too: a
+look one preemption deeper at a fixed cost, which exhaustive search would pay for with
+every schedule of that level.
 """
 import dataclasses
+import random
 import sys
 import time
 
@@ -55,13 +60,16 @@ class Explorer:
     """Runs the schedules of ``cfg`` (a resolved scenario Config) up to ``bound``
     preemptions.  ``progress(explorer)`` is called after each run."""
 
-    def __init__(self, cfg, bound, max_schedules=0, progress=lambda e: None, run=run_stress):
+    def __init__(self, cfg, bound, max_schedules=0, progress=lambda e: None, run=run_stress,
+                 sample=0, sample_seed=0):
         self.cfg = dataclasses.replace(cfg, sched="list", sched_list=(),
                                        sched_choices=CHOICE_CAP)
         self.bound, self.max_schedules = bound, max_schedules
+        self.sample, self.sample_seed = sample, sample_seed
         self.progress, self.run_one = progress, run
         self.runs = 0
-        self.per_level = [0] * (bound + 1)
+        self.per_level = [0] * (bound + 2)
+        self.sampled_of = 0          # the level-(bound + 1) schedules the sample drew from
         self.failure = None          # the first failing schedule
         self.stopped = False         # --max-schedules
         self.cut = 0                 # runs longer than the choice log (not branched past it)
@@ -94,6 +102,7 @@ class Explorer:
         t0 = time.monotonic()
         work = [[] for _ in range(self.bound + 2)]
         work[0].append(((), 0))
+        deeper = self.bound + (1 if self.sample else 0)
         for level in range(self.bound + 1):
             stack = work[level][::-1]          # in the order found, depth first
             while stack and not (self.failure or self.interrupted):
@@ -104,14 +113,30 @@ class Explorer:
                 choices = self._run(lst, pre)
                 self.elapsed = time.monotonic() - t0
                 self.progress(self)
-                kids = children(lst, choices, pre, self.bound)
+                kids = children(lst, choices, pre, deeper)
                 stack.extend(k for k in reversed(kids) if k[1] == pre)
                 work[pre + 1].extend(k for k in kids if k[1] > pre)
             work[level] = None
             if self.failure or self.stopped or self.interrupted:
                 break
+        else:
+            self._run_sample(work[self.bound + 1], t0)
         self.elapsed = time.monotonic() - t0
         return self
+
+    def _run_sample(self, level, t0):
+        """The seeded sample of the next level (none without ``sample``)."""
+        self.sampled_of = len(level)
+        if not self.sample:
+            return
+        pick = random.Random("spfshm-explore-sample:%d" % self.sample_seed).sample(
+            level, min(self.sample, len(level)))
+        for lst, pre in sorted(pick):      # in step order: neighbours share prefixes
+            if self.failure or self.interrupted:
+                break
+            self._run(lst, pre)
+            self.elapsed = time.monotonic() - t0
+            self.progress(self)
 
     @property
     def exhaustive(self):
@@ -142,7 +167,10 @@ class Explorer:
         if why:
             return "%d schedules, no violation up to %s (not exhaustive: %s) in %s" % (
                 self.runs, k, "; ".join(why), rate)
-        return "%d schedules, no violation (exhaustive up to %s) in %s" % (self.runs, k, rate)
+        more = " and %d sampled of the %d with %d" % (
+            self.per_level[-1], self.sampled_of, self.bound + 1) if self.sample else ""
+        return "%d schedules, no violation (exhaustive up to %s%s) in %s" % (
+            self.runs, k, more, rate)
 
     def levels(self):
         return "; ".join("%d preemption%s: %d" % (b, "" if b == 1 else "s", n)
@@ -151,6 +179,8 @@ class Explorer:
     def to_dict(self):
         return {"config": self.cfg.to_dict(), "preemptions": self.bound,
                 "max_schedules": self.max_schedules, "schedules": self.runs,
+                "sample": self.sample, "sample_seed": self.sample_seed,
+                "sampled_of": self.sampled_of,
                 "per_preemptions": self.per_level, "exhaustive": self.exhaustive,
                 "stopped": self.stopped, "cut": self.cut, "diverged": self.diverged,
                 "elapsed_s": round(self.elapsed, 3),
