@@ -69,6 +69,8 @@ KINDS = {
                          "contain its address",
     "vma_detached": "a fault runs in VMA #{a0} [{a1:#x}, {a2:#x}) after it was detached "
                     "(unmapped): its lock did not keep it in the mm",
+    "ptl_not_held": "page table #{a0}'s lock must be held here by this CPU (its owner "
+                    "+ 1: {a1}; 0: free)",
     "mmap_not_locked": "mmap_lock must be held here (need {a0}: 1 read or write, 2 write) "
                        "but this CPU holds it for read: {a1}, for write: {a2}",
     "pipe_age": "retired object #{a1} (0 table, 1 VMA, 2 frame, 3 VMA tree: {a0}) read "
@@ -111,7 +113,8 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pervma", "ptl", "ipi_timeout", "split_vma", "watchdog", "gup",
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
-         "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap"]
+         "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
+         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

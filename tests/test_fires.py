@@ -165,6 +165,8 @@ FIRES = {
     "frame_uaf@zap": ("test_frame_freed_before_the_flush",),
     "stale_tlb@mprotect": ("test_writable_tlb_entry_after_mprotect",),
     "unmapped_area_missed@mmap": ("test_mmap_misses_the_lowest_gap",),
+    "ptl_not_held@pgtable_trans_huge_deposit": ("test_deposit_list_needs_the_pmd_lock",),
+    "ptl_not_held@pgtable_trans_huge_withdraw": ("test_deposit_list_needs_the_pmd_lock",),
     "stale_tlb@madvise":
         ("test_flush_pending.py::test_dontneed_returning_before_the_other_flushed",),
     "lost_update@zap": ("test_flush_pending.py::test_huge_zap_checks_every_subpage",),
@@ -1118,6 +1120,28 @@ def test_table_queued_for_freeing_while_linked(box):
     mark_pending(box.mm, t, BASE)
     assert only(box, "pt_free_reachable@free_pgtables") == (
         t, TABLE_PENDING, pmd_entry_of(box.mm, BASE)[0])
+
+
+def test_deposit_list_needs_the_pmd_lock(box):
+    """The deposit list of a PMD table is changed only under its pmd lock (the kernel's
+    assert_spin_locked in pgtable_trans_huge_deposit and _withdraw): held, nothing is
+    reported; not held, each reports."""
+    from spfshm.mm.pagetable import (alloc_table, pgtable_trans_huge_deposit,
+                                     pgtable_trans_huge_withdraw, pmd_entry_of)
+    mm = box.mm
+    pmd_t = pmd_entry_of(mm, BASE)[0]
+    t = alloc_table(mm, PTE)
+    native.spin_lock(mm.ptl(pmd_t), mm.cpu)
+    pgtable_trans_huge_deposit(mm, pmd_t, t)
+    assert pgtable_trans_huge_withdraw(mm, pmd_t) == t
+    native.spin_unlock(mm.ptl(pmd_t))
+    assert fired(box) == []
+    pgtable_trans_huge_deposit(mm, pmd_t, t)
+    assert pgtable_trans_huge_withdraw(mm, pmd_t) == t
+    assert [f[:3] for f in fired(box)] == [
+        ("ptl_not_held@pgtable_trans_huge_deposit", pmd_t, 0),
+        ("ptl_not_held@pgtable_trans_huge_withdraw", pmd_t, 0)]
+    free_table_now(mm, t)
 
 
 def test_mmap_misses_the_lowest_gap(make, monkeypatch):

@@ -215,7 +215,9 @@ def test_sweep_counts_one_deposited_table_per_huge_pmd(model):
     assert collapse_huge_page(mm, BASE)
     pmd_t, _ = pmd_entry_of(mm, BASE)
     extra = alloc_table(mm, PTE)
+    native.spin_lock(mm.ptl(pmd_t), mm.cpu)
     pgtable_trans_huge_deposit(mm, pmd_t, extra)
+    native.spin_unlock(mm.ptl(pmd_t))
     sweep(mm)
     leaks = [v for v in debug.collect(model.arena) if v["kind"] != "obj_leak"]
     assert [v["signature"] for v in leaks] == ["pt_leak@sweep"]

@@ -48,6 +48,15 @@ def check_spin_unlocks(mm):
         mm.report("spin_bug", "spin_unlock", 0, n)
 
 
+def assert_spin_locked(mm, t, site):
+    """assert_spin_locked(pmd_lockptr(mm, pmdp)), as pgtable_trans_huge_deposit and
+    pgtable_trans_huge_withdraw (mm/pgtable-generic.c) begin: table t's lock must be
+    held, by this CPU (the model's spinlocks know their owner)."""
+    owner = native.spin_owner(mm.ptl(t))
+    if owner != mm.cpu:
+        mm.report("ptl_not_held", site, 0, t, owner + 1)
+
+
 def lockdep_assert_walk_protected(mm, site, va):
     """RCU_LOCKDEP_WARN(!rcu_read_lock_any_held(), ...), as CONFIG_PROVE_RCU's
     rcu_dereference_check() splats "suspicious RCU usage": a lockless reader (a page

@@ -38,7 +38,7 @@ import numpy as np
 from .. import native
 from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PTE, PTRS, PUD, TABLE_FREE,
                        TABLE_LIVE, TABLE_PENDING)
-from .lockdep import lockdep_assert_walk_protected
+from .lockdep import assert_spin_locked, lockdep_assert_walk_protected
 from .pipe import TABLES
 
 P, RW, PS, PROTNONE = 0x1, 0x2, 0x80, 0x100
@@ -386,6 +386,7 @@ def pgtable_trans_huge_deposit(mm, pmd_t, t):
     """Keep PTE table t (empty, unlinked) for the huge pmd about to be set in PMD table
     pmd_t (its pmd lock held): a split will need it.  A list per PMD table, as the
     kernel's pmd_huge_pte: t goes first."""
+    assert_spin_locked(mm, pmd_t, "pgtable_trans_huge_deposit")
     meta = mm.pt_meta
     meta[t]["lru"] = meta[pmd_t]["pmd_huge_pte"]
     meta[pmd_t]["pmd_huge_pte"] = t + 1
@@ -395,6 +396,7 @@ def pgtable_trans_huge_withdraw(mm, pmd_t):
     """Take a deposited table back (pmd lock held): the split of a huge pmd of pmd_t fills
     it, the zap of one frees it.  Any of the list's tables, not necessarily the one
     deposited for this pmd (the first).  A huge pmd always has one deposited."""
+    assert_spin_locked(mm, pmd_t, "pgtable_trans_huge_withdraw")
     meta = mm.pt_meta
     first = int(meta[pmd_t]["pmd_huge_pte"])
     if not first:
