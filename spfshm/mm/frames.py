@@ -14,7 +14,7 @@ value says who stored it, at which page, and how far the page's zaps had gone wh
 import numpy as np
 
 from .. import native
-from .mm_types import FRAME_FREE, FRAME_INUSE, HPAGE_NR, POISON
+from .mm_types import FRAME_FREE, FRAME_INUSE, FRAME_META, HPAGE_NR, POISON
 from .pagetable import read_tagged
 from .pipe import FRAMES
 
@@ -52,6 +52,18 @@ def stamp_value(v, zw):
         | (VALUE_RACED if begun != zw >> ZAP_DONE_SHIFT else 0)
 
 
+# A frame as an allocation hands it out: one reference, unmapped, no zap (alloc_frame and
+# alloc_frames store this whole record)
+FRESH_META = np.array((1, 0, FRAME_INUSE, 0), dtype=FRAME_META)
+
+
+def _hand_out(mm, f):
+    """Frame(s) f (an index or an array of them) made fresh and zeroed."""
+    mm.frame_meta[f] = FRESH_META
+    mm.frame_payload[f] = 0
+    mm.pipe.unretire(FRAMES, f)
+
+
 def alloc_frame(mm, may_fail=False):
     """A zeroed frame with refcount 1 and no mapping, or -1: memory is exhausted, or
     (``may_fail``: a fault's allocation and memcg charge) it fails at random
@@ -59,13 +71,7 @@ def alloc_frame(mm, may_fail=False):
     f = -1 if may_fail and mm.fault_alloc_fails() else mm.frames.alloc(mm.cpu)
     if f < 0:
         return -1
-    meta = mm.frame_meta[f]
-    meta["state"] = FRAME_INUSE
-    meta["refcount"] = 1
-    meta["mapcount"] = 0
-    meta["zap"] = 0
-    mm.frame_payload[f] = 0
-    mm.pipe.unretire(FRAMES, f)
+    _hand_out(mm, f)
     return f
 
 
@@ -75,14 +81,7 @@ def alloc_frames(mm, n):
     fs = mm.frames.alloc_many(mm.cpu, n)
     if fs is None:
         return None
-    meta = mm.frame_meta[fs]
-    meta["state"] = FRAME_INUSE
-    meta["refcount"] = 1
-    meta["mapcount"] = 0
-    meta["zap"] = 0
-    mm.frame_meta[fs] = meta
-    mm.frame_payload[fs] = 0
-    mm.pipe.unretire(FRAMES, fs)
+    _hand_out(mm, fs)
     return fs.astype(np.uint64)
 
 
