@@ -138,10 +138,36 @@ static void ipi_handler(int sig, siginfo_t *si, void *uc)
 	errno = saved;
 }
 
+/* The handler is not re-entered, as a CPU's IRQs are off in its own: a deferred run (from
+ * spf_insn_end, with the signal unblocked) may be interrupted by an IPI re-sent on the
+ * back-off, and a nested run would ack the ticket the outer one read at (a) while the
+ * outer one still holds the work it took at (b), undone.  The nested run only marks the
+ * IPI; the running one runs the body again once it is done. */
+static void ipi_handle_once(void);
+
 void spf_ipi_handle(void)
 {
 	if (spf_me.cpu < 0)
 		return;
+	if (spf_me.ipi_running) {
+		spf_me.ipi_again = 1;
+		return;
+	}
+	for (;;) {
+		spf_me.ipi_running = 1;
+		spf_me.ipi_again = 0;
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		ipi_handle_once();
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		spf_me.ipi_running = 0;
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+		if (!spf_me.ipi_again)     /* one that comes after this runs the body itself */
+			return;
+	}
+}
+
+static void ipi_handle_once(void)
+{
 	struct spf_percpu *me = &spf_me.slots[spf_me.cpu];
 	uint32_t r = __atomic_load_n(&me->req_seq, __ATOMIC_ACQUIRE);     /* (a) pairs with (2) */
 	uint64_t work = __atomic_exchange_n(&me->pending, 0, __ATOMIC_SEQ_CST); /* (b) */
@@ -183,6 +209,7 @@ int spf_cpu_setup(struct spf_percpu *slots, int ncpus, uint64_t *gp_seq)
 	spf_me.gp_seq = gp_seq;
 	spf_me.cpu = -1;
 	spf_me.irq_nest = spf_me.reader_nest = spf_me.rcu_nest = 0;
+	spf_me.ipi_running = spf_me.ipi_again = 0;
 	spf_me.ring = NULL;
 	spf_me.flush_p = NULL;
 	spf_me.flush_len = 0;

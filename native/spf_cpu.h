@@ -15,6 +15,9 @@
  *   handler: (a) r = req_seq (acquire; pairs with (2))  (b) work = xchg(pending, 0)
  *            (c) do the work  (d) ack_seq = r (release; pairs with (4))  (e) wake sender
  * Work requested with ticket t <= r was set at (1) before (2), so (b) sees it.
+ * The handler is never re-entered (a CPU's IRQs are off in its handler): an IPI that
+ * arrives during (a)-(e) of a deferred run (spf_insn_end's) makes it run (a)-(e) again,
+ * so (d) never acks a ticket whose work (c) has not done.
  * Delivery is by tgkill to the registered thread: no other thread of the worker
  * (numpy's OpenBLAS threads) can take the signal.
  */

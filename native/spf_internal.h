@@ -90,6 +90,8 @@ struct spf_local {
 	int ipi_err;
 	volatile int insn_nest;       /* inside an "instruction": IPIs wait */
 	volatile int insn_deferred;   /* an IPI arrived meanwhile */
+	volatile int ipi_running;     /* spf_ipi_handle is running (maybe deferred) */
+	volatile int ipi_again;       /* an IPI arrived meanwhile: the running one reruns */
 	uint32_t delay_per_million;   /* IPI handler perturbation */
 	uint64_t delay_max_ns;
 	uint64_t delay_rng;

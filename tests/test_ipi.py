@@ -11,6 +11,7 @@ from spfshm import native
 from spfshm.run.workers import Workers
 
 S = 1_000_000_000
+ROUNDS = 10
 
 
 def _wait_flag(arr, i, value, timeout_s=10):
@@ -101,6 +102,43 @@ def test_tlb_flush_reaches_every_target(make_smp, ntargets):
         assert w.join(20) == {c: 0 for c in range(ntargets)}
     assert (arena["percpu"]["ipis_handled"] >= 3).all()
     assert (arena["percpu"]["flush_gen"] >= 3).all()
+
+
+def test_a_deferred_handler_is_not_reentered(make_smp):
+    """The target is inside an instruction whenever the flush IPI arrives, so the handler
+    runs deferred at the instruction's end; there the generic perturbation always pauses
+    before the flush (1..50 ms sleeps), longer than the sender's 2 ms re-send.  The
+    re-sent signal must not run a second handler that acks the ticket while the first
+    one holds the flush undone: when ipi_sync returns, the region is zero (without
+    the guard, 8 of 10 rounds were acked early)."""
+    arena, smp = make_smp(1, [("tlb", np.uint64, 16), ("flags", np.uint64, 8),
+                              ("hits", np.uint64, native.PERTURB_WORDS)])
+    profile = {"per_million": 1_000_000, "spin_pm": 0, "yield_pm": 0, "spin_max": 1,
+               "sleep_max_ns": 50_000_000, "read_factor": 1, "read_sleep_ns": 1}
+
+    def body(cpu):
+        native.set_flush_region(arena.ptr("tlb"), 16 * 8)
+        native.perturb_arm(profile, 5, cpu, arena.ptr("hits"))
+        arena["flags"][0] = 1
+        while arena["flags"][1] == 0:
+            native.lib.spf_insn_begin()
+            end = native.now_ns() + 1_000_000
+            while native.now_ns() < end:
+                pass
+            native.lib.spf_insn_end()
+
+    with Workers(smp, 1, body) as w:
+        _wait_flag(arena["flags"], 0, 1)
+        early = 0
+        for rnd in range(ROUNDS):
+            native.sleep_ns(60_000_000)         # the last round's handler has ended
+            arena["tlb"][:] = 7
+            native.ipi_sync(native.CpuMask(1, [0]), native.IPI_FLUSH_TLB, timeout_s=20)
+            early += bool(arena["tlb"].any())
+        arena["flags"][1] = 1
+        assert w.join(20) == {0: 0}
+    assert early == 0, "%d of %d flushes acked before the handler flushed" % (early, ROUNDS)
+    assert arena["hits"][native.PH_HANDLER] >= 1, "the handler never paused"
 
 
 def test_ipi_timeout_names_the_cpu(make_smp):
