@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import sys
+import io
 import textwrap
 
 import pytest
 
 from spfshm import cli
-from spfshm.mutate import harness
+from spfshm.mutate import coverage, harness
 from spfshm.mutate.operators import OPERATORS, PY_OPERATORS, Mutant, generate
 
 ROOT = harness.root()
@@ -205,6 +206,37 @@ def test_a_scenario_explored_after_the_seeds_kills_a_window_they_miss(tmp_path):
     assert r["outcome"] == "killed" and r["seed"] == os.path.basename(thp), r
     assert "preemption(s); token spfshm1-" in r["detail"], r
     assert thp in harness.scenario_files(ROOT)
+
+
+def test_a_mutant_explores_only_the_scenarios_that_call_its_function(tmp_path):
+    """Each scenario is explored once under the profiler; the zap_huge_pmd mutant keeps
+    the THP scenario, which calls it (and still kills it there), not gup-vs-madvise,
+    which never meets a huge pmd; a C mutant keeps every scenario."""
+    (bad,) = [m for m in generate(ROOT, ["spfshm/mm/huge_memory.py"], ["swap"])
+              if m.function == "zap_huge_pmd" and "spin_lock" in m.description]
+    thp, gup = (os.path.join(ROOT, "stress", "scenarios", name) for name in
+                ("dontneed-vs-dontneed-thp.litmus", "gup-vs-madvise.litmus"))
+    run = _run_dict(tmp_path, {"seeds": (0, 0), "diffkernel": "off", "scenarios": 1,
+                               "scenario_files": [thp, gup]})
+    cov = coverage.profile_scenarios(run["snapshot"], [thp, gup], 1, 2, dict(os.environ))
+    assert ("spfshm/mm/memory.py", _first_line("zap_pte_range")) in cov[gup]
+    m = _as_run(bad, 0, run["snapshot"])
+    lines_of = coverage.lines_cache(run["snapshot"])
+    assert coverage.scenarios_for(m, cov, lines_of) == [thp]
+    assert coverage.scenarios_for(dict(m, file="native/spf_cpu.c"), cov, lines_of) \
+        == [thp, gup]
+    out = io.StringIO()
+    harness._select_scenarios(run["snapshot"], run["campaign"], [m], 2, out)
+    assert m["scenario_files"] == [thp] and "1 of 2 on median" in out.getvalue()
+    r = harness.run_mutant(run, m)
+    assert r["outcome"] == "killed" and r["seed"] == os.path.basename(thp), r
+    assert r["scenarios"] == [1, 2], r
+
+
+def _first_line(function):
+    from spfshm.mutate.operators import function_lines
+    with open(os.path.join(ROOT, "spfshm", "mm", "memory.py")) as f:
+        return function_lines(f.read())[function]
 
 
 def test_a_copy_that_imports_the_work_tree_is_an_error_not_a_kill(tmp_path):

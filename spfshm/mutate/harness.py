@@ -5,7 +5,10 @@ A run (``spfshm mutate``, ``main``):
   1. snapshot the installed package (with its built native core) and, for ``c_order``,
      native/, into a temporary directory; generate the mutants from the snapshot, so
      other people's edits of the work tree during the run change nothing
-  2. write a manifest; mutants in the reviewed equivalence list are not run
+  2. write a manifest; mutants in the reviewed equivalence list are not run; with
+     scenarios in the campaign, each is explored once under a profiler and a Python
+     mutant's campaign keeps those that call its function (coverage.py: the others
+     cannot kill it)
   3. pytest -n JOBS on mutant_tests.py: per mutant, a private copy of the snapshot, the
      edit applied there (``c_order``: the native core rebuilt there), then
      ``python -m spfshm.mutate.child`` with cwd and PYTHONPATH the copy, which reports
@@ -35,6 +38,7 @@ import tempfile
 import threading
 import time
 
+from . import coverage
 from .operators import OPERATORS, generate, short_name
 
 DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "auto", "delay": None,
@@ -254,6 +258,38 @@ def _inside(path, d):
     return os.path.realpath(path).startswith(os.path.realpath(d) + os.sep)
 
 
+def _child_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPFSHM_")}
+    env.update(PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def _select_scenarios(snap, campaign, todo, jobs, out):
+    """Give each mutant of ``todo`` the scenarios that call its function
+    (``scenario_files``, coverage.py), from one profiled exploration of each scenario."""
+    files = campaign["scenario_files"]
+    if not files or not any(m["file"].endswith(".py") for m in todo):
+        return
+    t0 = time.monotonic()
+    out.write("mutate: profiling the %d scenarios (which functions each one calls)\n"
+              % len(files))
+    out.flush()
+    try:
+        cov = coverage.profile_scenarios(snap, files, campaign["scenarios"],
+                                         int(jobs) if str(jobs).isdigit() else os.cpu_count() or 2,
+                                         _child_env())
+    except (coverage.ProfileError, subprocess.TimeoutExpired) as e:
+        out.write("mutate: %s; every mutant explores every scenario\n" % e)
+        return
+    lines_of = coverage.lines_cache(snap)
+    for m in todo:
+        m["scenario_files"] = coverage.scenarios_for(m, cov, lines_of)
+    n = [len(m["scenario_files"]) for m in todo]
+    out.write("mutate: profiled in %.1f s; a mutant explores the scenarios that call its "
+              "function: %d of %d on median\n" % (time.monotonic() - t0,
+                                                  statistics.median(n), len(files)))
+
+
 def run_mutant(run, m):
     """Copy, mutate, run the campaign; the result dict, also written to the results
     directory at once."""
@@ -280,11 +316,13 @@ def run_mutant(run, m):
             tb = time.monotonic()
             _build(work)
             res["build_s"] = round(time.monotonic() - tb, 2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPFSHM_")}
-        env.update(PYTHONPATH=work, PYTHONDONTWRITEBYTECODE="1")
+        env = dict(_child_env(), PYTHONPATH=work)
+        every = run["campaign"].get("scenario_files", [])
+        campaign = dict(run["campaign"], scenario_files=m.get("scenario_files", every))
+        res["scenarios"] = [len(campaign["scenario_files"]), len(every)]
         with open(os.path.join(work, "stderr.txt"), "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "spfshm.mutate.child", json.dumps(run["campaign"])],
+                [sys.executable, "-m", "spfshm.mutate.child", json.dumps(campaign)],
                 cwd=work, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
                 start_new_session=True)
             events = []
@@ -336,8 +374,11 @@ def _classify(res, events, timed_out, code, work, stderr):
                    % len(seeds))
     elif any(e["event"] == "done" for e in events):
         n = sum(isinstance(e["seed"], int) for e in seeds)
+        picked, total = res.get("scenarios", (len(seeds) - n, len(seeds) - n))
         res.update(outcome="survived", detail="%d seed(s)%s clean" % (
-            n, " and %d scenario(s)" % (len(seeds) - n) if len(seeds) > n else ""))
+            n, " and %d scenario(s)%s" % (len(seeds) - n, " (of %d: the others never call "
+                                          "%s)" % (total, res["function"]) if picked < total
+                                          else "") if total else ""))
     else:                                    # the campaign process itself died
         last = (stderr.strip().splitlines() or ["exit %s" % code])[-1]
         res.update(outcome="killed", signature="crash: %s" % last[:200],
@@ -439,6 +480,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
         todo = [m for m in mutants if m["id"] not in equivalent]
         campaign = dict(campaign, scenario_files=scenario_files(base)
                         if campaign["scenarios"] is not None else [])
+        _select_scenarios(snap, campaign, todo, jobs, out)
         results = os.path.join(tmp, "results")
         os.makedirs(results)
         run = {"snapshot": snap, "tmp": tmp, "results": results, "campaign": campaign,

@@ -375,6 +375,13 @@ def _pairs(f, stmts, table):
     return out
 
 
+def function_lines(text):
+    """{qualified name (as mutants name their function): the first line of its code
+    object (co_firstlineno: the first decorator's line, else the def's)}."""
+    return {q: min([d.lineno for d in fn.decorator_list] + [fn.lineno])
+            for q, fn in _PyFile("", text).functions()}
+
+
 def _py_mutants(path, text, operators):
     f = _PyFile(path, text)
     out = []
