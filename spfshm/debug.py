@@ -104,6 +104,9 @@ KINDS = {
     "walk_unprotected": "a lockless reader relied on what it read with neither RCU nor IRQs "
                         "off (PROVE_RCU: suspicious rcu_dereference_check() usage)",
     "spin_bug": "{a0} spin_unlock(s) of a lock that was not held (already unlocked)",
+    "poison_overwritten": "frame #{a0} allocated holding {a1:#x}, not the poison its free "
+                          "left: written while free (check_poison_mem: pagealloc: memory "
+                          "corruption)",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
@@ -114,7 +117,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
          "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
-         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw"]
+         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -29,7 +29,7 @@ from spfshm.mm import mm_types, syscalls
 from spfshm.mm.cpu import MAX_TRIES, VIOLATION, Cpu
 from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_anonymous_page, \
     do_user_addr_fault
-from spfshm.mm.frames import alloc_frame, put_page
+from spfshm.mm.frames import alloc_frame, alloc_huge_frame, put_page
 from spfshm.mm import fault as fault_module, pagetable as pagetable_module
 from spfshm.mm.gup import _walk as gup_walk, gup_fast, gup_hold_and_release
 from spfshm.mm.khugepaged import collapse_huge_page
@@ -109,6 +109,8 @@ FIRES = {
         ("test_sweep.py::test_frame_freed_twice_is_reported_at_the_free_and_listed_once",),
     "frame_uaf@gup": ("test_pinned_frame_reused",),
     "bad_page@free_frame": ("test_frame_freed_with_a_mapcount",),
+    "poison_overwritten@alloc": ("test_frame_written_while_free[small]",
+                                 "test_frame_written_while_free[huge]"),
     # mm/lockdep.py, memory.py, mmap_lock.py
     "deadlock@ptl": ("test_ptl_spin_with_irqs_off",),
     "spin_bug@spin_unlock": ("test_unlock_of_a_lock_not_held",),
@@ -536,6 +538,21 @@ def test_frame_freed_with_a_mapcount(box):
     box.mm.frame_meta[f]["mapcount"] = 1
     put_page(box.mm, f)
     assert only(box, "bad_page@free_frame") == (f, 1, 0)
+
+
+@pytest.mark.parametrize("size", ["small", "huge"])
+def test_frame_written_while_free(box, size):
+    """check_poison_mem: a store lands in a frame after its free poisoned it (through a
+    translation that outlived the free); the next allocation of the frame (this CPU's
+    cache hands it back first) finds the poison overwritten."""
+    mm = box.mm
+    alloc = alloc_frame if size == "small" else alloc_huge_frame
+    f = alloc(mm)
+    put_page(mm, f)
+    hit = f if size == "small" else f + 3
+    mm.frame_payload[hit] = 5
+    assert alloc(mm) == f
+    assert only(box, "poison_overwritten@alloc") == (hit, 5, 0)
 
 
 def test_fault_that_never_makes_progress(box):

@@ -58,10 +58,26 @@ FRESH_META = np.array((1, 0, FRAME_INUSE, 0), dtype=FRAME_META)
 
 
 def _hand_out(mm, f):
-    """Frame(s) f (an index or an array of them) made fresh and zeroed."""
+    """Frame(s) f (an index or an array of them) made fresh and zeroed, once
+    check_poison_mem has looked at them."""
+    check_poison_mem(mm, f)
     mm.frame_meta[f] = FRESH_META
     mm.frame_payload[f] = 0
     mm.pipe.unretire(FRAMES, f)
+
+
+def check_poison_mem(mm, f):
+    """CONFIG_PAGE_POISONING's check at allocation (mm/page_poison.c): a free frame holds
+    the poison free_frame wrote before it gave the frame back (mm_init poisons them all
+    first); anything else was written while it was free: a store through a translation
+    that outlived the free, or a free that poisoned after the frame could be handed out
+    again ("pagealloc: memory corruption").  f: an index or an array of them."""
+    if np.ndim(f) == 0:
+        if mm.frame_payload[f] != POISON:
+            mm.report("poison_overwritten", "alloc", 0, int(f), int(mm.frame_payload[f]))
+        return
+    for x in np.asarray(f)[mm.frame_payload[f] != POISON].tolist()[:4]:
+        mm.report("poison_overwritten", "alloc", 0, int(x), int(mm.frame_payload[x]))
 
 
 def alloc_frame(mm, may_fail=False):
@@ -107,6 +123,7 @@ def alloc_huge_frame(mm, may_fail=False):
     sub["mapcount"] = 0
     sub["zap"] = 0
     mm.frame_meta[f]["refcount"] = 1
+    check_poison_mem(mm, np.arange(f, f + HPAGE_NR))
     mm.frame_payload[f:f + HPAGE_NR] = 0
     mm.pipe.unretire(FRAMES, f)
     return f

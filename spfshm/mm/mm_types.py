@@ -274,6 +274,7 @@ def mm_init(mm):
     mm.tables.init(reserved={0})
     mm.frames.init()
     mm.hpages.init()
+    mm.frame_payload[:] = POISON          # every frame free, as free_frame leaves one
     mm.vmas.init()
     mm.trees.init()
     mm.pt[0, :] = 0
