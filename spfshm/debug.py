@@ -107,6 +107,8 @@ KINDS = {
     "poison_overwritten": "frame #{a0} allocated holding {a1:#x}, not the poison its free "
                           "left: written while free (check_poison_mem: pagealloc: memory "
                           "corruption)",
+    "anon_vma_missing": "an anonymous page mapped in VMA #{a0} (table #{a1}, entry {a2}), "
+                        "which has no anon_vma (__folio_set_anon: BUG_ON(!anon_vma))",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}

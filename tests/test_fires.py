@@ -28,7 +28,7 @@ from spfshm.config import Config
 from spfshm.mm import mm_types, syscalls
 from spfshm.mm.cpu import MAX_TRIES, VIOLATION, Cpu
 from spfshm.mm.fault import VM_FAULT_OK, VM_FAULT_SIGSEGV, do_anonymous_page, \
-    do_user_addr_fault
+    do_user_addr_fault, install_anon_pte
 from spfshm.mm.frames import alloc_frame, alloc_huge_frame, put_page
 from spfshm.mm import fault as fault_module, pagetable as pagetable_module
 from spfshm.mm.gup import _walk as gup_walk, gup_fast, gup_hold_and_release
@@ -103,6 +103,7 @@ FIRES = {
     "vma_unlocked_change@fault": ("test_vma_changed_under_a_fault",),
     "vma_detached@fault": ("test_fault_in_a_detached_vma",),
     "fault_outside_vma@fault": ("test_fault_outside_its_vma",),
+    "anon_vma_missing@fault": ("test_anon_page_mapped_without_an_anon_vma",),
     "double_free@put_page":
         ("test_sweep.py::test_frame_put_without_a_reference_is_a_double_free",),
     "double_free@free_frame":
@@ -619,6 +620,23 @@ def test_fault_outside_its_vma(box):
     finally:
         mmap_read_unlock(mm)
     assert only(box, "fault_outside_vma@fault") == (v.id, v.start, v.end)
+
+
+def test_anon_page_mapped_without_an_anon_vma(box):
+    """__folio_set_anon's BUG_ON(!anon_vma): a path that maps an anonymous page in a VMA
+    it believes has no anon_vma (a speculative fault without its step 5, say)."""
+    mm = box.mm
+    t = box.table()
+    mmap_read_lock(mm)
+    try:
+        v = find_vma(mm, BASE)           # a private copy
+        v.anon_vma = 0
+        native.spin_lock(mm.ptl(t), mm.cpu)
+        install_anon_pte(mm, v, t, 5, alloc_frame(mm), 1)
+        native.spin_unlock(mm.ptl(t))
+    finally:
+        mmap_read_unlock(mm)
+    assert only(box, "anon_vma_missing@fault") == (v.id, t, 5)
 
 
 def test_pin_kept_on_a_frame_zap_just_unmapped(make):

@@ -46,6 +46,8 @@ def install_anon_pte(mm, vma, t, i, f, write):
     someone else faulted it in and f goes back."""
     e = int(mm.pt[t, i])
     if e == 0:                                                # (3)
+        if not vma.anon_vma:         # folio_add_new_anon_rmap: __folio_set_anon's BUG_ON
+            mm.report("anon_vma_missing", "fault", 0, vma.id, t, i)
         mm.delay("install_pte")
         mm.frame_meta[f]["mapcount"] = 1
         mm.rss[0] += 1
