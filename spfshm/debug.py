@@ -104,9 +104,11 @@ KINDS = {
     "walk_unprotected": "a lockless reader relied on what it read with neither RCU nor IRQs "
                         "off (PROVE_RCU: suspicious rcu_dereference_check() usage)",
     "spin_bug": "{a0} spin_unlock(s) of a lock that was not held (already unlocked)",
-    "poison_overwritten": "frame #{a0} allocated holding {a1:#x}, not the poison its free "
-                          "left: written while free (check_poison_mem: pagealloc: memory "
-                          "corruption)",
+    "poison_overwritten": {
+        "alloc": "frame #{a0} allocated holding {a1:#x}, not the poison its free left: "
+                 "written while free (check_poison_mem: pagealloc: memory corruption)",
+        "alloc_table": "page table #{a0} allocated with entry {a1} holding {a2:#x}, not "
+                       "the poison its free left: written while free (check_poison_mem)"},
     "anon_vma_missing": "an anonymous page mapped in VMA #{a0} (table #{a1}, entry {a2}), "
                         "which has no anon_vma (__folio_set_anon: BUG_ON(!anon_vma))",
 }
@@ -119,7 +121,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
          "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
-         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc"]
+         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc", "alloc_table"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -112,6 +112,7 @@ FIRES = {
     "bad_page@free_frame": ("test_frame_freed_with_a_mapcount",),
     "poison_overwritten@alloc": ("test_frame_written_while_free[small]",
                                  "test_frame_written_while_free[huge]"),
+    "poison_overwritten@alloc_table": ("test_table_written_while_free",),
     # mm/lockdep.py, memory.py, mmap_lock.py
     "deadlock@ptl": ("test_ptl_spin_with_irqs_off",),
     "spin_bug@spin_unlock": ("test_unlock_of_a_lock_not_held",),
@@ -554,6 +555,18 @@ def test_frame_written_while_free(box, size):
     mm.frame_payload[hit] = 5
     assert alloc(mm) == f
     assert only(box, "poison_overwritten@alloc") == (hit, 5, 0)
+
+
+def test_table_written_while_free(box):
+    """check_poison_mem for page tables: an entry written into a table after its free
+    (a PTE installed through a pointer to a table already freed) is found when the
+    table is allocated again (this CPU's cache hands it back first)."""
+    mm = box.mm
+    t = alloc_table(mm, PTE)
+    free_table_now(mm, t)
+    mm.pt[t, 7] = 5
+    assert alloc_table(mm, PTE) == t
+    assert only(box, "poison_overwritten@alloc_table") == (t, 7, 5)
 
 
 def test_fault_that_never_makes_progress(box):

@@ -277,7 +277,8 @@ def mm_init(mm):
     mm.frame_payload[:] = POISON          # every frame free, as free_frame leaves one
     mm.vmas.init()
     mm.trees.init()
-    mm.pt[0, :] = 0
+    mm.pt[1:, :] = POISON                 # every other table free, as free_table_now
+    mm.pt[0, :] = 0                       # leaves one
     mm.pt_level[0] = PGD
     mm.pt_state[0] = TABLE_LIVE
     vma.init_tree(mm)

@@ -86,6 +86,7 @@ def alloc_table(mm, level, may_fail=False):
     t = -1 if may_fail and mm.fault_alloc_fails() else mm.tables.alloc(mm.cpu)
     if t < 0:
         return -1
+    check_table_poison(mm, t)
     mm.pt[t, :] = 0
     mm.pt_level[t] = level
     mm.pt_meta[t]["pmd_huge_pte"] = 0
@@ -95,6 +96,17 @@ def alloc_table(mm, level, may_fail=False):
     mm.count("tables_alloc")
     native.trace(EV_TABLE_ALLOC, t, level, int(mm.pt_gen[t]))
     return t
+
+
+def check_table_poison(mm, t):
+    """check_poison_mem for a page-table page (it comes from the page allocator too): a
+    free table holds the poison free_table_now wrote (mm_init poisons them all first);
+    an entry that does not was written while the table was free (a PTE installed in a
+    table already freed, a free that poisoned after the table could be handed out)."""
+    bad = np.flatnonzero(mm.pt[t] != np.uint64(POISON))
+    if len(bad):
+        i = int(bad[0])
+        mm.report("poison_overwritten", "alloc_table", 0, t, i, int(mm.pt[t, i]))
 
 
 def populate(mm, parent, idx, child):
