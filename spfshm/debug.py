@@ -111,6 +111,8 @@ KINDS = {
                        "the poison its free left: written while free (check_poison_mem)"},
     "anon_vma_missing": "an anonymous page mapped in VMA #{a0} (table #{a1}, entry {a2}), "
                         "which has no anon_vma (__folio_set_anon: BUG_ON(!anon_vma))",
+    "expect_failed": "the scenario's 'expect' at line {a0} does not hold at the end: the "
+                     "statistic is {a1}, the bound {a2}",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
@@ -121,7 +123,8 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "pte_offset_map_lock", "vma_start_write", "vma_end_write_all", "publish_tree",
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
          "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
-         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc", "alloc_table"]
+         "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc", "alloc_table",
+         "scenario"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -49,6 +49,10 @@ def write(tmp_path, text, name="s.litmus"):
     ("thp 8", 7, "thp: page 8 is not the first of a 2 MiB block"),
     ("thp 512", 7, "thp: page 512 is not the first of a 2 MiB block"),
     ("bogus 1", 7, "bogus: unknown operation"),
+    ("expect frobs >= 1", 7, "expect: no statistic 'frobs'"),
+    ("expect madvise > 1", 7, "expect: OP must be one of >= <= ==, got '>'"),
+    ("expect madvise >= x", 7, "expect: N 'x' is not an integer"),
+    ("expect madvise 1", 7, "expect: expected expect STAT OP N"),
 ])
 def test_parse_errors_name_line_and_field(tmp_path, line, lineno, needle):
     path = write(tmp_path, GOOD.replace("    madvise 0 1   # DONTNEED", line))
@@ -106,6 +110,24 @@ def test_children_count_preemptions():
     assert children((), ch, 0, 1) == [((1,), 0), ((1 << 16 | 1,), 1), ((2 << 16 | 2,), 0)]
     assert children((), ch, 1, 1) == [((1,), 1), ((2 << 16 | 2,), 1)]
     assert children((2 << 16 | 1,), ch, 0, 1) == []
+
+
+@pytest.mark.parametrize("bound,clean", [(1, True), (2, False)])
+def test_an_expect_line_is_a_final_condition(tmp_path, bound, clean):
+    """``expect madvise == N`` after the one DONTNEED: true for 1; for 2 the violation
+    expect_failed@scenario names the line, the value and the bound."""
+    path = write(tmp_path, GOOD + "expect madvise == %d\n" % bound)
+    assert scenario.load(path)[1]["expect"] == [["madvise", "==", bound, 8]]
+    rep = run_stress(scenario.config_of(path, sched="list",
+                                        artifacts=str(tmp_path / "a")).resolved())
+    if clean:
+        assert rep["exit_code"] == 0, rep["violations"] or rep["errors"]
+        return
+    assert rep["exit_code"] == 1
+    (v,) = rep["violations"]
+    assert v["signature"] == "expect_failed@scenario" and v["detail"].startswith(
+        "the scenario's 'expect' at line 8 does not hold at the end: the statistic is 1, "
+        "the bound 2"), v
 
 
 def test_clean_scenario_is_explored_exhaustively(tmp_path):

@@ -113,6 +113,7 @@ FIRES = {
     "poison_overwritten@alloc": ("test_frame_written_while_free[small]",
                                  "test_frame_written_while_free[huge]"),
     "poison_overwritten@alloc_table": ("test_table_written_while_free",),
+    "expect_failed@scenario": ("test_explore.py::test_an_expect_line_is_a_final_condition[2-False]",),
     # mm/lockdep.py, memory.py, mmap_lock.py
     "deadlock@ptl": ("test_ptl_spin_with_irqs_off",),
     "spin_bug@spin_unlock": ("test_unlock_of_a_lock_not_held",),

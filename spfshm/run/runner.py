@@ -322,6 +322,9 @@ class Stress:
         try:
             self.checked += sweep(mm, final=clean_stop)
             self.sweeps += 1
+            if st.cfg.scenario and clean_stop and not failed:
+                from .report import totals
+                scenario.check_expect(mm, st.cfg.scenario, totals(st.arena, st.cfg.cpus))
             st.vmpte_kb_end = 4 * pt_pages(mm)
             st.vmpte_kb_peak = max(st.vmpte_kb_peak, st.vmpte_kb_end)
         except Exception as e:

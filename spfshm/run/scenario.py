@@ -29,9 +29,15 @@ huge pmd, as a khugepaged pass before the CPUs start would.  The CPUs are 0..the
     collapse PAGE                       khugepaged's scan from PAGE's 2 MiB block
     reclaim                             the seed scanner (needs reclaim=seed)
 
+A final condition, as a litmus test's (herd's ``forall``), must hold at the end of
+every schedule: ``expect STAT OP N`` (OP one of >=, <=, ==; STAT a statistic of the
+run summary, mm_types.STATS: ``expect pt_reclaimed >= 1``).  One that does not is the
+violation expect_failed@scenario, after the final sweep of a clean stop.
+
 A scenario travels in ``Config.scenario`` as compact JSON (``{"map": [[page, npages,
-prot], ...], "populate": [[page, npages], ...], "thp": [page, ...], "cpus": [[[op, arg,
-...], ...], ...]}``; "thp" may be absent),
+prot], ...], "populate": [[page, npages], ...], "thp": [page, ...], "expect": [[stat,
+op, n, line], ...], "cpus": [[[op, arg, ...], ...], ...]}``; "thp" and "expect" may be
+absent),
 so a replay token carries it.
 """
 import json
@@ -42,7 +48,7 @@ from ..config import Config, ConfigError
 from ..mm.gup import GUP_MAX
 from ..mm.khugepaged import collapse_huge_page
 from ..mm.fault import VM_FAULT_OK, do_user_addr_fault
-from ..mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME
+from ..mm.mm_types import HPAGE_NR, PAGE, PROT_BY_NAME, STAT
 from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT, do_mmap
 
 # op -> its argument fields; a field in brackets is optional
@@ -64,6 +70,7 @@ OPTIONS = {
     "stall-timeout": ("stall_timeout", float),
 }
 CPU_LINE = re.compile(r"cpu\s+(\S+?)\s*:(.*)$")
+EXPECT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
 
 
 class _Where:
@@ -80,7 +87,7 @@ def parse(text, path="<scenario>", overrides=()):
     """(options for Config, the normalized scenario as a dict) of a scenario's text;
     ConfigError naming FILE:LINE and the bad field.  ``overrides``: NAME=VALUE items
     applied over the config line (``spfshm explore --config``)."""
-    opts, maps, populate, thp, cpus = {}, [], [], [], {}
+    opts, maps, populate, thp, expect, cpus = {}, [], [], [], [], {}
     cur, config_at = None, None
     lines = []
     for no, raw in enumerate(text.splitlines(), 1):
@@ -127,6 +134,9 @@ def parse(text, path="<scenario>", overrides=()):
                         "read-write map line above, with a page populated" % page)
             thp.append(page)
             continue
+        if word == "expect":
+            expect.append(_expect(at, _fields(at, line, "expect STAT OP N")))
+            continue
         m = CPU_LINE.match(line)
         if m:
             cur = _cpu_id(at, m.group(1))
@@ -135,7 +145,8 @@ def parse(text, path="<scenario>", overrides=()):
         elif word == "cpu":
             at.fail("cpu", "expected 'cpu N: OP ARGS; ...', got %r" % line)
         elif cur is None:
-            at.fail(word, "unknown item (expected config, map, populate, thp or cpu N:)")
+            at.fail(word, "unknown item (expected config, map, populate, thp, expect or "
+                    "cpu N:)")
         else:
             rest = line
         for item in (x.strip() for x in rest.split(";")):
@@ -145,6 +156,8 @@ def parse(text, path="<scenario>", overrides=()):
         raise ConfigError("%s: no 'cpu N:' line (a scenario needs at least one CPU)" % path)
     scenario = {"map": maps, "populate": populate, "thp": thp,
                 "cpus": [cpus.get(c, []) for c in range(max(cpus) + 1)]}
+    if expect:
+        scenario["expect"] = expect
     at = config_at or _Where("%s:1" % path)
     try:                            # the whole configuration, as a run would resolve it
         Config(scenario=dumps(scenario), **opts).resolved()
@@ -298,6 +311,23 @@ def validate(cfg):
     if cfg.cpus != len(cpus):
         raise ConfigError("scenario: it has %d CPUs, --cpus says %d" % (len(cpus), cfg.cpus))
     check(s, {"reclaim": cfg.reclaim, "collapse": cfg.collapse})
+
+
+def _expect(at, f):
+    stat, op, n = f
+    if stat not in STAT:
+        at.fail("expect", "no statistic %r (known: %s)" % (stat, ", ".join(sorted(STAT))))
+    if op not in EXPECT_OPS:
+        at.fail("expect", "OP must be one of %s, got %r" % (" ".join(EXPECT_OPS), op))
+    return [stat, op, _int(at, "expect", n, "N"), int(at.where.rsplit(":", 1)[1])]
+
+
+def check_expect(mm, text, totals):
+    """The scenario's final conditions against the run's totals (the parent, after the
+    final sweep of a clean stop): each that fails is reported."""
+    for stat, op, n, line in json.loads(text).get("expect", []):
+        if not EXPECT_OPS[op](totals[stat], n):
+            mm.report("expect_failed", "scenario", 0, line, totals[stat], n)
 
 
 def ncpus_and_ops(text):
