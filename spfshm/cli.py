@@ -259,6 +259,9 @@ def build_parser():
                     help="with --seed S: run seeds S..S+N-1")
     dk.add_argument("--ops", type=pos_int, default=200, help="ops per generated sequence")
     dk.add_argument("--pages", type=pos_int, default=64, help="pages in the window")
+    dk.add_argument("--madvise-lock", choices=("mmap", "vma"), default="mmap",
+                    help="the model's MADV_DONTNEED lock, as stress's option (default "
+                         "mmap; vma: the VMA's read lock, v6.17)")
     dk.add_argument("--bug", action="append", default=[], metavar="NAME",
                     help="run the model with a busted variant a single CPU can show "
                          "(a planted divergence, e.g. zap_skip_last_pte; repeatable)")
@@ -743,10 +746,11 @@ def cmd_diff_kernel(args):
             artifacts.check_writable(Config.artifacts)
         except PermissionError as e:
             raise UsageError("--shrunk-out: %s (give a path)" % e)
-    bugs = "".join(" --bug %s" % b for b in args.bug)
+    bugs = "".join(" --bug %s" % b for b in args.bug) + (
+        " --madvise-lock vma" if args.madvise_lock == "vma" else "")
     for name, ops in runs:
         try:
-            d = dk.compare(ops, args.pages, bugs=args.bug)
+            d = dk.compare(ops, args.pages, bugs=args.bug, madvise_lock=args.madvise_lock)
         except ValueError as e:
             raise UsageError(str(e))
         if d is None:
@@ -762,7 +766,8 @@ def cmd_diff_kernel(args):
         try:
             small, sh = dk.shrink_divergence(ops, args.pages, d, bugs=args.bug,
                                              progress=lambda line: print(
-                                                 line, file=sys.stderr, flush=True))
+                                                 line, file=sys.stderr, flush=True),
+                                             madvise_lock=args.madvise_lock)
         except ValueError:                       # the kernel's answers changed meanwhile
             print("not shrunk: its first %d ops no longer diverge that way" % (d["step"] + 1))
             return EXIT_VIOLATIONS

@@ -105,11 +105,14 @@ def random_ops(seed, nops, npages):
     return ops
 
 
-def model_config(npages):
+def model_config(npages, madvise_lock="mmap"):
     # The real kernel here runs one classical fault path; reclaim and collapse would
-    # make steps the kernel does not take.
+    # make steps the kernel does not take.  MADV_DONTNEED may take the VMA's read lock
+    # instead of mmap_lock (v6.17's madvise_lock): the kernel here does (6.18), and the
+    # results must not depend on it.
     return Config(cpus=1, window_pages=max(64, npages), fault_mode="classic",
-                  table_free="ipi", reclaim="off", collapse="off", perturb="off")
+                  table_free="ipi", reclaim="off", collapse="off", perturb="off",
+                  madvise_lock=madvise_lock)
 
 
 def check_bugs(names):
@@ -130,8 +133,8 @@ def check_bugs(names):
 class Model:
     """The model in this process, as a single CPU, over the same window."""
 
-    def __init__(self, npages, base, bugs=()):
-        cfg = model_config(npages)
+    def __init__(self, npages, base, bugs=(), madvise_lock="mmap"):
+        cfg = model_config(npages, madvise_lock)
         self.g = Geometry(1, npages, cfg.tlb_entries, window_base=base)
         self.arena = Arena(Layout(smp_regions(1) + mm_types.regions(self.g)))
         self.smp = Smp(self.arena, 1)
@@ -204,11 +207,11 @@ class Model:
         return {"pages": pages, "resident": resident, "values": values}
 
 
-def compare(ops, npages, base=None, bugs=()):
+def compare(ops, npages, base=None, bugs=(), madvise_lock="mmap"):
     """Run both; returns None when identical, else the first divergence as a dict."""
     base = base or default_window_base()
     ksteps = run_kernel_ops(ops, base, npages)
-    model = Model(npages, base, bugs)
+    model = Model(npages, base, bugs, madvise_lock)
     try:
         for i, (op, ks) in enumerate(zip(ops, ksteps)):
             ms = model.execute(op)
@@ -284,14 +287,14 @@ def moved_down(ops):
     return [[dict(o, addr=o["addr"] - low) for o in ops]] if low else []
 
 
-def shrink_divergence(ops, npages, d, bugs=(), progress=None):
+def shrink_divergence(ops, npages, d, bugs=(), progress=None, madvise_lock="mmap"):
     """A 1-minimal script that diverges with d's kind (d: compare's divergence of ops),
     and the Shrinker (runs, elapsed).  The ops after d's step are dropped first: they
     never ran."""
     kind = divergence_kind(d)
 
     def fails(candidate):
-        got = compare(candidate, npages, bugs=bugs)
+        got = compare(candidate, npages, bugs=bugs, madvise_lock=madvise_lock)
         return got is not None and divergence_kind(got) == kind
 
     sh = Shrinker(fails, key=lambda c: json.dumps(c, sort_keys=True), progress=progress,
