@@ -115,7 +115,7 @@ def test_divergence_kind():
 def test_shrink_keeps_the_kind(monkeypatch):
     """Shrinking keeps the divergence's kind: a script that diverges otherwise (here any
     madvise, on its errno) is not taken, although it would be shorter."""
-    def fake_compare(ops, npages, base=None, bugs=()):
+    def fake_compare(ops, npages, base=None, bugs=(), madvise_lock="mmap"):
         mprotects = [i for i, o in enumerate(ops) if o["op"] == "mprotect"]
         madvises = [i for i, o in enumerate(ops) if o["op"] == "madvise"]
         if len(mprotects) >= 3:
