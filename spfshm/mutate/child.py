@@ -63,14 +63,20 @@ def run(campaign):
     emit(event="done", t=time.monotonic() - t0)
 
 
-def _explore(path, bound, t0):
-    """Explore one scenario; emits a seed event (its file name for the seed) and returns
-    whether it was clean."""
+def explore_scenario(path, bound):
+    """A scenario explored up to ``bound`` preemptions, as the campaign does (also
+    coverage.py's profiled run): its first failure, or None."""
     from spfshm.run import scenario
     from spfshm.run.explore import Explorer
     with tempfile.TemporaryDirectory() as art:
         cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
-        f = Explorer(cfg, bound).explore().failure
+        return Explorer(cfg, bound).explore().failure
+
+
+def _explore(path, bound, t0):
+    """Explore one scenario; emits a seed event (its file name for the seed) and returns
+    whether it was clean."""
+    f = explore_scenario(path, bound)
     repro = "spfshm explore %s --preemptions %d" % (path, bound) if f is None else \
         "%s (schedule %d, %d preemption(s); token %s)" % (
             f["repro"], f["schedule"], f["preemptions"], f["token"])

@@ -14,13 +14,13 @@ campaign explores every scenario.
      threading.setprofile), set before spfshm is imported and inherited by the forked
      CPUs, appends ``file:first line`` of each code object to OUT the first time a
      process calls it (one short line per write, O_APPEND: whole); then the scenario is
-     explored up to BOUND preemptions, as the campaign does (child.py).
+     explored up to BOUND preemptions by the campaign's own function
+     (child.explore_scenario).
   2. ``profile_scenarios`` runs (1) for every scenario, ``jobs`` at a time, and returns
      each scenario's set of (file, first line), files relative to the snapshot.
   3. ``scenarios_for`` gives a mutant the scenarios whose set holds its function's first
      line (operators.function_lines: co_firstlineno, the first decorator's line).
 """
-import json
 import os
 import subprocess
 import sys
@@ -95,15 +95,10 @@ def main(argv):
     prof = _hook(out)
     threading.setprofile(prof)
     sys.setprofile(prof)
-    import tempfile
-    from spfshm.run import scenario
-    from spfshm.run.explore import Explorer
-    with tempfile.TemporaryDirectory() as art:
-        cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
-        ex = Explorer(cfg, bound).explore()
+    from .child import explore_scenario          # imported under the hook, as spfshm is
+    explore_scenario(path, bound)
     sys.setprofile(None)
     threading.setprofile(None)
-    print(json.dumps({"schedules": ex.runs, "failure": ex.failure is not None}))
 
 
 def lines_cache(snap):

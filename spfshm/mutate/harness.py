@@ -274,9 +274,9 @@ def _select_scenarios(snap, campaign, todo, jobs, out):
     out.write("mutate: profiling the %d scenarios (which functions each one calls)\n"
               % len(files))
     out.flush()
+    jobs = (os.cpu_count() or 2) if jobs == "auto" else int(jobs)
     try:
-        cov = coverage.profile_scenarios(snap, files, campaign["scenarios"],
-                                         int(jobs) if str(jobs).isdigit() else os.cpu_count() or 2,
+        cov = coverage.profile_scenarios(snap, files, campaign["scenarios"], jobs,
                                          _child_env())
     except (coverage.ProfileError, subprocess.TimeoutExpired) as e:
         out.write("mutate: %s; every mutant explores every scenario\n" % e)
@@ -374,11 +374,13 @@ def _classify(res, events, timed_out, code, work, stderr):
                    % len(seeds))
     elif any(e["event"] == "done" for e in events):
         n = sum(isinstance(e["seed"], int) for e in seeds)
-        picked, total = res.get("scenarios", (len(seeds) - n, len(seeds) - n))
-        res.update(outcome="survived", detail="%d seed(s)%s clean" % (
-            n, " and %d scenario(s)%s" % (len(seeds) - n, " (of %d: the others never call "
-                                          "%s)" % (total, res["function"]) if picked < total
-                                          else "") if total else ""))
+        explored, total = res.get("scenarios", (len(seeds) - n,) * 2)
+        detail = "%d seed(s)" % n
+        if total:
+            detail += " and %d scenario(s)" % explored
+        if explored < total:
+            detail += " (of %d: the others never call %s)" % (total, res["function"])
+        res.update(outcome="survived", detail=detail + " clean")
     else:                                    # the campaign process itself died
         last = (stderr.strip().splitlines() or ["exit %s" % code])[-1]
         res.update(outcome="killed", signature="crash: %s" % last[:200],

@@ -41,6 +41,7 @@ absent),
 so a replay token carries it.
 """
 import json
+import operator
 import re
 
 from .. import native
@@ -70,14 +71,14 @@ OPTIONS = {
     "stall-timeout": ("stall_timeout", float),
 }
 CPU_LINE = re.compile(r"cpu\s+(\S+?)\s*:(.*)$")
-EXPECT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
+EXPECT_OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
 class _Where:
     """Errors at one place: ConfigError("WHERE: what: why")."""
 
-    def __init__(self, where):
-        self.where = where
+    def __init__(self, where, line=0):
+        self.where, self.line = where, line
 
     def fail(self, field, msg):
         raise ConfigError("%s: %s: %s" % (self.where, field, msg))
@@ -93,7 +94,7 @@ def parse(text, path="<scenario>", overrides=()):
     for no, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if line:
-            lines.append((_Where("%s:%d" % (path, no)), line))
+            lines.append((_Where("%s:%d" % (path, no), no), line))
     for at, line in lines:                  # the config first: it decides the window
         if line.split()[0] == "config":
             if config_at:
@@ -319,7 +320,7 @@ def _expect(at, f):
         at.fail("expect", "no statistic %r (known: %s)" % (stat, ", ".join(sorted(STAT))))
     if op not in EXPECT_OPS:
         at.fail("expect", "OP must be one of %s, got %r" % (" ".join(EXPECT_OPS), op))
-    return [stat, op, _int(at, "expect", n, "N"), int(at.where.rsplit(":", 1)[1])]
+    return [stat, op, _int(at, "expect", n, "N"), at.line]
 
 
 def check_expect(mm, text, totals):
