@@ -35,7 +35,7 @@ PAIRING = "pairing:"
 # mapped by no reachable PTE) or a load (the store it held, lost).
 TABLE_FREED_WITH_PTES = ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load")
 NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
-                   "collapse", "madvise_lock", "workload", "check_every", "stall_timeout",
+                   "collapse", "madvise_lock", "pcp", "workload", "check_every", "stall_timeout",
                    "ipi_timeout"))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

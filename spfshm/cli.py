@@ -92,7 +92,7 @@ def delay_spec(value):
 
 
 def add_config_args(p):
-    from .config import COLLAPSE, MADVISE_LOCK, RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
+    from .config import COLLAPSE, MADVISE_LOCK, PCP, RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -134,6 +134,10 @@ def add_config_args(p):
                    help="MADV_DONTNEED under mmap_lock read (default) or, as 6.17 does "
                         "(MADVISE_VMA_READ_LOCK), under the read lock of the one VMA the "
                         "range lies in (PT_RECLAIM then frees tables under it)")
+    p.add_argument("--pcp", choices=PCP, default=d.pcp,
+                   help="the allocators' per-CPU caches: on (default) or off, as "
+                        "zone_pcp_disable() leaves them: an object one CPU frees is the "
+                        "next one any CPU allocates")
     p.add_argument("--ipi-timeout", type=pos_float, default=d.ipi_timeout, metavar="SEC",
                    help="an IPI not acked for this long ends the run as a deadlock")
     p.add_argument("--table-free", choices=TABLE_FREE, default=d.table_free,
@@ -206,7 +210,7 @@ def config_from_args(a):
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   writer_rate=a.writer_rate,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
-                  collapse=a.collapse, madvise_lock=a.madvise_lock,
+                  collapse=a.collapse, madvise_lock=a.madvise_lock, pcp=a.pcp,
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,

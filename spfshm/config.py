@@ -14,6 +14,7 @@ TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("auto", "off", "seed", "ptreclaim")
 COLLAPSE = ("auto", "off", "write-lock")
 MADVISE_LOCK = ("mmap", "vma")
+PCP = ("on", "off")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PERTURB_PROFILES = ("chaos", "kcsan", "sleepy", "mixed")   # auto: the (seed mod 4)-th
 PERTURB = ("off", "auto") + PERTURB_PROFILES
@@ -44,6 +45,8 @@ class Config:
     #                                workload has an op mix
     madvise_lock: str = "mmap"     # MADV_DONTNEED under mmap_lock read, or (6.17,
     #                                MADVISE_VMA_READ_LOCK) under the VMA's read lock
+    pcp: str = "on"                # off: no per-CPU caches in the allocators (zone_pcp_disable):
+    #                                a freed object is the next one any CPU allocates
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
     workload: str = "mixed"
     writer_rate: float = 0.0       # +writer workloads: mmap+munmap pairs/s (0: flat out)
@@ -138,6 +141,7 @@ class Config:
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
         need(self.madvise_lock in MADVISE_LOCK,
              "--madvise-lock must be mmap or vma, got %r" % self.madvise_lock)
+        need(self.pcp in PCP, "--pcp must be on or off, got %r" % self.pcp)
         need(not self.workload.startswith("pf1") or (
                  self.collapse in ("off", "auto")
                  and (self.reclaim != "seed" or self.reclaimer)),
@@ -223,13 +227,13 @@ class Config:
         starts with)."""
         modes = self.fault_modes()
         return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
-                "reclaim=%s%s collapse=%s madvise_lock=%s workload=%s delay=%g%s perturb=%s "
+                "reclaim=%s%s collapse=%s madvise_lock=%s pcp=%s workload=%s delay=%g%s perturb=%s "
                 "bugs=%s%s"
                 % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
                    self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
-                   self.collapse, self.madvise_lock,
+                   self.collapse, self.madvise_lock, self.pcp,
                    "scenario" if self.scenario else self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
                    self.perturb_profile(), ",".join(self.bugs) or "none",
@@ -274,6 +278,8 @@ class Config:
             a += ["--collapse", self.collapse]
         if self.madvise_lock != Config.madvise_lock:
             a += ["--madvise-lock", self.madvise_lock]
+        if self.pcp != Config.pcp:
+            a += ["--pcp", self.pcp]
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
         if self.kill_worker:

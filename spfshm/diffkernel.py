@@ -145,6 +145,7 @@ class Model:
         # allocation failure would be a divergence of the model's own making
         self.mm.fault_alloc_fails = lambda: False
         self.mm.slab_alloc_fails = lambda: False
+        self.mm.split_alloc_fails = lambda: False
         mm_init(self.mm)
         self.cpu = Cpu(self.mm)
         self.base = base

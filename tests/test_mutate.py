@@ -317,3 +317,22 @@ def test_the_equivalence_list_is_current():
     assert claims
     same = harness.same_object_code(ROOT, claims)
     assert all(same.values()), [i for i, ok in same.items() if not ok]
+
+
+def test_with_the_caches_off_a_free_that_gives_back_first_is_caught(tmp_path):
+    """free_frame poisoning the frame after it went back to the pool: while the frame
+    sits in the freeing CPU's own cache nobody else can take it, so the window is
+    closed; with pcp=off (zone_pcp_disable) free-vs-alloc-pcp-off.litmus hands it to
+    the other CPU's fault at one preemption, and check_poison_mem finds no poison."""
+    (bad,) = [m for m in generate(ROOT, ["spfshm/mm/frames.py"], ["swap"])
+              if m.function == "free_frame" and "mm.frames.free" in m.description]
+    off = os.path.join(ROOT, "stress", "scenarios", "free-vs-alloc-pcp-off.litmus")
+    on = tmp_path / "free-vs-alloc-pcp-on.litmus"
+    with open(off) as f:
+        on.write_text(f.read().replace("pcp=off", "pcp=on"))
+    for path, outcome in ((str(on), "survived"), (off, "killed")):
+        run = _run_dict(tmp_path / outcome, {"seeds": (0, 0), "diffkernel": "off",
+                                             "scenarios": 1, "scenario_files": [path]})
+        r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
+        assert r["outcome"] == outcome, r
+    assert r["signature"] == "poison_overwritten@alloc", r

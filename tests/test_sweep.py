@@ -335,3 +335,20 @@ def test_linked_table_not_live_is_reported_once_where_it_is_linked(model):
     assert found(model) == {"pt_free_reachable@sweep": 1}
     r = records(model, "pt_free_reachable@sweep")[0]
     assert (r["a0"], r["a2"]) == (t, pmd_entry_of(mm, BASE)[0])
+
+
+def test_with_the_caches_off_a_freed_object_is_the_next_any_cpu_takes(model):
+    """--pcp off (zone_pcp_disable): a free goes straight to the global stack, so the
+    other CPU's next allocation is that object; with the caches on it waits in the
+    freeing CPU's cache.  The sweep accounts for both."""
+    from spfshm.mm import pool
+    mm = model.mm
+    for batch, other_gets_it in ((0, True), (pool.BATCH, False)):
+        p = pool.Pool(model.arena, "frames", mm.g.nsmall, batch=batch)
+        i = p.alloc(0)
+        p.free(0, i)
+        j = p.alloc(1)
+        assert (j == i) == other_gets_it, (batch, i, j)
+        p.free(1, j)
+    sweep(mm)
+    assert found(model) == {}

@@ -93,8 +93,9 @@ def alloc_frame(mm, may_fail=False):
 
 def alloc_frames(mm, n):
     """n zeroed frames (uint64 array) with refcount 1 and no mapping, taken in one batch
-    (a huge pmd's split), or None: memory is exhausted."""
-    fs = mm.frames.alloc_many(mm.cpu, n)
+    (a huge pmd's split), or None: memory is exhausted, or it fails at random
+    (SPLIT_ALLOC_FAIL, seeded per CPU)."""
+    fs = None if mm.split_alloc_fails() else mm.frames.alloc_many(mm.cpu, n)
     if fs is None:
         return None
     _hand_out(mm, fs)

@@ -93,6 +93,11 @@ FAULT_ALLOC_FAIL = 0.003
 # (vma_iter_prealloc) fails now and then, as under failslab: GFP_KERNEL slab allocations
 # do not fail otherwise, and the pools are sized not to run dry
 SLAB_ALLOC_FAIL = 0.005
+# The model's split of a huge pmd allocates its 512 small copies (huge_memory.py; the
+# kernel's maps the subpages and allocates nothing), and that allocation fails now and
+# then, as under fail_page_alloc, seeded per CPU: the pools are sized never to run out,
+# so without this the split's out-of-memory path (thp_oom) would never run
+SPLIT_ALLOC_FAIL = 0.05
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
@@ -185,6 +190,8 @@ class MM:
         # the workers' faults only: the parent's (a scenario's populate) build a layout
         page = random.Random("spfshm-fault-alloc:%d:%d" % (cfg.seed, cpu))
         self.fault_alloc_fails = lambda: cpu < g.ncpus and page.random() < FAULT_ALLOC_FAIL
+        split = random.Random("spfshm-split-alloc:%d:%d" % (cfg.seed, cpu))
+        self.split_alloc_fails = lambda: cpu < g.ncpus and split.random() < SPLIT_ALLOC_FAIL
         slab = random.Random("spfshm-slab-alloc:%d:%d" % (cfg.seed, cpu))
         self.slab_alloc_fails = lambda: cpu < g.ncpus and slab.random() < SLAB_ALLOC_FAIL
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
@@ -224,11 +231,12 @@ class MM:
         self.tlbs = tlb_all[:g.ncpus, :g.tlb_entries * 4].reshape(g.ncpus, g.tlb_entries, 4)
         self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)
         self.pwc = tlb_all[cpu, g.tlb_entries * 4:].reshape(PWC_ENTRIES, 2)
-        self.tables = pool.Pool(arena, "tables", g.ntables)
-        self.frames = pool.Pool(arena, "frames", g.nsmall)
-        self.hpages = pool.Pool(arena, "hpages", g.nhuge, batch=1)
-        self.vmas = pool.Pool(arena, "vmas", g.nvmas)
-        self.trees = pool.Pool(arena, "trees", g.ntrees)
+        pcp = cfg.pcp == "on"        # off: every pool's per-CPU cache (zone_pcp_disable)
+        self.tables = pool.Pool(arena, "tables", g.ntables, batch=pool.BATCH * pcp)
+        self.frames = pool.Pool(arena, "frames", g.nsmall, batch=pool.BATCH * pcp)
+        self.hpages = pool.Pool(arena, "hpages", g.nhuge, batch=1 * pcp)
+        self.vmas = pool.Pool(arena, "vmas", g.nvmas, batch=pool.BATCH * pcp)
+        self.trees = pool.Pool(arena, "trees", g.ntrees, batch=pool.BATCH * pcp)
         self.reporter = debug.Reporter(arena, cpu, cpu)
         self.report = self.reporter.report
         self.pipe = pipe.Pipe(arena, cpu, self.report)

@@ -2,6 +2,10 @@
 
 A global stack under a spinlock plus a per-CPU cache (the kernel's per-cpu page lists):
 a CPU takes and returns objects in batches, so the global lock is off the hot path.
+With the caches off (``batch`` 0, --pcp off: zone_pcp_disable(), which memory offlining
+uses, sets pcp->high and batch to 0 so that every free goes straight to the buddy lists)
+an object freed by one CPU is the next another allocates: a free's order against the
+stores that must precede it (the poison, a new generation) is then open to a race.
 Everything lives in the arena, so a sweep (and a post-mortem) can account for every
 object: each is on the global stack, in exactly one CPU cache, or in use.
 """
@@ -23,7 +27,8 @@ class Pool:
     __slots__ = ("n", "stack", "hdr", "pcp", "lock", "name", "batch")
 
     def __init__(self, arena, name, n, batch=BATCH):
-        """``batch``: objects moved per refill or drain (a cache holds up to 3 batches)."""
+        """``batch``: objects moved per refill or drain (a cache holds up to 3 batches);
+        0: no cache, every object comes from and goes to the global stack."""
         self.name, self.n, self.batch = name, n, batch
         self.stack = arena[name + "_stack"]
         self.hdr = arena[name + "_hdr"]
@@ -41,6 +46,9 @@ class Pool:
 
     def alloc(self, cpu):
         """An object index, or -1 when none is left."""
+        if not self.batch:
+            got = self._take(cpu, 1)
+            return int(got[0]) if len(got) else -1
         pcp = self.pcp[cpu]
         n = int(pcp[0])
         if n == 0:
@@ -64,6 +72,9 @@ class Pool:
         return out
 
     def free(self, cpu, idx):
+        if not self.batch:
+            self._push(cpu, (idx,))
+            return
         pcp = self.pcp[cpu]
         n = int(pcp[0]) + 1
         pcp[n] = idx
@@ -100,13 +111,17 @@ class Pool:
         """Give k objects back to the global stack."""
         n = int(pcp[0])
         k = min(k, n)
+        self._push(cpu, pcp[n - k + 1:n + 1])
+        pcp[0] = n - k
+
+    def _push(self, cpu, objs):
+        """Objects onto the global stack."""
         native.spin_lock(self.lock, cpu)
         top = int(self.hdr[8])
-        self.stack[top:top + k] = pcp[n - k + 1:n + 1]
-        self.hdr[8] = top + k
+        self.stack[top:top + len(objs)] = objs
+        self.hdr[8] = top + len(objs)
         self._assert_held(cpu)
         native.spin_unlock(self.lock)
-        pcp[0] = n - k
 
     def free_counts(self):
         """For each object, how often it is on the global stack or in a CPU cache (at

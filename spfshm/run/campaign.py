@@ -24,7 +24,8 @@ CONFIGS = [
     # a low vm.max_map_count: mmap and the splits of munmap and mprotect meet it
     dict(fault_mode="classic", table_free="ipi", max_map_count=16),
     dict(fault_mode="spf", table_free="ipi"),
-    dict(fault_mode="pervma", table_free="rcu", max_map_count=8),
+    # no per-CPU caches in the allocators: a freed object is the next one any CPU takes
+    dict(fault_mode="pervma", table_free="rcu", max_map_count=8, pcp="off"),
     dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="ptreclaim",
          workload="faults"),
     # the seed scanner write-locks the VMAs over a table: per-VMA faults must meet it
@@ -39,7 +40,7 @@ CONFIGS = [
     # tlb_remove_table's IPI fallback, from munmap and the seed scanner
     dict(fault_mode="spf,pervma,classic", table_free="rcu", reclaim="seed"),
     dict(fault_mode="pervma,spf,classic", table_free="rcu-always", madvise_lock="vma",
-         workload="faults"),
+         workload="faults", pcp="off"),
     # The controlled scheduler (run/sched.py): one CPU at a time, a switch at 20% of the
     # points, so a window between two primitives is opened without being pointed at.
     dict(sched="random:200000"),
