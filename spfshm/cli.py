@@ -157,6 +157,10 @@ def add_config_args(p):
                    help="sysctl vm.max_map_count: the VMAs an mm may have, 1..%d (an mmap or "
                         "a split past it fails with ENOMEM; default %d)"
                         % (d.max_map_count, d.max_map_count))
+    p.add_argument("--fail-nth", type=pos_int, default=None, metavar="N",
+                   help="systematic fault injection (syzkaller's fail-nth): each CPU's N-th "
+                        "allocation that may fail fails, and no other (default: each kind "
+                        "fails at random at its own rate)")
     p.add_argument("--delay", type=delay_spec, default=None, metavar="P[:MAX_US]",
                    help="pause with probability P (up to MAX_US, default %g) at named "
                         "protocol points; 0 turns perturbation off" % d.delay_max_us)
@@ -215,6 +219,7 @@ def config_from_args(a):
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, max_map_count=a.max_map_count,
+                  fail_nth=a.fail_nth or 0,
                   pin=not a.no_pin, sched=a.sched)
 
 
@@ -248,6 +253,10 @@ def build_parser():
                          "(seeded) from those with K+1 preemptions")
     ex.add_argument("--sample-seed", type=nonneg_int, default=0, metavar="N",
                     help="the sample's seed (default 0)")
+    ex.add_argument("--fail-nth-sweep", action="store_true",
+                    help="then, if clean, systematic fault injection: the schedule without "
+                         "preemption once per N = 1, 2, ... with --fail-nth N, until a run "
+                         "injects nothing (every out-of-memory exit, one at a time)")
     ex.add_argument("--artifacts", default=None, metavar="DIR",
                     help="where the failing schedule's artifacts go (default: "
                          "./spfshm-artifacts)")
@@ -474,6 +483,7 @@ def cmd_explore(args):
     from .config import Config, ConfigError
     from .run import artifacts, scenario
     from .run.explore import Explorer, Progress
+    from .run.inject import Sweep
     try:
         cfg = scenario.config_of(args.scenario, [x for c in args.config for x in c.split()],
                                  artifacts=args.artifacts or Config.artifacts,
@@ -495,7 +505,9 @@ def cmd_explore(args):
                   sample=args.sample, sample_seed=args.sample_seed).explore()
     prog.done()
     f = ex.failure
-    if f:
+    sweep = Sweep(cfg).run() if args.fail_nth_sweep and not f and not ex.interrupted else None
+    if sweep and sweep.failure:
+        f = sweep.failure
         for v in f["violations"]:
             print("VIOLATION %s (CPU %d, va %#x): %s" % (v["signature"], v["cpu"], v["va"],
                                                          v["detail"]))
@@ -503,6 +515,8 @@ def cmd_explore(args):
             print("error: %s" % e)
     print("schedules by preemptions: %s" % ex.levels())
     print(ex.verdict())
+    if sweep:
+        print(sweep.verdict())
     if f:
         print("  replay: %s\n     (or: spfshm stress --sched replay:%s)"
               % (f["repro"], f["token"]))
@@ -510,7 +524,9 @@ def cmd_explore(args):
             print("  artifacts: %s" % f["artifacts"])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(ex.to_dict(), fh, indent=2)
+            json.dump(dict(ex.to_dict(), fail_nth_sweep=sweep and {
+                "runs": sweep.runs, "exhausted": sweep.exhausted, "failure": sweep.failure,
+                "verdict": sweep.verdict()}), fh, indent=2)
     return EXIT_VIOLATIONS if f else ex.interrupted or EXIT_OK
 
 

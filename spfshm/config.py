@@ -45,6 +45,8 @@ class Config:
     #                                workload has an op mix
     madvise_lock: str = "mmap"     # MADV_DONTNEED under mmap_lock read, or (6.17,
     #                                MADVISE_VMA_READ_LOCK) under the VMA's read lock
+    fail_nth: int = 0              # fault injection: 0, random (each kind at its rate); N:
+    #                                each CPU's N-th allocation that may fail fails, no other
     pcp: str = "on"                # off: no per-CPU caches in the allocators (zone_pcp_disable):
     #                                a freed object is the next one any CPU allocates
     check_every: float = 1.0       # seconds between quiescent sweeps; 0: only at the end
@@ -142,6 +144,7 @@ class Config:
         need(self.madvise_lock in MADVISE_LOCK,
              "--madvise-lock must be mmap or vma, got %r" % self.madvise_lock)
         need(self.pcp in PCP, "--pcp must be on or off, got %r" % self.pcp)
+        need(self.fail_nth >= 0, "--fail-nth must be >= 0, got %r" % self.fail_nth)
         need(not self.workload.startswith("pf1") or (
                  self.collapse in ("off", "auto")
                  and (self.reclaim != "seed" or self.reclaimer)),
@@ -227,8 +230,8 @@ class Config:
         starts with)."""
         modes = self.fault_modes()
         return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
-                "reclaim=%s%s collapse=%s madvise_lock=%s pcp=%s workload=%s delay=%g%s perturb=%s "
-                "bugs=%s%s"
+                "reclaim=%s%s collapse=%s madvise_lock=%s pcp=%s workload=%s delay=%g%s "
+                "perturb=%s bugs=%s%s"
                 % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
@@ -237,7 +240,8 @@ class Config:
                    "scenario" if self.scenario else self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
                    self.perturb_profile(), ",".join(self.bugs) or "none",
-                   " sched=%s" % self.sched if self.sched else ""))
+                   " sched=%s" % self.sched if self.sched else "")
+                + (" fail_nth=%d" % self.fail_nth if self.fail_nth else ""))
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -280,6 +284,8 @@ class Config:
             a += ["--madvise-lock", self.madvise_lock]
         if self.pcp != Config.pcp:
             a += ["--pcp", self.pcp]
+        if self.fail_nth:
+            a += ["--fail-nth", str(self.fail_nth)]
         if self.stall_timeout != Config.stall_timeout:
             a += ["--stall-timeout", "%g" % self.stall_timeout]
         if self.kill_worker:

@@ -327,7 +327,12 @@ def perturb_decision(d):
 
 
 # -- process plumbing -----------------------------------------------------------------
-set_pdeathsig = lib.spf_set_pdeathsig
+def die_with_parent():
+    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG; 0 = ok): a worker
+    CPU, or each link of spfshm mutate's chain (mutate, pytest, an xdist worker, a
+    mutant's child), as a Popen preexec_fn or at the start, leaves no orphan even after
+    kill -9 of the process above it."""
+    return lib.spf_set_pdeathsig(9)
 
 
 def kernel_fault_rate(nprocs=1, seconds=1.0, region_mib=128, pin=True):

@@ -236,3 +236,29 @@ def test_found_with_one_preemption(tmp_path, rule):
     ex = Explorer(cfg, 1).explore()
     assert ex.failure and ex.failure["signature"] == signature, ex.verdict()
     assert ex.failure["preemptions"] == 1
+
+
+def test_the_fail_nth_sweep_fails_each_allocation_in_turn(tmp_path, monkeypatch):
+    """pte-alloc-race: both CPUs' first faults allocate the tables they find missing.
+    The sweep fails each allocation that may fail in turn and stops at the first run
+    with nothing left to fail: clean on the correct code.  A table allocation that
+    reports failure after taking a table (a leak on the out-of-memory exit, which the
+    random 0.3% never draws in this scenario) passes every schedule up to K=1 and is
+    caught by the sweep, with fail-nth in its token."""
+    from spfshm.mm import pagetable
+    from spfshm.run.inject import Sweep
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "pte-alloc-race.litmus"), sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    clean = Sweep(cfg).run()
+    assert clean.failure is None and clean.exhausted and clean.runs >= 4, clean.verdict()
+    real = pagetable.alloc_table
+
+    def leaky(mm, level, may_fail=False):
+        t = real(mm, level)
+        return -1 if may_fail and mm.fault_alloc_fails() else t   # BUSTED: t leaks
+
+    monkeypatch.setattr(pagetable, "alloc_table", leaky)
+    assert Explorer(cfg, 1).explore().failure is None
+    s = Sweep(cfg).run()
+    assert s.failure and s.failure["signature"].endswith("@sweep"), s.verdict()
+    assert read_token(s.failure["token"])[0]["fail_nth"] == s.failure["fail_nth"]

@@ -336,3 +336,34 @@ def test_with_the_caches_off_a_free_that_gives_back_first_is_caught(tmp_path):
         r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
         assert r["outcome"] == outcome, r
     assert r["signature"] == "poison_overwritten@alloc", r
+
+
+def test_kill_9_of_mutate_leaves_no_process_behind(tmp_path):
+    """Every link of the chain (pytest, its xdist workers, each mutant's child and its
+    CPUs) dies with the one above it (PR_SET_PDEATHSIG), so kill -9 of mutate while
+    mutants run leaves nothing."""
+    import time
+    import psutil
+    ident = "mm/tlb.py:flush_tlb_remote:sync:ec813658"       # survives: runs for minutes
+    proc = subprocess.Popen([sys.executable, "-m", "spfshm", "mutate", "spfshm/mm/",
+                             "--ids", ident, "--jobs", "1", "--campaign",
+                             "scenarios=off,seeds=0:400,diffkernel=off"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    below = []
+    while time.monotonic() < deadline:
+        below = me.children(recursive=True)
+        if any("spfshm.mutate.child" in " ".join(p.cmdline()) for p in below
+               if p.is_running()):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no mutant child started within 60 s")
+    time.sleep(2)                                  # its CPUs start too
+    below = me.children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(below, timeout=5)     # SIGKILL cascades at once
+    assert not alive, [p.pid for p in alive]

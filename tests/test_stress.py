@@ -112,7 +112,8 @@ def test_cli_stress_bug_prints_repro(tmp_path):
     (["--duration", "-1"], "--duration"), (["--ops", "x"], "--ops"),
     (["--bug", "nope"], "--bug"), (["--table-free", "maybe"], "--table-free"),
     (["--check-every", "-1"], "--check-every"), (["--window-pages", "100"], "--window-pages"),
-    (["--json", "/nonexistent-dir/r.json"], "--json"),
+    (["--json", "/nonexistent-dir/r.json"], "--json"), (["--pcp", "half"], "--pcp"),
+    (["--fail-nth", "0"], "--fail-nth"),
 ])
 def test_stress_usage_errors(args, needle):
     r = subprocess.run([sys.executable, "-m", "spfshm", "stress", *args],

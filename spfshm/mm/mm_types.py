@@ -73,7 +73,7 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
         "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed",
-        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom"]
+        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom", "fail_nth_injected"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch
@@ -194,6 +194,10 @@ class MM:
         self.split_alloc_fails = lambda: cpu < g.ncpus and split.random() < SPLIT_ALLOC_FAIL
         slab = random.Random("spfshm-slab-alloc:%d:%d" % (cfg.seed, cpu))
         self.slab_alloc_fails = lambda: cpu < g.ncpus and slab.random() < SLAB_ALLOC_FAIL
+        if cfg.fail_nth:        # instead: this CPU's N-th allocation that may fail fails
+            nth = self._fail_nth(cfg.fail_nth) if cpu < g.ncpus else lambda: False
+            self.thp_alloc_fails = self.fault_alloc_fails = nth
+            self.split_alloc_fails = self.slab_alloc_fails = nth
         self.delay = Perturb(cfg, cpu, arena["delay_hits"][cpu]).delay if cfg.delay > 0 \
             else no_delay
         self.walk_point = arm_generic(cfg, cpu, g.ncpus, arena.ptr(
@@ -266,6 +270,22 @@ class MM:
 
     def entry_ptr(self, table, index):
         return self.pt_ptr + (table * PTRS + index)
+
+    def _fail_nth(self, n):
+        """Systematic fault injection (syzkaller's fail-nth: /proc/thread-self/fail-nth):
+        of the allocations that may fail (a fault's page or table, a split's copies, a
+        VMA record or tree, a huge page), whatever their kind, the n-th this CPU attempts
+        fails, and no other (no random failure either): a sweep over n reaches every
+        out-of-memory exit of a scenario one at a time (run/inject.py)."""
+        attempts = [0]
+
+        def fails():
+            attempts[0] += 1
+            if attempts[0] != n:
+                return False
+            self.count("fail_nth_injected")
+            return True
+        return fails
 
     def count(self, stat, n=1):
         self.local[STAT[stat]] += n

@@ -64,21 +64,25 @@ def run(campaign):
 
 
 def explore_scenario(path, bound):
-    """A scenario explored up to ``bound`` preemptions, as the campaign does (also
-    coverage.py's profiled run): its first failure, or None."""
+    """A scenario explored up to ``bound`` preemptions, then, if clean, its fail-nth sweep
+    (run/inject.py: each out-of-memory exit), as the campaign does (also coverage.py's
+    profiled run): its first failure, or None."""
     from spfshm.run import scenario
     from spfshm.run.explore import Explorer
+    from spfshm.run.inject import Sweep
     with tempfile.TemporaryDirectory() as art:
         cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
-        return Explorer(cfg, bound).explore().failure
+        return Explorer(cfg, bound).explore().failure or Sweep(cfg).run().failure
 
 
 def _explore(path, bound, t0):
     """Explore one scenario; emits a seed event (its file name for the seed) and returns
     whether it was clean."""
     f = explore_scenario(path, bound)
-    repro = "spfshm explore %s --preemptions %d" % (path, bound) if f is None else \
-        "%s (schedule %d, %d preemption(s); token %s)" % (
+    if f is None:
+        repro = "spfshm explore %s --preemptions %d --fail-nth-sweep" % (path, bound)
+    else:
+        repro = "%s (schedule %d, %d preemption(s); token %s)" % (
             f["repro"], f["schedule"], f["preemptions"], f["token"])
     emit(event="seed", seed=os.path.basename(path), exit_code=f["exit_code"] if f else 0,
          signature=f and f["signature"], t=time.monotonic() - t0, repro=repro)
@@ -102,4 +106,6 @@ def _diff_kernel(seed):
 
 
 if __name__ == "__main__":
+    from spfshm import native
+    native.die_with_parent()        # the xdist worker that runs us (harness.py)
     run(json.loads(sys.argv[1]))

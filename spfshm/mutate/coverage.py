@@ -27,6 +27,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import native
+
 PROFILE_TIMEOUT_S = 900
 
 
@@ -42,7 +44,8 @@ def profile_scenarios(snap, files, bound, jobs, env):
         out = os.path.join(snap, ".coverage-%d.txt" % i)
         r = subprocess.run([sys.executable, "-m", "spfshm.mutate.coverage", out, str(bound),
                             path], cwd=snap, env=dict(env, PYTHONPATH=snap),
-                           capture_output=True, text=True, timeout=PROFILE_TIMEOUT_S)
+                           capture_output=True, text=True, timeout=PROFILE_TIMEOUT_S,
+                           preexec_fn=native.die_with_parent)
         if r.returncode != 0:
             raise ProfileError("profiling %s: exit %d: %s" % (
                 os.path.basename(path), r.returncode, r.stderr.strip()[-300:]))

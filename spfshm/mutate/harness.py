@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 
+from .. import native
 from . import coverage
 from .operators import OPERATORS, generate, short_name
 
@@ -258,6 +259,10 @@ def _inside(path, d):
     return os.path.realpath(path).startswith(os.path.realpath(d) + os.sep)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _child_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPFSHM_")}
     env.update(PYTHONDONTWRITEBYTECODE="1")
@@ -472,6 +477,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
     tmp = tempfile.mkdtemp(prefix="spfshm-mutate-")
     proc = None
     interrupted = False
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)   # SIGTERM: as Ctrl-C
     try:
         snap = os.path.join(tmp, "snapshot")
         snapshot(base, snap, any(p.startswith("native") for p in paths))
@@ -513,7 +519,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
                      os.path.join(tmp, "pytest.ini"), "--rootdir", tmp, "-n", str(jobs),
                      mutant_tests.__file__],
                     env=dict(os.environ, SPFSHM_MUTATE_MANIFEST=manifest), stdout=log,
-                    stderr=subprocess.STDOUT)
+                    stderr=subprocess.STDOUT, preexec_fn=native.die_with_parent)
                 try:
                     while proc.poll() is None:
                         progress()
@@ -522,6 +528,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
                     interrupted = True
                     out.write("mutate: interrupted; stopping the running mutants\n")
                     out.flush()
+                    proc.send_signal(signal.SIGINT)     # a SIGTERM reached only us
                     try:
                         proc.wait(timeout=STOP_GRACE_S)
                     except subprocess.TimeoutExpired:
@@ -544,6 +551,7 @@ def main(paths, operators, campaign, time_limit, jobs, sample, seed, json_path,
                 json.dump(rep, f, indent=2)
         out.flush()
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -6,10 +6,13 @@ import os
 
 import pytest
 
+from .. import native
 from .harness import run_mutant
 
 _MANIFEST = os.environ.get("SPFSHM_MUTATE_MANIFEST")
 RUN = json.load(open(_MANIFEST)) if _MANIFEST else {"mutants": []}
+if _MANIFEST:                  # an xdist worker of spfshm mutate: die with its pytest
+    native.die_with_parent()
 
 
 @pytest.mark.parametrize("mutant", RUN["mutants"], ids=[m["id"] for m in RUN["mutants"]])

@@ -123,6 +123,7 @@ def build_report(st, stress, elapsed):
         "thp": {"collapsed": t["thp_collapsed"], "collapse_failed": t["thp_collapse_fail"],
                 "collapse_scans": t["collapse"], "split": t["thp_split"],
                 "zapped": t["thp_zap"], "oom": t["thp_oom"]},
+        "fail_nth": {"n": cfg.fail_nth, "injected": t["fail_nth_injected"]},
         "pipe_ages": dict(pipe.histograms(arena, cfg.cpus), legal_max=pipe.LEGAL_AGE),
         "frames_freed": t["frames_freed"],
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),

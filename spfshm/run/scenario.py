@@ -66,7 +66,7 @@ OPTIONS = {
     "fault-mode": ("fault_mode", str), "table-free": ("table_free", str),
     "walk": ("walk", str), "tlb-flush": ("tlb_flush", str), "reclaim": ("reclaim", str),
     "collapse": ("collapse", str), "madvise-lock": ("madvise_lock", str),
-    "pcp": ("pcp", str),
+    "pcp": ("pcp", str), "fail-nth": ("fail_nth", int),
     "bug": ("bugs", tuple), "seed": ("seed", int), "window-pages": ("window_pages", int),
     "tlb-entries": ("tlb_entries", int), "ipi-timeout": ("ipi_timeout", float),
     "stall-timeout": ("stall_timeout", float),

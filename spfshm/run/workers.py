@@ -53,7 +53,7 @@ class Workers:
             if pid == 0:
                 code = 1
                 try:
-                    native.set_pdeathsig(signal.SIGKILL)
+                    native.die_with_parent()
                     if os.getppid() != parent:          # the parent died before prctl
                         os._exit(1)
                     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides
