@@ -17,7 +17,8 @@ campaign explores every scenario.
      explored up to BOUND preemptions by the campaign's own function
      (child.explore_scenario).
   2. ``profile_scenarios`` runs (1) for every scenario, ``jobs`` at a time, and returns
-     each scenario's set of (file, first line), files relative to the snapshot.
+     each scenario's set of (file, first line), files relative to the snapshot, the
+     scenarios ordered by what their profiled exploration took, cheapest first.
   3. ``scenarios_for`` gives a mutant the scenarios whose set holds its function's first
      line (operators.function_lines: co_firstlineno, the first decorator's line).
 """
@@ -25,6 +26,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import native
@@ -38,9 +40,13 @@ class ProfileError(RuntimeError):
 
 def profile_scenarios(snap, files, bound, jobs, env):
     """{scenario path: {(file relative to snap, first line)}} for each of ``files``,
-    explored up to ``bound`` in the snapshot ``snap``, ``jobs`` at a time."""
+    explored up to ``bound`` in the snapshot ``snap``, ``jobs`` at a time; in the order
+    of what each profiled exploration took, cheapest first (so a mutant's campaign, which
+    explores its scenarios in this order, gets through as many as it can before its
+    time limit)."""
     def one(i_path):
         i, path = i_path
+        t0 = time.monotonic()
         out = os.path.join(snap, ".coverage-%d.txt" % i)
         r = subprocess.run([sys.executable, "-m", "spfshm.mutate.coverage", out, str(bound),
                             path], cwd=snap, env=dict(env, PYTHONPATH=snap),
@@ -56,13 +62,14 @@ def profile_scenarios(snap, files, bound, jobs, env):
                 if name.startswith(snap + os.sep) and first.isdigit():
                     covered.add((os.path.relpath(name, snap), int(first)))
         os.unlink(out)
-        return path, covered
+        return time.monotonic() - t0, path, covered
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        return dict(pool.map(one, enumerate(files)))
+        return {path: covered for _, path, covered in sorted(pool.map(one, enumerate(files)),
+                                                             key=lambda r: r[0])}
 
 
 def scenarios_for(mutant, coverage, lines_of):
-    """The scenarios (paths, in order) whose profile holds the mutant's function; every
+    """The scenarios (paths, in the profile's order) whose profile holds the mutant's function; every
     one for a C mutant or a function the file map does not know.  ``lines_of(file)``:
     operators.function_lines of that file in the snapshot."""
     if not mutant["file"].endswith(".py"):

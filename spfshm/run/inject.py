@@ -36,6 +36,9 @@ class Sweep:
             ex = Explorer(dataclasses.replace(self.cfg, fail_nth=n), 0, max_schedules=1,
                           run=one).explore()
             self.runs += 1
+            if injected and injected[0] > self.cfg.cpus:
+                raise RuntimeError("fail-nth %d injected %d failures: at most one per CPU"
+                                   % (n, injected[0]))
             if ex.failure:
                 self.failure = dict(ex.failure, fail_nth=n)
                 return self
