@@ -92,7 +92,8 @@ def delay_spec(value):
 
 
 def add_config_args(p):
-    from .config import COLLAPSE, MADVISE_LOCK, PCP, RECLAIM, TABLE_FREE, TLB_FLUSH, WALK_MODES, Config
+    from .config import (COLLAPSE, MADVISE_LOCK, PCP, RECLAIM, TABLE_FREE, TLB_FLUSH,
+                         WALK_MODES, Config)
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -157,7 +158,7 @@ def add_config_args(p):
                    help="sysctl vm.max_map_count: the VMAs an mm may have, 1..%d (an mmap or "
                         "a split past it fails with ENOMEM; default %d)"
                         % (d.max_map_count, d.max_map_count))
-    p.add_argument("--fail-nth", type=pos_int, default=None, metavar="N",
+    p.add_argument("--fail-nth", type=pos_int, default=d.fail_nth, metavar="N",
                    help="systematic fault injection (syzkaller's fail-nth): each CPU's N-th "
                         "allocation that may fail fails, and no other (default: each kind "
                         "fails at random at its own rate)")
@@ -219,7 +220,7 @@ def config_from_args(a):
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,
                   tlb_entries=a.tlb_entries, max_map_count=a.max_map_count,
-                  fail_nth=a.fail_nth or 0,
+                  fail_nth=a.fail_nth,
                   pin=not a.no_pin, sched=a.sched)
 
 

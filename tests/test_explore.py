@@ -262,3 +262,19 @@ def test_the_fail_nth_sweep_fails_each_allocation_in_turn(tmp_path, monkeypatch)
     s = Sweep(cfg).run()
     assert s.failure and s.failure["signature"].endswith("@sweep"), s.verdict()
     assert read_token(s.failure["token"])[0]["fail_nth"] == s.failure["fail_nth"]
+
+
+def test_a_sweep_refuses_an_injector_that_fails_more_than_once_per_cpu(tmp_path):
+    """The sweep's contract with mm_types' injector: at most one failure per CPU a run.
+    A run that reports more (a broken injector) is an error, not a verdict."""
+    from spfshm.run.inject import Sweep
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "pte-alloc-race.litmus"), sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+
+    def fake(injected):
+        return lambda c: {"sched": {"choices": [], "steps": 0, "token": ""},
+                          "interrupted": 0, "exit_code": 0, "fail_nth": {"injected": injected}}
+    with pytest.raises(RuntimeError, match="at most one per CPU"):
+        Sweep(cfg, run=fake(cfg.cpus + 1)).run()
+    s = Sweep(cfg, run=fake(0)).run()
+    assert s.exhausted and s.runs == 1 and s.failure is None

@@ -235,12 +235,12 @@ class MM:
         self.tlbs = tlb_all[:g.ncpus, :g.tlb_entries * 4].reshape(g.ncpus, g.tlb_entries, 4)
         self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)
         self.pwc = tlb_all[cpu, g.tlb_entries * 4:].reshape(PWC_ENTRIES, 2)
-        pcp = cfg.pcp == "on"        # off: every pool's per-CPU cache (zone_pcp_disable)
-        self.tables = pool.Pool(arena, "tables", g.ntables, batch=pool.BATCH * pcp)
-        self.frames = pool.Pool(arena, "frames", g.nsmall, batch=pool.BATCH * pcp)
-        self.hpages = pool.Pool(arena, "hpages", g.nhuge, batch=1 * pcp)
-        self.vmas = pool.Pool(arena, "vmas", g.nvmas, batch=pool.BATCH * pcp)
-        self.trees = pool.Pool(arena, "trees", g.ntrees, batch=pool.BATCH * pcp)
+        pcp_batch = pool.BATCH if cfg.pcp == "on" else 0     # off: no per-CPU caches at all
+        self.tables = pool.Pool(arena, "tables", g.ntables, pcp_batch)
+        self.frames = pool.Pool(arena, "frames", g.nsmall, pcp_batch)
+        self.hpages = pool.Pool(arena, "hpages", g.nhuge, min(1, pcp_batch))
+        self.vmas = pool.Pool(arena, "vmas", g.nvmas, pcp_batch)
+        self.trees = pool.Pool(arena, "trees", g.ntrees, pcp_batch)
         self.reporter = debug.Reporter(arena, cpu, cpu)
         self.report = self.reporter.report
         self.pipe = pipe.Pipe(arena, cpu, self.report)

@@ -69,9 +69,9 @@ def profile_scenarios(snap, files, bound, jobs, env):
 
 
 def scenarios_for(mutant, coverage, lines_of):
-    """The scenarios (paths, in the profile's order) whose profile holds the mutant's function; every
-    one for a C mutant or a function the file map does not know.  ``lines_of(file)``:
-    operators.function_lines of that file in the snapshot."""
+    """The scenarios (paths, in the profile's order) whose profile holds the mutant's
+    function; every one for a C mutant or a function the file map does not know.
+    ``lines_of(file)``: operators.function_lines of that file in the snapshot."""
     if not mutant["file"].endswith(".py"):
         return list(coverage)
     first = lines_of(mutant["file"]).get(mutant["function"])
