@@ -13,6 +13,7 @@ int spf_perturb_armed;
 static struct spf_perturb_profile prof;
 static uint64_t main_rng, handler_rng;
 static uint64_t *hits;
+static uint32_t self_cpu;
 static volatile int handler_busy;
 static long saved_slack = -1;
 
@@ -37,10 +38,16 @@ static uint64_t xorshift64s(uint64_t *s)
 /* A uniform integer in [0, n) from the high 32 bits of r (n < 2^32). */
 static uint64_t below(uint64_t r, uint64_t n) { return ((r >> 32) * n) >> 32; }
 
+/* In the window of this period, and this CPU is the period's slow one. */
 static int in_slow_window(uint64_t now)
 {
-	return now && prof.slow && (now + prof.slow_phase_ns) % prof.slow_period_ns
-		< prof.slow_window_ns;
+	if (!now || !prof.slow)
+		return 0;
+	uint64_t t = now + prof.slow_phase_ns;
+	if (t % prof.slow_period_ns >= prof.slow_window_ns)
+		return 0;
+	return below(splitmix64(prof.slow_key ^ (t / prof.slow_period_ns)), prof.slow_cpus)
+		== self_cpu;
 }
 
 static uint64_t decision(int kind, uint64_t amount, int slow)
@@ -152,13 +159,15 @@ int spf_perturb_arm(const struct spf_perturb_profile *p, uint64_t seed, int cpu,
 	    || (p->spin_pm && !p->spin_max) || !p->read_factor || !p->read_sleep_ns
 	    || (p->spin_pm + p->yield_pm < 1000 && !p->sleep_max_ns)
 	    || (p->slow && (!p->slow_factor || !p->slow_sleep_ns
-			    || p->slow_window_ns > p->slow_period_ns || !p->slow_period_ns)))
+			    || p->slow_window_ns > p->slow_period_ns || !p->slow_period_ns
+			    || cpu < 0 || (uint32_t)cpu >= p->slow_cpus)))
 		return -1;
 	prof = *p;
 	uint64_t base = splitmix64(seed ^ splitmix64((uint64_t)cpu));
 	main_rng = splitmix64(base) | 1;
 	handler_rng = splitmix64(base + 1) | 1;
 	hits = hits_row;
+	self_cpu = (uint32_t)cpu;
 	handler_busy = 0;
 	saved_slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
 	if (saved_slack >= 0)

@@ -24,8 +24,12 @@
  * A decision: with probability per_million / 1e6 a pause, of kind spin (spf_cpu_relax,
  * 1..spin_max times), yield (sched_yield) or sleep (nanosleep, 1..sleep_max_ns), in the
  * shares spin_pm / yield_pm / the rest (per mille).  The slow CPU (rr's starvation): in
- * the first slow_window_ns of every slow_period_ns (CLOCK_MONOTONIC + slow_phase_ns) its
- * chance is multiplied by slow_factor and every pause is a sleep of 1..slow_sleep_ns.
+ * the first slow_window_ns of every slow_period_ns (CLOCK_MONOTONIC + slow_phase_ns) one
+ * of the slow_cpus CPUs, chosen afresh for every period from slow_key (the same on every
+ * CPU, so the CPUs agree and exactly one is slow), has its chance multiplied by
+ * slow_factor and every pause a sleep of 1..slow_sleep_ns.  The starved CPU changes
+ * because a window opens only when the right side of a race is the slow one: a reader
+ * starved while the writer runs, or a writer starved while the reader runs.
  *
  * Streams: xorshift64* per CPU seeded from (seed, cpu).  The IPI handler draws from a
  * stream of its own, never the main one; a handler run that interrupts another (a
@@ -62,7 +66,9 @@ struct spf_perturb_profile {
 	uint32_t yield_pm;        /* yields, per mille; the rest sleep */
 	uint32_t spin_max;
 	uint64_t sleep_max_ns;
-	uint32_t slow;            /* this CPU is the slow one */
+	uint32_t slow;            /* the slow cycle is on */
+	uint32_t slow_cpus;       /* the CPUs that take turns (this one among them) */
+	uint64_t slow_key;        /* which CPU is slow in which period */
 	uint32_t slow_factor;
 	uint64_t slow_period_ns;
 	uint64_t slow_window_ns;

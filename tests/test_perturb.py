@@ -45,9 +45,9 @@ def test_a_profile_is_resolved_from_the_seed_within_its_ranges(name):
         assert (p["slow"] is None) == (r["slow"] is None)
         if p["slow"]:
             s = p["slow"]
-            assert 0 <= s["cpu"] < 4 and 0 < s["window_ms"] < s["period_ms"]
+            assert 0 <= s["key"] < 2**64 and 0 < s["window_ms"] < s["period_ms"]
     if r["slow"]:
-        assert len({p["slow"]["cpu"] for p in profs}) > 1
+        assert len({p["slow"]["key"] for p in profs}) == len(profs)
 
 
 def test_off_resolves_to_nothing_and_unknown_is_a_config_error():
@@ -119,16 +119,40 @@ def test_the_stream_is_fixed_by_seed_and_cpu(arm):
 
 def test_the_slow_cpu_is_starved_inside_its_window_only(arm):
     ms = 1000000
-    slow = dict(PROFILE, slow=1, slow_factor=10, slow_period_ns=100 * ms,
-                slow_window_ns=10 * ms, slow_phase_ns=30 * ms, slow_sleep_ns=500000)
+    slow = dict(PROFILE, slow=1, slow_cpus=1, slow_key=5, slow_factor=10,
+                slow_period_ns=100 * ms, slow_window_ns=10 * ms, slow_phase_ns=30 * ms,
+                slow_sleep_ns=500000)
     arm(slow)
     inside = [native.perturb_decision(d) for d in draws(500, now=5 * 100 * ms + 75 * ms)]
     assert all(k == "sleep" and 1 <= n <= 500000 and s for k, n, s in inside)  # 10% x 10
     outside = [native.perturb_decision(d) for d in draws(2000, now=5 * 100 * ms + 10 * ms)]
     assert 0 < sum(1 for k, _, _ in outside if k) < 400
     assert not any(s for _, _, s in outside)
-    arm(dict(slow, slow=0))                                   # not the slow CPU: no window
+    arm(dict(slow, slow=0))                                   # no slow cycle: no window
     assert not any(native.perturb_decision(d)[2] for d in draws(500, now=575 * ms))
+
+
+def test_the_slow_cpu_changes_from_period_to_period_and_is_one_at_a_time(arm):
+    """Every CPU takes turns, so the slow side of a race is sometimes the reader and
+    sometimes the writer; in each period's window exactly one CPU is slow."""
+    ms, ncpus = 1000000, 3
+    slow = dict(PROFILE, slow=1, slow_cpus=ncpus, slow_key=0xfeed, slow_factor=10,
+                slow_period_ns=100 * ms, slow_window_ns=10 * ms, slow_phase_ns=30 * ms,
+                slow_sleep_ns=500000)
+    windows = [p * 100 * ms + 75 * ms for p in range(60)]     # one inside each period's
+    slow_in = [[] for _ in windows]
+    for cpu in range(ncpus):
+        arm(slow, cpu=cpu)
+        for i, now in enumerate(windows):
+            if native.perturb_decision(draws(1, now=now)[0])[2]:
+                slow_in[i].append(cpu)
+    assert all(len(cpus) == 1 for cpus in slow_in)            # 10% x 10: always a pause
+    turns = [cpus[0] for cpus in slow_in]
+    assert all(turns.count(cpu) >= 5 for cpu in range(ncpus))
+    arm(slow, cpu=0)
+    again = [native.perturb_decision(draws(1, now=p * 100 * ms + 75 * ms)[0])[2]
+             for p in range(60)]
+    assert again == [t == 0 for t in turns]                   # fixed by the key
 
 
 def test_an_inconsistent_profile_is_refused():
@@ -138,6 +162,13 @@ def test_an_inconsistent_profile_is_refused():
     with pytest.raises(ValueError, match="inconsistent"):
         native.perturb_arm(dict(PROFILE, slow=1, slow_factor=2), 1, 0,
                            ffi.new("uint64_t[]", PH_WORDS))
+    ms = 1000000
+    whole = dict(PROFILE, slow=1, slow_cpus=2, slow_factor=2, slow_period_ns=100 * ms,
+                 slow_window_ns=10 * ms, slow_sleep_ns=1000)
+    native.perturb_arm(whole, 1, 1, ffi.new("uint64_t[]", PH_WORDS))
+    with pytest.raises(ValueError, match="inconsistent"):     # a CPU not among them
+        native.perturb_arm(whole, 1, 2, ffi.new("uint64_t[]", PH_WORDS))
+    native.perturb_disarm()
 
 
 def test_the_hook_takes_the_decisions_of_the_stream(arm):
@@ -273,4 +304,4 @@ def test_the_slow_cpu_is_slowed():
     p = rep["perturb"]
     assert p["params"]["slow"] is not None and p["in_slow_window"] > 0
     assert p["by_kind"]["sleep"] >= p["in_slow_window"]
-    assert "slow CPU %d" % p["params"]["slow"]["cpu"] in summary(rep)
+    assert "a slow CPU, another each period" in summary(rep)

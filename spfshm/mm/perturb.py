@@ -124,7 +124,7 @@ def generic_profile(cfg):
     s = r["slow"]
     if s:
         period = rng.randint(*s["period_ms"])
-        prof["slow"] = {"cpu": rng.randrange(cfg.cpus), "period_ms": period,
+        prof["slow"] = {"key": rng.getrandbits(64), "period_ms": period,
                         "window_ms": max(1, round(period * rng.uniform(*s["window"]))),
                         "phase_ms": rng.randrange(period),
                         "factor": rng.randint(*s["factor"]),
@@ -132,14 +132,15 @@ def generic_profile(cfg):
     return prof
 
 
-def _native_profile(prof, cpu):
+def _native_profile(prof, ncpus):
     s, ms = prof["slow"], 1000000
     out = {"per_million": prof["per_million"], "spin_pm": prof["spin_pm"],
            "yield_pm": prof["yield_pm"], "spin_max": prof["spin_max"],
            "sleep_max_ns": prof["sleep_max_us"] * 1000,
            "read_factor": prof["read_factor"], "read_sleep_ns": prof["read_sleep_max_us"] * 1000}
-    if s and s["cpu"] == cpu:
-        out.update(slow=1, slow_factor=s["factor"], slow_period_ns=s["period_ms"] * ms,
+    if s:
+        out.update(slow=1, slow_cpus=ncpus, slow_key=s["key"], slow_factor=s["factor"],
+                   slow_period_ns=s["period_ms"] * ms,
                    slow_window_ns=s["window_ms"] * ms, slow_phase_ns=s["phase_ms"] * ms,
                    slow_sleep_ns=s["sleep_max_us"] * 1000)
     return out
@@ -153,7 +154,7 @@ def arm_generic(cfg, cpu, ncpus, hits_ptr):
     prof = generic_profile(cfg)
     if prof is None or cpu >= ncpus or native.lib.spf_cpu_id() != cpu:
         return no_walk_point
-    native.perturb_arm(_native_profile(prof, cpu), cfg.seed, cpu, hits_ptr)
+    native.perturb_arm(_native_profile(prof, ncpus), cfg.seed, cpu, hits_ptr)
     return native.perturb_walk
 
 
@@ -193,9 +194,9 @@ def perturb_line(p):
     how += "; shared reads of a walk x%d, sleeps<=%dus" % (a["read_factor"],
                                                            a["read_sleep_max_us"])
     if s:
-        how += "; slow CPU %d: %d of every %d ms x%d, sleeps<=%dus (%d pauses)" % (
-            s["cpu"], s["window_ms"], s["period_ms"], s["factor"], s["sleep_max_us"],
-            p["in_slow_window"])
+        how += ("; a slow CPU, another each period (by the seed): %d of every %d ms x%d, "
+                "sleeps<=%dus (%d pauses)" % (s["window_ms"], s["period_ms"], s["factor"],
+                                              s["sleep_max_us"], p["in_slow_window"]))
     return "perturbation: generic profile %s (%s%s): %d pauses (%s; %d in the IPI handler)" % (
         p["profile"], "chosen by the seed; " if p["requested"] == "auto" else "", how,
         p["pauses"],
