@@ -313,9 +313,10 @@ CATALOGUE = [
         "mm/memory.c: Will Deacon's change of 2014-10-28 advances zap_pte_range's addr "
         "past the page that filled the batch before it breaks out to flush, since the "
         "range's end is exclusive)",
-        ("frame_uaf@zap", "frame_uaf@tlb_access"),
+        ("frame_uaf@zap", "frame_uaf@tlb_access", "bad_value@load"),
         "the gather flushes its range without its last page: a TLB entry to that page's "
-        "frame survives the flush and the frame is freed", {}),
+        "frame survives the flush and the frame is freed (and a load through it may read "
+        "the frame's next page)", {}),
     Bug("flush_no_freed_tables", "pte_free_tlb -> tlb->freed_tables",
         "a flush that keeps the paging-structure caches over freed tables: 7a30df49f63a "
         "'mm: mmu_gather: remove __tlb_reset_range() for force flush' (freed_tables reset "

@@ -164,7 +164,7 @@ def test_bench_detect_counts_the_expected_signature_and_runs_the_control(
         monkeypatch, capsys, busted_sig, control_sig, result):
     from spfshm.bench import detect
     seen = []
-    monkeypatch.setattr(detect, "run_stress", _fake_run_stress(busted_sig, control_sig, seen))
+    monkeypatch.setattr(detect, "run", _fake_run_stress(busted_sig, control_sig, seen))
     args = argparse.Namespace(bugs="rss_no_dec", seeds=1, cpus=2, max_duration=5.0,
                               perturbation="generic", no_control=False, json=None)
     code = detect.main(args)

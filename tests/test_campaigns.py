@@ -93,3 +93,30 @@ def test_bench_detect_one_bug(tmp_path):
     assert res["control"] == {"runs": 2, "clean": 2, "found": [None, None]}
     r = spfshm("bench", "detect", "--bugs", "nope")
     assert r.returncode == 2 and "--bugs" in r.stderr
+
+
+def test_an_interrupted_bench_detect_stops_and_keeps_what_it_finished(tmp_path):
+    """Ctrl-C during a variant's runs ends the whole benchmark (not only the run it
+    interrupted), and the JSON keeps the variants it finished, marked incomplete."""
+    import signal
+    import time
+    out = tmp_path / "d.json"
+    proc = subprocess.Popen([sys.executable, "-m", "spfshm", "bench", "detect", "--bugs",
+                             "free_table_no_sync,dontneed_no_flush_pending", "--seeds", "40",
+                             "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = ""
+    while "free_table_no_sync" not in first:
+        first = proc.stdout.readline()
+        assert first or proc.poll() is None, proc.stderr.read()
+    time.sleep(2)                                   # inside the second variant's runs
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("bench detect went on after SIGINT")
+    assert proc.returncode == 130
+    res = json.loads(out.read_text())
+    assert res["complete"] is False
+    assert [r["bug"] for r in res["results"]] == ["free_table_no_sync"]

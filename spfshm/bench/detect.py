@@ -19,7 +19,7 @@ from .. import bugs
 from ..bugs import BY_NAME, CATALOGUE
 from ..config import Config
 from ..run.replay import signature_of
-from ..run.runner import run_stress
+from .runs import run
 
 CONTROL_OPS = 3000      # per CPU: more than most variants need to be caught
 PERTURBATION = ("generic", "named", "both", "off")
@@ -36,7 +36,7 @@ def perturbed(cfg, perturbation):
 def run_control(cfg):
     """The control run of a busted run's configuration: None when clean, else what it
     found (the first signature, or the errors)."""
-    rep = run_stress(dataclasses.replace(bugs.control(cfg), ops=CONTROL_OPS))
+    rep = run(dataclasses.replace(bugs.control(cfg), ops=CONTROL_OPS))
     if rep["exit_code"] == 0 and not rep["violations"] and not rep["errors"]:
         return None
     return signature_of(rep) or "; ".join(rep["errors"]) or "exit %d" % rep["exit_code"]
@@ -49,7 +49,7 @@ def measure(bug, seeds, cpus, max_s, perturbation="generic", control=True):
         for seed in range(seeds):
             cfg = Config(cpus=cpus, duration=max_s, seed=seed, bugs=(bug,), artifacts=art)
             cfg = perturbed(cfg.resolved(), perturbation)
-            rep = run_stress(cfg)
+            rep = run(cfg)
             sig = signature_of(rep)
             ok = sig in b.expect
             caught += ok
@@ -80,24 +80,29 @@ def main(args):
     out = []
     print("%-28s %7s %9s %9s %8s  %s" % ("bug", "caught", "median_s", "worst_s", "control",
                                          "per seed"))
-    for name in names:
-        r = measure(name, args.seeds, args.cpus, args.max_duration, args.perturbation,
-                    not args.no_control)
-        out.append(r)
-        c = r["control"]
-        print("%-28s %3d/%-3d %9s %9s %8s  %s" % (
-            name, r["caught"], r["seeds"], r["median_s"] if r["median_s"] is not None else "-",
-            r["worst_s"] if r["worst_s"] is not None else "-",
-            "%d/%d" % (c["clean"], c["runs"]) if c else "-",
-            " ".join(_seed_text(r, i) for i in range(r["seeds"]))), flush=True)
-        for seed, found in enumerate(c["found"] if c else ()):
-            if found:
-                print("    control of seed %d not clean: %s" % (seed, found), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"bench": "detect", "cpus": args.cpus, "perturbation": args.perturbation,
-                       "max_duration_s": args.max_duration, "control_ops": CONTROL_OPS
-                       if not args.no_control else None, "results": out}, f, indent=2)
+    try:
+        for name in names:
+            r = measure(name, args.seeds, args.cpus, args.max_duration, args.perturbation,
+                        not args.no_control)
+            out.append(r)
+            c = r["control"]
+            print("%-28s %3d/%-3d %9s %9s %8s  %s" % (
+                name, r["caught"], r["seeds"],
+                r["median_s"] if r["median_s"] is not None else "-",
+                r["worst_s"] if r["worst_s"] is not None else "-",
+                "%d/%d" % (c["clean"], c["runs"]) if c else "-",
+                " ".join(_seed_text(r, i) for i in range(r["seeds"]))), flush=True)
+            for seed, found in enumerate(c["found"] if c else ()):
+                if found:
+                    print("    control of seed %d not clean: %s" % (seed, found), flush=True)
+    finally:                          # an interrupted bench keeps the variants it finished
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"bench": "detect", "cpus": args.cpus,
+                           "perturbation": args.perturbation,
+                           "max_duration_s": args.max_duration, "control_ops": CONTROL_OPS
+                           if not args.no_control else None, "results": out,
+                           "complete": len(out) == len(names)}, f, indent=2)
     return 0 if all(r["caught"] == r["seeds"] and (not r["control"] or r["control"]["clean"]
                                                    == r["control"]["runs"])
                     for r in out) else 1

@@ -24,16 +24,7 @@ import time
 from ..bugs import BY_NAME, CATALOGUE
 from ..config import Config
 from ..run.replay import signature_of
-from ..run.runner import run_stress
-
-
-def run(cfg):
-    """run_stress, and a SIGINT/SIGTERM that interrupted the run ends the benchmark too
-    (the runner's handler only stops the run it was given)."""
-    rep = run_stress(cfg)
-    if rep.get("interrupted"):
-        raise KeyboardInterrupt
-    return rep
+from .runs import run
 
 
 def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art):

@@ -150,6 +150,8 @@ def read_vma(mm, vid, site, va=0, lockless=False, gen=None):
         mm.delay("vma_copy")
     v = Vma(vid, start, int(rec["end"]), int(rec["prot"]), int(rec["anon_vma"]))
     v.torn = bool(s0 & 1) or int(rec["vseq"]) != s0
+    if lockless:
+        mm.walk_point()                  # a shared read of the walk, relied on below
     state = rec["state"]
     if state != VMA_LIVE and not (lockless and state == VMA_PENDING) \
             or gen is not None and int(rec["gen"]) != gen:

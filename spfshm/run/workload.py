@@ -59,7 +59,10 @@ def initial_layout(g, seed, workload="mixed"):
 BLOCK = 2 << 20   # what one PTE table maps
 # How hard the CPUs contend, chosen by the seed (a generic knob, like the perturbation
 # profile: narrow windows need two CPUs on one page at one moment): hot spots shared by
-# all CPUs, and how far around its hot spot a CPU strays (pages).
+# all CPUs, and how far around its hot spot a CPU strays (pages).  CPUs start in pairs
+# on a spot (2k and 2k+1 on spot k mod spots): a spot that only one CPU starts on is no
+# hot spot, and a pair of CPUs is what a race needs (with 2 CPUs, both start on one
+# spot at every level, and the levels differ in how far they stray and where to).
 CONTENTION = ((4, 32), (2, 8), (1, 2))
 
 
@@ -107,7 +110,7 @@ class Workload:
             acc += mix[op]
             self.cum.append(acc)
         self.total = acc
-        self.hot = self.spots[cpu % len(self.spots)]
+        self.hot = self.spots[cpu // 2 % len(self.spots)]
         self.mapped = False
         self.pf1 = kind.startswith("pf1") and not self.writer
         if self.pf1:                     # this CPU's private slice of the window

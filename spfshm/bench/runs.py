@@ -1,0 +1,11 @@
+"""The benchmarks' one way to run: a run that a SIGINT or SIGTERM interrupted ends the
+benchmark too (the runner's handler stops only the run it was given)."""
+from ..run.runner import run_stress
+
+
+def run(cfg):
+    """run_stress(cfg); KeyboardInterrupt when the run was interrupted."""
+    rep = run_stress(cfg)
+    if rep.get("interrupted"):
+        raise KeyboardInterrupt
+    return rep
