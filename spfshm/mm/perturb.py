@@ -12,8 +12,8 @@ Generic perturbation (``--perturb PROFILE``, independent of the named points) ne
 point at all: every native primitive a CPU calls, and every shared read of a lockless
 walk (``mm.walk_point``), draws from the CPU's stream whether to pause (native
 spf_perturb.h; KCSAN's random delays, rr's chaos mode).  A profile fixes the chance,
-the mix of spins, yields and sleeps and their lengths, and whether one CPU is made
-slow now and then; the seed picks the profile (auto) and its values within the
+the mix of spins, yields and sleeps and their lengths, and how one CPU (another each
+period) is made slow; the seed picks the profile (auto) and its values within the
 profile's ranges.  ``generic_profile`` is the one place they are resolved.
 """
 import random
@@ -86,15 +86,17 @@ RANGES = {
               "slow": {"period_ms": (50, 200), "window": (0.1, 0.3), "factor": (20, 100),
                        "sleep_max_us": (1000, 5000)}},
     # KCSAN's delays: frequent pauses, mostly short spins, some long enough to span an
-    # operation of another CPU
+    # operation of another CPU; now and then a CPU lags for a moment
     "kcsan": {"per_million": (10000, 40000), "shares": (700, 100, 200), "spin_max": (200, 2000),
-              "sleep_max_us": (20, 300), "read": {"factor": (2, 5), "sleep_max_us": (100, 500)},
-              "slow": None},
-    # the scheduler's hand: yields and sleeps
+              "sleep_max_us": (20, 300), "read": {"factor": (2, 5), "sleep_max_us": (300, 1500)},
+              "slow": {"period_ms": (100, 300), "window": (0.05, 0.15), "factor": (3, 10),
+                       "sleep_max_us": (300, 1500)}},
+    # the scheduler's hand: yields and sleeps, and a CPU descheduled now and then
     "sleepy": {"per_million": (2000, 10000), "shares": (0, 500, 500), "spin_max": None,
                "sleep_max_us": (50, 500), "read": {"factor": (5, 20),
                                                    "sleep_max_us": (500, 2000)},
-               "slow": None},
+               "slow": {"period_ms": (50, 200), "window": (0.1, 0.3), "factor": (5, 20),
+                        "sleep_max_us": (1000, 3000)}},
     # a bit of everything, and a slow CPU
     "mixed": {"per_million": (5000, 20000), "shares": (600, 250, 150), "spin_max": (100, 1000),
               "sleep_max_us": (100, 1000), "read": {"factor": (3, 10), "sleep_max_us": (500, 2000)},

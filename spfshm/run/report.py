@@ -129,7 +129,8 @@ def build_report(st, stress, elapsed):
         "mmap_lock_wait_ms": round(t["mmap_lock_wait_ns"] / 1e6, 1),
         "delay_hits": delay_hits(arena, cfg.cpus),
         "perturb": generic_report(cfg, arena["perturb_hits"][:cfg.cpus]),
-        "contention": dict(zip(("hot_spots", "radius_pages"), workload.contention(cfg.seed))),
+        "contention": dict(zip(("hot_spots", "radius_pages"),
+                               workload.contention(cfg.seed, cfg.cpus))),
         "violations": viols,
         "violation_count": debug.total(arena) - stress.after_first,
         "violations_after_first": after,
@@ -215,8 +216,8 @@ def summary(rep):
         from .sched import summary_line
         lines.append(summary_line(rep))
     lines.append("contention (chosen by the seed): %(hot_spots)d hot spot(s) shared by every "
-                 "CPU, each CPU mostly within %(radius_pages)d pages of its own (CPUs start "
-                 "in pairs on a spot)" % rep["contention"])
+                 "CPU, each CPU mostly within %(radius_pages)d pages of its own"
+                 % rep["contention"])
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)
     for n in rep["notes"]:

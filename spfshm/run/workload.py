@@ -59,25 +59,28 @@ def initial_layout(g, seed, workload="mixed"):
 BLOCK = 2 << 20   # what one PTE table maps
 # How hard the CPUs contend, chosen by the seed (a generic knob, like the perturbation
 # profile: narrow windows need two CPUs on one page at one moment): hot spots shared by
-# all CPUs, and how far around its hot spot a CPU strays (pages).  CPUs start in pairs
-# on a spot (2k and 2k+1 on spot k mod spots): a spot that only one CPU starts on is no
-# hot spot, and a pair of CPUs is what a race needs (with 2 CPUs, both start on one
-# spot at every level, and the levels differ in how far they stray and where to).
+# all CPUs, and how far around its hot spot a CPU strays (pages).  A spot needs CPUs to
+# contend on it: there are at most ncpus // CPUS_PER_SPOT of them (at least one), and
+# CPUs start on them in turn (CPU c on spot c mod spots); a CPU that wanders off to
+# another spot finds others there.  With 2 CPUs every level has one spot, and the
+# levels differ in how far the CPUs stray.
 CONTENTION = ((4, 32), (2, 8), (1, 2))
+CPUS_PER_SPOT = 4
 
 
-def contention(seed):
+def contention(seed, ncpus):
     """(hot spots, radius in pages) of a run: level (seed + seed // 4) mod 3, so that
     seeds 0 to 4 (a short campaign, ``bench detect --seeds 5``) meet every level, every
     generic perturbation profile (seed mod 4) meets every level within 12 consecutive
     seeds, and every configuration of the fuzz rotation (seed mod 15) within 4 turns."""
-    return CONTENTION[(seed + seed // 4) % len(CONTENTION)]
+    spots, radius = CONTENTION[(seed + seed // 4) % len(CONTENTION)]
+    return min(spots, max(1, ncpus // CPUS_PER_SPOT)), radius
 
 
 def hot_spots(g, seed):
     r = rng_for(seed, -2)
     return [g.window_base + r.randrange(g.window_pages) * PAGE
-            for _ in range(contention(seed)[0])]
+            for _ in range(contention(seed, g.ncpus)[0])]
 
 
 class Workload:
@@ -97,7 +100,7 @@ class Workload:
         self.map_block_p = 0.2 if whole_blocks else 0.0      # of mmaps
         self.end = g.window_end - (WRITER_PAGES * PAGE if kind != "mixed" else 0)
         self.spots = [va for va in hot_spots(g, seed) if va < self.end] or [g.window_base]
-        self.radius = contention(seed)[1]
+        self.radius = contention(seed, g.ncpus)[1]
         mix = dict(MIXES["mixed" if kind == "mixed" else "faults"])
         if reclaim_op:
             mix["reclaim"] = 10          # the seed scanner, inline (no --reclaimer)
@@ -110,7 +113,7 @@ class Workload:
             acc += mix[op]
             self.cum.append(acc)
         self.total = acc
-        self.hot = self.spots[cpu // 2 % len(self.spots)]
+        self.hot = self.spots[cpu % len(self.spots)]
         self.mapped = False
         self.pf1 = kind.startswith("pf1") and not self.writer
         if self.pf1:                     # this CPU's private slice of the window
