@@ -42,12 +42,9 @@ def test_a_profile_is_resolved_from_the_seed_within_its_ranges(name):
     for p in profs:
         assert r["per_million"][0] <= p["per_million"] <= r["per_million"][1]
         assert (p["spin_pm"], p["yield_pm"], p["sleep_pm"]) == r["shares"]
-        assert (p["slow"] is None) == (r["slow"] is None)
-        if p["slow"]:
-            s = p["slow"]
-            assert 0 <= s["key"] < 2**64 and 0 < s["window_ms"] < s["period_ms"]
-    if r["slow"]:
-        assert len({p["slow"]["key"] for p in profs}) == len(profs)
+        s = p["slow"]                                         # every profile has one
+        assert 0 <= s["key"] < 2**64 and 0 < s["window_ms"] < s["period_ms"]
+    assert len({p["slow"]["key"] for p in profs}) == len(profs)
 
 
 def test_off_resolves_to_nothing_and_unknown_is_a_config_error():

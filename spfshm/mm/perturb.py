@@ -74,7 +74,7 @@ def no_delay(point):
 # spin_max: spins; sleep_max_us; read: at a lockless walk's shared read (where this
 # field's windows are: a pointer read, then relied on), the chance multiplier and the
 # sleeps' maximum; slow: the slow CPU's cycle (period_ms, window as a share of the
-# period, chance multiplier, sleep_max_us inside the window), or None.
+# period, chance multiplier, sleep_max_us inside the window).
 # Lengths are scaled to the model's time: an operation here takes 100-300 us where the
 # kernel's takes about 1 us, so a pause that lets another CPU run a whole conflicting
 # operation (unlink, flush, free) inside a window is a fraction of a millisecond to a
@@ -121,16 +121,14 @@ def generic_profile(cfg):
             "spin_max": rng.randint(*r["spin_max"]) if r["spin_max"] else 0,
             "sleep_max_us": rng.randint(*r["sleep_max_us"]) if r["sleep_max_us"] else 0,
             "read_factor": rng.randint(*r["read"]["factor"]),
-            "read_sleep_max_us": rng.randint(*r["read"]["sleep_max_us"]),
-            "slow": None}
+            "read_sleep_max_us": rng.randint(*r["read"]["sleep_max_us"])}
     s = r["slow"]
-    if s:
-        period = rng.randint(*s["period_ms"])
-        prof["slow"] = {"key": rng.getrandbits(64), "period_ms": period,
-                        "window_ms": max(1, round(period * rng.uniform(*s["window"]))),
-                        "phase_ms": rng.randrange(period),
-                        "factor": rng.randint(*s["factor"]),
-                        "sleep_max_us": rng.randint(*s["sleep_max_us"])}
+    period = rng.randint(*s["period_ms"])
+    prof["slow"] = {"key": rng.getrandbits(64), "period_ms": period,
+                    "window_ms": max(1, round(period * rng.uniform(*s["window"]))),
+                    "phase_ms": rng.randrange(period),
+                    "factor": rng.randint(*s["factor"]),
+                    "sleep_max_us": rng.randint(*s["sleep_max_us"])}
     return prof
 
 
@@ -139,12 +137,10 @@ def _native_profile(prof, ncpus):
     out = {"per_million": prof["per_million"], "spin_pm": prof["spin_pm"],
            "yield_pm": prof["yield_pm"], "spin_max": prof["spin_max"],
            "sleep_max_ns": prof["sleep_max_us"] * 1000,
-           "read_factor": prof["read_factor"], "read_sleep_ns": prof["read_sleep_max_us"] * 1000}
-    if s:
-        out.update(slow=1, slow_cpus=ncpus, slow_key=s["key"], slow_factor=s["factor"],
-                   slow_period_ns=s["period_ms"] * ms,
-                   slow_window_ns=s["window_ms"] * ms, slow_phase_ns=s["phase_ms"] * ms,
-                   slow_sleep_ns=s["sleep_max_us"] * 1000)
+           "read_factor": prof["read_factor"], "read_sleep_ns": prof["read_sleep_max_us"] * 1000,
+           "slow": 1, "slow_cpus": ncpus, "slow_key": s["key"], "slow_factor": s["factor"],
+           "slow_period_ns": s["period_ms"] * ms, "slow_window_ns": s["window_ms"] * ms,
+           "slow_phase_ns": s["phase_ms"] * ms, "slow_sleep_ns": s["sleep_max_us"] * 1000}
     return out
 
 
@@ -195,10 +191,9 @@ def perturb_line(p):
         how += ", sleeps<=%dus" % a["sleep_max_us"]
     how += "; shared reads of a walk x%d, sleeps<=%dus" % (a["read_factor"],
                                                            a["read_sleep_max_us"])
-    if s:
-        how += ("; a slow CPU, another each period (by the seed): %d of every %d ms x%d, "
-                "sleeps<=%dus (%d pauses)" % (s["window_ms"], s["period_ms"], s["factor"],
-                                              s["sleep_max_us"], p["in_slow_window"]))
+    how += ("; a slow CPU, another each period (by the seed): %d of every %d ms x%d, "
+            "sleeps<=%dus (%d pauses)" % (s["window_ms"], s["period_ms"], s["factor"],
+                                          s["sleep_max_us"], p["in_slow_window"]))
     return "perturbation: generic profile %s (%s%s): %d pauses (%s; %d in the IPI handler)" % (
         p["profile"], "chosen by the seed; " if p["requested"] == "auto" else "", how,
         p["pauses"],

@@ -153,9 +153,6 @@ def _dotted(node):
 
 
 def _is_instrument(stmt):
-    if isinstance(stmt, ast.If) and not stmt.orelse \
-            and all(_is_instrument(s) for s in stmt.body):
-        return True                    # instrumentation under a condition: if lockless: ...
     c = _call(stmt)
     if c is None and isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call):
         c = stmt.value
