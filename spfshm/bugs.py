@@ -34,6 +34,8 @@ PAIRING = "pairing:"
 # its free waits for a grace period (--table-free rcu, the default), a sweep (its frames
 # mapped by no reachable PTE) or a load (the store it held, lost).
 TABLE_FREED_WITH_PTES = ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load")
+# a PTE left where no VMA is: seen by a sweep, or by the mmap that would cover it
+STALE_PTE = ("stale_pte@sweep", "stale_pte@mmap")
 NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
                    "collapse", "madvise_lock", "pcp", "workload", "check_every", "stall_timeout",
                    "ipi_timeout"))
@@ -77,7 +79,7 @@ CATALOGUE = [
         "mprotect makes PTEs read-only but skips the TLB flush", {}),
     Bug("zap_skip_last_pte", "zap_pte_range",
         "incomplete zap leaves a mapped page behind (bad rss-counter / leaked page class)",
-        TABLE_FREED_WITH_PTES + ("stale_pte@sweep",),
+        TABLE_FREED_WITH_PTES + STALE_PTE,
         "munmap and DONTNEED miss the last PTE of the range", {"check_every": 0.25}),
     Bug("rss_no_dec", "zap_pte_range -> add_mm_rss_vec",
         "'BUG: Bad rss-counter state' reports (RSS accounting drift)",
@@ -233,7 +235,8 @@ CATALOGUE = [
                 "delay_points": ("gup_pin",)}),
     Bug("spf_skip_final_seq_check", "SPF step 6: mmap_seq check after spin_trylock(ptl)",
         "bug class 3: a speculative fault commits after munmap removed the VMA",
-        TABLE_FREED_WITH_PTES + ("stale_tlb@mprotect", "stale_pte@sweep", "pte_prot@sweep"),
+        TABLE_FREED_WITH_PTES + STALE_PTE
+        + ("stale_tlb@mprotect", "pte_prot@sweep", "pte_prot@mprotect"),
         "the speculative fault does not re-check mmap_seq once it holds the ptl (after "
         "munmap: a PTE outside every VMA or in a freed table; after mprotect: a PTE with "
         "the old permissions)",
@@ -283,7 +286,7 @@ CATALOGUE = [
         "(the race vma_start_read's comment describes)",
         ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
          "vma_detached@fault", "fault_outside_vma@fault",
-         "stale_pte@sweep", "pt_leak@sweep") + TABLE_FREED_WITH_PTES,
+         "pt_leak@sweep") + STALE_PTE + TABLE_FREED_WITH_PTES,
         "a fault read-locks a VMA that the current writer has already write-locked (under "
         "khugepaged: it populates the pmd the collapse cleared, and the huge pmd set over "
         "it leaks that table)",
@@ -294,8 +297,8 @@ CATALOGUE = [
         "per-VMA lock taken on a VMA unmapped since the lookup found it (v6.4's 'Check if "
         "the VMA got isolated after we found it', added with the detached flag by "
         "'mm: introduce vma detached flag'; 6.5 moved it into vma_start_read)",
-        ("vma_detached@fault", "vma_unlocked_change@fault", "stale_pte@sweep",
-         "pt_leak@sweep") + TABLE_FREED_WITH_PTES,
+        ("vma_detached@fault", "vma_unlocked_change@fault", "pt_leak@sweep") + STALE_PTE
+        + TABLE_FREED_WITH_PTES,
         "the fault read-locks a VMA that munmap detached after the RCU lookup found it "
         "(its write section over, the lock is free) and faults in a range no VMA maps",
         {"fault_mode": "pervma"},

@@ -170,6 +170,8 @@ FIRES = {
     "frame_uaf@zap": ("test_frame_freed_before_the_flush",),
     "stale_tlb@mprotect": ("test_writable_tlb_entry_after_mprotect",),
     "unmapped_area_missed@mmap": ("test_mmap_misses_the_lowest_gap",),
+    "stale_pte@mmap": ("test_mmap_over_a_pte_left_in_a_hole",),
+    "pte_prot@mprotect": ("test_mprotect_of_a_pte_beyond_its_vma",),
     "ptl_not_held@pgtable_trans_huge_deposit": ("test_deposit_list_needs_the_pmd_lock",),
     "ptl_not_held@pgtable_trans_huge_withdraw": ("test_deposit_list_needs_the_pmd_lock",),
     "stale_tlb@madvise":
@@ -1210,6 +1212,34 @@ def test_mmap_misses_the_lowest_gap(make, monkeypatch):
                         else real(mm_, vmas, length))
     assert do_mmap(mm, low, 2 * PAGE, PROT_RW, syscalls.MAP_HINT) == -errno.ENOMEM
     assert only(b, "unmapped_area_missed@mmap") == (2 * PAGE, 4 * PAGE, g.window_base)
+
+
+def test_mmap_over_a_pte_left_in_a_hole(box):
+    """munmap leaves a PTE behind (zap_skip_last_pte): the mmap that covers the hole
+    reports it, before the new VMA makes it look legal.  After a correct munmap the
+    same mmap finds nothing."""
+    assert do_munmap(box.mm, BASE + 6 * PAGE, 2 * PAGE) == 0
+    assert do_mmap(box.mm, BASE + 6 * PAGE, 2 * PAGE, PROT_RW, MAP_FIXED) == BASE + 6 * PAGE
+    assert fired(box) == []
+    f, e, _ = _pte_beyond_the_vma(box)                       # page 3 stays mapped
+    box.mm.bugs = Bugs(())
+    assert do_mmap(box.mm, BASE + 2 * PAGE, 4 * PAGE, PROT_RW, MAP_FIXED) == BASE + 2 * PAGE
+    assert only(box, "stale_pte@mmap") == (f, e, 0)
+
+
+def test_mprotect_of_a_pte_beyond_its_vma(box):
+    """A writable PTE under a read-only VMA (as a fault installs it with a protection
+    its VMA no longer has): the next mprotect of the range reports it before rewriting
+    it.  A correct mprotect (read-only, then back to rw) finds nothing."""
+    assert do_mprotect(box.mm, BASE, 8 * PAGE, PROT_READ) == 0
+    assert do_mprotect(box.mm, BASE, 8 * PAGE, PROT_RW) == 0
+    assert do_mprotect(box.mm, BASE, 8 * PAGE, PROT_READ) == 0
+    assert fired(box) == []
+    e, _, _ = _pte_writable_in_read_only_vma(box)
+    assert do_mprotect(box.mm, BASE + PAGE, 7 * PAGE, PROT_RW) == 0    # page 0 is not in it
+    assert fired(box) == []
+    assert do_mprotect(box.mm, BASE, PAGE, PROT_RW) == 0
+    assert only(box, "pte_prot@mprotect") == (e, PROT_READ, 0)
 
 
 def test_writable_tlb_entry_after_mprotect(make):

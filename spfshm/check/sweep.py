@@ -26,7 +26,7 @@ from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE,
                            PROT_NONE, PROT_WRITE, PTE, TABLE_FREE, TABLE_LIVE,
                            TABLE_PENDING, VMA_FREE, VMA_LIVE, VMA_PENDING)
 from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, deposited_tables,
-                            entry_gen, entry_pfn, mk_entry)
+                            entry_gen, entry_pfn, leaf_beyond_prot, mk_entry)
 from ..mm.vma import TREE_FREE, TREE_LIVE, TREE_PENDING, current_tree, tree_entries
 
 MAPPED = P | PROTNONE
@@ -158,17 +158,9 @@ def _check_leaf(mm, rep, va, e, frame_maps, starts, ends, prots, last):
     k = bisect.bisect_right(ends, va)
     if k >= len(ends) or starts[k] > va or ends[k] <= last:
         rep("stale_pte", "sweep", va, f, e)
-    elif _beyond_vma(e, prots[k]):
+    elif leaf_beyond_prot(e, prots[k]):
         rep("pte_prot", "sweep", va, e, prots[k])
     return True
-
-
-def _beyond_vma(e, prot):
-    """Whether a mapped leaf disagrees with its VMA's protection: present under
-    PROT_NONE, writable under read-only, or PROT_NONE under an accessible VMA."""
-    if prot == PROT_NONE:
-        return bool(e & (P | RW))
-    return bool(e & PROTNONE) or (bool(e & RW) and not prot & PROT_WRITE)
 
 
 def _check_pools(mm, rep, ids, heads, final):

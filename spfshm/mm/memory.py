@@ -18,8 +18,8 @@ import numpy as np
 from .. import native
 from .mm_types import LEVEL_SHIFT, PAGE_SHIFT, PGD, PMD, PTE, PTRS
 from .huge_memory import split_huge_pmd, zap_huge_pmd
-from .pagetable import (NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, pmd_entry_of,
-                        pmd_maps_table, pte_offset_map_lock, pte_unmap_unlock)
+from .pagetable import (NEXT, P, PROTNONE, PS, RW, ROOT, entry_pfn, leaf_beyond_prot,
+                        pmd_entry_of, pmd_maps_table, pte_offset_map_lock, pte_unmap_unlock)
 
 GATHER_BATCH = 32            # frames gathered before a forced flush under the ptl
 PMD_SIZE = 1 << LEVEL_SHIFT[PMD]
@@ -47,6 +47,44 @@ def _locked_tables(mm, start, end):
             yield t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
         finally:
             pte_unmap_unlock(mm, t)
+
+
+def mapped_leaves(mm, start, end):
+    """[(va, entry)] of every mapped leaf in [start, end): huge pmds, and PTEs read under
+    their table's ptl (locked callers: mmap_lock write, the VMAs write-locked)."""
+    leaves = []
+    for base, i0, i1 in _pte_ranges(start, end):
+        pmd_t, pmd_i = pmd_entry_of(mm, base)
+        e = int(mm.pt[pmd_t, pmd_i]) if pmd_t >= 0 else 0
+        if e & PS and e & (P | PROTNONE):
+            leaves.append((base, e))
+        for t, idx in _locked_tables(mm, base + (i0 << PAGE_SHIFT), base + (i1 << PAGE_SHIFT)):
+            leaves += [(base + (int(i) << PAGE_SHIFT), int(mm.pt[t, i])) for i in idx]
+    return leaves
+
+
+def assert_range_unmapped(mm, start, end):
+    """A model assertion for mmap_region (mmap_lock write held, [start, end) in no VMA):
+    nothing may map the range.  Every zap cleared it under the locks, and a fault
+    installs only inside a VMA, so a leaf here is one a fault installed after its VMA
+    was gone (a speculative fault past a missed mmap_seq change, a per-VMA fault on a
+    detached VMA).  The kernel would silently hand it to the new VMA, and the sweep
+    would find it legal from then on: this is the last moment it can be seen."""
+    for va, e in mapped_leaves(mm, start, end)[:1]:
+        mm.report("stale_pte", "mmap", va, entry_pfn(e), e)
+
+
+def assert_leaves_within(mm, start, end, prot):
+    """A model assertion for mprotect (mmap_lock write held, the VMA over [start, end)
+    write-locked, its protection ``prot`` not yet changed): no leaf grants more than
+    ``prot``.  Every fault maps with its VMA's protection and every change went through
+    change_protection under these locks, so a leaf beyond it is one a fault installed
+    with a protection its VMA no longer had (a speculative fault past a missed mmap_seq
+    change).  change_protection would rewrite it now, and the sweep never see it."""
+    for va, e in mapped_leaves(mm, start, end):
+        if leaf_beyond_prot(e, prot):
+            mm.report("pte_prot", "mprotect", va, e, prot)
+            return
 
 
 def zap_pte_range(mm, tlb, start, end, reclaim=False):

@@ -22,7 +22,7 @@ from .. import native
 
 from .frames import ZAP_COUNT
 from .huge_memory import split_huge_range
-from .memory import change_protection, free_pgtables, zap_pte_range
+from .memory import assert_leaves_within, assert_range_unmapped, change_protection, free_pgtables, zap_pte_range
 from .mm_types import PAGE, PAGE_SHIFT
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
                         mmap_write_unlock, vma_end_read,
@@ -225,6 +225,7 @@ def do_mmap(mm, addr, length, prot, flags):
                 return -errno.ENOMEM
         if len(vmas) >= mm.cfg.max_map_count:       # do_mmap's map_count check
             return -errno.ENOMEM
+        assert_range_unmapped(mm, addr, addr + length)
         vid = vm_area_alloc(mm, addr, addr + length, prot)
         if vid < 0:
             return -errno.ENOMEM
@@ -276,6 +277,8 @@ def do_mprotect(mm, addr, length, prot):
         if not mm.bugs.on("mprotect_no_vma_lock"):
             for v in covered:
                 vma_start_write(mm, v.id)
+        for v in covered:
+            assert_leaves_within(mm, max(v.start, addr), min(v.end, end), v.prot)
         if not split_huge_range(mm, addr, end):        # huge pmds first (vma_adjust_trans_huge)
             return -errno.ENOMEM
         tree = tree_prealloc(mm)
