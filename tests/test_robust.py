@@ -210,6 +210,24 @@ def test_final_sweep_error_in_a_clean_run_is_an_internal_error(monkeypatch, tmp_
     assert rep["errors"] == ["the final sweep stopped: IndexError: model bug"]
 
 
+def test_a_hang_while_the_parent_builds_the_layout_is_an_error(monkeypatch, tmp_path):
+    """No watchdog runs before the CPUs start: a model loop in the parent's set-up (a
+    broken re-check in a function do_mmap calls) ends at the stall timeout as an error
+    that names where it was, and leaves no segment behind."""
+    def spin(mm, addr, length, prot, flags):
+        while True:
+            pass
+    monkeypatch.setattr(runner, "do_mmap", spin)
+    before = set(os.listdir("/dev/shm"))
+    t0 = time.monotonic()
+    rep = run_stress(Config(cpus=2, ops=300, seed=1, stall_timeout=1.0,
+                            artifacts=str(tmp_path)).resolved())
+    assert time.monotonic() - t0 < 30
+    assert rep["exit_code"] == 3 and rep["violations"] == []
+    assert rep["errors"] == ["the initial layout did not finish within 1s (hang in spin)"]
+    assert set(os.listdir("/dev/shm")) <= before
+
+
 def test_kill_point_freezes_the_forked_worker_even_before_it_registers():
     """--kill-worker may pick a CPU whose slot has no pid yet (pid 0: kill(0, SIGSTOP)
     would freeze the whole process group, the runner included)."""

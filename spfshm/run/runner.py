@@ -4,6 +4,7 @@ Control words (``ctl``): [0] stop, [1] pause request for a sweep, [2] CPUs parke
 A CPU checks them between operations only, so a sweep sees no operation in flight; a
 parked CPU sleeps with IRQs on, so it still acks IPIs and holds no RCU read side.
 """
+import contextlib
 import os
 import random
 import signal
@@ -217,21 +218,48 @@ def _park(ctl, parked):
     native.fetch_add(parked, 2**64 - 1)
 
 
+class SetupHang(Exception):
+    """The parent's set-up made no end within the stall timeout (no watchdog runs yet)."""
+
+
+@contextlib.contextmanager
+def _setup_deadline(seconds):
+    """A hang while the parent builds the layout becomes SetupHang, naming where it was
+    (SIGALRM interrupts Python code: a loop of the model's, not a wait inside a native
+    primitive)."""
+    def expired(signum, frame):
+        where = []
+        while frame is not None and frame.f_code.co_name != "setup_initial":
+            where.append(frame.f_code.co_name)
+            frame = frame.f_back
+        raise SetupHang("the initial layout did not finish within %gs (hang in %s)"
+                        % (seconds, " > ".join(reversed(where)) or "setup_initial"))
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def setup_initial(st):
-    """The parent acts as CPU n while it builds the mm and the initial layout."""
+    """The parent acts as CPU n while it builds the mm and the initial layout; a hang
+    there (only broken model code can) raises SetupHang after the stall timeout."""
     n = st.cfg.cpus
     st.smp.init()
     if st.cfg.sched:
         sched.init(st.arena, st.cfg)
     st.smp.become_cpu(n)
     mm = st.mm_for(n)
-    mm_init(mm)
-    if st.cfg.scenario:
-        scenario.setup(mm, st.cfg.scenario)          # its map and populate lines
-    else:
-        for addr, npages, prot in initial_layout(st.g, st.cfg.seed, st.cfg.workload):
-            do_mmap(mm, addr, npages * mm_types.PAGE, prot, MAP_FIXED)
-    mm.rcu.rcu_barrier()
+    with _setup_deadline(st.cfg.stall_timeout):
+        mm_init(mm)
+        if st.cfg.scenario:
+            scenario.setup(mm, st.cfg.scenario)          # its map and populate lines
+        else:
+            for addr, npages, prot in initial_layout(st.g, st.cfg.seed, st.cfg.workload):
+                do_mmap(mm, addr, npages * mm_types.PAGE, prot, MAP_FIXED)
+        mm.rcu.rcu_barrier()
     mm.flush_stats()
     native.cpu_unregister()
     return mm
@@ -274,7 +302,11 @@ class Stress:
         st = RunState(cfg)
         t0 = time.monotonic()
         try:
-            mm = setup_initial(st)
+            try:
+                mm = setup_initial(st)
+            except SetupHang as e:
+                self.errors.append(str(e))
+                return self._result(st, time.monotonic() - t0)
             sweeper = debug.Reporter(st.arena, cfg.cpus, -1)
             mm.reporter = sweeper
             mm.report = sweeper.report
