@@ -23,8 +23,8 @@ import bisect
 import numpy as np
 
 from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE, PGD, PMD,
-                           PROT_NONE, PROT_WRITE, PTE, TABLE_FREE, TABLE_LIVE,
-                           TABLE_PENDING, VMA_FREE, VMA_LIVE, VMA_PENDING)
+                           PTE, TABLE_FREE, TABLE_LIVE, TABLE_PENDING, VMA_FREE, VMA_LIVE,
+                           VMA_PENDING)
 from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, deposited_tables,
                             entry_gen, entry_pfn, leaf_beyond_prot, mk_entry)
 from ..mm.vma import TREE_FREE, TREE_LIVE, TREE_PENDING, current_tree, tree_entries

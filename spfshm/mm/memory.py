@@ -36,15 +36,15 @@ def _pte_ranges(start, end):
 
 
 def _locked_tables(mm, start, end):
-    """For each existing PTE table over [start, end), mapped and locked: (table, indices
-    of its mapped PTEs in the range).  pte_unmap_unlock when the caller asks for the
-    next table."""
+    """For each existing PTE table over [start, end), mapped and locked: (its base va,
+    table, indices of its mapped PTEs in the range).  pte_unmap_unlock when the caller
+    asks for the next table."""
     for base, i0, i1 in _pte_ranges(start, end):
         t = pte_offset_map_lock(mm, base)
         if t < 0:
             continue                     # none, or huge: mprotect split those first
         try:
-            yield t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
+            yield base, t, np.flatnonzero(mm.pt[t, i0:i1] & (P | PROTNONE)) + i0
         finally:
             pte_unmap_unlock(mm, t)
 
@@ -53,13 +53,13 @@ def mapped_leaves(mm, start, end):
     """[(va, entry)] of every mapped leaf in [start, end): huge pmds, and PTEs read under
     their table's ptl (locked callers: mmap_lock write, the VMAs write-locked)."""
     leaves = []
-    for base, i0, i1 in _pte_ranges(start, end):
+    for base, _, _ in _pte_ranges(start, end):
         pmd_t, pmd_i = pmd_entry_of(mm, base)
         e = int(mm.pt[pmd_t, pmd_i]) if pmd_t >= 0 else 0
         if e & PS and e & (P | PROTNONE):
             leaves.append((base, e))
-        for t, idx in _locked_tables(mm, base + (i0 << PAGE_SHIFT), base + (i1 << PAGE_SHIFT)):
-            leaves += [(base + (int(i) << PAGE_SHIFT), int(mm.pt[t, i])) for i in idx]
+    for base, t, idx in _locked_tables(mm, start, end):
+        leaves += [(base + (i << PAGE_SHIFT), int(mm.pt[t, i])) for i in idx.tolist()]
     return leaves
 
 
@@ -207,7 +207,7 @@ def change_protection(mm, start, end, prot):
     any translation lost a permission (the caller must flush TLBs before returning)."""
     downgrade = False
     want_none = prot == 0
-    for t, hits in _locked_tables(mm, start, end):
+    for _, t, hits in _locked_tables(mm, start, end):
         row = mm.pt[t]
         for i in hits.tolist():
             e = int(row[i])

@@ -37,8 +37,7 @@ import numpy as np
 
 from .. import native
 from .mm_types import (LEVEL_SHIFT, PGD, PMD, POISON, PROT_NONE, PROT_WRITE, PTE, PTRS, PUD,
-                       TABLE_FREE,
-                       TABLE_LIVE, TABLE_PENDING)
+                       TABLE_FREE, TABLE_LIVE, TABLE_PENDING)
 from .lockdep import assert_spin_locked, lockdep_assert_walk_protected
 from .pipe import TABLES
 
@@ -79,7 +78,6 @@ def leaf_frame(e, va):
     return entry_pfn(e) + (index(va, PTE) if e & PS else 0)
 
 
-# -- allocation and freeing ---------------------------------------------------------------
 def leaf_beyond_prot(e, prot):
     """Whether a mapped leaf grants more than a VMA of ``prot`` allows: present under
     PROT_NONE, writable under read-only, or PROT_NONE under an accessible VMA (where no
@@ -89,6 +87,7 @@ def leaf_beyond_prot(e, prot):
     return bool(e & PROTNONE) or (bool(e & RW) and not prot & PROT_WRITE)
 
 
+# -- allocation and freeing ---------------------------------------------------------------
 def alloc_table(mm, level, may_fail=False):
     """A zeroed LIVE table of ``level``, or -1: the pool is empty, or (``may_fail``: the
     fault path's pte_alloc_one / pmd_alloc_one) it fails at random, as the fault's page

@@ -22,7 +22,8 @@ from .. import native
 
 from .frames import ZAP_COUNT
 from .huge_memory import split_huge_range
-from .memory import assert_leaves_within, assert_range_unmapped, change_protection, free_pgtables, zap_pte_range
+from .memory import (assert_leaves_within, assert_range_unmapped, change_protection,
+                     free_pgtables, zap_pte_range)
 from .mm_types import PAGE, PAGE_SHIFT
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
                         mmap_write_unlock, vma_end_read,
