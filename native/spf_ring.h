@@ -29,6 +29,7 @@ struct spf_event {
 #define SPF_EV_TABLE_UNLINK 11
 #define SPF_EV_TABLE_FREE  12
 #define SPF_EV_IPI_DONE   3     /* a0 = result (-1 ok / failing cpu), a1 = error, a2 = ns */
+#define SPF_EV_OP         8     /* run/runner.py: an op begins; a0 = its index on the CPU, a1 = OP_INDEX */
 /* Under the controlled scheduler only (spf_sched.h): */
 #define SPF_EV_LOCK       4     /* a0 = lock address - the scheduler's area, a1 = 1 taken / 0 released, a2 = kind */
 #define SPF_EV_IRQ        5     /* a0 = 1 disabled / 0 enabled (outermost) */

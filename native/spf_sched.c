@@ -52,7 +52,9 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 {
 	if (ncpus < 1 || ncpus > 256 || policy < SPF_SCHED_RANDOM || policy > SPF_SCHED_GUIDED
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
-	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k)))
+	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k))
+	    || (policy == SPF_SCHED_GUIDED && param
+		&& (param > 1 || (k & 0xff) >= (uint64_t)ncpus || !(k >> 8))))
 		return -1;
 	memset(s, 0, sizeof(*s));      /* the log is written before it is read */
 	s->turn = SPF_SCHED_NONE;
@@ -63,7 +65,15 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	s->log_cap = log_cap;
 	if (policy == SPF_SCHED_RANDOM)
 		s->switch_pm = param;
-	if (policy == SPF_SCHED_PCT) {
+	if (policy == SPF_SCHED_GUIDED && param == 1) {
+		/* one preemption: CPU k & 0xff runs first and runs last from its (k >> 8)-th
+		 * step of the tail on; the others in between, lower ids first */
+		s->depth = 2;
+		for (int c = 0; c < ncpus; c++)
+			s->prio[c] = 2 + (uint32_t)(ncpus - c);
+		s->prio[k & 0xff] = 3 + (uint32_t)ncpus;
+		s->change_at[0] = k >> 8;
+	} else if (policy == SPF_SCHED_PCT) {
 		s->depth = param;
 		/* a random permutation of depth..depth+n-1 */
 		for (int c = 0; c < ncpus; c++)
@@ -121,6 +131,21 @@ static int can_run(struct spf_sched *s, int c)
 	return ipi_takeable(c);
 }
 
+/* GUIDED with a placed preemption: whether the list is done and the tail runs (as PCT
+ * with the priorities and change point init gave); the change point moves to count from
+ * the step where the tail began. */
+static int pct_tail(struct spf_sched *s)
+{
+	if (s->policy != SPF_SCHED_GUIDED || !s->depth || s->list_pos < s->list_len)
+		return 0;
+	if (!s->tail_from) {
+		s->tail_from = s->step ? s->step : 1;
+		for (uint32_t i = 0; i + 1 < s->depth; i++)
+			s->change_at[i] += s->tail_from;
+	}
+	return 1;
+}
+
 /* Who runs after a point of cur (-1: none, at the start and at an exit).  Sets
  * *preempt when cur could have gone on.  -1: nobody can (a deadlock). */
 static int pick(struct spf_sched *s, int cur, int *preempt)
@@ -149,7 +174,7 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 		uint64_t k = below(rnd(s), (uint64_t)nok);
 		for (int c = 0; c < n; c++)
 			if (ok[c] && k-- == 0) { next = c; break; }
-	} else if (s->policy == SPF_SCHED_PCT) {
+	} else if (s->policy == SPF_SCHED_PCT || pct_tail(s)) {
 		for (uint32_t i = 0; cur >= 0 && i + 1 < s->depth; i++)
 			if (s->change_at[i] == s->step)
 				s->prio[cur] = i + 1;
@@ -157,9 +182,10 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 			if (ok[c] && (next < 0 || s->prio[c] > s->prio[next]))
 				next = c;
 	} else if (s->policy == SPF_SCHED_GUIDED) {
-		if (s->list_pos < s->list_len && LIST(s)[s->list_pos] < (uint64_t)n
-		    && ok[LIST(s)[s->list_pos]])
-			next = (int)LIST(s)[s->list_pos];
+		uint64_t g = s->list_pos < s->list_len
+			? LIST(s)[s->list_pos] & ((1u << SPF_SCHED_CPU_BITS) - 1) : (uint64_t)n;
+		if (g < (uint64_t)n && ok[g])
+			next = (int)g;
 		else if (cur_ok)
 			return cur;
 		for (int i = 1; next < 0 && i <= n; i++)
@@ -296,16 +322,26 @@ void spf_sched_point(int cls)
 	take_ipi();
 }
 
-/* GUIDED: this CPU recorded an event (spf_trace); if it is the one the guide waits
- * for, the guide moves on. */
+/* This CPU recorded an event (spf_trace): count an operation's start; under GUIDED, the
+ * entries it meets are passed. */
 void spf_sched_event(uint32_t type)
 {
 	struct spf_sched *s = S;
+	uint32_t me = (uint32_t)spf_me.cpu;
+	if (type == SPF_EV_OP)
+		s->ops_begun[me]++;
 	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
 		return;
-	int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE
-		|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);
-	if (guided && LIST(s)[s->list_pos] == (uint64_t)spf_me.cpu)
+	uint64_t *l = LIST(s), mask = (1u << SPF_SCHED_CPU_BITS) - 1;
+	if (!(l[s->list_pos] >> SPF_SCHED_CPU_BITS)) {            /* an event entry */
+		int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE
+			|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);
+		if (guided && l[s->list_pos] == me)
+			s->list_pos++;
+		return;
+	}
+	while (s->list_pos < s->list_len && l[s->list_pos] >> SPF_SCHED_CPU_BITS       /* counted */
+	       && s->ops_begun[l[s->list_pos] & mask] >= l[s->list_pos] >> SPF_SCHED_CPU_BITS)
 		s->list_pos++;
 }
 

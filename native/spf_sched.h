@@ -32,10 +32,18 @@
  *           next one that can, in id order.  Every switch any policy makes is logged as
  *           such an entry, so a run's log replayed as a LIST is the same run; shrinking
  *           drops entries.
- *   GUIDED  a recorded order of events (a real-parallel run's ring events: IPIs and
- *           table alloc/unlink/free), given as the CPU of each: the CPU whose event is
- *           next runs until it records an event of those types, then the next one's;
- *           when that CPU cannot run, the current one goes on (or the next in id order).
+ *   GUIDED  a recorded order of events (a real-parallel run's ring events), given as
+ *           entries: the CPU whose entry is next runs (when it cannot, the current one
+ *           goes on, or the next in id order) until the entry is met.  An entry is a CPU
+ *           (IPIs and table alloc/unlink/free: met when it records its next event of
+ *           those types), or a CPU and a count n >= 1, (n << SPF_SCHED_CPU_BITS) | cpu
+ *           (met once the CPU has begun n operations, SPF_EV_OP; a CPU that ran ahead
+ *           meets its entries at once, so such a list is always followed to its end).
+ *           With param 1, once the list is followed to its end, the rest of the run
+ *           (the tail) has one preemption, placed: CPU k & 0xff runs first, alone, and
+ *           at the (k >> 8)-th step of the tail drops below every other CPU (which run
+ *           in id order, each until it blocks or ends).  A recorded prefix, then the
+ *           one preemption, inside the operations that raced, that parallelism gave.
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  *
  * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
@@ -87,6 +95,7 @@ struct spf_sched {
 	uint64_t list_pos;
 	uint64_t choice_cap;      /* exploration: steps whose choice is recorded (0: none) */
 	uint64_t choice_len;
+	uint64_t tail_from;       /* GUIDED with a depth: the step its PCT tail began (0: not yet) */
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */
@@ -95,6 +104,7 @@ struct spf_sched {
 	uint64_t wait_val[256];
 	uint64_t wait_deadline[256];  /* logical ns, 0: none */
 	uint64_t points[256];     /* points per CPU */
+	uint64_t ops_begun[256];  /* SPF_EV_OP records per CPU (GUIDED's counted entries) */
 	/* then log_cap log entries, then list_len list entries (uint64_t each), then
 	 * choice_cap choices: per step from 0, the mask of CPUs that could run (CPUs < 64)
 	 * and (cur + 1) << 32 | next, two words */
@@ -102,8 +112,9 @@ struct spf_sched {
 
 /* Bytes of the shared area for a log of log_cap entries and a list of list_len. */
 uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap);
-/* Once, in the creating process.  param: RANDOM switch_pm, PCT depth; k: PCT's
- * estimate of the run's steps.  Returns 0, or -1 for a bad argument. */
+/* Once, in the creating process.  param: RANDOM switch_pm, PCT depth, GUIDED 1 for the
+ * placed preemption (0: none); k: PCT's estimate of the run's steps, GUIDED's placed
+ * preemption (step << 8) | cpu.  Returns 0, or -1 for a bad argument. */
 int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		    uint32_t param, uint64_t k, uint64_t log_cap,
 		    const uint64_t *list, uint64_t list_len, uint64_t choice_cap);

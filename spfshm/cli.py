@@ -410,8 +410,8 @@ def build_parser():
                          "e.g. a previous run's survivors)")
     mu.add_argument("--campaign", default="", metavar="SPEC",
                     help="KEY=VALUE,... over the default seeds=0:20,ops=1500,cpus=2,"
-                         "perturb=auto,diffkernel=on,scenarios=1 (keys: seeds, ops, cpus, perturb, "
-                         "delay, stall, diffkernel, scenarios)")
+                         "perturb=auto,diffkernel=on,scenarios=1,deeper=1500 (keys: seeds, "
+                         "ops, cpus, perturb, delay, stall, diffkernel, scenarios, deeper)")
     mu.add_argument("--time-limit", type=pos_float, default=120.0, metavar="SEC",
                     help="per mutant: its campaign stops here (outcome timeout; default 120)")
     mu.add_argument("--jobs", default="auto", metavar="N",
@@ -703,6 +703,10 @@ def cmd_replay_deterministic(args):
     else:
         print("not found: %s in %d schedule(s), %.1f s (raise --budget-runs/--budget)"
               % (r["signature"], r["tries"], r["seconds"]))
+        if r["other"]:
+            print("  another violation of the same operations, at schedule %d: %s\n  spfshm "
+                  "replay --token %s" % (r["other"]["try"], r["other"]["signature"],
+                                         r["other"]["token"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

@@ -190,7 +190,7 @@ class Config:
         need(not self.cpu_ops or (len(self.cpu_ops) == self.cpus and self.sched
                                   and all(n >= 0 for n in self.cpu_ops)),
              "per-CPU op counts need --sched and one count per CPU")
-        need(not self.sched_list or self.sched in ("list", "guided"),
+        need(not self.sched_list or self.sched.split(":")[0] in ("list", "guided"),
              "a switch list or guide needs --sched list or guided (from a token)")
         if self.scenario:
             from .run.scenario import validate

@@ -75,6 +75,7 @@ FIRES = {
     "vma_outside@sweep": ("test_sweep[vma_outside@sweep]",),
     "vma_uaf@sweep": ("test_sweep[vma_uaf@sweep]",),
     "map_count@sweep": ("test_sweep[map_count@sweep]",),
+    "map_count@publish_tree": ("test_a_split_past_max_map_count",),
     "pt_leak@sweep": ("test_sweep[pt_leak@sweep-walk]", "test_sweep[pt_leak@sweep-count]"),
     "pt_free_reachable@sweep": ("test_sweep[pt_free_reachable@sweep-linked]",),
     "pt_free_reachable@free_pgtables": ("test_table_queued_for_freeing_while_linked",),
@@ -1240,6 +1241,18 @@ def test_mprotect_of_a_pte_beyond_its_vma(box):
     assert fired(box) == []
     assert do_mprotect(box.mm, BASE, PAGE, PROT_RW) == 0
     assert only(box, "pte_prot@mprotect") == (e, PROT_READ, 0)
+
+
+def test_a_split_past_max_map_count(make, monkeypatch):
+    """vm.max_map_count 1: a munmap in the middle of the one VMA would make 2, and is
+    ENOMEM; without its check (the twin: _split_fits always yes) the split is reported
+    by the tree publish that makes the list too long, not only by a later sweep."""
+    b = make(max_map_count=1).map()
+    assert do_munmap(b.mm, BASE + 2 * PAGE, PAGE) == -errno.ENOMEM
+    assert fired(b) == []
+    monkeypatch.setattr(syscalls, "_split_fits", lambda *a: True)
+    assert do_munmap(b.mm, BASE + 2 * PAGE, PAGE) == 0
+    assert only(b, "map_count@publish_tree") == (2, 1, 0)
 
 
 def test_writable_tlb_entry_after_mprotect(make):

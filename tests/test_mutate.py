@@ -209,6 +209,29 @@ def test_a_scenario_kills_at_one_preemption_what_a_seed_needs_luck_for(tmp_path)
     assert thp in harness.scenario_files(ROOT)
 
 
+def test_the_deeper_pass_kills_what_needs_two_preemptions(tmp_path):
+    """flush_tlb_remote without its last wait (4): a store that read its translation
+    between (2) and (3) lands in the freed frame, which takes both CPUs preempted once.
+    store-vs-dontneed-no-ipi.litmus is clean at one preemption (and its fail-nth sweep),
+    so without the deeper pass the mutant survives; with it the scenario's second level
+    kills it, with the token that replays the failing schedule."""
+    wait4 = next(i + 1 for i, line in enumerate(open(os.path.join(ROOT, "spfshm", "mm",
+                                                                  "tlb.py")))
+                 if line.rstrip().endswith("# (4)") and "wait(" in line)
+    (bad,) = [m for m in generate(ROOT, ["spfshm/mm/tlb.py"], ["sync"])
+              if m.function == "flush_tlb_remote" and m.line == wait4]
+    path = os.path.join(ROOT, "stress", "scenarios", "store-vs-dontneed-no-ipi.litmus")
+    runs = {d: _run_dict(tmp_path / str(d), {"seeds": (0, 0), "diffkernel": "off",
+                                             "scenarios": 1, "deeper": d,
+                                             "scenario_files": [path]}, time_limit=300)
+            for d in (0, 1500)}
+    s = harness.run_mutant(runs[0], _as_run(bad, 0, runs[0]["snapshot"]))
+    r = harness.run_mutant(runs[1500], _as_run(bad, 0, runs[1500]["snapshot"]))
+    assert s["outcome"] == "survived", s
+    assert r["outcome"] == "killed" and r["seed"] == os.path.basename(path), r
+    assert r["detail"].startswith("spfshm replay --token spfshm1-"), r
+
+
 def test_a_mutant_explores_only_the_scenarios_that_call_its_function(tmp_path):
     """Each scenario is explored once under the profiler; the zap_huge_pmd mutant keeps
     the THP scenario, which calls it (and still kills it there), not gup-vs-madvise,
@@ -334,7 +357,8 @@ def test_with_the_caches_off_a_free_that_gives_back_first_is_caught(tmp_path):
         on.write_text(f.read().replace("pcp=off", "pcp=on"))
     for path, outcome in ((str(on), "survived"), (off, "killed")):
         run = _run_dict(tmp_path / outcome, {"seeds": (0, 0), "diffkernel": "off",
-                                             "scenarios": 1, "scenario_files": [path]})
+                                             "scenarios": 1, "deeper": 0,
+                                             "scenario_files": [path]})
         r = harness.run_mutant(run, _as_run(bad, 0, run["snapshot"]))
         assert r["outcome"] == outcome, r
     assert r["signature"] == "poison_overwritten@alloc", r

@@ -241,8 +241,12 @@ def tree_prealloc_free(mm, new):
 
 def publish_tree(mm, new, vmas):
     """Steps (1)-(3): the preallocated slot ``new`` filled from ``vmas`` (sorted Vma list,
-    at most MAX_VMAS: the callers' map_count checks), published; the old one retired."""
+    at most MAX_VMAS: the callers' map_count checks), published; the old one retired.
+    A list longer than vm.max_map_count is reported here, at the change that made it
+    (an mmap or a split that skipped its check), not only if a sweep meets it."""
     mmap_assert_write_locked(mm, "publish_tree")
+    if len(vmas) > mm.cfg.max_map_count:
+        mm.report("map_count", "publish_tree", vmas[0].start, len(vmas), mm.cfg.max_map_count, 0)
     mm.pipe.unretire(TREES, new)
     row = mm.vma_tree[new]
     for i, v in enumerate(vmas):

@@ -4,7 +4,10 @@ stdout, stopping at the first seed that is not clean.  A seed is its stress run 
 with ``diffkernel`` on, once that is clean, its diff-kernel replay (the real kernel
 judges what no invariant does: a syscall's result, its errno, what a page holds).
 Once every seed is clean, each of ``scenario_files`` is explored up to ``scenarios``
-preemptions (spfshm explore: a window a few primitives wide, found by enumeration).
+preemptions (spfshm explore: a window a few primitives wide, found by enumeration), and
+once all are clean, with ``deeper`` N, each again up to one preemption more, at most N
+schedules each (iterative deepening within the time limit: the races of two preemptions
+that a level-K scenario cannot open).
 
 Lines: ``start`` (which files ``import spfshm`` and its native core resolved to: the
 caller checks they are the copy's), one ``seed`` per seed run (``t`` seconds since
@@ -57,30 +60,38 @@ def run(campaign):
              t=time.monotonic() - t0, repro=rep["repro"])
         if rep["exit_code"] != 0:
             return
-    for path in campaign.get("scenario_files", []):
+    files = campaign.get("scenario_files", [])
+    for path in files:
         if not _explore(path, campaign["scenarios"], t0):
+            return
+    for path in files if campaign.get("deeper") else ():
+        if not _explore(path, campaign["scenarios"] + 1, t0, campaign["deeper"]):
             return
     emit(event="done", t=time.monotonic() - t0)
 
 
-def explore_scenario(path, bound):
+def explore_scenario(path, bound, max_schedules=0):
     """A scenario explored up to ``bound`` preemptions, then, if clean, its fail-nth sweep
     (run/inject.py: each out-of-memory exit), as the campaign does (also coverage.py's
-    profiled run): its first failure, or None."""
+    profiled run): its first failure, or None.  With ``max_schedules`` (the deeper
+    pass) at most that many schedules, and no sweep (it ran at the bound below)."""
     from spfshm.run import scenario
     from spfshm.run.explore import Explorer
     from spfshm.run.inject import Sweep
     with tempfile.TemporaryDirectory() as art:
         cfg = scenario.config_of(path, artifacts=art, sched="list").resolved()
-        return Explorer(cfg, bound).explore().failure or Sweep(cfg).run().failure
+        f = Explorer(cfg, bound, max_schedules=max_schedules).explore().failure
+        return f if f or max_schedules else Sweep(cfg).run().failure
 
 
-def _explore(path, bound, t0):
+def _explore(path, bound, t0, max_schedules=0):
     """Explore one scenario; emits a seed event (its file name for the seed) and returns
     whether it was clean."""
-    f = explore_scenario(path, bound)
+    f = explore_scenario(path, bound, max_schedules)
     if f is None:
-        repro = "spfshm explore %s --preemptions %d --fail-nth-sweep" % (path, bound)
+        repro = "spfshm explore %s --preemptions %d%s" % (
+            path, bound, " --max-schedules %d" % max_schedules if max_schedules
+            else " --fail-nth-sweep")
     else:
         repro = "%s (schedule %d, %d preemption(s); token %s)" % (
             f["repro"], f["schedule"], f["preemptions"], f["token"])

@@ -43,7 +43,7 @@ from . import coverage
 from .operators import OPERATORS, generate, short_name
 
 DEFAULT_CAMPAIGN = {"seeds": (0, 20), "ops": 1500, "cpus": 2, "perturb": "auto", "delay": None,
-                    "stall": None, "diffkernel": "on", "scenarios": 1}
+                    "stall": None, "diffkernel": "on", "scenarios": 1, "deeper": 1500}
 CAMPAIGN_KEYS = {
     "seeds": "A:B, the seeds run in order (each one configuration of the fuzz rotation)",
     "ops": "operations per CPU per seed",
@@ -58,6 +58,8 @@ CAMPAIGN_KEYS = {
     "scenarios": "K (once every seed is clean, each litmus scenario of stress/scenarios/ "
                  "is explored exhaustively up to K preemptions, as spfshm explore does) "
                  "or off",
+    "deeper": "N (once every scenario is clean up to K, each again up to K+1 preemptions, "
+              "at most N schedules each, in the same order, until the time limit; 0: no)",
 }
 BUILD_TIMEOUT_S = 600
 STOP_GRACE_S = 15
@@ -93,6 +95,10 @@ def parse_campaign(spec):
         try:
             if key == "seeds":
                 out[key] = parse_seeds(value)
+            elif key == "deeper":
+                out[key] = int(value)
+                if out[key] < 0:
+                    raise ValueError
             elif key in ("ops", "cpus"):
                 out[key] = int(value)
                 if out[key] < (2 if key == "cpus" else 1) or \
@@ -121,9 +127,9 @@ def parse_campaign(spec):
 
 
 def format_campaign(c):
-    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s,diffkernel=%s,scenarios=%s" % (
+    s = "seeds=%d:%d,ops=%d,cpus=%d,perturb=%s,diffkernel=%s,scenarios=%s,deeper=%d" % (
         c["seeds"] + (c["ops"], c["cpus"], c["perturb"], c["diffkernel"],
-                      "off" if c["scenarios"] is None else c["scenarios"]))
+                      "off" if c["scenarios"] is None else c["scenarios"], c["deeper"]))
     s += "".join(",%s=%g" % (k, c[k]) for k in ("delay", "stall") if c[k] is not None)
     return s
 

@@ -10,9 +10,11 @@ from bisect import bisect_right
 from .. import debug, native
 from ..mm.mm_types import TABLE_META, VMA_DTYPE
 from ..mm.pagetable import EV_TABLE_ALLOC, EV_TABLE_FREE, EV_TABLE_UNLINK
+from .workload import OPS
 
-EV_LOCK, EV_IRQ, EV_RCU, EV_SWITCH = (native.lib.SPF_EV_LOCK, native.lib.SPF_EV_IRQ,
-                                      native.lib.SPF_EV_RCU, native.lib.SPF_EV_SWITCH)
+EV_LOCK, EV_IRQ, EV_RCU, EV_SWITCH, EV_OP = (
+    native.lib.SPF_EV_LOCK, native.lib.SPF_EV_IRQ, native.lib.SPF_EV_RCU,
+    native.lib.SPF_EV_SWITCH, native.lib.SPF_EV_OP)
 LOCK_KINDS = {native.lib.SPF_LK_SPIN: "spin", native.lib.SPF_LK_READ: "read",
               native.lib.SPF_LK_WRITE: "write"}
 STEP_NS = native.lib.SPF_SCHED_STEP_NS
@@ -29,6 +31,7 @@ NAMES = {
     EV_IRQ: lambda e: "IRQs off" if e["a0"] else "IRQs on",
     EV_RCU: lambda e: "rcu_read_lock" if e["a0"] else "rcu_read_unlock",
     EV_SWITCH: lambda e: "switch: CPU %d runs next (step %d)" % (e["a1"], e["a2"]),
+    EV_OP: lambda e: "op #%d: %s" % (e["a0"], OPS[e["a1"]] if e["a1"] < len(OPS) else e["a1"]),
     EV_TABLE_ALLOC: lambda e: "table #%d alloc (level %d, gen %d)" % (e["a0"], e["a1"], e["a2"]),
     EV_TABLE_UNLINK: lambda e: "table #%d unlinked (level %d, gen %d)" % (e["a0"], e["a1"], e["a2"]),
     EV_TABLE_FREE: lambda e: "table #%d FREED (level %d, gen %d)" % (e["a0"], e["a1"], e["a2"]),

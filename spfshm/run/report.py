@@ -16,7 +16,7 @@ from ..mm.mm_types import IPI_HIST_BUCKETS, SPF_ABORTS, STATS
 from ..mm.perturb import generic_report, perturb_line
 from . import workload
 
-from .watchdog import OPS as OP_KINDS
+from .workload import OPS as OP_KINDS
 
 
 def _hist_percentile(hist, q):

@@ -2,8 +2,8 @@
 
 The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
-(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` a token carries), the
-arena region, what a CPU does to join and leave, what the runner reads afterwards
+(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or the ``guided[:CPU:STEP]``
+a token carries: a recorded order, then one placed preemption), the arena region, what a CPU does to join and leave, what the runner reads afterwards
 (steps, switches, the digest), and the replay token.
 
 A token is ``spfshm1-`` and the base64url of a zlib'd JSON object: the model's version
@@ -29,6 +29,7 @@ TOKEN_PREFIX = "spfshm1-"
 LOG_CAP = 1 << 17              # switches a run logs (a longer log is truncated)
 POLICIES = {"random": native.lib.SPF_SCHED_RANDOM, "pct": native.lib.SPF_SCHED_PCT,
             "list": native.lib.SPF_SCHED_LIST, "guided": native.lib.SPF_SCHED_GUIDED}
+EV_OP = native.lib.SPF_EV_OP   # an operation begins (runner.py): a0 its index, a1 OP_INDEX
 GUIDE_EVENTS = (native.EV_IPI_SEND, native.EV_IPI_HANDLE, native.lib.SPF_EV_TABLE_ALLOC,
                 native.lib.SPF_EV_TABLE_UNLINK, native.lib.SPF_EV_TABLE_FREE)
 RANDOM_DEFAULT_PM = 20000      # random: a switch at 2% of the points
@@ -63,6 +64,10 @@ def parse_spec(spec):
             raise ValueError("--sched pct[:DEPTH[:K]]: DEPTH in 1..%d, K >= 1"
                              % native.lib.SPF_SCHED_MAX_DEPTH)
         return name, nums[0] if nums else PCT_DEFAULT_DEPTH, nums[1] if len(nums) > 1 else 0
+    if name == "guided" and args:      # a recorded prefix, then one placed preemption
+        if len(nums) != 2 or not 0 <= nums[0] < 256 or nums[1] < 1:
+            raise ValueError("guided:CPU:STEP: CPU in 0..255, STEP >= 1")
+        return name, 1, nums[1] << 8 | nums[0]
     if args:
         raise ValueError("--sched %s takes no argument (a token carries its list)" % name)
     return name, 0, 0
@@ -93,8 +98,8 @@ def sched_ptr(arena):
 
 def init(arena, cfg):
     """In the parent, before the CPUs start."""
-    name, param, _ = parse_spec(cfg.sched)
-    k = pct_k(cfg) if name == "pct" else 0
+    name, param, k = parse_spec(cfg.sched)
+    k = pct_k(cfg) if name == "pct" else k
     lst = native.ffi.new("uint64_t[]", list(cfg.sched_list) or [0])
     if native.lib.spf_sched_init(sched_ptr(arena), cfg.cpus, POLICIES[name],
                                  schedule_seed(cfg), param, k, LOG_CAP, lst,

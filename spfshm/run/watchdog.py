@@ -13,9 +13,9 @@ import psutil
 
 from ..mm.mm_types import STAT
 from .events import describe_event, lock_namer
+from .workload import OPS
 
 HB_SEQ, HB_OP, HB_DONE = 0, 1, 2
-OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
 # What else a CPU does inside its heartbeat's odd window: RCU callbacks free objects, so a
 # CPU killed there leaves half-done work like one killed inside an operation.
 STEPS = OPS + ["rcu callbacks"]

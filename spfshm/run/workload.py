@@ -24,6 +24,8 @@ import random
 from ..mm.mm_types import PAGE, PROT_BY_NAME
 from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT
 
+# Every op a CPU can run, in the order of the heartbeat's and the op event's index
+OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
 # op -> weight (per mille)
 MIXES = {
     "mixed": {"load": 420, "store": 420, "madvise": 40, "mmap": 45, "munmap": 20,

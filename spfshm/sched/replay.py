@@ -4,28 +4,39 @@ violation signature and its digest; the report counts both.
 
 ``spfshm replay ARTIFACT --deterministic``: turn a real-parallel failure into a token.
 The search keeps what the artifact fixes: the configuration and the seed (so each CPU's
-operation sequence is the recorded one) and each CPU's operation count at the end (the
-CPUs stop soon after the first violation; after a hang the count lags by up to the
-runner's STATS_FLUSH_OPS, which the search adds).  It tries, in order, until a run's
-first violation has the artifact's signature or the budget is spent:
+operation sequence is the recorded one) and each CPU's operation count at the violation
+(from its last recorded operation start; without one, the count at the end plus the
+runner's STATS_FLUSH_OPS, by which it lags after a hang).  It tries, in order, until a
+run's first violation has the artifact's signature or the budget is spent:
   1. the recorded event order (the artifact's events.json: IPIs sent and handled, tables
      allocated, unlinked and freed, in stamp order) as a GUIDED schedule: the CPU whose
      recorded event is next runs until it records it (only when no ring wrapped, so the
      record starts at the run's start);
-  2. PCT with depths 2, 3 and 4 in turn, over scheduler seeds 0, 1, 2...
+  2. in turn, two of the placed preemptions, then PCT of the whole run (depths 2, 3
+     and 4 in turn, over scheduler seeds 0, 1, 2...).  A placed preemption: the
+     recorded order of operation starts, cut M of them before the violation, as a
+     GUIDED schedule (each CPU runs until it has begun as many operations as it had
+     at that point of the record), then CPU X alone until its P-th scheduling point
+     and every other CPU before it from there (M of TAIL_OPS, P = 1, 2, ..., X the CPU
+     that reported the violation first, then the others).  The recorded order puts
+     every CPU at the operations that raced; the one preemption inside them is what
+     parallelism gave, and most catalogue races need no more (spfshm shrink).
 """
 import dataclasses
+import itertools
 import json
 import os
 import time
 
 from ..config import Config, ConfigError
+from ..debug import EV_VIOLATION
 from ..run import sched
 from ..run.replay import load, signature_of
 from ..run.runner import STATS_FLUSH_OPS, run_stress
 
 PCT_DEPTHS = (2, 3, 4)
-
+TAIL_OPS = (1, 2, 4)        # operation starts before the violation where the record stops
+MAX_PLACE = 96              # scheduling points of X before its preemption, at most
 
 def config_of_token(token, artifacts):
     """The token's Config (resolved), its digest and signature; TokenError as is."""
@@ -54,8 +65,11 @@ def replay_token(token, repeat, artifacts, run=run_stress):
 
 
 def guide_of(artifact, ncpus):
-    """The recorded event order as a GUIDED list (the CPU of each event), or None when
-    the artifact has none usable (no events.json, a ring wrapped)."""
+    """The recorded order, or None when the artifact has none usable (no events.json, a
+    ring wrapped): a dict of ``events`` (the GUIDED list of IPI and table events, each
+    its CPU), ``op_starts`` (the operation starts before the first violation, each
+    (n << CPU_BITS) | cpu for the CPU's n-th), ``ops`` (each CPU's operations begun by
+    then) and ``victim`` (the CPU that reported it, None for the parent's sweep)."""
     try:
         with open(os.path.join(artifact, "events.json")) as f:
             ev = json.load(f)
@@ -63,17 +77,48 @@ def guide_of(artifact, ncpus):
         return None
     if ev.get("wrapped"):
         return None
-    return tuple(e[0] for e in ev["events"]
-                 if e[2] in sched.GUIDE_EVENTS and 0 <= e[0] < ncpus)
+    g = {"events": [], "op_starts": [], "ops": [0] * ncpus, "victim": None}
+    after = False
+    for cpu, _, typ, a0, _, _ in ev["events"]:
+        if typ == EV_VIOLATION and not after:
+            after = True
+            g["victim"] = cpu if 0 <= cpu < ncpus else None
+        elif not 0 <= cpu < ncpus:
+            continue
+        elif typ == sched.EV_OP:
+            if not after:
+                g["ops"][cpu] = a0 + 1
+                g["op_starts"].append((a0 + 1) << sched.CPU_BITS | cpu)
+        elif typ in sched.GUIDE_EVENTS:
+            g["events"].append(cpu)
+    return g
+
+
+def placed(cfg, guide):
+    """The placed preemptions, in order (module doc, 2)."""
+    v = guide["victim"]
+    order = ([v] if v is not None else []) + [c for c in range(cfg.cpus) if c != v]
+    starts = tuple(guide["op_starts"])
+    for m in TAIL_OPS:
+        if len(starts) <= m:
+            return
+        for p in range(1, MAX_PLACE + 1):
+            for x in order:
+                yield dataclasses.replace(cfg, sched="guided:%d:%d" % (x, p),
+                                          sched_list=starts[:-m])
 
 
 def candidates(cfg, guide):
     """The schedules to try, in order (endless)."""
+    tails = iter(())
     if guide:
-        yield dataclasses.replace(cfg, sched="guided", sched_list=guide)
+        yield dataclasses.replace(cfg, sched="guided", sched_list=tuple(guide["events"]))
+        tails = placed(cfg, guide)
     k = 0
     while True:                # the run's seed fixes the op sequences: vary the schedule's
         for d in PCT_DEPTHS:
+            for c in itertools.islice(tails, 2):
+                yield c
             yield dataclasses.replace(cfg, sched="pct:%d" % d, sched_list=(), sched_seed=k)
         k += 1
 
@@ -87,14 +132,15 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
     ops = rep0.get("ops_per_cpu")
     if not ops:
         raise ConfigError("%s has no per-CPU op counts (made by an older spfshm)" % artifact)
-    # A CPU's op counter is flushed every STATS_FLUSH_OPS ops and at a clean end: after a
-    # hang or a crash it lags by up to that many (the run stops at the violation anyway).
-    slack = STATS_FLUSH_OPS
-    base = dataclasses.replace(cfg0, artifacts=out_dir, kill_worker=0.0,
-                               ops=max(ops) + slack, duration=Config.duration,
-                               cpu_ops=tuple(n + slack for n in ops))
     guide = guide_of(artifact, cfg0.cpus)
-    t0, tries = time.monotonic(), 0
+    if guide:                  # the operations begun when the violation was reported
+        cpu_ops = tuple(guide["ops"])
+    else:                      # the op counter is flushed every STATS_FLUSH_OPS ops and
+        cpu_ops = tuple(n + STATS_FLUSH_OPS for n in ops)    # at a clean end only
+    base = dataclasses.replace(cfg0, artifacts=out_dir, kill_worker=0.0,
+                               ops=max(max(cpu_ops), 1), duration=Config.duration,
+                               cpu_ops=cpu_ops)
+    t0, tries, other = time.monotonic(), 0, None
     for cand in candidates(base, guide):
         if tries >= budget_runs or time.monotonic() - t0 > budget_s:
             break
@@ -107,5 +153,7 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
             return {"found": True, "tries": tries, "seconds": round(time.monotonic() - t0, 2),
                     "schedule": cand.sched, "signature": sig, "token": rep["sched"]["token"],
                     "guided": guide is not None}
+        if got and other is None:      # another violation of the same run: kept, not taken
+            other = {"signature": got, "token": rep["sched"]["token"], "try": tries}
     return {"found": False, "tries": tries, "seconds": round(time.monotonic() - t0, 2),
-            "signature": sig, "guided": guide is not None}
+            "signature": sig, "guided": guide is not None, "other": other}
