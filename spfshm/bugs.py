@@ -284,9 +284,9 @@ CATALOGUE = [
     Bug("pervma_no_recheck", "vma_start_read step (c)",
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
-        ("vma_read_held@split_vma", "vma_read_held@munmap", "vma_unlocked_change@fault",
-         "vma_detached@fault", "fault_outside_vma@fault",
-         "pt_leak@sweep") + STALE_PTE + TABLE_FREED_WITH_PTES,
+        ("vma_read_while_written@vma_end_read", "vma_read_held@split_vma",
+         "vma_read_held@munmap", "vma_unlocked_change@fault", "vma_detached@fault",
+         "fault_outside_vma@fault", "pt_leak@sweep") + STALE_PTE + TABLE_FREED_WITH_PTES,
         "a fault read-locks a VMA that the current writer has already write-locked (under "
         "khugepaged: it populates the pmd the collapse cleared, and the huge pmd set over "
         "it leaks that table)",

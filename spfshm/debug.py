@@ -65,6 +65,9 @@ KINDS = {
     "vma_unlocked_change": "VMA #{a0} is not what the fault holding it locked copied "
                            "(prot {a1} in the copy, {a2} now)",
     "vma_read_held": "VMA #{a0} is being changed while CPU {a1} holds it read-locked",
+    "vma_read_while_written": "VMA #{a0} was write-locked (vm_lock_seq {a1} = mm_lock_seq) "
+                              "while this CPU held it read-locked: vma_start_read let it in "
+                              "past a writer",
     "fault_outside_vma": "a fault runs in VMA #{a0} [{a1:#x}, {a2:#x}), which does not "
                          "contain its address",
     "vma_detached": "a fault runs in VMA #{a0} [{a1:#x}, {a2:#x}) after it was detached "
@@ -124,7 +127,7 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
          "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
          "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc", "alloc_table",
-         "scenario"]
+         "scenario", "vma_end_read"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

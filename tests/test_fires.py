@@ -133,6 +133,7 @@ FIRES = {
         ("test_asserts.py::test_write_lock_asserts[vma_end_write_all]",),
     "mmap_not_locked@vma_start_write":
         ("test_asserts.py::test_write_lock_asserts[vma_start_write]",),
+    "vma_read_while_written@vma_end_read": ("test_a_reader_let_in_past_a_writer[busted]",),
     "vma_read_held@munmap": ("test_vma_read_held[vma_read_held@munmap]",),
     "vma_read_held@split_vma": ("test_vma_read_held[vma_read_held@split_vma]",),
     "vma_not_write_locked@split_vma": ("test_vma_split_without_its_write_lock",),
@@ -1052,6 +1053,35 @@ def test_vma_read_held(make, monkeypatch, sig):
     else:
         assert do_mprotect(b.mm, BASE, PAGE, PROT_READ) == 0
     assert only(b, sig)[:2] == (vid, OTHER)
+
+
+@pytest.mark.parametrize("bugs", [(), ("pervma_no_recheck",)], ids=["correct", "busted"])
+def test_a_reader_let_in_past_a_writer(make, bugs):
+    """Between vma_start_read's first check and its trylock (the named point there) a
+    writer write-locks the VMA and releases the rwsem, as vma_start_write does.  The
+    re-check (c) sends the reader to mmap_lock: nothing held, nothing reported.  Without
+    it the reader goes on holding a write-locked VMA, and its release reports that."""
+    from spfshm.mm.mmap_lock import vma_end_read, vma_start_read, vma_start_write
+    b = make(bugs=bugs).map()
+    vid, mm = b.vid(), b.mm
+    assert vma_start_read(mm, vid)                       # no writer: in and out, silent
+    vma_end_read(mm, vid)
+
+    def writer(point):
+        if point == "vma_start_read":
+            mm.delay = no_delay
+            mmap_write_lock(mm)
+            vma_start_write(mm, vid)
+    mm.delay = writer
+    got = vma_start_read(mm, vid)
+    assert got == bool(bugs)
+    if got:
+        vma_end_read(mm, vid)
+    mmap_write_unlock(mm)
+    if bugs:
+        assert only(b, "vma_read_while_written@vma_end_read")[0] == vid
+    else:
+        assert fired(b) == []
 
 
 def test_vma_split_without_its_write_lock(make):
