@@ -182,8 +182,7 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 			if (ok[c] && (next < 0 || s->prio[c] > s->prio[next]))
 				next = c;
 	} else if (s->policy == SPF_SCHED_GUIDED) {
-		uint64_t g = s->list_pos < s->list_len
-			? LIST(s)[s->list_pos] & ((1u << SPF_SCHED_CPU_BITS) - 1) : (uint64_t)n;
+		uint64_t g = s->list_pos < s->list_len ? LIST(s)[s->list_pos] : (uint64_t)n;
 		if (g < (uint64_t)n && ok[g])
 			next = (int)g;
 		else if (cur_ok)
@@ -332,17 +331,19 @@ void spf_sched_event(uint32_t type)
 		s->ops_begun[me]++;
 	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
 		return;
-	uint64_t *l = LIST(s), mask = (1u << SPF_SCHED_CPU_BITS) - 1;
-	if (!(l[s->list_pos] >> SPF_SCHED_CPU_BITS)) {            /* an event entry */
+	uint64_t *l = LIST(s);
+	if (!s->depth) {                                   /* param 0: IPI and table events */
 		int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE
 			|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);
 		if (guided && l[s->list_pos] == me)
 			s->list_pos++;
 		return;
 	}
-	while (s->list_pos < s->list_len && l[s->list_pos] >> SPF_SCHED_CPU_BITS       /* counted */
-	       && s->ops_begun[l[s->list_pos] & mask] >= l[s->list_pos] >> SPF_SCHED_CPU_BITS)
+	while (s->list_pos < s->list_len && l[s->list_pos] < 256      /* param 1: op starts */
+	       && s->ops_begun[l[s->list_pos]] > s->guide_met[l[s->list_pos]]) {
+		s->guide_met[l[s->list_pos]]++;
 		s->list_pos++;
+	}
 }
 
 void spf_sched_halt_after(uint64_t steps)

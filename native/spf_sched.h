@@ -33,17 +33,17 @@
  *           such an entry, so a run's log replayed as a LIST is the same run; shrinking
  *           drops entries.
  *   GUIDED  a recorded order of events (a real-parallel run's ring events), given as
- *           entries: the CPU whose entry is next runs (when it cannot, the current one
- *           goes on, or the next in id order) until the entry is met.  An entry is a CPU
- *           (IPIs and table alloc/unlink/free: met when it records its next event of
- *           those types), or a CPU and a count n >= 1, (n << SPF_SCHED_CPU_BITS) | cpu
- *           (met once the CPU has begun n operations, SPF_EV_OP; a CPU that ran ahead
- *           meets its entries at once, so such a list is always followed to its end).
- *           With param 1, once the list is followed to its end, the rest of the run
- *           (the tail) has one preemption, placed: CPU k & 0xff runs first, alone, and
- *           at the (k >> 8)-th step of the tail drops below every other CPU (which run
- *           in id order, each until it blocks or ends).  A recorded prefix, then the
- *           one preemption, inside the operations that raced, that parallelism gave.
+ *           the CPU of each: the CPU whose entry is next runs (when it cannot, the
+ *           current one goes on, or the next in id order) until the entry is met.
+ *           param 0: IPIs and table alloc/unlink/free; an entry is met when its CPU
+ *           records its next event of those types.  param 1: operation starts; a CPU's
+ *           n-th entry is met once it has begun n operations (SPF_EV_OP; a CPU that ran
+ *           ahead meets its entries at once, so the list is always followed to its
+ *           end), and then the rest of the run (the tail) has one preemption, placed:
+ *           CPU k & 0xff runs first, alone, and at the (k >> 8)-th step of the tail
+ *           drops below every other CPU (which run in id order, each until it blocks or
+ *           ends).  A recorded prefix, then the one preemption, inside the operations
+ *           that raced, that parallelism gave.
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  *
  * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
@@ -104,7 +104,8 @@ struct spf_sched {
 	uint64_t wait_val[256];
 	uint64_t wait_deadline[256];  /* logical ns, 0: none */
 	uint64_t points[256];     /* points per CPU */
-	uint64_t ops_begun[256];  /* SPF_EV_OP records per CPU (GUIDED's counted entries) */
+	uint64_t ops_begun[256];  /* SPF_EV_OP records per CPU (GUIDED param 1) */
+	uint64_t guide_met[256];  /* GUIDED param 1: entries of each CPU passed */
 	/* then log_cap log entries, then list_len list entries (uint64_t each), then
 	 * choice_cap choices: per step from 0, the mask of CPUs that could run (CPUs < 64)
 	 * and (cur + 1) << 32 | next, two words */

@@ -67,9 +67,9 @@ def replay_token(token, repeat, artifacts, run=run_stress):
 def guide_of(artifact, ncpus):
     """The recorded order, or None when the artifact has none usable (no events.json, a
     ring wrapped): a dict of ``events`` (the GUIDED list of IPI and table events, each
-    its CPU), ``op_starts`` (the operation starts before the first violation, each
-    (n << CPU_BITS) | cpu for the CPU's n-th), ``ops`` (each CPU's operations begun by
-    then) and ``victim`` (the CPU that reported it, None for the parent's sweep)."""
+    its CPU), ``op_starts`` (the CPU of each operation start before the first
+    violation), ``ops`` (each CPU's operations begun by then) and ``victim`` (the CPU
+    that reported it, None for the parent's sweep)."""
     try:
         with open(os.path.join(artifact, "events.json")) as f:
             ev = json.load(f)
@@ -88,7 +88,7 @@ def guide_of(artifact, ncpus):
         elif typ == sched.EV_OP:
             if not after:
                 g["ops"][cpu] = a0 + 1
-                g["op_starts"].append((a0 + 1) << sched.CPU_BITS | cpu)
+                g["op_starts"].append(cpu)
         elif typ in sched.GUIDE_EVENTS:
             g["events"].append(cpu)
     return g
