@@ -83,6 +83,22 @@ def test_shrink_keeps_the_signature_with_fewer_switches_and_ops(tmp_path):
     assert again["hits"] == again["same_digest"] == 2
 
 
+@pytest.mark.parametrize("bug", ["spf_ptl_spin", "mmap_unlock_leak"])
+def test_a_run_stopped_inside_an_operation_shrinks(tmp_path, bug):
+    """A deadlock or a hang stops a CPU inside an operation, which it has begun but not
+    completed: the explicit schedule keeps that operation (each CPU's operations begun,
+    not done), so it fails as the token's run did and shrinks."""
+    for seed in range(30):                       # a hang is exit 3, a deadlock exit 1
+        rep = run_stress(cfg_of(tmp_path, seed=seed, bugs=(bug,), ops=100))
+        if signature_of(rep):
+            break
+    assert signature_of(rep), "no seed in 0..29 catches %s" % bug
+    assert rep["sched"]["ops_begun"] != rep["sched"]["ops_per_cpu"]
+    r = shrink_token(rep["sched"]["token"], str(tmp_path / "s"), budget_s=20)
+    assert r["signature"] == signature_of(rep)
+    assert r["before"]["ops_per_cpu"] == rep["sched"]["ops_begun"]
+
+
 def test_pct_reports_its_bound(tmp_path):
     rep = run_stress(cfg_of(tmp_path, cpus=2, ops=10, sched="pct:2:1000"))
     assert rep["sched"]["pct_bound"] == pytest.approx(1 / (2 * 1000))

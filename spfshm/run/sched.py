@@ -177,6 +177,7 @@ class State:
                 "deadlock": bool(s.deadlock), "finished": bool(s.finished),
                 "halted": bool(s.halted),
                 "points": [int(s.points[c]) for c in range(self.ncpus)],
+                "ops_begun": [int(s.ops_begun[c]) for c in range(self.ncpus)],
                 "log_truncated": int(s.log_len) > LOG_CAP, "digest": self.digest()}
 
 

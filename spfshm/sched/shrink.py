@@ -1,8 +1,9 @@
 """``spfshm shrink TOKEN``: the smallest schedule that still shows a token's failure.
 
 1. The token's run is made explicit: its switch log, replayed as a LIST schedule, with
-   each CPU's operation count cut to what it had done when the run stopped (under the
-   scheduler every CPU stops at its first operation boundary after a violation).
+   each CPU's operation count cut to the operations it had begun when the run stopped
+   (under the scheduler every CPU stops at its first operation boundary after a
+   violation; one that a deadlock or a hang stopped inside an operation has begun it).
 2. Fewest switches: delta debugging over the switch list (Choi and Zeller, "Isolating
    Failure-Inducing Thread Schedules", ISSTA 2002: ddmin over the switch points, then
    one-switch removal until 1-minimal), keeping the first violation's signature and
@@ -22,7 +23,7 @@ import json
 import time
 
 from ..run.replay import signature_of
-from ..run.runner import STATS_FLUSH_OPS, run_stress
+from ..run.runner import run_stress
 from ..shrink import Shrinker
 from .replay import config_of_token
 
@@ -42,11 +43,7 @@ def shrink_token(token, out_dir, progress=None, run=run_stress, budget_s=600.0):
     if log is None:
         raise ValueError("the token's run made more switches than the log holds (%d steps):"
                          " shrink a shorter run" % first["sched"]["steps"])
-    ops = tuple(first["sched"]["ops_per_cpu"])
-    if not first["sched"]["finished"]:
-        # A hung run's op counters lag (flushed every STATS_FLUSH_OPS): the list replays
-        # the same steps whatever the limit, as long as it is not below the real count.
-        ops = tuple(n + STATS_FLUSH_OPS for n in ops)
+    ops = tuple(first["sched"]["ops_begun"])
     base = dataclasses.replace(cfg, sched="list", sched_list=tuple(log), cpu_ops=ops,
                                ops=max(ops) if ops else cfg.ops)
     runs = [0]
