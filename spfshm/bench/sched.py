@@ -84,6 +84,8 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
             f = find_schedule(rep["artifacts"], budget_runs, budget_s, art, progress=None,
                               run=run)
             row["find"] = {k: f[k] for k in ("found", "tries", "seconds", "guided")}
+            if f.get("other"):
+                row["find"]["other"] = f["other"]["signature"]
             if f["found"]:
                 r = replay_token(f["token"], 10, art, run=run)
                 row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
@@ -96,9 +98,10 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
                     row["shrink"] = {"error": str(e)}
             out.append(row)
             sh = row.get("shrink", {})
-            print("%-34s parallel %5.1fs; found %s in %d tries %.1fs%s; replay %s; shrink %s"
+            print("%-34s parallel %5.1fs; found %s in %d tries %.1fs%s%s; replay %s; shrink %s"
                   % (name, row["parallel_s"], f["found"], f["tries"], f["seconds"],
                      " (guided)" if f["guided"] else "",
+                     " (another: %s)" % f["other"]["signature"] if f.get("other") else "",
                      "%d/10 (digests %d/10)" % (row["replay"]["hits"],
                                                 row["replay"]["same_digest"])
                      if "replay" in row else "-",
