@@ -134,7 +134,7 @@ static int can_run(struct spf_sched *s, int c)
 /* GUIDED with a placed preemption: whether the list is done and the tail runs (as PCT
  * with the priorities and change point init gave); the change point moves to count from
  * the step where the tail began. */
-static int pct_tail(struct spf_sched *s)
+static int placed_tail(struct spf_sched *s)
 {
 	if (s->policy != SPF_SCHED_GUIDED || !s->depth || s->list_pos < s->list_len)
 		return 0;
@@ -174,7 +174,7 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 		uint64_t k = below(rnd(s), (uint64_t)nok);
 		for (int c = 0; c < n; c++)
 			if (ok[c] && k-- == 0) { next = c; break; }
-	} else if (s->policy == SPF_SCHED_PCT || pct_tail(s)) {
+	} else if (s->policy == SPF_SCHED_PCT || placed_tail(s)) {
 		for (uint32_t i = 0; cur >= 0 && i + 1 < s->depth; i++)
 			if (s->change_at[i] == s->step)
 				s->prio[cur] = i + 1;
