@@ -95,7 +95,7 @@ struct spf_sched {
 	uint64_t list_pos;
 	uint64_t choice_cap;      /* exploration: steps whose choice is recorded (0: none) */
 	uint64_t choice_len;
-	uint64_t tail_from;       /* GUIDED with a depth: the step its PCT tail began (0: not yet) */
+	uint64_t tail_from;       /* GUIDED param 1: the step its tail began (0: not yet) */
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */

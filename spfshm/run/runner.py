@@ -26,6 +26,7 @@ from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
 from ..smp import Smp, smp_regions
 from . import artifacts, scenario, sched
+from .events import EV_OP
 from .watchdog import (HB_DONE, HB_OP, HB_SEQ, RCU_CALLBACKS, StallMonitor, dump_cpu,
                        format_dump, holds_anything, process_state, stall_cause)
 from .workers import WorkerError, Workers, describe_exit
@@ -168,7 +169,7 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
         op, args = wl.next()
         hb[HB_OP] = OP_INDEX[op]
         hb[HB_SEQ] += 1                       # odd: inside an operation
-        native.trace(sched.EV_OP, n, OP_INDEX[op], 0)   # the op order replay --deterministic follows
+        native.trace(EV_OP, n, OP_INDEX[op], 0)   # the op order replay --deterministic follows
         try:
             res = run_op(mm, c, op, args)
             hb[HB_SEQ] += 1

@@ -2,9 +2,10 @@
 
 The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
-(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or the ``guided[:CPU:STEP]``
-a token carries: a recorded order, then one placed preemption), the arena region, what a CPU does to join and leave, what the runner reads afterwards
-(steps, switches, the digest), and the replay token.
+(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or ``guided[:CPU:STEP]``
+a token carries: a recorded order, then one placed preemption), the arena region, what
+a CPU does to join and leave, what the runner reads afterwards (steps, switches, the
+digest), and the replay token.
 
 A token is ``spfshm1-`` and the base64url of a zlib'd JSON object: the model's version
 digest, the run's configuration (``Config.to_dict``), the schedule (a policy and its
@@ -29,7 +30,6 @@ TOKEN_PREFIX = "spfshm1-"
 LOG_CAP = 1 << 17              # switches a run logs (a longer log is truncated)
 POLICIES = {"random": native.lib.SPF_SCHED_RANDOM, "pct": native.lib.SPF_SCHED_PCT,
             "list": native.lib.SPF_SCHED_LIST, "guided": native.lib.SPF_SCHED_GUIDED}
-EV_OP = native.lib.SPF_EV_OP   # an operation begins (runner.py): a0 its index, a1 OP_INDEX
 GUIDE_EVENTS = (native.EV_IPI_SEND, native.EV_IPI_HANDLE, native.lib.SPF_EV_TABLE_ALLOC,
                 native.lib.SPF_EV_TABLE_UNLINK, native.lib.SPF_EV_TABLE_FREE)
 RANDOM_DEFAULT_PM = 20000      # random: a switch at 2% of the points

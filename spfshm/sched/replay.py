@@ -31,12 +31,14 @@ import time
 from ..config import Config, ConfigError
 from ..debug import EV_VIOLATION
 from ..run import sched
+from ..run.events import EV_OP
 from ..run.replay import load, signature_of
 from ..run.runner import STATS_FLUSH_OPS, run_stress
 
 PCT_DEPTHS = (2, 3, 4)
 TAIL_OPS = (1, 2, 4)        # operation starts before the violation where the record stops
 MAX_PLACE = 96              # scheduling points of X before its preemption, at most
+
 
 def config_of_token(token, artifacts):
     """The token's Config (resolved), its digest and signature; TokenError as is."""
@@ -85,7 +87,7 @@ def guide_of(artifact, ncpus):
             g["victim"] = cpu if 0 <= cpu < ncpus else None
         elif not 0 <= cpu < ncpus:
             continue
-        elif typ == sched.EV_OP:
+        elif typ == EV_OP:
             if not after:
                 g["ops"][cpu] = a0 + 1
                 g["op_starts"].append(cpu)
