@@ -340,7 +340,7 @@ void spf_sched_event(uint32_t type)
 		return;
 	}
 	while (s->list_pos < s->list_len && l[s->list_pos] < 256      /* param 1: op starts */
-	       && s->ops_begun[l[s->list_pos]] > s->guide_met[l[s->list_pos]]) {
+	       && s->ops_begun[l[s->list_pos]] > s->guide_met[l[s->list_pos]] + 1) {
 		s->guide_met[l[s->list_pos]]++;
 		s->list_pos++;
 	}

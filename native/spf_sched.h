@@ -37,9 +37,13 @@
  *           current one goes on, or the next in id order) until the entry is met.
  *           param 0: IPIs and table alloc/unlink/free; an entry is met when its CPU
  *           records its next event of those types.  param 1: operation starts; a CPU's
- *           n-th entry is met once it has begun n operations (SPF_EV_OP; a CPU that ran
- *           ahead meets its entries at once, so the list is always followed to its
- *           end), and then the rest of the run (the tail) has one preemption, placed:
+ *           n-th entry is met once it has begun n + 1 operations (SPF_EV_OP): the entry
+ *           runs the operation it recorded the start of to its end, so an operation's
+ *           effects come where it began, not at the CPU's next turn, which may come many
+ *           operations of the others later (a CPU that ran ahead meets its entries at
+ *           once, so the list is always followed to its end; a list of one CPU's every
+ *           start would wait for one more), and then the rest of the run (the tail) has
+ *           one preemption, placed:
  *           CPU k & 0xff runs first, alone, and at the (k >> 8)-th step of the tail
  *           drops below every other CPU (which run in id order, each until it blocks or
  *           ends).  A recorded prefix, then the one preemption, inside the operations

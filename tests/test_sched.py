@@ -187,14 +187,15 @@ def test_a_recorded_op_order_with_a_placed_preemption_replays_from_its_token(tmp
     """GUIDED with a placed preemption (replay --deterministic's second kind of try): the
     op-start order is followed (another order is another run), the tail's preemption
     counts (another step is another run), and the token, whose list is the CPU of each
-    op start, replays with the same digest."""
-    order = (0, 1, 2) * 8 + (1, 1, 0)
+    op start but each CPU's last (an entry runs its operation through), replays with the
+    same digest."""
+    order = (0, 1, 2) * 7 + (1, 0, 1)
     cfg = cfg_of(tmp_path, sched="guided:1:3", sched_list=order, cpu_ops=(9, 10, 8), ops=10)
     a = run_stress(cfg)
     assert a["exit_code"] == 0 and a["sched"]["ops_per_cpu"] == [9, 10, 8]
     again = replay_token(a["sched"]["token"], 2, str(tmp_path / "r"))
     assert again["hits"] == again["same_digest"] == 2
-    other_order = run_stress(dataclasses.replace(cfg, sched_list=(2, 1, 0) * 8 + (1, 1, 0)))
+    other_order = run_stress(dataclasses.replace(cfg, sched_list=(2, 1, 0) * 7 + (1, 0, 1)))
     other_step = run_stress(dataclasses.replace(cfg, sched="guided:1:40"))
     assert len({a["sched"]["digest"], other_order["sched"]["digest"],
                 other_step["sched"]["digest"]}) == 3

@@ -14,10 +14,12 @@ run's first violation has the artifact's signature or the budget is spent:
      record starts at the run's start);
   2. in turn, two of the placed preemptions, then PCT of the whole run (depths 2, 3
      and 4 in turn, over scheduler seeds 0, 1, 2...).  A placed preemption: the
-     recorded order of operation starts, cut M of them before the violation, as a
-     GUIDED schedule (each CPU runs until it has begun as many operations as it had
-     at that point of the record), then CPU X alone until its P-th scheduling point
-     and every other CPU before it from there (M of TAIL_OPS, P = 1, 2, ..., X the CPU
+     recorded order of operation starts, without each CPU's last (the operation it
+     was in when the violation came) and M more, as a GUIDED schedule in which each
+     entry runs its operation to its end (an operation's effects come where it
+     began: a zap that began before another CPU's stores zaps before them, as it
+     mostly did in the run), then CPU X alone until its P-th scheduling point and
+     every other CPU before it from there (M of TAIL_OPS, P = 1, 2, ..., X the CPU
      that reported the violation first, then the others).  The recorded order puts
      every CPU at the operations that raced; the one preemption inside them is what
      parallelism gave, and most catalogue races need no more (spfshm shrink).
@@ -36,7 +38,7 @@ from ..run.replay import load, signature_of
 from ..run.runner import STATS_FLUSH_OPS, run_stress
 
 PCT_DEPTHS = (2, 3, 4)
-TAIL_OPS = (1, 2, 4)        # operation starts before the violation where the record stops
+TAIL_OPS = (0, 1, 3)        # more operations the tail runs, besides those in flight
 MAX_PLACE = 96              # scheduling points of X before its preemption, at most
 
 
@@ -96,18 +98,25 @@ def guide_of(artifact, ncpus):
     return g
 
 
+def prefix(starts):
+    """The recorded op starts without each CPU's last (the operations in flight at the
+    violation, which the tail runs)."""
+    last = {c: i for i, c in enumerate(starts)}
+    return tuple(c for i, c in enumerate(starts) if last[c] != i)
+
+
 def placed(cfg, guide):
     """The placed preemptions, in order (module doc, 2)."""
     v = guide["victim"]
     order = ([v] if v is not None else []) + [c for c in range(cfg.cpus) if c != v]
-    starts = tuple(guide["op_starts"])
+    starts = prefix(guide["op_starts"])
     for m in TAIL_OPS:
-        if len(starts) <= m:
+        if len(starts) < m:
             return
         for p in range(1, MAX_PLACE + 1):
             for x in order:
                 yield dataclasses.replace(cfg, sched="guided:%d:%d" % (x, p),
-                                          sched_list=starts[:-m])
+                                          sched_list=starts[:len(starts) - m])
 
 
 def candidates(cfg, guide):
