@@ -54,8 +54,11 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k))
 	    || (policy == SPF_SCHED_GUIDED && param
-		&& (param > 1 || (k & 0xff) >= (uint64_t)ncpus || !(k >> 8))))
+		&& (param > 2 || (k & 0xff) >= (uint64_t)ncpus || !(k >> 8))))
 		return -1;
+	for (uint64_t i = 0; policy == SPF_SCHED_GUIDED && i < list_len; i++)
+		if (list[i] >= 256 && (param != 2 || list[i] - 256 != (k & 0xff)))
+			return -1;             /* a held operation is the placed CPU's, by events */
 	memset(s, 0, sizeof(*s));      /* the log is written before it is read */
 	s->turn = SPF_SCHED_NONE;
 	s->ncpus = (uint32_t)ncpus;
@@ -65,14 +68,19 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	s->log_cap = log_cap;
 	if (policy == SPF_SCHED_RANDOM)
 		s->switch_pm = param;
-	if (policy == SPF_SCHED_GUIDED && param == 1) {
+	if (policy == SPF_SCHED_GUIDED && param) {
 		/* one preemption: CPU k & 0xff runs first and runs last from its (k >> 8)-th
-		 * step of the tail on; the others in between, lower ids first */
+		 * step (param 2: after its (k >> 8)-th event) of the tail on; the others in
+		 * between, lower ids first */
 		s->depth = 2;
 		for (int c = 0; c < ncpus; c++)
 			s->prio[c] = 2 + (uint32_t)(ncpus - c);
 		s->prio[k & 0xff] = 3 + (uint32_t)ncpus;
-		s->change_at[0] = k >> 8;
+		s->place_cpu = (uint32_t)(k & 0xff);
+		if (param == 1)
+			s->change_at[0] = k >> 8;
+		else
+			s->place_events = k >> 8;     /* change_at[0] is set by the event */
 	} else if (policy == SPF_SCHED_PCT) {
 		s->depth = param;
 		/* a random permutation of depth..depth+n-1 */
@@ -140,7 +148,7 @@ static int placed_tail(struct spf_sched *s)
 		return 0;
 	if (!s->tail_from) {
 		s->tail_from = s->step ? s->step : 1;
-		for (uint32_t i = 0; i + 1 < s->depth; i++)
+		for (uint32_t i = 0; !s->place_events && i + 1 < s->depth; i++)
 			s->change_at[i] += s->tail_from;
 	}
 	return 1;
@@ -183,13 +191,23 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 				next = c;
 	} else if (s->policy == SPF_SCHED_GUIDED) {
 		uint64_t g = s->list_pos < s->list_len ? LIST(s)[s->list_pos] : (uint64_t)n;
+		int held = (int)s->held - 1;
+		if (g >= 256)
+			g -= 256;                      /* a held operation's entry: its CPU */
 		if (g < (uint64_t)n && ok[g])
 			next = (int)g;
-		else if (cur_ok)
+		for (int i = 1; next < 0 && i <= n; i++) {  /* an IPI the entry's CPU waits for */
+			int c = (cur + i + n) % n;
+			if (ok[c] && c != held && ipi_takeable(c))
+				next = c;
+		}
+		if (next < 0 && cur_ok && cur != held)
 			return cur;
 		for (int i = 1; next < 0 && i <= n; i++)
-			if (ok[(cur + i + n) % n])
+			if (ok[(cur + i + n) % n] && (cur + i + n) % n != held)
 				next = (cur + i + n) % n;
+		if (next < 0 && held >= 0 && ok[held])
+			next = held;
 	} else {
 		uint64_t *l = LIST(s);
 		while (s->list_pos < s->list_len && l[s->list_pos] >> SPF_SCHED_CPU_BITS < s->step)
@@ -329,9 +347,18 @@ void spf_sched_event(uint32_t type)
 	uint32_t me = (uint32_t)spf_me.cpu;
 	if (type == SPF_EV_OP)
 		s->ops_begun[me]++;
+	if (s->place_events && !s->held && s->list_pos >= s->list_len && me == s->place_cpu
+	    && type != SPF_EV_SWITCH && ++s->place_seen == s->place_events)
+		s->change_at[0] = s->step + 1;             /* its next point: pick() drops it */
 	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
 		return;
 	uint64_t *l = LIST(s);
+	if (l[s->list_pos] >= 256 && l[s->list_pos] - 256 == me && type != SPF_EV_SWITCH
+	    && ++s->place_seen == s->place_events) {       /* param 2: hold the operation */
+		s->held = me + 1;
+		s->prio[me] = 1;                           /* below all, in the tail too */
+		s->list_pos++;
+	}
 	if (!s->depth) {                                   /* param 0: IPI and table events */
 		int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE
 			|| (type >= SPF_EV_TABLE_ALLOC && type <= SPF_EV_TABLE_FREE);

@@ -47,7 +47,17 @@
  *           CPU k & 0xff runs first, alone, and at the (k >> 8)-th step of the tail
  *           drops below every other CPU (which run in id order, each until it blocks or
  *           ends).  A recorded prefix, then the one preemption, inside the operations
- *           that raced, that parallelism gave.
+ *           that raced, that parallelism gave.  param 2: the same, but the CPU drops
+ *           at the first point after its (k >> 8)-th event of the tail (a lock taken
+ *           or released, IRQs or an RCU section entered or left, an IPI, a table's
+ *           life: spf_trace's records), as CHESS preempts at synchronisation only: a
+ *           writer's window deep inside a long operation (a ptl dropped mid-zap) is
+ *           its n-th event, where counting points would need thousands of tries.
+ *           With param 2 an entry 256 + c is c's held operation: c runs (its
+ *           operation in flight) until its (k >> 8)-th event since the entry came up,
+ *           and is then held below every other CPU for the rest of the run, while
+ *           the list goes on without it (it runs only when no other CPU can): a long
+ *           operation that the others' recorded operations overlapped.
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  *
  * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
@@ -89,7 +99,7 @@ struct spf_sched {
 	uint32_t finished;        /* every CPU is done */
 	uint64_t halt_at;         /* the schedule stops at this step (0: never) */
 	uint32_t halted;          /* ... and it did: every CPU waits for good */
-	uint32_t pad0;
+	uint32_t place_cpu;       /* GUIDED param 1, 2: the CPU of the placed preemption */
 	uint64_t timeouts;        /* waits ended by their deadline */
 	uint64_t switches;        /* turn changes, the first included */
 	uint64_t preemptions;     /* ... of them, away from a CPU that could have gone on */
@@ -99,7 +109,10 @@ struct spf_sched {
 	uint64_t list_pos;
 	uint64_t choice_cap;      /* exploration: steps whose choice is recorded (0: none) */
 	uint64_t choice_len;
-	uint64_t tail_from;       /* GUIDED param 1: the step its tail began (0: not yet) */
+	uint64_t tail_from;       /* GUIDED param 1, 2: the step its tail began (0: not yet) */
+	uint64_t place_events;    /* GUIDED param 2: the placed CPU's events before it drops */
+	uint64_t place_seen;      /* ... and those it recorded in the tail so far */
+	uint64_t held;            /* GUIDED param 2: 1 + the CPU held below every other */
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */
@@ -118,8 +131,9 @@ struct spf_sched {
 /* Bytes of the shared area for a log of log_cap entries and a list of list_len. */
 uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap);
 /* Once, in the creating process.  param: RANDOM switch_pm, PCT depth, GUIDED 1 for the
- * placed preemption (0: none); k: PCT's estimate of the run's steps, GUIDED's placed
- * preemption (step << 8) | cpu.  Returns 0, or -1 for a bad argument. */
+ * placed preemption at a step, 2 at an event (0: none); k: PCT's estimate of the run's
+ * steps, GUIDED's placed preemption (step << 8) | cpu or (events << 8) | cpu.  Returns
+ * 0, or -1 for a bad argument. */
 int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		    uint32_t param, uint64_t k, uint64_t log_cap,
 		    const uint64_t *list, uint64_t list_len, uint64_t choice_cap);

@@ -201,6 +201,53 @@ def test_a_recorded_op_order_with_a_placed_preemption_replays_from_its_token(tmp
                 other_step["sched"]["digest"]}) == 3
 
 
+THROUGH = """config fault-mode=classic
+map 0 16 rw
+cpu 0: madvise 0 16; load 8
+cpu 1: store 1; store 2; load 9
+expect frames_freed == %d
+"""
+
+
+def _guided_scenario(tmp_path, text, spec, order):
+    from spfshm.run.scenario import config_of
+    path = tmp_path / "s.litmus"
+    path.write_text(text)
+    return run_stress(config_of(str(path), sched=spec, sched_list=order,
+                                artifacts=str(tmp_path / "art")).resolved())
+
+
+@pytest.mark.parametrize("order,freed", [((0, 1), 0), ((1, 0), 1)])
+def test_a_guided_entry_runs_its_operation_through(tmp_path, order, freed):
+    """An entry of the recorded op-start order runs its operation to its end, where it
+    began: CPU 0's DONTNEED listed first zaps before CPU 1's stores (nothing to free);
+    listed after CPU 1's first store, it zaps that page (one frame freed).  When an
+    entry stopped at its operation's start, the zap ran at CPU 0's next turn, after
+    both stores, either way."""
+    rep = _guided_scenario(tmp_path, THROUGH % freed, "guided:1:1000", order)
+    assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
+
+
+HELD = """config fault-mode=classic
+map 0 16 rw
+populate 0 16
+cpu 0: madvise 0 16
+cpu 1: store 3; store 12
+expect fault_classic == %d
+"""
+
+
+@pytest.mark.parametrize("events,faults", [(1, 16), (1000, 18)])
+def test_a_held_operation_lets_the_others_run_inside_it(tmp_path, events, faults):
+    """A held operation (entry 256 + CPU, ``guided:CPU:eN``): CPU 0's DONTNEED starts,
+    is held after its N-th event while CPU 1 runs, then finishes.  Held at its first
+    (mmap_lock taken), CPU 1's stores find their pages still mapped: the populate's
+    16 faults only; held past its end (never), it zaps first and both stores fault.  The entry is met by
+    the held CPU's events alone (it begins no operation after it)."""
+    rep = _guided_scenario(tmp_path, HELD % faults, "guided:0:e%d" % events, (256,))
+    assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
+
+
 def test_two_failing_runs_in_one_second_keep_two_artifacts(tmp_path):
     cfg, a = failing(tmp_path, cpus=2, ops=30)
     b = run_stress(cfg)

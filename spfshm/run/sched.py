@@ -50,6 +50,9 @@ def parse_spec(spec):
     if name not in ("random", "pct", "list", "guided"):
         raise ValueError("--sched must be random[:PER_MILLION], pct[:DEPTH[:K]] or "
                          "replay:TOKEN, got %r" % spec)
+    placed_at = 1                      # guided:CPU:STEP counts points, guided:CPU:eN events
+    if name == "guided" and len(args) == 2 and args[1][:1] == "e":
+        placed_at, args = 2, [args[0], args[1][1:]]
     try:
         nums = [int(a) for a in args]
     except ValueError:
@@ -66,8 +69,9 @@ def parse_spec(spec):
         return name, nums[0] if nums else PCT_DEFAULT_DEPTH, nums[1] if len(nums) > 1 else 0
     if name == "guided" and args:      # a recorded prefix, then one placed preemption
         if len(nums) != 2 or not 0 <= nums[0] < 256 or nums[1] < 1:
-            raise ValueError("guided:CPU:STEP: CPU in 0..255, STEP >= 1")
-        return name, 1, nums[1] << 8 | nums[0]
+            raise ValueError("guided:CPU:STEP or guided:CPU:eEVENTS: CPU in 0..255, "
+                             "STEP or EVENTS >= 1")
+        return name, placed_at, nums[1] << 8 | nums[0]
     if args:
         raise ValueError("--sched %s takes no argument (a token carries its list)" % name)
     return name, 0, 0

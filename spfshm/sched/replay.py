@@ -12,17 +12,26 @@ run's first violation has the artifact's signature or the budget is spent:
      allocated, unlinked and freed, in stamp order) as a GUIDED schedule: the CPU whose
      recorded event is next runs until it records it (only when no ring wrapped, so the
      record starts at the run's start);
-  2. in turn, two of the placed preemptions, then PCT of the whole run (depths 2, 3
-     and 4 in turn, over scheduler seeds 0, 1, 2...).  A placed preemption: the
-     recorded order of operation starts, without each CPU's last (the operation it
-     was in when the violation came) and M more, as a GUIDED schedule in which each
-     entry runs its operation to its end (an operation's effects come where it
-     began: a zap that began before another CPU's stores zaps before them, as it
-     mostly did in the run), then CPU X alone until its P-th scheduling point and
-     every other CPU before it from there (M of TAIL_OPS, P = 1, 2, ..., X the CPU
-     that reported the violation first, then the others).  The recorded order puts
-     every CPU at the operations that raced; the one preemption inside them is what
-     parallelism gave, and most catalogue races need no more (spfshm shrink).
+  2. in turn, three placed preemptions (one of each kind), then PCT of the whole run
+     (depths 2, 3 and 4 in turn, over scheduler seeds 0, 1, 2...).  Every placed
+     preemption follows the recorded order of operation starts as a GUIDED schedule
+     in which each entry runs its operation to its end (an operation's effects come
+     where it began: a zap that began before another CPU's stores zaps before them,
+     as it mostly did in the run).  The order leaves out each CPU's last start (the
+     operation it was in when the violation came), so it puts every CPU at the
+     operations that raced; the one preemption inside them is what parallelism gave,
+     and most catalogue races need no more (spfshm shrink).  The kinds:
+     - at a point: then CPU X alone until its P-th scheduling point, and every other
+       CPU before it from there (P = 1, 2, ..., MAX_PLACE; X the CPU that reported
+       the violation first, then the others);
+     - at an event: the same, X preempted after its E-th event (a lock taken or
+       released, IRQs or RCU, an IPI, a table's life), as CHESS preempts at
+       synchronisation: a window deep in a long operation is a few events in;
+     - held: X's last operation starts where it did in the record and runs to its
+       E-th event, then is held while the others go on in their recorded order, and
+       finishes last (E over 1..MAX_HELD, spread: powers of two, then the gaps
+       halved): a long operation (a zap of many batches) that the others'
+       operations overlapped, its window anywhere in it.
 """
 import dataclasses
 import itertools
@@ -38,8 +47,9 @@ from ..run.replay import load, signature_of
 from ..run.runner import STATS_FLUSH_OPS, run_stress
 
 PCT_DEPTHS = (2, 3, 4)
-TAIL_OPS = (0, 1, 3)        # more operations the tail runs, besides those in flight
-MAX_PLACE = 96              # scheduling points of X before its preemption, at most
+MAX_PLACE = 96              # points (or events) of X before its preemption, at most
+MAX_HELD = 256              # events of X before its operation is held, at most
+PLACED_PER_PCT = 3          # placed preemptions tried for each PCT run
 
 
 def config_of_token(token, artifacts):
@@ -98,25 +108,61 @@ def guide_of(artifact, ncpus):
     return g
 
 
-def prefix(starts):
+def prefix(starts, held=None):
     """The recorded op starts without each CPU's last (the operations in flight at the
-    violation, which the tail runs)."""
+    violation, which the tail runs); with ``held`` a CPU, its last stays, as the entry
+    of its held operation (256 + the CPU)."""
     last = {c: i for i, c in enumerate(starts)}
-    return tuple(c for i, c in enumerate(starts) if last[c] != i)
+    return tuple(256 + c if c == held else c
+                 for i, c in enumerate(starts) if last[c] != i or c == held)
+
+
+def spread(n):
+    """1..n, the powers of two first, then the rest in van der Corput order (each pass
+    halves the gaps): a wide window anywhere in a long operation is met within a few
+    tries, a narrow one near its start at once."""
+    def corput(i):                     # i's bits mirrored behind the binary point
+        x, f = 0.0, 0.5
+        while i:
+            x, i, f = x + f * (i & 1), i >> 1, f / 2
+        return x
+    seen, out = set(), []
+    for k in itertools.chain((1 << j for j in range(n.bit_length())),
+                             (1 + int(corput(i) * n) for i in range(1, 4 * n)),
+                             range(1, n + 1)):
+        if k <= n and k not in seen:
+            seen.add(k)
+            out.append(k)
+    return out
 
 
 def placed(cfg, guide):
-    """The placed preemptions, in order (module doc, 2)."""
+    """The placed preemptions, in order (module doc, 2): the three kinds in turn."""
     v = guide["victim"]
     order = ([v] if v is not None else []) + [c for c in range(cfg.cpus) if c != v]
-    starts = prefix(guide["op_starts"])
-    for m in TAIL_OPS:
-        if len(starts) < m:
-            return
+    starts = guide["op_starts"]
+    tail = prefix(starts)
+    begun = set(starts)
+
+    def at_points():
         for p in range(1, MAX_PLACE + 1):
             for x in order:
-                yield dataclasses.replace(cfg, sched="guided:%d:%d" % (x, p),
-                                          sched_list=starts[:len(starts) - m])
+                yield "guided:%d:%d" % (x, p), tail
+
+    def at_events():
+        for e in range(1, MAX_PLACE + 1):
+            for x in order:
+                yield "guided:%d:e%d" % (x, e), tail
+
+    def held():
+        for e in spread(MAX_HELD):
+            for x in order:
+                if x in begun:
+                    yield "guided:%d:e%d" % (x, e), prefix(starts, held=x)
+
+    for spec, lst in itertools.chain.from_iterable(
+            zip(at_points(), held(), at_events())):
+        yield dataclasses.replace(cfg, sched=spec, sched_list=lst)
 
 
 def candidates(cfg, guide):
@@ -128,7 +174,7 @@ def candidates(cfg, guide):
     k = 0
     while True:                # the run's seed fixes the op sequences: vary the schedule's
         for d in PCT_DEPTHS:
-            for c in itertools.islice(tails, 2):
+            for c in itertools.islice(tails, PLACED_PER_PCT):
                 yield c
             yield dataclasses.replace(cfg, sched="pct:%d" % d, sched_list=(), sched_seed=k)
         k += 1
