@@ -248,6 +248,31 @@ def test_a_held_operation_lets_the_others_run_inside_it(tmp_path, events, faults
     assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
 
 
+SHOOTDOWN = """config fault-mode=classic
+map 0 16 rw
+populate 0 16
+map 64 16 rw
+cpu 0: munmap 0 16; load 64
+cpu 1: load 64; load 65; load 66; load 67; load 68; load 69
+cpu 2: load 70; load 71; load 72; load 73; load 74; load 75
+"""
+
+
+def test_a_guided_cpu_waiting_for_acks_lets_each_target_take_its_ipi(tmp_path):
+    """CPU 0's entry (its munmap) waits for the flush IPI's acks of CPUs 1 and 2: each
+    runs until it has taken its IPI, and CPU 0 goes on; none runs its operations ahead
+    of the record meanwhile (letting the current CPU go on, CPU 1 ran all six loads
+    before CPU 2 was given its turn to ack)."""
+    rep = _guided_scenario(tmp_path, SHOOTDOWN, "guided:0:1000", (0,))
+    assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
+    bits = sched.CPU_BITS
+    switches = [(e >> bits, e & ((1 << bits) - 1)) for e in rep["sched"]["log"]]
+    away = next(i for i, (_, c) in enumerate(switches) if c != 0)
+    back = next(i for i in range(away, len(switches)) if switches[i][1] == 0)
+    assert {c for _, c in switches[away:back]} == {1, 2}, switches[:back + 1]
+    assert switches[back][0] - switches[away][0] < 60, switches[:back + 1]
+
+
 def test_two_failing_runs_in_one_second_keep_two_artifacts(tmp_path):
     cfg, a = failing(tmp_path, cpus=2, ops=30)
     b = run_stress(cfg)
