@@ -246,6 +246,8 @@ def test_a_held_operation_lets_the_others_run_inside_it(tmp_path, events, faults
     the held CPU's events alone (it begins no operation after it)."""
     rep = _guided_scenario(tmp_path, HELD % faults, "guided:0:e%d" % events, (256,))
     assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
+    again = replay_token(rep["sched"]["token"], 2, str(tmp_path / "r"))
+    assert again["same_digest"] == 2
 
 
 SHOOTDOWN = """config fault-mode=classic
