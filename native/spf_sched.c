@@ -366,7 +366,7 @@ void spf_sched_event(uint32_t type)
 			s->list_pos++;
 		return;
 	}
-	while (s->list_pos < s->list_len && l[s->list_pos] < 256      /* param 1: op starts */
+	while (s->list_pos < s->list_len && l[s->list_pos] < 256   /* param 1, 2: op starts */
 	       && s->ops_begun[l[s->list_pos]] > s->guide_met[l[s->list_pos]] + 1) {
 		s->guide_met[l[s->list_pos]]++;
 		s->list_pos++;

@@ -33,24 +33,25 @@
  *           such an entry, so a run's log replayed as a LIST is the same run; shrinking
  *           drops entries.
  *   GUIDED  a recorded order of events (a real-parallel run's ring events), given as
- *           the CPU of each: the CPU whose entry is next runs (when it cannot, the
- *           current one goes on, or the next in id order) until the entry is met.
+ *           the CPU of each: the CPU whose entry is next runs until the entry is met;
+ *           when it cannot (it waits), a CPU with an IPI to take runs (the acks it may
+ *           wait for), else the current one goes on, else the next in id order.
  *           param 0: IPIs and table alloc/unlink/free; an entry is met when its CPU
  *           records its next event of those types.  param 1: operation starts; a CPU's
  *           n-th entry is met once it has begun n + 1 operations (SPF_EV_OP): the entry
- *           runs the operation it recorded the start of to its end, so an operation's
- *           effects come where it began, not at the CPU's next turn, which may come many
- *           operations of the others later (a CPU that ran ahead meets its entries at
- *           once, so the list is always followed to its end; a list of one CPU's every
- *           start would wait for one more), and then the rest of the run (the tail) has
- *           one preemption, placed:
- *           CPU k & 0xff runs first, alone, and at the (k >> 8)-th step of the tail
- *           drops below every other CPU (which run in id order, each until it blocks or
- *           ends).  A recorded prefix, then the one preemption, inside the operations
- *           that raced, that parallelism gave.  param 2: the same, but the CPU drops
- *           at the first point after its (k >> 8)-th event of the tail (a lock taken
- *           or released, IRQs or an RCU section entered or left, an IPI, a table's
- *           life: spf_trace's records), as CHESS preempts at synchronisation only: a
+ *           runs the operation whose start it records to its end, so the operation's
+ *           effects come where it began, not at the CPU's next turn, which may come
+ *           many operations of the others later.  (A CPU that ran ahead meets its
+ *           entries at once, so the list is always followed to its end; the caller
+ *           leaves out each CPU's last start, which would wait for one more.)  Then
+ *           the rest of the run (the tail) has one preemption, placed: CPU k & 0xff
+ *           runs first, alone, and at the (k >> 8)-th step of the tail drops below
+ *           every other CPU (which run in id order, each until it blocks or ends).  A
+ *           recorded prefix, then the one preemption, inside the operations that
+ *           raced, that parallelism gave.  param 2: the same, but the CPU drops at
+ *           the first point after its (k >> 8)-th event of the tail (a lock taken or
+ *           released, IRQs or an RCU section entered or left, an IPI, a table's life:
+ *           spf_trace's records), as CHESS preempts at synchronisation only: a
  *           writer's window deep inside a long operation (a ptl dropped mid-zap) is
  *           its n-th event, where counting points would need thousands of tries.
  *           With param 2 an entry 256 + c is c's held operation: c runs (its
