@@ -250,6 +250,19 @@ def test_a_held_operation_lets_the_others_run_inside_it(tmp_path, events, faults
     assert again["same_digest"] == 2
 
 
+def test_the_held_kind_spreads_its_events_over_the_operation():
+    """E for a held operation: every value of 1..n once, the powers of two first, and
+    after them no gap twice as wide as needed (a wide window anywhere is met early)."""
+    from spfshm.sched.replay import spread
+    for n in (1, 5, 256, 300):
+        s = spread(n)
+        assert sorted(s) == list(range(1, n + 1))
+    s = spread(256)
+    assert s[:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    first = sorted(s[:9 + 32])
+    assert max(b - a for a, b in zip(first, first[1:])) <= 2 * 256 // 32
+
+
 SHOOTDOWN = """config fault-mode=classic
 map 0 16 rw
 populate 0 16
