@@ -191,7 +191,7 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 				next = c;
 	} else if (s->policy == SPF_SCHED_GUIDED) {
 		uint64_t g = s->list_pos < s->list_len ? LIST(s)[s->list_pos] : (uint64_t)n;
-		int held = (int)s->held - 1;
+		int held = s->held ? (int)s->place_cpu : -1;
 		if (g >= 256)
 			g -= 256;                      /* a held operation's entry: its CPU */
 		if (g < (uint64_t)n && ok[g])
@@ -355,7 +355,7 @@ void spf_sched_event(uint32_t type)
 	uint64_t *l = LIST(s);
 	if (l[s->list_pos] >= 256 && l[s->list_pos] - 256 == me && type != SPF_EV_SWITCH
 	    && ++s->place_seen == s->place_events) {       /* param 2: hold the operation */
-		s->held = me + 1;
+		s->held = 1;
 		s->prio[me] = 1;                           /* below all, in the tail too */
 		s->list_pos++;
 	}

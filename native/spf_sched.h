@@ -113,7 +113,7 @@ struct spf_sched {
 	uint64_t tail_from;       /* GUIDED param 1, 2: the step its tail began (0: not yet) */
 	uint64_t place_events;    /* GUIDED param 2: the placed CPU's events before it drops */
 	uint64_t place_seen;      /* ... and those it recorded in the tail so far */
-	uint64_t held;            /* GUIDED param 2: 1 + the CPU held below every other */
+	uint64_t held;            /* GUIDED param 2: place_cpu's operation is held */
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */

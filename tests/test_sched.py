@@ -210,10 +210,9 @@ expect frames_freed == %d
 
 
 def _guided_scenario(tmp_path, text, spec, order):
+    from test_explore import write
     from spfshm.run.scenario import config_of
-    path = tmp_path / "s.litmus"
-    path.write_text(text)
-    return run_stress(config_of(str(path), sched=spec, sched_list=order,
+    return run_stress(config_of(write(tmp_path, text), sched=spec, sched_list=order,
                                 artifacts=str(tmp_path / "art")).resolved())
 
 

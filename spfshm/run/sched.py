@@ -2,10 +2,10 @@
 
 The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
-(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or ``guided[:CPU:STEP]``
-a token carries: a recorded order, then one placed preemption), the arena region, what
-a CPU does to join and leave, what the runner reads afterwards (steps, switches, the
-digest), and the replay token.
+(``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or
+``guided[:CPU:STEP]`` or ``guided:CPU:eEVENTS`` a token carries: a recorded order, then
+one placed preemption), the arena region, what a CPU does to join and leave, what the
+runner reads afterwards (steps, switches, the digest), and the replay token.
 
 A token is ``spfshm1-`` and the base64url of a zlib'd JSON object: the model's version
 digest, the run's configuration (``Config.to_dict``), the schedule (a policy and its

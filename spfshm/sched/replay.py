@@ -154,11 +154,12 @@ def placed(cfg, guide):
             for x in order:
                 yield "guided:%d:e%d" % (x, e), tail
 
+    holding = {x: prefix(starts, held=x) for x in order if x in begun}
+
     def held():
         for e in spread(MAX_HELD):
-            for x in order:
-                if x in begun:
-                    yield "guided:%d:e%d" % (x, e), prefix(starts, held=x)
+            for x, lst in holding.items():
+                yield "guided:%d:e%d" % (x, e), lst
 
     for spec, lst in itertools.chain.from_iterable(
             zip(at_points(), held(), at_events())):
