@@ -7,9 +7,6 @@ void spf_ring_init(struct spf_ring_hdr *ring, uint64_t capacity)
 	ring->head = 0;
 	ring->digest = 0;
 	ring->capacity = capacity;
-	struct spf_event *ev = (struct spf_event *)(ring + 1);
-	for (uint64_t i = 0; i < capacity; i++)
-		ev[i].seq = 0;
 }
 
 void spf_ring_attach(struct spf_ring_hdr *ring) { spf_me.ring = ring; }

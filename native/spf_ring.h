@@ -39,6 +39,8 @@ struct spf_event {
 #define SPF_LK_READ  1
 #define SPF_LK_WRITE 2
 
+/* The events' memory must be zero (every seq 0: no record valid), as a new arena is;
+ * it is not written here, so the pages of a ring no event reaches are never faulted in. */
 void spf_ring_init(struct spf_ring_hdr *ring, uint64_t capacity);
 void spf_ring_attach(struct spf_ring_hdr *ring);    /* this process's ring */
 void spf_trace(uint32_t type, uint64_t a0, uint64_t a1, uint64_t a2);

@@ -41,7 +41,7 @@ class Smp:
         self.capacity = (self.rings.shape[1] - RING_HDR_WORDS) * 8 // EVENT_DTYPE.itemsize
 
     def init(self):
-        """Once, in the creating process."""
+        """Once, in the creating process, on a new (zero-filled) arena."""
         self.percpu[:] = np.zeros(self.ncpus, dtype=PERCPU_DTYPE)
         self.percpu["alive"] = 0
         self.arena["rcu_gp_seq"][0] = 1

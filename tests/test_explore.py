@@ -264,17 +264,50 @@ def test_the_fail_nth_sweep_fails_each_allocation_in_turn(tmp_path, monkeypatch)
     assert read_token(s.failure["token"])[0]["fail_nth"] == s.failure["fail_nth"]
 
 
-def test_a_sweep_refuses_an_injector_that_fails_more_than_once_per_cpu(tmp_path):
-    """The sweep's contract with mm_types' injector: at most one failure per CPU a run.
-    A run that reports more (a broken injector) is an error, not a verdict."""
-    from spfshm.run.inject import Sweep
+def test_a_sweep_refuses_an_injector_that_fails_another_attempt(tmp_path):
+    """The sweep's contract with mm_types' injector: with fail-nth N each CPU fails its
+    N-th attempt and no other.  A run whose counts say otherwise is an error, not a
+    verdict (a broken injector would otherwise make the sweep run to its bound)."""
+    from spfshm.run.inject import InjectionError, Sweep
     cfg = scenario.config_of(os.path.join(SCENARIOS, "pte-alloc-race.litmus"), sched="list",
                              artifacts=str(tmp_path / "a")).resolved()
 
-    def fake(injected):
+    def fake(per_cpu):
         return lambda c: {"sched": {"choices": [], "steps": 0, "token": ""},
-                          "interrupted": 0, "exit_code": 0, "fail_nth": {"injected": injected}}
-    with pytest.raises(RuntimeError, match="at most one per CPU"):
-        Sweep(cfg, run=fake(cfg.cpus + 1)).run()
-    s = Sweep(cfg, run=fake(0)).run()
+                          "interrupted": 0, "exit_code": 0,
+                          "fail_nth": {"injected": sum(i for _, i in per_cpu),
+                                       "per_cpu": per_cpu}}
+    for per_cpu in ([[1, 1], [3, 2]], [[0, 1], [0, 0]], [[2, 0], [0, 0]]):
+        with pytest.raises(InjectionError, match="exactly its 1-th attempt must fail"):
+            Sweep(cfg, run=fake(per_cpu)).run()
+    s = Sweep(cfg, run=fake([[0, 0], [0, 0]])).run()
     assert s.exhausted and s.runs == 1 and s.failure is None
+
+
+@pytest.mark.parametrize("busted", ["every", "next"])
+def test_a_broken_injector_is_caught_by_the_sweep(tmp_path, monkeypatch, busted):
+    """The same check on real runs (the injector's own mutants): without its re-check it
+    fails every attempt (a sweep that never ends: each run injects something); counting
+    after the check it fails the (N+1)-th.  Both are refused at the first run whose
+    counts show it; the correct injector sweeps pte-alloc-race to the end (above)."""
+    from spfshm.mm import mm_types
+    from spfshm.run.inject import InjectionError, Sweep
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "pte-alloc-race.litmus"), sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    attempts = mm_types.STAT["fail_nth_attempts"]
+
+    def broken(self, n):
+        def fails():
+            if busted == "every":          # BUSTED: no `if attempts != n: return False`
+                self.count("fail_nth_attempts")
+            elif self.local[attempts] != n:   # BUSTED: checked before counting
+                self.count("fail_nth_attempts")
+                return False
+            else:
+                self.count("fail_nth_attempts")
+            self.count("fail_nth_injected")
+            return True
+        return fails
+    monkeypatch.setattr(mm_types.MM, "_fail_nth", broken)
+    with pytest.raises(InjectionError, match="must fail"):
+        Sweep(cfg).run()

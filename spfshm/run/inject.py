@@ -16,6 +16,20 @@ from .runner import run_stress
 MAX_N = 256          # a bound on the sweep: the shipped scenarios attempt far fewer
 
 
+class InjectionError(RuntimeError):
+    """The injection itself went wrong (not a violation of the model under test)."""
+
+
+def check_injection(n, per_cpu):
+    """With fail-nth ``n``, each CPU's (attempts, injected) must show that its n-th
+    attempt failed and no other: one failure if it attempted n or more, else none."""
+    for cpu, (attempts, injected) in enumerate(per_cpu):
+        if injected != (attempts >= n):
+            raise InjectionError(
+                "fail-nth %d: CPU %d injected %d failure(s) in %d attempt(s): exactly its "
+                "%d-th attempt must fail" % (n, cpu, injected, attempts, n))
+
+
 class Sweep:
     """The sweep of ``cfg`` (a resolved scenario Config); ``run()`` fills ``runs``,
     ``failure`` (Explorer's failure dict, plus ``fail_nth``) and ``exhausted`` (a run
@@ -32,13 +46,11 @@ class Sweep:
             def one(cfg):
                 rep = self.run_one(cfg)
                 injected.append(rep["fail_nth"]["injected"])
+                check_injection(n, rep["fail_nth"]["per_cpu"])
                 return rep
             ex = Explorer(dataclasses.replace(self.cfg, fail_nth=n), 0, max_schedules=1,
                           run=one).explore()
             self.runs += 1
-            if injected and injected[0] > self.cfg.cpus:
-                raise RuntimeError("fail-nth %d injected %d failures: at most one per CPU"
-                                   % (n, injected[0]))
             if ex.failure:
                 self.failure = dict(ex.failure, fail_nth=n)
                 return self

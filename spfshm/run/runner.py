@@ -386,7 +386,7 @@ class Stress:
         killer = random.Random("spfshm-kill:%d" % cfg.seed)
         poll = 0.005 if cfg.sched else 0.05      # a scheduled run is short: look often
         while True:
-            time.sleep(poll)
+            workers.wait(poll)
             now = time.monotonic()
             running = workers.poll()
             if not running:

@@ -10,6 +10,7 @@ periods stop waiting for it.  A worker the parent could not reap (someone else d
 ``EXIT_UNKNOWN``, a crash.
 """
 import os
+import select
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ class Workers:
         self.pids = {}          # cpu -> pid
         self.status = {}        # cpu -> exit code (negative: killed by signal; EXIT_UNKNOWN)
         self.killed = {}        # cpu -> the signal kill() sent it
+        self.pidfds = {}        # cpu -> a pidfd of a worker not reaped yet (wait())
 
     def start(self):
         parent = os.getpid()
@@ -74,6 +76,10 @@ class Workers:
                     finally:
                         os._exit(code)
             self.pids[cpu] = pid
+            try:
+                self.pidfds[cpu] = os.pidfd_open(pid)
+            except (AttributeError, OSError):       # before Linux 5.3: wait() sleeps
+                pass
         return self
 
     def poll(self):
@@ -90,7 +96,18 @@ class Workers:
                     continue
                 self.status[cpu] = os.waitstatus_to_exitcode(st)
             native.cpu_mark_dead(cpu)
+            if cpu in self.pidfds:
+                os.close(self.pidfds.pop(cpu))
         return [c for c in self.pids if c not in self.status]
+
+    def wait(self, timeout):
+        """Sleep up to ``timeout`` seconds; a worker's exit ends it early (its pidfd
+        becomes readable), so a short run is reaped when it ends, not a poll later."""
+        fds = list(self.pidfds.values())
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
 
     def join(self, timeout=None):
         """Wait for every worker; on timeout kill them all and raise WorkerError."""
