@@ -25,8 +25,8 @@ import random
 import sys
 import time
 
+from .pool import runs
 from .replay import signature_of
-from .runner import run_stress
 from .sched import CPU_BITS
 
 CHOICE_CAP = 1 << 15        # steps whose choices a run records (a longer run is cut short)
@@ -58,15 +58,16 @@ def describe_list(lst):
 
 class Explorer:
     """Runs the schedules of ``cfg`` (a resolved scenario Config) up to ``bound``
-    preemptions.  ``progress(explorer)`` is called after each run."""
+    preemptions.  ``progress(explorer)`` is called after each run; ``run(cfg)`` runs one
+    schedule (default: a pool of its own for the search, run/pool.py)."""
 
-    def __init__(self, cfg, bound, max_schedules=0, progress=lambda e: None, run=run_stress,
+    def __init__(self, cfg, bound, max_schedules=0, progress=lambda e: None, run=None,
                  sample=0, sample_seed=0):
         self.cfg = dataclasses.replace(cfg, sched="list", sched_list=(),
                                        sched_choices=CHOICE_CAP)
         self.bound, self.max_schedules = bound, max_schedules
         self.sample, self.sample_seed = sample, sample_seed
-        self.progress, self.run_one = progress, run
+        self.progress, self.run_given = progress, run
         self.runs = 0
         self.per_level = [0] * (bound + 2)
         self.sampled_of = 0          # the level-(bound + 1) schedules the sample drew from
@@ -99,6 +100,10 @@ class Explorer:
         return choices
 
     def explore(self):
+        with runs(self.run_given) as self.run_one:
+            return self._explore()
+
+    def _explore(self):
         t0 = time.monotonic()
         work = [[] for _ in range(self.bound + 2)]
         work[0].append(((), 0))

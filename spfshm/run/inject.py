@@ -11,7 +11,7 @@ stops the sweep, with its token (which carries N).
 import dataclasses
 
 from .explore import Explorer
-from .runner import run_stress
+from .pool import runs
 
 MAX_N = 256          # a bound on the sweep: the shipped scenarios attempt far fewer
 
@@ -33,13 +33,18 @@ def check_injection(n, per_cpu):
 class Sweep:
     """The sweep of ``cfg`` (a resolved scenario Config); ``run()`` fills ``runs``,
     ``failure`` (Explorer's failure dict, plus ``fail_nth``) and ``exhausted`` (a run
-    injected nothing before MAX_N)."""
+    injected nothing before MAX_N).  ``run(cfg)`` runs one (default: a pool of its own
+    for the sweep, run/pool.py)."""
 
-    def __init__(self, cfg, run=run_stress):
-        self.cfg, self.run_one = cfg, run
+    def __init__(self, cfg, run=None):
+        self.cfg, self.run_given = cfg, run
         self.runs, self.failure, self.exhausted = 0, None, False
 
     def run(self):
+        with runs(self.run_given) as self.run_one:
+            return self._sweep()
+
+    def _sweep(self):
         for n in range(1, MAX_N + 1):
             injected = []
 

@@ -299,9 +299,10 @@ class Stress:
         ctl[PAUSE] = 0
         return True
 
-    def run(self):
+    def run(self, pool=None):
+        """One run; with ``pool`` (run/pool.py) in its arena and on its workers."""
         cfg = self.cfg
-        st = RunState(cfg)
+        st = pool.state(cfg) if pool else RunState(cfg)
         t0 = time.monotonic()
         try:
             try:
@@ -312,7 +313,8 @@ class Stress:
             sweeper = debug.Reporter(st.arena, cfg.cpus, -1)
             mm.reporter = sweeper
             mm.report = sweeper.report
-            workers = Workers(st.smp, cfg.cpus, lambda cpu: worker_main(st, cpu), pin=cfg.pin)
+            workers = pool.workers(st) if pool else \
+                Workers(st.smp, cfg.cpus, lambda cpu: worker_main(st, cpu), pin=cfg.pin)
             workers.start()
             old = {sig: signal.signal(sig, self._on_signal(workers))
                    for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -342,7 +344,8 @@ class Stress:
                     self.notes.append("could not write artifacts: %s" % e)
             return rep
         finally:
-            st.close()
+            if not pool:
+                st.close()
 
     def _final_sweep(self, st, mm, failed, clean_stop):
         """The sweep at the end, once every CPU is reaped.  After a clean stop (every CPU

@@ -44,7 +44,8 @@ from ..debug import EV_VIOLATION
 from ..run import sched
 from ..run.events import EV_OP
 from ..run.replay import load, signature_of
-from ..run.runner import STATS_FLUSH_OPS, run_stress
+from ..run import pool
+from ..run.runner import STATS_FLUSH_OPS
 
 PCT_DEPTHS = (2, 3, 4)
 MAX_PLACE = 96              # points (or events) of X before its preemption, at most
@@ -62,8 +63,13 @@ def config_of_token(token, artifacts):
         raise sched.TokenError("the token's configuration is not valid here: %s" % e)
 
 
-def replay_token(token, repeat, artifacts, run=run_stress):
+def replay_token(token, repeat, artifacts, run=None):
     cfg, digest, sig = config_of_token(token, artifacts)
+    with pool.runs(run) as run:
+        return _replay_token(cfg, digest, sig, repeat, run)
+
+
+def _replay_token(cfg, digest, sig, repeat, run):
     runs = []
     for k in range(repeat):
         t0 = time.monotonic()
@@ -181,7 +187,7 @@ def candidates(cfg, guide):
         k += 1
 
 
-def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=run_stress):
+def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=None):
     cfg0, sig = load(artifact)
     if sig is None:
         raise ConfigError("%s recorded no violation or hang: nothing to find" % artifact)
@@ -198,6 +204,11 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
     base = dataclasses.replace(cfg0, artifacts=out_dir, kill_worker=0.0,
                                ops=max(max(cpu_ops), 1), duration=Config.duration,
                                cpu_ops=cpu_ops)
+    with pool.runs(run) as run:
+        return _search(base, guide, sig, budget_runs, budget_s, progress, run)
+
+
+def _search(base, guide, sig, budget_runs, budget_s, progress, run):
     t0, tries, other = time.monotonic(), 0, None
     for cand in candidates(base, guide):
         if tries >= budget_runs or time.monotonic() - t0 > budget_s:

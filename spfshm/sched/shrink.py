@@ -23,7 +23,7 @@ import json
 import time
 
 from ..run.replay import signature_of
-from ..run.runner import run_stress
+from ..run import pool
 from ..shrink import Shrinker
 from .replay import config_of_token
 
@@ -32,8 +32,13 @@ class _OutOfTime(Exception):
     pass
 
 
-def shrink_token(token, out_dir, progress=None, run=run_stress, budget_s=600.0):
+def shrink_token(token, out_dir, progress=None, run=None, budget_s=600.0):
     cfg, _, sig = config_of_token(token, out_dir)
+    with pool.runs(run) as run:
+        return _shrink(cfg, sig, progress, run, budget_s)
+
+
+def _shrink(cfg, sig, progress, run, budget_s):
     t0 = time.monotonic()
     first = run(cfg)
     if signature_of(first) is None:

@@ -1,0 +1,303 @@
+"""CPUs that stay alive across the scheduled runs of one layout (``Pool``): explore, the
+fail-nth sweep and other searches run hundreds of short runs of one scenario, and most of
+a fresh run's time went to making it, not running it (a new arena faulted in and
+zeroed; two forks of the parent, whose CPUs then fault in every page they touch: the
+copy-on-write of the Python heap, and the arena's pages, which fork does not copy for a
+shared mapping).  A pool keeps both: one arena, zeroed before each run, and one worker
+process per CPU, which runs the next run's ``worker_main`` when told.
+
+One run through the pool, stated once (``Pool.run``; ``PoolRun`` is the runner's view of
+the workers, the interface of ``Workers``):
+  1. the parent zeroes the arena and builds the run's initial state in it
+     (``setup_initial``: everything a fresh arena gets), the workers blocked on their
+     pipes, touching nothing
+  2. it sends each worker the run's Config (a pickle on the worker's pipe: the write is
+     the worker's go; partner: the read in ``_serve``)
+  3. the worker becomes its CPU, runs ``worker_main`` (the same code as a forked
+     worker's), unregisters, and writes its status byte on its own pipe back (partner:
+     ``PoolRun.poll``'s read); a worker whose run raised writes 1 and exits, as a forked
+     one would
+  4. the runner watches, stops and reaps the run as it does a fresh one; a worker it
+     had to kill (a hang, a violation's grace, a halted schedule) or that exited is
+     gone: the next run forks a new set.
+Why the runs are the same runs: a run's outcome under the controlled scheduler is a
+function of its Config and the arena it starts from (the determinism tests, which also
+run through pools); step 1 gives it the arena a fresh run starts from, and each run's
+objects (the MM, the CPU, its workload, its generators) are built inside
+``worker_main``, never carried over.  The scheduler's region is sized for a list of up
+to ``LIST_CAPACITY`` entries (a longer one rebuilds the pool), so that the schedules of
+one search share one layout.
+"""
+import contextlib
+import dataclasses
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from .. import native
+from ..bugs import Bugs
+from .runner import RunState, Stress, worker_main
+from .workers import EXIT_UNKNOWN, WorkerError, _usable_cores
+
+LIST_CAPACITY = 256
+
+
+def _layout_cfg(cfg):
+    """The Config whose layout the pool builds for ``cfg``: its scheduler region holds a
+    list of LIST_CAPACITY entries (or more, for a longer list)."""
+    n = max(LIST_CAPACITY, len(cfg.sched_list))
+    n = 1 << (n - 1).bit_length()
+    return dataclasses.replace(cfg, sched_list=(0,) * n)
+
+
+@contextlib.contextmanager
+def runs(run=None):
+    """``run`` (a function of a Config returning its report) if given; else, for the
+    duration, a pool's: what a search that makes many runs of one layout uses."""
+    if run is not None:
+        yield run
+        return
+    with Pool() as pool:
+        yield pool.run
+
+
+class Pool:
+    """Runs scheduled Configs of one layout with one arena and one set of workers.  Use
+    as a context manager (or call ``close``); ``run(cfg)`` is ``run_stress(cfg)``."""
+
+    def __init__(self):
+        self.st = None
+        self.key = None
+        self.procs = {}           # cpu -> (pid, pidfd, to-worker fd, from-worker fd)
+        self.runs = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def run(self, cfg, progress=lambda *a: None):
+        if not cfg.sched:
+            raise ValueError("a pool runs scheduled runs only (--sched)")
+        return Stress(cfg, progress).run(pool=self)
+
+    # -- the runner's side -----------------------------------------------------------------
+    def state(self, cfg):
+        """The RunState of the next run: the pool's, its arena zeroed (step 1)."""
+        layout_cfg = _layout_cfg(cfg)
+        key = RunState.layout_for(layout_cfg).regions
+        if self.st is None or key != self.key:
+            self.close()
+            self.st = RunState(layout_cfg)
+            self.key = key
+        else:
+            self._reset(self.st)
+        self.st.cfg = cfg
+        self.st.bugs = Bugs(cfg.bugs)
+        self.st.vmpte_kb_peak = self.st.vmpte_kb_end = 0
+        return self.st
+
+    @staticmethod
+    def _reset(st):
+        """The arena as a new one is: every byte zero."""
+        np.frombuffer(st.arena.shm.buf, dtype=np.uint8)[:] = 0
+
+    def workers(self, st):
+        """The runner's view of this run's workers (not started yet)."""
+        return PoolRun(self, st)
+
+    def close(self):
+        """Kill the workers and unmap the arena."""
+        for cpu in list(self.procs):
+            self._drop(cpu, signal.SIGKILL)
+        if self.st is not None:
+            self.st.close()
+            self.st = None
+
+    # -- the workers -----------------------------------------------------------------------
+    def _ensure(self, st):
+        """A live worker for each CPU: the ones that died since (killed from outside)
+        are reaped and forked anew."""
+        for cpu, (pid, *_rest) in list(self.procs.items()):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                self._forget(cpu)
+        parent = os.getpid()
+        cores = _usable_cores()
+        for cpu in range(st.cfg.cpus):
+            if cpu in self.procs:
+                continue
+            to_r, to_w = os.pipe()
+            from_r, from_w = os.pipe()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    native.die_with_parent()
+                    if os.getppid() != parent:
+                        os._exit(1)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    for c, (_, pidfd, w, r) in self.procs.items():   # the others' ends
+                        for fd in (pidfd, w, r):
+                            if fd is not None:
+                                os.close(fd)
+                    os.close(to_w)
+                    os.close(from_r)
+                    if st.cfg.pin and cores:
+                        try:
+                            os.sched_setaffinity(0, [cores[cpu % len(cores)]])
+                        except OSError:
+                            pass
+                    code = _serve(st, cpu, to_r, from_w)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
+            os.close(to_r)
+            os.close(from_w)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                pidfd = None
+            self.procs[cpu] = (pid, pidfd, to_w, from_r)
+
+    def _forget(self, cpu):
+        """Close a worker's ends and drop it (it was reaped); its pid."""
+        pid, pidfd, w, r = self.procs.pop(cpu)
+        for fd in (w, r, pidfd):
+            if fd is not None:
+                os.close(fd)
+        return pid
+
+    def _drop(self, cpu, sig=None):
+        """Forget a worker: kill it if asked, close its ends, reap it; its exit code."""
+        pid = self._forget(cpu)
+        if sig is not None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return EXIT_UNKNOWN
+        return os.waitstatus_to_exitcode(status)
+
+
+def _serve(st, cpu, rfd, wfd):
+    """A pool worker's life: per Config received (step 2), one run as CPU ``cpu`` (step
+    3); 0 when the parent closed the pipe."""
+    rfile = os.fdopen(rfd, "rb")
+    while True:
+        try:
+            cfg = pickle.load(rfile)
+        except EOFError:
+            return 0
+        st.cfg = cfg
+        st.bugs = Bugs(cfg.bugs)
+        code = 0
+        try:
+            st.smp.become_cpu(cpu)
+            worker_main(st, cpu)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(wfd, struct.pack("B", code))
+        if code:
+            return code
+
+
+class PoolRun:
+    """One run's workers, as the runner sees a ``Workers``: start, poll, wait, join,
+    kill, status, crashed."""
+
+    def __init__(self, pool, st):
+        self.pool, self.st = pool, st
+        self.ncpus = st.cfg.cpus
+        self.pids = {}
+        self.status = {}
+        self.killed = {}
+
+    def start(self):
+        self.pool._ensure(self.st)
+        msg = pickle.dumps(self.st.cfg)
+        for cpu in range(self.ncpus):
+            pid, _, w, _ = self.pool.procs[cpu]
+            self.pids[cpu] = pid
+            os.write(w, msg)
+        self.pool.runs += 1
+        return self
+
+    def _end(self, cpu, code):
+        self.status[cpu] = code
+        native.cpu_mark_dead(cpu)
+
+    def poll(self):
+        """Collect the CPUs whose run ended (a status byte, or their exit); returns the
+        CPUs still running."""
+        for cpu in range(self.ncpus):
+            if cpu in self.status:
+                continue
+            pid, _, _, r = self.pool.procs[cpu]
+            if select.select([r], [], [], 0)[0]:
+                b = os.read(r, 1)
+                if b and b[0] == 0:
+                    self._end(cpu, 0)
+                    continue
+                if b:                      # it raised and is exiting: reap it
+                    self._end(cpu, self.pool._drop(cpu))
+                    continue
+            got, st = os.waitpid(pid, os.WNOHANG)
+            if got:                        # died without a word (killed, crashed)
+                self.pool._forget(cpu)
+                self._end(cpu, os.waitstatus_to_exitcode(st))
+        return [c for c in range(self.ncpus) if c not in self.status]
+
+    def wait(self, timeout):
+        """Up to ``timeout`` seconds; a worker's status byte or exit ends it early."""
+        fds = []
+        for cpu in range(self.ncpus):
+            if cpu not in self.status and cpu in self.pool.procs:
+                _, pidfd, _, r = self.pool.procs[cpu]
+                fds += [r] + ([pidfd] if pidfd is not None else [])
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
+
+    def join(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                running = self.poll()
+                self.kill()
+                raise WorkerError("CPUs %s still running after %.1fs; killed"
+                                  % (running, timeout))
+            self.wait(0.02)
+        return self.status
+
+    def kill(self, sig=signal.SIGKILL):
+        """Kill the CPUs still running (their processes: the next run forks new ones)."""
+        for cpu in self.poll():
+            self.killed[cpu] = sig
+            self._end(cpu, self.pool._drop(cpu, sig))
+
+    def crashed(self):
+        return {c: s for c, s in self.status.items()
+                if s != 0 and not (c in self.killed and s == -self.killed[c])}

@@ -1,0 +1,86 @@
+"""run/pool.py: scheduled runs on CPUs that stay alive, in one arena, give the runs a
+fresh arena and fresh processes give."""
+import dataclasses
+import os
+import signal
+import time
+
+from spfshm.run import scenario
+from spfshm.run.explore import Explorer
+from spfshm.run.pool import Pool
+from spfshm.run.runner import run_stress
+from test_explore import SCENARIOS
+
+
+def _cfg(tmp_path, name, **change):
+    cfg = scenario.config_of(os.path.join(SCENARIOS, name), sched="list",
+                             artifacts=str(tmp_path / "a")).resolved()
+    return dataclasses.replace(cfg, **change)
+
+
+def _explore(cfg, run):
+    seen = []
+
+    def one(c):
+        rep = run(c)
+        seen.append((rep["sched"]["token"], rep["exit_code"]))
+        return rep
+    ex = Explorer(cfg, 1, run=one).explore()
+    return seen, ex.failure
+
+
+def test_a_pool_runs_the_schedules_fresh_runs_run(tmp_path):
+    """Every schedule of spf-vs-munmap up to K=1, clean and with a busted fault (which
+    fails at one of them): the same tokens (the digest of every CPU's events), exit codes
+    and first failure through a pool as through a fresh arena and fresh forks each."""
+    for bugs in ((), ("spf_skip_final_seq_check",)):
+        cfg = _cfg(tmp_path, "spf-vs-munmap.litmus", bugs=bugs)
+        fresh, f1 = _explore(cfg, run_stress)
+        with Pool() as pool:
+            pooled, f2 = _explore(cfg, pool.run)
+            assert pool.runs == len(pooled)
+        assert pooled == fresh and len(fresh) > 50
+        assert (f1 is None) == (not bugs), f1
+        assert (f1 and f1["token"]) == (f2 and f2["token"])
+
+
+def test_a_run_after_a_failing_one_starts_from_a_new_arena(tmp_path, monkeypatch):
+    """The failing schedule, then the clean scenario's first one, in one pool: clean.
+    A pool that does not zero the arena between runs (BUSTED) carries the failure's
+    violation records into the next run, which then fails."""
+    cfg = _cfg(tmp_path, "spf-vs-munmap.litmus")
+    bad = dataclasses.replace(cfg, bugs=("spf_skip_final_seq_check",))
+    failing = Explorer(bad, 1).explore().failure
+    assert failing
+    failing_cfg = dataclasses.replace(bad, sched_list=tuple(failing["switch_list"]))
+
+    def twice():
+        with Pool() as pool:
+            assert pool.run(failing_cfg)["exit_code"] != 0
+            return pool.run(cfg)["exit_code"]
+    assert twice() == 0
+    monkeypatch.setattr(Pool, "_reset", staticmethod(lambda st: None))
+    assert twice() != 0
+
+
+def test_a_pool_replaces_a_worker_that_died(tmp_path):
+    """A worker killed from outside between two runs (and dead before the next starts:
+    one killed as the run starts is a crash of that run) is forked anew for the next;
+    the run is the one a fresh run gives."""
+    cfg = _cfg(tmp_path, "gup-vs-madvise.litmus")
+    want = run_stress(cfg)["sched"]["token"]
+    with Pool() as pool:
+        assert pool.run(cfg)["sched"]["token"] == want
+        pid = pool.procs[1][0]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while open("/proc/%d/stat" % pid).read().split()[2] != "Z":   # dead, not reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rep = pool.run(cfg)
+        assert rep["exit_code"] == 0 and rep["sched"]["token"] == want
+        assert pool.procs[1][0] != pid
+        pids = [p[0] for p in pool.procs.values()]
+    for pid in pids:                        # close() leaves no process behind
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
