@@ -412,8 +412,8 @@ def build_parser():
                     help="KEY=VALUE,... over the default seeds=0:20,ops=1500,cpus=2,"
                          "perturb=auto,diffkernel=on,scenarios=1,deeper=1500 (keys: seeds, "
                          "ops, cpus, perturb, delay, stall, diffkernel, scenarios, deeper)")
-    mu.add_argument("--time-limit", type=pos_float, default=120.0, metavar="SEC",
-                    help="per mutant: its campaign stops here (outcome timeout; default 120)")
+    mu.add_argument("--time-limit", type=pos_float, default=60.0, metavar="SEC",
+                    help="per mutant: its campaign stops here (outcome timeout; default 60)")
     mu.add_argument("--jobs", default="auto", metavar="N",
                     help="mutants run in parallel (pytest-xdist workers, default auto)")
     mu.add_argument("--json", type=writable_path, metavar="PATH",

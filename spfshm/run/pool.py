@@ -19,10 +19,11 @@ the workers, the interface of ``Workers``):
      one would
   4. the runner watches, stops and reaps the run as it does a fresh one; a worker it
      had to kill (a hang, a violation's grace, a halted schedule) or that exited is
-     gone: the next run forks a new set.
+     gone: the next run forks a new one for that CPU.
 Why the runs are the same runs: a run's outcome under the controlled scheduler is a
-function of its Config and the arena it starts from (the determinism tests, which also
-run through pools); step 1 gives it the arena a fresh run starts from, and each run's
+function of its Config and the arena it starts from (test_sched's determinism tests;
+test_pool runs every schedule of a scenario both ways and compares the digests); step 1
+gives it the arena a fresh run starts from, and each run's
 objects (the MM, the CPU, its workload, its generators) are built inside
 ``worker_main``, never carried over.  The scheduler's region is sized for a list of up
 to ``LIST_CAPACITY`` entries (a longer one rebuilds the pool), so that the schedules of
@@ -44,7 +45,7 @@ import numpy as np
 from .. import native
 from ..bugs import Bugs
 from .runner import RunState, Stress, worker_main
-from .workers import EXIT_UNKNOWN, WorkerError, _usable_cores
+from .workers import EXIT_UNKNOWN, WorkerError, _usable_cores, fork_cpu
 
 LIST_CAPACITY = 256
 
@@ -130,49 +131,21 @@ class Pool:
         for cpu, (pid, *_rest) in list(self.procs.items()):
             if os.waitpid(pid, os.WNOHANG)[0]:
                 self._forget(cpu)
-        parent = os.getpid()
         cores = _usable_cores()
         for cpu in range(st.cfg.cpus):
             if cpu in self.procs:
                 continue
             to_r, to_w = os.pipe()
             from_r, from_w = os.pipe()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    native.die_with_parent()
-                    if os.getppid() != parent:
-                        os._exit(1)
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    for c, (_, pidfd, w, r) in self.procs.items():   # the others' ends
-                        for fd in (pidfd, w, r):
-                            if fd is not None:
-                                os.close(fd)
-                    os.close(to_w)
-                    os.close(from_r)
-                    if st.cfg.pin and cores:
-                        try:
-                            os.sched_setaffinity(0, [cores[cpu % len(cores)]])
-                        except OSError:
-                            pass
-                    code = _serve(st, cpu, to_r, from_w)
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    try:
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                    finally:
-                        os._exit(code)
+            others = [fd for _, *fds in self.procs.values() for fd in fds if fd is not None]
+
+            def body(cpu=cpu, mine=(to_r, from_w), others=others + [to_w, from_r]):
+                for fd in others:          # the other workers' ends and the parent's
+                    os.close(fd)           # (else a worker would keep their pipes open)
+                return _serve(st, cpu, *mine)
+            pid, pidfd = fork_cpu(cpu, body, st.cfg.pin, cores)
             os.close(to_r)
             os.close(from_w)
-            try:
-                pidfd = os.pidfd_open(pid)
-            except (AttributeError, OSError):
-                pidfd = None
             self.procs[cpu] = (pid, pidfd, to_w, from_r)
 
     def _forget(self, cpu):
@@ -240,7 +213,12 @@ class PoolRun:
         for cpu in range(self.ncpus):
             pid, _, w, _ = self.pool.procs[cpu]
             self.pids[cpu] = pid
-            os.write(w, msg)
+            view = memoryview(msg)
+            try:
+                while view:                # a long switch list is more than a pipe holds
+                    view = view[os.write(w, view):]
+            except BrokenPipeError:        # it died since _ensure: poll() reports it
+                pass
         self.pool.runs += 1
         return self
 

@@ -46,41 +46,18 @@ class Workers:
         self.pidfds = {}        # cpu -> a pidfd of a worker not reaped yet (wait())
 
     def start(self):
-        parent = os.getpid()
         cores = _usable_cores()
-        sys.stdout.flush()
-        sys.stderr.flush()
         for cpu in range(self.ncpus):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    native.die_with_parent()
-                    if os.getppid() != parent:          # the parent died before prctl
-                        os._exit(1)
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides
-                    if self.pin and cores:
-                        try:
-                            psutil.Process().cpu_affinity([cores[cpu % len(cores)]])
-                        except (psutil.Error, OSError):
-                            pass
-                    self.smp.become_cpu(cpu)
-                    self.target(cpu)
-                    code = 0
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    try:
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                    finally:
-                        os._exit(code)
+            pid, pidfd = fork_cpu(cpu, lambda cpu=cpu: self._body(cpu), self.pin, cores)
             self.pids[cpu] = pid
-            try:
-                self.pidfds[cpu] = os.pidfd_open(pid)
-            except (AttributeError, OSError):       # before Linux 5.3: wait() sleeps
-                pass
+            if pidfd is not None:
+                self.pidfds[cpu] = pidfd
         return self
+
+    def _body(self, cpu):
+        self.smp.become_cpu(cpu)
+        self.target(cpu)
+        return 0
 
     def poll(self):
         """Reap whoever exited; returns the CPUs still running."""
@@ -144,6 +121,42 @@ class Workers:
     def __exit__(self, *exc):
         self.kill()
         return False
+
+
+def fork_cpu(cpu, body, pin, cores):
+    """Fork the worker of CPU ``cpu``: it dies with the parent (and exits at once if the
+    parent died before it could ask), leaves SIGINT to the parent, is pinned to a core
+    of ``cores`` if ``pin``, runs ``body()`` and exits with what it returns (1 if it
+    raised: the traceback goes to stderr).  Returns (pid, a pidfd of it or None)."""
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            native.die_with_parent()
+            if os.getppid() != parent:          # the parent died before prctl
+                os._exit(1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides
+            if pin and cores:
+                try:
+                    psutil.Process().cpu_affinity([cores[cpu % len(cores)]])
+                except (psutil.Error, OSError):
+                    pass
+            code = body()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    try:
+        return pid, os.pidfd_open(pid)
+    except (AttributeError, OSError):           # before Linux 5.3: wait() sleeps
+        return pid, None
 
 
 def run_workers(smp, ncpus, target, timeout=120.0, pin=True):
