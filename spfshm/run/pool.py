@@ -37,7 +37,6 @@ import select
 import signal
 import struct
 import sys
-import time
 import traceback
 
 import numpy as np
@@ -45,7 +44,7 @@ import numpy as np
 from .. import native
 from ..bugs import Bugs
 from .runner import RunState, Stress, worker_main
-from .workers import EXIT_UNKNOWN, WorkerError, _usable_cores, fork_cpu
+from .workers import EXIT_UNKNOWN, Workers, _usable_cores, fork_cpu
 
 LIST_CAPACITY = 256
 
@@ -196,16 +195,13 @@ def _serve(st, cpu, rfd, wfd):
             return code
 
 
-class PoolRun:
-    """One run's workers, as the runner sees a ``Workers``: start, poll, wait, join,
-    kill, status, crashed."""
+class PoolRun(Workers):
+    """One run's workers, as the runner sees a ``Workers``: its start, poll, wait and
+    kill are the pool's; join and crashed are Workers'."""
 
     def __init__(self, pool, st):
+        super().__init__(st.smp, st.cfg.cpus, None, st.cfg.pin)
         self.pool, self.st = pool, st
-        self.ncpus = st.cfg.cpus
-        self.pids = {}
-        self.status = {}
-        self.killed = {}
 
     def start(self):
         self.pool._ensure(self.st)
@@ -247,35 +243,17 @@ class PoolRun:
                 self._end(cpu, os.waitstatus_to_exitcode(st))
         return [c for c in range(self.ncpus) if c not in self.status]
 
-    def wait(self, timeout):
-        """Up to ``timeout`` seconds; a worker's status byte or exit ends it early."""
+    def _fds(self):
+        """A running worker's status pipe and its pidfd: a status byte or an exit."""
         fds = []
         for cpu in range(self.ncpus):
             if cpu not in self.status and cpu in self.pool.procs:
                 _, pidfd, _, r = self.pool.procs[cpu]
                 fds += [r] + ([pidfd] if pidfd is not None else [])
-        if fds:
-            select.select(fds, [], [], timeout)
-        else:
-            time.sleep(timeout)
-
-    def join(self, timeout=None):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                running = self.poll()
-                self.kill()
-                raise WorkerError("CPUs %s still running after %.1fs; killed"
-                                  % (running, timeout))
-            self.wait(0.02)
-        return self.status
+        return fds
 
     def kill(self, sig=signal.SIGKILL):
         """Kill the CPUs still running (their processes: the next run forks new ones)."""
         for cpu in self.poll():
             self.killed[cpu] = sig
             self._end(cpu, self.pool._drop(cpu, sig))
-
-    def crashed(self):
-        return {c: s for c, s in self.status.items()
-                if s != 0 and not (c in self.killed and s == -self.killed[c])}

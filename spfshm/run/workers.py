@@ -77,10 +77,14 @@ class Workers:
                 os.close(self.pidfds.pop(cpu))
         return [c for c in self.pids if c not in self.status]
 
+    def _fds(self):
+        """What ``wait`` watches: a pidfd per worker not reaped yet."""
+        return list(self.pidfds.values())
+
     def wait(self, timeout):
         """Sleep up to ``timeout`` seconds; a worker's exit ends it early (its pidfd
         becomes readable), so a short run is reaped when it ends, not a poll later."""
-        fds = list(self.pidfds.values())
+        fds = self._fds()
         if fds:
             select.select(fds, [], [], timeout)
         else:
@@ -95,7 +99,7 @@ class Workers:
                 running = self.poll()
                 self.kill()
                 raise WorkerError("CPUs %s still running after %.1fs; killed" % (running, timeout))
-            time.sleep(delay)
+            self.wait(delay)
             delay = min(delay * 2, 0.02)
         return self.status
 
