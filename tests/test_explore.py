@@ -275,12 +275,13 @@ def test_a_sweep_refuses_an_injector_that_fails_another_attempt(tmp_path):
     def fake(per_cpu):
         return lambda c: {"sched": {"choices": [], "steps": 0, "token": ""},
                           "interrupted": 0, "exit_code": 0,
-                          "fail_nth": {"injected": sum(i for _, i in per_cpu),
+                          "fail_nth": {"injected": sum(i for _, i, _ in per_cpu),
                                        "per_cpu": per_cpu}}
-    for per_cpu in ([[1, 1], [3, 2]], [[0, 1], [0, 0]], [[2, 0], [0, 0]]):
+    for per_cpu in ([[1, 1, 1], [3, 2, 1]], [[0, 1, 1], [0, 0, 0]], [[2, 0, 0], [0, 0, 0]],
+                    [[3, 1, 2], [0, 0, 0]]):
         with pytest.raises(InjectionError, match="exactly its 1-th attempt must fail"):
             Sweep(cfg, run=fake(per_cpu)).run()
-    s = Sweep(cfg, run=fake([[0, 0], [0, 0]])).run()
+    s = Sweep(cfg, run=fake([[0, 0, 0], [0, 0, 0]])).run()
     assert s.exhausted and s.runs == 1 and s.failure is None
 
 
@@ -294,7 +295,7 @@ def test_a_broken_injector_is_caught_by_the_sweep(tmp_path, monkeypatch, busted)
     from spfshm.run.inject import InjectionError, Sweep
     cfg = scenario.config_of(os.path.join(SCENARIOS, "pte-alloc-race.litmus"), sched="list",
                              artifacts=str(tmp_path / "a")).resolved()
-    attempts = mm_types.STAT["fail_nth_attempts"]
+    attempts, at = mm_types.STAT["fail_nth_attempts"], mm_types.STAT["fail_nth_at"]
 
     def broken(self, n):
         def fails():
@@ -306,6 +307,7 @@ def test_a_broken_injector_is_caught_by_the_sweep(tmp_path, monkeypatch, busted)
             else:
                 self.count("fail_nth_attempts")
             self.count("fail_nth_injected")
+            self.local[at] = self.local[attempts]
             return True
         return fails
     monkeypatch.setattr(mm_types.MM, "_fail_nth", broken)

@@ -84,3 +84,44 @@ def test_a_pool_replaces_a_worker_that_died(tmp_path):
     for pid in pids:                        # close() leaves no process behind
         assert not os.path.exists("/proc/%d" % pid) or \
             open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_a_pool_worker_starts_each_run_with_a_forked_workers_native_state(tmp_path,
+                                                                         monkeypatch):
+    """A CPU whose run ends with an unlock of a free lock after its last check (a
+    mutant's, in the final rcu_barrier): a forked worker's count dies with it, so the
+    next run is clean, and through a pool too.  A pool that keeps each worker's native
+    state from run to run (BUSTED: no _fresh_cpu_state) reports that unlock as the next
+    run's spin_bug."""
+    from spfshm import native
+    from spfshm.run import pool as pool_mod
+    real = pool_mod.worker_main
+
+    def late_unlock(st, cpu):
+        real(st, cpu)
+        native.spin_unlock(native.ffi.new("uint32_t[1]"))     # a free lock
+    monkeypatch.setattr(pool_mod, "worker_main", late_unlock)
+    cfg = _cfg(tmp_path, "gup-vs-madvise.litmus")
+
+    def three():
+        with Pool() as pool:
+            return [pool.run(cfg)["exit_code"] for _ in range(3)]
+    assert three() == [0, 0, 0]
+    monkeypatch.setattr(pool_mod, "_fresh_cpu_state", lambda st: None)
+    assert three()[1:] != [0, 0]
+
+
+def test_a_pool_keeps_its_layout_when_a_search_goes_back_to_short_lists(tmp_path):
+    """A search alternates long guided lists and empty ones (replay --deterministic):
+    the pool's list capacity only grows, so it is rebuilt once, not at every change."""
+    from spfshm.run.sched import CPU_BITS
+    cfg = _cfg(tmp_path, "gup-vs-madvise.litmus")
+    long_cfg = dataclasses.replace(cfg, sched_list=tuple(
+        (k << CPU_BITS) | (k % 2) for k in range(1, 600)))
+    with Pool() as pool:
+        pool.run(cfg)
+        pool.run(long_cfg)
+        st, pids = pool.st, [p[0] for p in pool.procs.values()]
+        for c in (cfg, long_cfg, cfg):
+            assert pool.run(c)["exit_code"] == 0
+            assert pool.st is st and [p[0] for p in pool.procs.values()] == pids

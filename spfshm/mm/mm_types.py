@@ -73,7 +73,7 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
         "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed",
-        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom", "fail_nth_attempts", "fail_nth_injected"]
+        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom", "fail_nth_attempts", "fail_nth_injected", "fail_nth_at"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch
@@ -277,14 +277,15 @@ class MM:
         VMA record or tree, a huge page), whatever their kind, the n-th this CPU attempts
         fails, and no other (no random failure either): a sweep over n reaches every
         out-of-memory exit of a scenario one at a time (run/inject.py, which checks from
-        the two counts that exactly the n-th attempt failed)."""
-        attempts = STAT["fail_nth_attempts"]
+        the counts that the n-th attempt failed and no other)."""
+        attempts, at = STAT["fail_nth_attempts"], STAT["fail_nth_at"]
 
         def fails():
             self.count("fail_nth_attempts")
             if self.local[attempts] != n:
                 return False
             self.count("fail_nth_injected")
+            self.local[at] = self.local[attempts]       # which attempt it failed
             return True
         return fails
 

@@ -21,13 +21,15 @@ class InjectionError(RuntimeError):
 
 
 def check_injection(n, per_cpu):
-    """With fail-nth ``n``, each CPU's (attempts, injected) must show that its n-th
-    attempt failed and no other: one failure if it attempted n or more, else none."""
-    for cpu, (attempts, injected) in enumerate(per_cpu):
-        if injected != (attempts >= n):
+    """With fail-nth ``n``, each CPU's (attempts, injected, the attempt that failed)
+    must show that its n-th attempt failed and no other: one failure, at attempt n, if it
+    attempted n or more, else none."""
+    for cpu, (attempts, injected, at) in enumerate(per_cpu):
+        if injected != (attempts >= n) or (injected and at != n):
             raise InjectionError(
-                "fail-nth %d: CPU %d injected %d failure(s) in %d attempt(s): exactly its "
-                "%d-th attempt must fail" % (n, cpu, injected, attempts, n))
+                "fail-nth %d: CPU %d injected %d failure(s) in %d attempt(s)%s: exactly its "
+                "%d-th attempt must fail" % (n, cpu, injected, attempts,
+                                             " (at attempt %d)" % at if injected else "", n))
 
 
 class Sweep:

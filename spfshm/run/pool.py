@@ -26,8 +26,8 @@ test_pool runs every schedule of a scenario both ways and compares the digests);
 gives it the arena a fresh run starts from, and each run's
 objects (the MM, the CPU, its workload, its generators) are built inside
 ``worker_main``, never carried over.  The scheduler's region is sized for a list of up
-to ``LIST_CAPACITY`` entries (a longer one rebuilds the pool), so that the schedules of
-one search share one layout.
+to ``LIST_CAPACITY`` entries, or the longest a search has given it (a longer one rebuilds
+the pool), so that the schedules of one search share one layout.
 """
 import contextlib
 import dataclasses
@@ -49,12 +49,10 @@ from .workers import EXIT_UNKNOWN, Workers, _usable_cores, fork_cpu
 LIST_CAPACITY = 256
 
 
-def _layout_cfg(cfg):
-    """The Config whose layout the pool builds for ``cfg``: its scheduler region holds a
-    list of LIST_CAPACITY entries (or more, for a longer list)."""
-    n = max(LIST_CAPACITY, len(cfg.sched_list))
-    n = 1 << (n - 1).bit_length()
-    return dataclasses.replace(cfg, sched_list=(0,) * n)
+def _capacity(n):
+    """The switch-list capacity a pool gives a list of n entries."""
+    n = max(LIST_CAPACITY, n)
+    return 1 << (n - 1).bit_length()
 
 
 @contextlib.contextmanager
@@ -77,6 +75,8 @@ class Pool:
         self.key = None
         self.procs = {}           # cpu -> (pid, pidfd, to-worker fd, from-worker fd)
         self.runs = 0
+        self.cap = 0              # the switch-list capacity: it only grows (a search
+        #                           alternates long guided lists and empty ones)
 
     def __enter__(self):
         return self
@@ -93,7 +93,8 @@ class Pool:
     # -- the runner's side -----------------------------------------------------------------
     def state(self, cfg):
         """The RunState of the next run: the pool's, its arena zeroed (step 1)."""
-        layout_cfg = _layout_cfg(cfg)
+        self.cap = max(self.cap, _capacity(len(cfg.sched_list)))
+        layout_cfg = dataclasses.replace(cfg, sched_list=(0,) * self.cap)
         key = RunState.layout_for(layout_cfg).regions
         if self.st is None or key != self.key:
             self.close()
@@ -170,6 +171,14 @@ class Pool:
         return os.waitstatus_to_exitcode(status)
 
 
+def _fresh_cpu_state(st):
+    """The native per-process state a forked worker inherits from the parent's set-up,
+    not what the last run left (its nesting counts, its spin_bug count: an unlock of a
+    free lock after the run's last check would be the next run's violation)."""
+    st.smp.attach()
+    native.spin_bugs_take()
+
+
 def _serve(st, cpu, rfd, wfd):
     """A pool worker's life: per Config received (step 2), one run as CPU ``cpu`` (step
     3); 0 when the parent closed the pipe."""
@@ -183,6 +192,7 @@ def _serve(st, cpu, rfd, wfd):
         st.bugs = Bugs(cfg.bugs)
         code = 0
         try:
+            _fresh_cpu_state(st)
             st.smp.become_cpu(cpu)
             worker_main(st, cpu)
         except BaseException:

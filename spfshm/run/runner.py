@@ -374,8 +374,10 @@ class Stress:
         """First SIGINT/SIGTERM: stop, report what was done.  Second: leave at once."""
         def handler(signum, frame):
             if self.interrupted:
-                workers.kill()
-                os._exit(128 + signum)
+                try:
+                    workers.kill()
+                finally:
+                    os._exit(128 + signum)
             self.interrupted = signum
         return handler
 
