@@ -305,3 +305,22 @@ def test_bad_input_exit_2_before_anything_starts(args, needle, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert r.stdout == ""
+
+
+def test_a_cpu_that_crashes_under_the_scheduler_is_the_error_not_a_hang(monkeypatch,
+                                                                        tmp_path):
+    """Under --sched a CPU that dies in its operation dies holding the turn: the others
+    can never stop.  The run ends with the crash as its error, the others killed after
+    the short grace (a note), not 30 s later as a second error, a hang."""
+    real = runner.run_op
+
+    def crashing(mm, cpu, op, args):
+        if mm.cpu == 0:                   # a native access at index -1: no finally runs
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(mm, cpu, op, args)
+    monkeypatch.setattr(runner, "run_op", crashing)
+    rep = run_stress(Config(cpus=2, ops=20, seed=1, sched="random", check_every=0,
+                            artifacts=str(tmp_path)).resolved())
+    assert rep["exit_code"] != 0
+    assert any("CPU 0: killed by SIGSEGV" in e for e in rep["errors"]), rep["errors"]
+    assert not any("hang" in e for e in rep["errors"]), rep["errors"]

@@ -36,7 +36,7 @@ OP_INDEX = {op: i for i, op in enumerate(OPS)}
 
 STOP, PAUSE, PARKED = 0, 1, 2
 STOP_TIMEOUT_S = 30.0
-VIOLATION_GRACE_S = 2.0       # after a violation, CPUs still busy then are killed
+VIOLATION_GRACE_S = 2.0       # after a violation or a crash, CPUs still busy then are killed
 OUTCOME_STATS = ("segv", "oom")
 RECLAIMER_PAUSE_NS = 1_000_000      # the asynchronous reclaimer scans every millisecond
 PACE_SLICE_NS = 1_000_000           # a paced writer idles in slices, watching ctl
@@ -421,12 +421,15 @@ class Stress:
             if stop:
                 ctl[STOP] = 1
                 ctl[PAUSE] = 0
-                grace = VIOLATION_GRACE_S if (violated or self.kills or self.interrupted) \
-                    else STOP_TIMEOUT_S
+                # A run that failed already (a violation, a killed or crashed CPU: under
+                # --sched one that died holding the turn stops the others for good) or
+                # was interrupted gives the others a short grace, then kills them.
+                failed = violated or self.kills or self.interrupted or crashed
+                grace = VIOLATION_GRACE_S if failed else STOP_TIMEOUT_S
                 try:
                     workers.join(grace)
                 except WorkerError as e:
-                    if violated or self.kills or self.interrupted:
+                    if failed:
                         self.notes.append("at the end: %s" % e)
                     else:
                         self.errors.append("CPUs did not stop within %.0fs (hang)" % grace)
