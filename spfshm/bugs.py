@@ -264,7 +264,10 @@ CATALOGUE = [
     Bug("spf_skip_pmd_same", "SPF step 6b: pmd_same under the ptl",
         "bug class 2: the PMD changed under a speculative walker (page-table reclaim "
         "without mmap_lock) and nobody noticed",
-        TABLE_FREED_WITH_PTES + ("pipe_age@spf_walk", "pt_uaf@spf_walk"),
+        # its PTE lands in the table before the free (freed with PTEs) or after it (the
+        # free table's poison overwritten, seen when the table is next allocated)
+        TABLE_FREED_WITH_PTES + ("pipe_age@spf_walk", "pt_uaf@spf_walk",
+                                 "poison_overwritten@alloc_table"),
         "the speculative fault does not re-check the pmd once it holds the ptl, so it "
         "commits into a table that DONTNEED just reclaimed (step 6 opens a new walk "
         "section: the table it locks may be past its grace period, or freed, by then)",
