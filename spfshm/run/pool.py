@@ -72,7 +72,6 @@ class Pool:
 
     def __init__(self):
         self.st = None
-        self.key = None
         self.procs = {}           # cpu -> (pid, pidfd, to-worker fd, from-worker fd)
         self.runs = 0
         self.cap = 0              # the switch-list capacity: it only grows (a search
@@ -95,15 +94,13 @@ class Pool:
         """The RunState of the next run: the pool's, its arena zeroed (step 1)."""
         self.cap = max(self.cap, _capacity(len(cfg.sched_list)))
         layout_cfg = dataclasses.replace(cfg, sched_list=(0,) * self.cap)
-        key = RunState.layout_for(layout_cfg).regions
-        if self.st is None or key != self.key:
+        if self.st is None or \
+                RunState.layout_for(layout_cfg).regions != self.st.layout.regions:
             self.close()
             self.st = RunState(layout_cfg)
-            self.key = key
         else:
             self._reset(self.st)
-        self.st.cfg = cfg
-        self.st.bugs = Bugs(cfg.bugs)
+        _bind(self.st, cfg)
         self.st.vmpte_kb_peak = self.st.vmpte_kb_end = 0
         return self.st
 
@@ -171,6 +168,12 @@ class Pool:
         return os.waitstatus_to_exitcode(status)
 
 
+def _bind(st, cfg):
+    """The pool's RunState as the run of ``cfg`` sees it (its layout is the pool's)."""
+    st.cfg = cfg
+    st.bugs = Bugs(cfg.bugs)
+
+
 def _fresh_cpu_state(st):
     """The native per-process state a forked worker inherits from the parent's set-up,
     not what the last run left (its nesting counts, its spin_bug count: an unlock of a
@@ -188,8 +191,7 @@ def _serve(st, cpu, rfd, wfd):
             cfg = pickle.load(rfile)
         except EOFError:
             return 0
-        st.cfg = cfg
-        st.bugs = Bugs(cfg.bugs)
+        _bind(st, cfg)
         code = 0
         try:
             _fresh_cpu_state(st)
