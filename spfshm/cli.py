@@ -316,8 +316,8 @@ def build_parser():
     bs.add_argument("--seeds", type=pos_int, default=5)
     bs.add_argument("--cpus", type=pos_int, default=3)
     bs.add_argument("--ops", type=pos_int, default=100, help="ops per CPU per run")
-    bs.add_argument("--max-runs", type=pos_int, default=40, metavar="N",
-                    help="give up on a seed after N runs (default 40)")
+    bs.add_argument("--max-runs", type=pos_int, default=200, metavar="N",
+                    help="give up on a seed after N runs (default 200)")
     bs.add_argument("--cost-ops", type=pos_int, default=2000, metavar="N",
                     help="ops per CPU of the cost comparison (default 2000)")
     bs.add_argument("--cost-only", action="store_true", help="only the cost comparison")

@@ -125,3 +125,19 @@ def test_a_pool_keeps_its_layout_when_a_search_goes_back_to_short_lists(tmp_path
         for c in (cfg, long_cfg, cfg):
             assert pool.run(c)["exit_code"] == 0
             assert pool.st is st and [p[0] for p in pool.procs.values()] == pids
+
+
+def test_bench_sched_counts_the_runs_a_fresh_run_would(tmp_path):
+    """``bench sched`` runs its seeds' runs through one pool: the runs to catch are those
+    of fresh runs (a variant caught after more than one run, so the pool is reused, and
+    one caught by neither within the limit)."""
+    from spfshm.bench.sched import runs_to_catch
+    art = str(tmp_path / "a")
+    got = []
+    for bug, seed in (("mprotect_no_flush", 1), ("gup_fast_no_recheck", 0)):
+        fresh = runs_to_catch(bug, seed, "pct:3", 3, 100, 3, art, run_stress)
+        with Pool() as pool:
+            pooled = runs_to_catch(bug, seed, "pct:3", 3, 100, 3, art, pool.run)
+        assert pooled == fresh
+        got.append(fresh)
+    assert got == [3, None]

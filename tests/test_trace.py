@@ -79,7 +79,7 @@ def check_flows(doc):
 def sched_run(tmp_path_factory):
     """A --sched run that fails: free_frame_before_flush is caught within 900 steps, after
     IPIs were sent and handled."""
-    cfg = Config(cpus=3, ops=40, seed=7, sched="pct:3", bugs=("free_frame_before_flush",),
+    cfg = Config(cpus=3, ops=40, seed=8, sched="pct:3", bugs=("free_frame_before_flush",),
                  artifacts=str(tmp_path_factory.mktemp("art"))).resolved()
     rep = run_stress(cfg)
     assert rep["exit_code"] == 1 and rep["violations"], rep["errors"]
@@ -89,7 +89,7 @@ def sched_run(tmp_path_factory):
 def test_sched_trace_lanes_slices_and_arrows(sched_run):
     cfg, rep, doc = sched_run
     assert doc["displayTimeUnit"] == "ns"
-    assert doc["otherData"]["seed"] == 7 and "sched=pct:3" in doc["otherData"]["config"]
+    assert doc["otherData"]["seed"] == 8 and "sched=pct:3" in doc["otherData"]["config"]
     assert doc["otherData"]["sched"]["digest"] == rep["sched"]["digest"]
     check_lanes(doc, cfg)
     begun = collections.Counter(e["name"] for e in doc["traceEvents"] if e["ph"] == "B")

@@ -26,3 +26,18 @@ def test_every_spot_has_cpus_to_contend_on_it():
         starts = [Workload(g, seed, cpu).hot for cpu in range(8)]
         assert all(starts.count(va) >= 2 for va in starts) and len(set(starts)) == spots
     assert {contention(s, 2)[1] for s in range(5)} == {r for _, r in CONTENTION}
+
+
+def test_every_run_meets_every_radius():
+    """The seed sets where the radius starts; a CPU that wanders draws it anew, so each
+    CPU's pages come at every level's radius within a run (the busted twin, a radius
+    fixed for the run, stays at the seed's)."""
+    g = geometry(2)
+    for seed in range(5):
+        w = Workload(g, seed, 0)
+        assert w.radius == contention(seed, 2)[1]
+        seen = set()
+        for _ in range(2000):
+            w._page()
+            seen.add(w.radius)
+        assert seen == {r for _, r in CONTENTION}

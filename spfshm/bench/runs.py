@@ -3,9 +3,10 @@ benchmark too (the runner's handler stops only the run it was given)."""
 from ..run.runner import run_stress
 
 
-def run(cfg):
-    """run_stress(cfg); KeyboardInterrupt when the run was interrupted."""
-    rep = run_stress(cfg)
+def run(cfg, via=run_stress):
+    """via(cfg) (run_stress, or a pool's run); KeyboardInterrupt when the run was
+    interrupted."""
+    rep = via(cfg)
     if rep.get("interrupted"):
         raise KeyboardInterrupt
     return rep

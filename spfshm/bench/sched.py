@@ -4,7 +4,8 @@ detect: for every busted variant (each with its ``needs``: features only), over 
 s = 0..SEEDS-1, the runs it takes under ``--sched SPEC`` to catch it: run r uses the
 run seed 1000 s + r (a new workload and a new schedule each run), up to --max-runs; a
 run counts when its first violation has one of the catalogue's signatures.  Reports
-per variant the runs to catch, median and worst over the seeds.
+per variant the runs to catch, median and worst over the seeds.  The runs share one pool
+(run/pool.py: the same runs as fresh ones, a few times as many per second).
 
 pipeline (--from-parallel): for every variant, the road from a CI failure to a minimal
 trace: a truly parallel run (its needs, the default perturbation, up to --parallel-s
@@ -23,27 +24,29 @@ import time
 
 from ..bugs import BY_NAME, CATALOGUE
 from ..config import Config
+from ..run import pool
 from ..run.replay import signature_of
 from .runs import run
 
 
-def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art):
+def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art, via):
     expect = BY_NAME[bug].expect
     for r in range(max_runs):
         cfg = Config(cpus=cpus, ops=ops, seed=1000 * seed_index + r, bugs=(bug,), sched=spec,
                      artifacts=art).resolved()
-        if signature_of(run(cfg)) in expect:
+        if signature_of(run(cfg, via)) in expect:
             return r + 1
     return None
 
 
 def detect(names, seeds, spec, cpus, ops, max_runs):
     out = []
-    with tempfile.TemporaryDirectory() as art:
+    with tempfile.TemporaryDirectory() as art, pool.runs() as via:
         print("%-34s %7s %7s %6s  %s" % ("bug", "caught", "median", "worst", "runs per seed"))
         for name in names:
             t0 = time.monotonic()
-            runs = [runs_to_catch(name, s, spec, cpus, ops, max_runs, art) for s in range(seeds)]
+            runs = [runs_to_catch(name, s, spec, cpus, ops, max_runs, art, via)
+                    for s in range(seeds)]
             got = [r for r in runs if r is not None]
             row = {"bug": name, "runs": runs, "caught": len(got), "seeds": seeds,
                    "median_runs": statistics.median(r if r is not None else float("inf")

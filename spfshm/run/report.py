@@ -219,7 +219,8 @@ def summary(rep):
         from .sched import summary_line
         lines.append(summary_line(rep))
     lines.append("contention (chosen by the seed): %(hot_spots)d hot spot(s) shared by every "
-                 "CPU, each CPU mostly within %(radius_pages)d pages of its own"
+                 "CPU, each CPU mostly within %(radius_pages)d pages of its own at first "
+                 "(the radius changes as CPUs wander)"
                  % rep["contention"])
     for e in rep["errors"]:
         lines.append("ERROR: %s" % e)

@@ -28,8 +28,8 @@ from ..mm.syscalls import MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT
 OPS = ["load", "store", "mmap", "munmap", "mprotect", "madvise", "reclaim", "gup", "collapse"]
 # op -> weight (per mille)
 MIXES = {
-    "mixed": {"load": 420, "store": 420, "madvise": 40, "mmap": 45, "munmap": 20,
-              "mprotect": 35, "gup": 20},
+    "mixed": {"load": 405, "store": 405, "madvise": 40, "mmap": 45, "munmap": 20,
+              "mprotect": 35, "gup": 50},
     "faults": {"load": 450, "store": 450, "madvise": 100},
 }
 WORKLOADS = ("mixed", "faults", "faults+writer", "pf1", "pf1+writer")
@@ -65,16 +65,21 @@ BLOCK = 2 << 20   # what one PTE table maps
 # contend on it: there are at most ncpus // CPUS_PER_SPOT of them (at least one), and
 # CPUs start on them in turn (CPU c on spot c mod spots); a CPU that wanders off to
 # another spot finds others there.  With 2 CPUs every level has one spot, and the
-# levels differ in how far the CPUs stray.
+# levels differ in how far the CPUs stray.  The radius starts at the seed's level and
+# changes within the run: each time a CPU wanders (WANDER_P per page drawn), it draws
+# its radius anew from the levels', so that every run meets every level (a window that
+# one level rarely opens is not missed by the seeds that start there).
 CONTENTION = ((4, 32), (2, 8), (1, 2))
 CPUS_PER_SPOT = 4
+WANDER_P = 0.02
 
 
 def contention(seed, ncpus):
-    """(hot spots, radius in pages) of a run: level (seed + seed // 4) mod 3, so that
-    seeds 0 to 4 (a short campaign, ``bench detect --seeds 5``) meet every level, every
-    generic perturbation profile (seed mod 4) meets every level within 12 consecutive
-    seeds, and every configuration of the fuzz rotation (seed mod 15) within 4 turns."""
+    """(hot spots, first radius in pages) of a run: level (seed + seed // 4) mod 3, so
+    that seeds 0 to 4 (a short campaign, ``bench detect --seeds 5``) start at every
+    level, every generic perturbation profile (seed mod 4) meets every level within 12
+    consecutive seeds, and every configuration of the fuzz rotation (seed mod 15) within
+    4 turns."""
     spots, radius = CONTENTION[(seed + seed // 4) % len(CONTENTION)]
     return min(spots, max(1, ncpus // CPUS_PER_SPOT)), radius
 
@@ -128,9 +133,10 @@ class Workload:
     def _page(self):
         """A page address, mostly near this CPU's current hot spot (which wanders)."""
         r, g = self.r, self.g
-        if r.random() < 0.02:
+        if r.random() < WANDER_P:
             self.hot = r.choice(self.spots) if r.random() < 0.7 else \
                 g.window_base + r.randrange((self.end - g.window_base) // PAGE) * PAGE
+            self.radius = r.choice(CONTENTION)[1]
         if r.random() < 0.8:
             va = self.hot + r.randrange(-self.radius, self.radius) * PAGE
             if g.window_base <= va < self.end:
