@@ -141,3 +141,17 @@ def test_bench_sched_counts_the_runs_a_fresh_run_would(tmp_path):
         assert pooled == fresh
         got.append(fresh)
     assert got == [3, None]
+
+
+def test_the_from_parallel_pipeline_runs_its_schedules_on_a_pool(monkeypatch):
+    """``bench sched --from-parallel``: the parallel run is fresh, the search, the ten
+    replays and the shrink go through one pool (and still replay 10/10)."""
+    from spfshm.bench.sched import pipeline
+    pooled = []
+    real = Pool.run
+    monkeypatch.setattr(Pool, "run", lambda self, cfg, *a: pooled.append(cfg) or
+                        real(self, cfg, *a))
+    row, = pipeline(["free_frame_before_flush"], 3.0, 20, 20.0)
+    assert row["find"]["found"] and row["replay"]["hits"] == 10, row
+    assert len(pooled) >= row["find"]["tries"] + 10 + row["shrink"]["runs"]
+    assert all(c.sched for c in pooled)

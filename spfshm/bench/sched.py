@@ -12,7 +12,8 @@ trace: a truly parallel run (its needs, the default perturbation, up to --parall
 seconds per seed, seeds 1, 2, 3... until one fails with an expected signature), then
 ``replay ARTIFACT --deterministic`` (tries and seconds to find a token), the token
 replayed 10 times (hits and equal digests), and ``shrink`` (switches, preemptions and
-ops per CPU before and after).
+ops per CPU before and after).  The scheduled runs (search, replays, shrink) share one
+pool.
 
 cost: the same configuration and op count run truly parallel and under the scheduler;
 ops and faults per second of each (wall clock), and the scheduler's steps per second.
@@ -67,7 +68,9 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
     from ..sched.replay import find_schedule, replay_token
     from ..sched.shrink import shrink_token
     out = []
-    with tempfile.TemporaryDirectory() as art:
+    with tempfile.TemporaryDirectory() as art, pool.runs() as via:
+        def scheduled(cfg):           # the search, the replays and the shrink: pooled
+            return run(cfg, via)
         for name in names:
             expect = BY_NAME[name].expect
             row = {"bug": name}
@@ -85,15 +88,15 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
                 continue
             row["parallel_s"] = rep["elapsed_s"]
             f = find_schedule(rep["artifacts"], budget_runs, budget_s, art, progress=None,
-                              run=run)
+                              run=scheduled)
             row["find"] = {k: f[k] for k in ("found", "tries", "seconds", "guided")}
             if f.get("other"):
                 row["find"]["other"] = f["other"]["signature"]
             if f["found"]:
-                r = replay_token(f["token"], 10, art, run=run)
+                r = replay_token(f["token"], 10, art, run=scheduled)
                 row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
                 try:
-                    s = shrink_token(f["token"], art, budget_s=budget_s, run=run)
+                    s = shrink_token(f["token"], art, budget_s=budget_s, run=scheduled)
                     row["shrink"] = {"before": s["before"], "after": s["after"],
                                      "runs": s["runs"], "seconds": s["seconds"],
                                      "complete": s["complete"]}
