@@ -18,6 +18,8 @@ pool.
 cost: the same configuration and op count run truly parallel and under the scheduler;
 ops and faults per second of each (wall clock), and the scheduler's steps per second.
 """
+import contextlib
+import functools
 import json
 import statistics
 import tempfile
@@ -30,23 +32,32 @@ from ..run.replay import signature_of
 from .runs import run
 
 
-def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art, via):
+@contextlib.contextmanager
+def _scheduled_runs():
+    """The benchmarks' run() for scheduled runs, on one pool for the duration."""
+    with pool.runs() as via:
+        yield functools.partial(run, via=via)
+
+
+def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art, run_one):
+    """Runs (``run_one``: a function of a Config returning its report) until one
+    catches ``bug``: how many, or None within max_runs."""
     expect = BY_NAME[bug].expect
     for r in range(max_runs):
         cfg = Config(cpus=cpus, ops=ops, seed=1000 * seed_index + r, bugs=(bug,), sched=spec,
                      artifacts=art).resolved()
-        if signature_of(run(cfg, via)) in expect:
+        if signature_of(run_one(cfg)) in expect:
             return r + 1
     return None
 
 
 def detect(names, seeds, spec, cpus, ops, max_runs):
     out = []
-    with tempfile.TemporaryDirectory() as art, pool.runs() as via:
+    with tempfile.TemporaryDirectory() as art, _scheduled_runs() as scheduled:
         print("%-34s %7s %7s %6s  %s" % ("bug", "caught", "median", "worst", "runs per seed"))
         for name in names:
             t0 = time.monotonic()
-            runs = [runs_to_catch(name, s, spec, cpus, ops, max_runs, art, via)
+            runs = [runs_to_catch(name, s, spec, cpus, ops, max_runs, art, scheduled)
                     for s in range(seeds)]
             got = [r for r in runs if r is not None]
             row = {"bug": name, "runs": runs, "caught": len(got), "seeds": seeds,
@@ -68,9 +79,7 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
     from ..sched.replay import find_schedule, replay_token
     from ..sched.shrink import shrink_token
     out = []
-    with tempfile.TemporaryDirectory() as art, pool.runs() as via:
-        def scheduled(cfg):           # the search, the replays and the shrink: pooled
-            return run(cfg, via)
+    with tempfile.TemporaryDirectory() as art, _scheduled_runs() as scheduled:
         for name in names:
             expect = BY_NAME[name].expect
             row = {"bug": name}
