@@ -21,15 +21,19 @@ RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")
 
 
 def _loop_cost(fn, n, batches=7):
-    """ns per call of fn(), empty-loop overhead removed."""
+    """ns per call of fn(), empty-loop overhead removed.
+
+    The fastest batch of each is the one least disturbed by other processes: fn() does
+    strictly more than the empty body, so the difference of the minima stays positive
+    on a busy machine, where a difference of medians can fall to zero or below."""
     def timed(body):
         t = time.perf_counter_ns()
         for _ in range(n):
             body()
         return (time.perf_counter_ns() - t) / n
     nothing = lambda: None          # noqa: E731
-    samples = [timed(fn) - timed(nothing) for _ in range(batches)]
-    return max(0.0, float(np.median(samples)))
+    pairs = [(timed(fn), timed(nothing)) for _ in range(batches)]
+    return min(f for f, _ in pairs) - min(e for _, e in pairs)
 
 
 def _percentiles(samples_ns, unit=1000.0):
