@@ -15,7 +15,7 @@ NATIVE = "native"
 HEADERS = [
     "spf_atomic.h", "spf_futex.h", "spf_spinlock.h", "spf_rwsem.h",
     "spf_seqcount.h", "spf_ring.h", "spf_cpu.h", "spf_rcu.h", "spf_proc.h", "spf_mmu.h",
-    "spf_kfault.h", "spf_perturb.h", "spf_sched.h",
+    "spf_kfault.h", "spf_perturb.h", "spf_sched.h", "spf_vmref.h",
 ]
 
 

@@ -36,8 +36,15 @@ PAIRING = "pairing:"
 TABLE_FREED_WITH_PTES = ("pt_lost_ptes@free_pgtables", "frame_leak@sweep", "lost_update@load")
 # a PTE left where no VMA is: seen by a sweep, or by the mmap that would cover it
 STALE_PTE = ("stale_pte@sweep", "stale_pte@mmap")
+# What a VMA read-locked past its writer shows first: its release, the writer's assert,
+# or the fault it runs (the VMA changed, detached or moved; a table populated under a
+# collapse and leaked by the huge pmd set over it; PTEs left where no VMA is).
+READER_PAST_WRITER = (
+    "vma_read_while_written@vma_end_read", "vma_read_held@split_vma", "vma_read_held@munmap",
+    "vma_unlocked_change@fault", "vma_detached@fault", "fault_outside_vma@fault",
+    "pt_leak@sweep") + STALE_PTE + TABLE_FREED_WITH_PTES
 NEEDS = frozenset(("fault_mode", "table_free", "walk", "tlb_flush", "reclaim", "reclaimer",
-                   "collapse", "madvise_lock", "pcp", "workload", "check_every", "stall_timeout",
+                   "collapse", "madvise_lock", "vma_lock", "pcp", "workload", "check_every", "stall_timeout",
                    "ipi_timeout"))
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -291,9 +298,7 @@ CATALOGUE = [
     Bug("pervma_no_recheck", "vma_start_read step (c)",
         "per-VMA lock taken without re-checking vm_lock_seq after the trylock "
         "(the race vma_start_read's comment describes)",
-        ("vma_read_while_written@vma_end_read", "vma_read_held@split_vma",
-         "vma_read_held@munmap", "vma_unlocked_change@fault", "vma_detached@fault",
-         "fault_outside_vma@fault", "pt_leak@sweep") + STALE_PTE + TABLE_FREED_WITH_PTES,
+        READER_PAST_WRITER,
         "a fault read-locks a VMA that the current writer has already write-locked (under "
         "khugepaged: it populates the pmd the collapse cleared, and the huge pmd set over "
         "it leaks that table)",
@@ -309,6 +314,39 @@ CATALOGUE = [
         "the fault read-locks a VMA that munmap detached after the RCU lookup found it "
         "(its write section over, the lock is free) and faults in a range no VMA maps",
         {"fault_mode": "pervma"},
+        window={"delay": 0.2, "delay_max_us": 2000.0,
+                "delay_points": ("pervma_lookup",)}),
+    Bug("refcnt_no_seq_recheck", "vma_start_read (refcnt) step (d): vm_lock_seq after the "
+        "reference",
+        "v6.15+ per-VMA lock taken without re-checking vm_lock_seq once the reference is "
+        "held (the race vma_start_read's comment describes: 'False unlocked result is "
+        "impossible because we modify and check vma->vm_lock_seq under vma->vm_refcnt "
+        "protection')",
+        READER_PAST_WRITER,
+        "a fault takes a reference on a VMA that the current writer has write-locked "
+        "(its __vma_exit_locked done, so the limited increment succeeds)",
+        {"vma_lock": "refcnt"},
+        window={"delay": 0.2, "delay_max_us": 1000.0,
+                "delay_points": ("vma_start_read",)}),
+    Bug("refcnt_detach_no_wait", "vma_mark_detached (refcnt) step (3): wait for readers",
+        "v6.15+ vma_mark_detached that drops its reference without waiting for the "
+        "temporary ones ('Wait until vma is detached with no readers', mm/mmap_lock.c): "
+        "the record, SLAB_TYPESAFE_BY_RCU, is freed and reused with a reader's "
+        "reference still in its vm_refcnt",
+        ("vma_refcnt@vma_mark_detached",),
+        "munmap detaches a VMA while a lock_vma_under_rcu that found it holds a reference "
+        "it is about to drop: the VMA is detached with a reference in it, which the free "
+        "and the record's reuse would find", {"vma_lock": "refcnt"},
+        window={"delay": 0.3, "delay_max_us": 3000.0,
+                "delay_points": ("vma_start_read", "vma_ref_held")}),
+    Bug("refcnt_no_vm_mm_check", "vma_start_read (refcnt) step (c): vm_mm",
+        "v6.15+ per-VMA lock taken on a record that another mm reused after the lookup "
+        "found it (SLAB_TYPESAFE_BY_RCU, 3104138517fc 'mm: make vma cache "
+        "SLAB_TYPESAFE_BY_RCU', whose lock_vma_under_rcu checks vm_mm; v6.17 moved the "
+        "check into vma_start_read)",
+        ("vma_foreign@fault", "vma_foreign@vma_end_read"),
+        "a fault read-locks another process's VMA mapped at the same address and faults "
+        "in our mm under it", {"vma_lock": "refcnt"},
         window={"delay": 0.2, "delay_max_us": 2000.0,
                 "delay_points": ("pervma_lookup",)}),
     Bug("mprotect_no_vma_lock", "mprotect -> vma_start_write",

@@ -93,7 +93,7 @@ def delay_spec(value):
 
 def add_config_args(p):
     from .config import (COLLAPSE, MADVISE_LOCK, PCP, RECLAIM, TABLE_FREE, TLB_FLUSH,
-                         WALK_MODES, Config)
+                         VMA_LOCK, WALK_MODES, Config)
     d = Config()
     p.add_argument("--cpus", type=pos_int, default=None,
                    help="worker processes (default: usable cores, at least 2)")
@@ -135,6 +135,11 @@ def add_config_args(p):
                    help="MADV_DONTNEED under mmap_lock read (default) or, as 6.17 does "
                         "(MADVISE_VMA_READ_LOCK), under the read lock of the one VMA the "
                         "range lies in (PT_RECLAIM then frees tables under it)")
+    p.add_argument("--vma-lock", choices=VMA_LOCK, default=d.vma_lock,
+                   help="the per-VMA lock: rwsem (default; v6.4 to v6.14, an rw_semaphore "
+                        "per VMA, VMAs freed by RCU) or refcnt (v6.15+ vm_refcnt: readers "
+                        "take a reference, writers wait for it; VMA records reused at once, "
+                        "by this mm or another; no SPF: faults pervma,classic by default)")
     p.add_argument("--pcp", choices=PCP, default=d.pcp,
                    help="the allocators' per-CPU caches: on (default) or off, as "
                         "zone_pcp_disable() leaves them: an object one CPU frees is the "
@@ -215,7 +220,8 @@ def config_from_args(a):
                   walk=a.walk, ipi_timeout=a.ipi_timeout, workload=a.workload,
                   writer_rate=a.writer_rate,
                   tlb_flush=a.tlb_flush, reclaim=a.reclaim, reclaimer=a.reclaimer,
-                  collapse=a.collapse, madvise_lock=a.madvise_lock, pcp=a.pcp,
+                  collapse=a.collapse, madvise_lock=a.madvise_lock, vma_lock=a.vma_lock,
+                  pcp=a.pcp,
                   stall_timeout=a.stall_timeout, kill_worker=a.kill_worker, kill_at=a.kill_at,
                   artifacts=a.artifacts,
                   check_every=a.check_every, bugs=tuple(a.bug), window_pages=a.window_pages,

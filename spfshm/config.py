@@ -9,11 +9,13 @@ from . import native
 
 TABLE_FREE = ("ipi", "rcu", "rcu-always")
 FAULT_MODES = ("classic", "spf", "pervma")
+REFCNT_FAULT_MODE = "pervma,classic"   # the default with --vma-lock refcnt (no SPF)
 WALK_MODES = ("auto", "irq", "rcu")
 TLB_FLUSH = ("ipi", "no-ipi")
 RECLAIM = ("auto", "off", "seed", "ptreclaim")
 COLLAPSE = ("auto", "off", "write-lock")
 MADVISE_LOCK = ("mmap", "vma")
+VMA_LOCK = ("rwsem", "refcnt")
 PCP = ("on", "off")
 KILL_AT = ("any", "idle", "lock", "rcu", "irqs-off")
 PERTURB_PROFILES = ("chaos", "kcsan", "sleepy", "mixed")   # auto: the (seed mod 4)-th
@@ -45,6 +47,8 @@ class Config:
     #                                workload has an op mix
     madvise_lock: str = "mmap"     # MADV_DONTNEED under mmap_lock read, or (6.17,
     #                                MADVISE_VMA_READ_LOCK) under the VMA's read lock
+    vma_lock: str = "rwsem"        # the per-VMA lock (mm/vma_lock.py): rwsem (v6.4-v6.14)
+    #                                or refcnt (v6.15+ vm_refcnt, typesafe VMA records)
     fail_nth: int = 0              # fault injection: 0, random (each kind at its rate); N:
     #                                each CPU's N-th allocation that may fail fails, no other
     pcp: str = "on"                # off: no per-CPU caches in the allocators (zone_pcp_disable):
@@ -95,6 +99,7 @@ class Config:
             from .run.sched import DEFAULT_OPS
             c.ops = c.ops or DEFAULT_OPS
             c.check_every, c.perturb, c.delay = 0.0, "off", 0.0
+        c.refcnt_fault_mode()
         if c.cpus == 0:
             c.cpus = max(2, len(c.fault_modes()), len(os.sched_getaffinity(0)))
         c.validate()
@@ -102,6 +107,7 @@ class Config:
             for key, value in bugs_mod.BY_NAME[name].config.items():
                 if getattr(c, key) == getattr(Config, key):
                     setattr(c, key, value)
+        c.refcnt_fault_mode()
         c.validate()
         if c.reclaim == "auto":
             c.reclaim = "off" if c.table_free == "ipi" else "ptreclaim"
@@ -109,6 +115,11 @@ class Config:
             c.collapse = "off" if c.workload.startswith("pf1") else "write-lock"
         c.validate()
         return c
+
+    def refcnt_fault_mode(self):
+        """--vma-lock refcnt has no SPF: the default fault modes become pervma,classic."""
+        if self.vma_lock == "refcnt" and self.fault_mode == Config.fault_mode:
+            self.fault_mode = REFCNT_FAULT_MODE
 
     def validate(self):
         def need(ok, msg):
@@ -143,6 +154,12 @@ class Config:
              "--collapse must be one of %s, got %r" % (",".join(COLLAPSE), self.collapse))
         need(self.madvise_lock in MADVISE_LOCK,
              "--madvise-lock must be mmap or vma, got %r" % self.madvise_lock)
+        need(self.vma_lock in VMA_LOCK,
+             "--vma-lock must be rwsem or refcnt, got %r" % self.vma_lock)
+        need(self.vma_lock != "refcnt" or "spf" not in modes,
+             "--vma-lock refcnt (v6.15+) frees VMA records at once (SLAB_TYPESAFE_BY_RCU), "
+             "which the SPF series' lockless VMA copy does not survive: use --fault-mode "
+             "without spf (its default is then %s)" % REFCNT_FAULT_MODE)
         need(self.pcp in PCP, "--pcp must be on or off, got %r" % self.pcp)
         need(self.fail_nth >= 0, "--fail-nth must be >= 0, got %r" % self.fail_nth)
         need(not self.workload.startswith("pf1") or (
@@ -230,13 +247,14 @@ class Config:
         starts with)."""
         modes = self.fault_modes()
         return ("cpus=%d (%s) seed=%d fault_mode=%s table_free=%s walk=%s tlb_flush=%s "
-                "reclaim=%s%s collapse=%s madvise_lock=%s pcp=%s workload=%s delay=%g%s "
+                "reclaim=%s%s collapse=%s madvise_lock=%s vma_lock=%s pcp=%s workload=%s "
+                "delay=%g%s "
                 "perturb=%s bugs=%s%s"
                 % (self.cpus, " ".join("%d:%s" % (i, modes[i % len(modes)])
                                        for i in range(self.cpus)),
                    self.seed, self.fault_mode, self.table_free, self.walk_mode(),
                    self.tlb_flush, self.reclaim, "+reclaimer" if self.reclaimer else "",
-                   self.collapse, self.madvise_lock, self.pcp,
+                   self.collapse, self.madvise_lock, self.vma_lock, self.pcp,
                    "scenario" if self.scenario else self.workload, self.delay,
                    ":%s" % ",".join(self.delay_points) if self.delay_points else "",
                    self.perturb_profile(), ",".join(self.bugs) or "none",
@@ -282,6 +300,8 @@ class Config:
             a += ["--collapse", self.collapse]
         if self.madvise_lock != Config.madvise_lock:
             a += ["--madvise-lock", self.madvise_lock]
+        if self.vma_lock != Config.vma_lock:
+            a += ["--vma-lock", self.vma_lock]
         if self.pcp != Config.pcp:
             a += ["--pcp", self.pcp]
         if self.fail_nth:

@@ -116,6 +116,11 @@ KINDS = {
                         "which has no anon_vma (__folio_set_anon: BUG_ON(!anon_vma))",
     "expect_failed": "the scenario's 'expect' at line {a0} does not hold at the end: the "
                      "statistic is {a1}, the bound {a2}",
+    "vma_refcnt": "VMA #{a0}'s vm_refcnt is {a1} where it must not be ({a2}: 1 a put or "
+                  "decrement of 0, refcount_t's underflow warning; 2 references left where "
+                  "the VMA must be detached, vma_assert_detached)",
+    "vma_foreign": "VMA record #{a0} belongs to another mm ({a1}) but a fault of this mm "
+                   "holds it: vma_start_read did not revalidate vm_mm",
 }
 KIND_NAMES = list(KINDS)
 KIND_ID = {k: i for i, k in enumerate(KIND_NAMES)}
@@ -127,7 +132,8 @@ SITES = ["hw_walk", "tlb_access", "tlb_fill", "fault", "zap", "free_pgtables", "
          "free_frame", "put_page", "vm_area_free", "vmas_snapshot", "reclaim_pt",
          "collapse_huge_page", "madvise", "spin_unlock", "anon_vma_prepare", "mmap",
          "pgtable_trans_huge_deposit", "pgtable_trans_huge_withdraw", "alloc", "alloc_table",
-         "scenario", "vma_end_read"]
+         "scenario", "vma_end_read", "vma_refcount_put", "vma_mark_attached",
+         "vma_mark_detached"]
 SITE_ID = {s: i for i, s in enumerate(SITES)}
 
 

@@ -7,8 +7,8 @@ from spfshm import debug, native
 from spfshm.diffkernel import Model
 from spfshm.mm.mm_types import PAGE, PROT_BY_NAME, STAT
 from spfshm.mm.mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
-                                 mmap_write_unlock, vma_assert_write_locked,
-                                 vma_end_write_all, vma_start_write)
+                                 mmap_write_unlock, vma_end_write_all)
+from spfshm.mm.vma_lock import vma_assert_write_locked, vma_start_write
 from spfshm.mm.syscalls import MAP_FIXED, do_mmap
 from spfshm.mm.vma import anon_vma_prepare, find_vma, publish_tree, tree_prealloc, vmas_snapshot
 

@@ -95,6 +95,7 @@ CHECKED_COMMITS = {
     "b1f02b95758d": "mm: fix memory ordering for mm_lock_seq and vm_lock_seq",
     "fb49c455323f": "fork: lock VMAs of the parent process when forking",
     "99baac21e458": "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
+    "3104138517fc": "mm: make vma cache SLAB_TYPESAFE_BY_RCU",
     "7a30df49f63a": "mm: mmu_gather: remove __tlb_reset_range() for force flush",
     "3ef938c35035": "x86/mm: Fix flush_tlb_range() when used for zapping normal PMDs",
     "12c9d70bd505": "mm: fix memory leak in copy_huge_pmd()",

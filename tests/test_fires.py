@@ -103,6 +103,13 @@ FIRES = {
     "lost_update@load": ("test_load_of_an_older_store",),
     "vma_unlocked_change@fault": ("test_vma_changed_under_a_fault",),
     "vma_detached@fault": ("test_fault_in_a_detached_vma",),
+    "vma_foreign@fault": ("test_vma_refcnt.py::test_a_record_reused_by_another_mm",),
+    "vma_foreign@vma_end_read": ("test_vma_refcnt.py::test_a_foreign_vma_released",),
+    "vma_refcnt@vma_refcount_put": ("test_vma_refcnt.py::test_put_of_a_count_of_zero",),
+    "vma_refcnt@vma_mark_detached": ("test_vma_refcnt.py::test_detach_of_a_count_of_zero",),
+    "vma_refcnt@vm_area_free": ("test_vma_refcnt.py::test_a_reference_outlives_its_vma",),
+    "vma_refcnt@vma_mark_attached":
+        ("test_vma_refcnt.py::test_a_reference_left_in_a_record_attached_again",),
     "fault_outside_vma@fault": ("test_fault_outside_its_vma",),
     "anon_vma_missing@fault": ("test_anon_page_mapped_without_an_anon_vma",),
     "double_free@put_page":
@@ -1061,7 +1068,7 @@ def test_a_reader_let_in_past_a_writer(make, bugs):
     writer write-locks the VMA and releases the rwsem, as vma_start_write does.  The
     re-check (c) sends the reader to mmap_lock: nothing held, nothing reported.  Without
     it the reader goes on holding a write-locked VMA, and its release reports that."""
-    from spfshm.mm.mmap_lock import vma_end_read, vma_start_read, vma_start_write
+    from spfshm.mm.vma_lock import vma_end_read, vma_start_read, vma_start_write
     b = make(bugs=bugs).map()
     vid, mm = b.vid(), b.mm
     assert vma_start_read(mm, vid)                       # no writer: in and out, silent

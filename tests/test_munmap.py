@@ -10,7 +10,7 @@ from spfshm import native
 from spfshm.mm import pervma, syscalls
 from spfshm.mm.fault import VM_FAULT_OK
 from spfshm.mm.mm_types import STAT
-from spfshm.mm.mmap_lock import vma_end_read, vma_start_read
+from spfshm.mm.vma_lock import vma_end_read, vma_start_read
 from spfshm.mm.pervma import do_pervma_fault, lock_vma_under_rcu
 from spfshm.mm.spf import do_speculative_page_fault
 from spfshm.mm.vma import current_tree, tree_entries

@@ -51,7 +51,7 @@ def test_fault_retry_goes_to_mmap_lock(make, monkeypatch):
     """handle_mm_fault returned VM_FAULT_RETRY under the VMA lock: the lock is dropped,
     VMA_LOCK_RETRY counted, and the caller handles the fault under mmap_lock."""
     b = make().map()
-    monkeypatch.setattr(pervma, "do_anonymous_page", lambda mm, vma, va, w: VM_FAULT_RETRY)
+    monkeypatch.setattr(pervma, "do_anonymous_page", lambda mm, vma, va, w, **k: VM_FAULT_RETRY)
     assert pervma.do_pervma_fault(b.mm, BASE + 5 * PAGE, 1) is None
     assert events(b) == dict(success=0, abort=0, retry=1, miss=0)
     assert read_held(b, b.vid()) is False

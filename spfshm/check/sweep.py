@@ -28,6 +28,7 @@ from ..mm.mm_types import (FRAME_FREE, FRAME_INUSE, HPAGE_NR, LEVEL_SHIFT, PAGE,
 from ..mm.pagetable import (GEN_MASK, NEXT, P, PROTNONE, PS, RW, ROOT, deposited_tables,
                             entry_gen, entry_pfn, leaf_beyond_prot, mk_entry)
 from ..mm.vma import TREE_FREE, TREE_LIVE, TREE_PENDING, current_tree, tree_entries
+from ..mm.vma_lock import MM_OTHER
 
 MAPPED = P | PROTNONE
 # Pool numbers in the pool violations (debug.KINDS spells them out)
@@ -192,7 +193,8 @@ def _check_pools(mm, rep, ids, heads, final):
 
     published = np.zeros(g.nvmas, dtype=bool)
     published[ids] = True
-    for v in np.flatnonzero((vma_state == VMA_LIVE) & ~published).tolist():
+    ours = mm.vma["vm_mm"] != MM_OTHER          # the other mm's (vma_cache.py) are in use
+    for v in np.flatnonzero((vma_state == VMA_LIVE) & ours & ~published).tolist():
         rep("obj_leak", "sweep", 0, POOL_VMAS, v, VMA_LIVE)
     live_trees = np.flatnonzero(tree_state == TREE_LIVE)
     for t in live_trees[live_trees != current_tree(mm)].tolist():

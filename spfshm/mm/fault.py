@@ -17,11 +17,12 @@ from .frames import alloc_frame, put_page
 from .huge_memory import huge_pmd_set_accessed
 from .lockdep import lockdep_assert_walk_protected
 from .mm_types import PROT_WRITE, PTE, VMA_LIVE
-from .mmap_lock import mmap_read_lock, mmap_read_unlock
+from .mmap_lock import mmap_read_lock, mmap_read_trylock, mmap_read_unlock
 from .pagetable import (HUGE, P, RW, index, mk_entry, pmd_entry_of, pmd_maps_table,
                         pte_alloc_walk)
 from .pipe import TABLES
 from .vma import access_ok, anon_vma_prepare, current_tree, find_vma, tree_entries
+from .vma_lock import MM_SELF
 
 VM_FAULT_OK, VM_FAULT_SIGSEGV, VM_FAULT_OOM, VM_FAULT_RETRY = 0, 1, 2, 3
 
@@ -39,6 +40,8 @@ def assert_vma_stable(mm, vma, va):
         mm.report("vma_unlocked_change", "fault", va, vma.id, vma.prot, int(rec["prot"]))
     elif rec["detached"]:
         mm.report("vma_detached", "fault", va, vma.id, vma.start, vma.end)
+    elif rec["vm_mm"] != MM_SELF:           # a record the other mm reused (refcnt)
+        mm.report("vma_foreign", "fault", va, vma.id, int(rec["vm_mm"]))
 
 
 def install_anon_pte(mm, vma, t, i, f, write):
@@ -60,9 +63,26 @@ def install_anon_pte(mm, vma, t, i, f, write):
         native.store_release(mm.entry_ptr(t, i), e | RW)      # do_wp_page, exclusive anon
 
 
-def do_anonymous_page(mm, vma, va, write):
-    if not vma.anon_vma:
-        anon_vma_prepare(mm, vma)        # classical path only: per-VMA needs one already
+def vmf_anon_prepare(mm, vma, vma_locked):
+    """mm/memory.c vmf_anon_prepare (v6.7+): a VMA's first anonymous fault prepares its
+    anon_vma under mmap_lock read; under the VMA lock alone (--vma-lock refcnt: v6.4's
+    lock_vma_under_rcu fell back before, on a VMA without one) only if mmap_read_trylock
+    gets it, else VM_FAULT_RETRY and the fault is taken again under mmap_lock."""
+    if vma.anon_vma:
+        return VM_FAULT_OK
+    if vma_locked and not mmap_read_trylock(mm):
+        return VM_FAULT_RETRY
+    try:
+        anon_vma_prepare(mm, vma)
+    finally:
+        if vma_locked:
+            mmap_read_unlock(mm)
+    return VM_FAULT_OK
+
+
+def do_anonymous_page(mm, vma, va, write, vma_locked=False):
+    if vmf_anon_prepare(mm, vma, vma_locked) == VM_FAULT_RETRY:
+        return VM_FAULT_RETRY
     f = alloc_frame(mm, may_fail=True)                        # (1)
     if f < 0:
         return VM_FAULT_OOM

@@ -42,13 +42,13 @@ from .. import native
 from .frames import alloc_huge_frame, put_page
 from .huge_memory import PMD_SIZE, mk_huge_pmd
 from .mm_types import HPAGE_NR, PROT_WRITE, PTE
-from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_lock,
-                        mmap_write_unlock, vma_start_write)
+from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock
 from .pagetable import (PFN_MASK, PFN_SHIFT, P, PROTNONE, entry_pfn,
                         pgtable_trans_huge_deposit,
                         pmd_entry_of, pmd_maps_table, populate, pte_table_of, pte_unmap_unlock)
 from .tlb import flush_tlb_range, tlb_remove_table_sync_one
 from .vma import find_vma
+from .vma_lock import vma_start_write
 
 SCAN_BLOCKS = 8             # blocks looked at per scan (khugepaged's pages_to_scan)
 

@@ -56,7 +56,10 @@ FRAME_META = np.dtype([("refcount", "<i8"), ("mapcount", "<i8"), ("state", "<u8"
 RWSEM_DTYPE = native.struct_dtype("struct spf_rwsem")
 VMA_DTYPE = np.dtype([("lock", RWSEM_DTYPE), ("start", "<u8"), ("end", "<u8"),
                       ("vm_lock_seq", "<u8"), ("gen", "<u8"), ("prot", "<u4"), ("state", "<u4"),
-                      ("detached", "<u2"), ("anon_vma", "<u2"), ("vseq", "<u4")])  # a cache line
+                      ("detached", "<u2"), ("anon_vma", "<u2"), ("vseq", "<u4"),
+                      ("vm_refcnt", "<u4"), ("vm_mm", "<u4")])
+# lock (--vma-lock rwsem) or vm_refcnt (refcnt) is the per-VMA lock (vma_lock.py);
+# vm_mm: the mm that owns the record (vma_lock.MM_SELF, or other_mm.py's)
 TREE_HDR = 4                         # [state, count, gen, -] then (start, end, id) triples
 
 # The speculative fault's abort reasons, named after the series' SPF_ABORT_* vm events
@@ -73,7 +76,8 @@ STATS = ["ops", "load", "store", "mmap", "munmap", "mprotect", "madvise",
         "mmap_err", "munmap_err", "mprotect_err", "madvise_err", "call_rcu",
         "rcu_backlog_max", "pte_alloc_race", "fault_retry", "tlb_flush", "mmap_lock_wait_ns",
         "reclaim", "pt_reclaimed", "table_free_one", "gup", "collapse", "thp_collapsed",
-        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom", "fail_nth_attempts", "fail_nth_injected", "fail_nth_at"]
+        "thp_collapse_fail", "thp_split", "thp_zap", "thp_oom", "fail_nth_attempts", "fail_nth_injected", "fail_nth_at",
+        "other_mm_reuse"]
 STAT = {s: i for i, s in enumerate(STATS)}
 IPI_HIST_BUCKETS = 64
 # --table-free rcu: the chance that tlb_remove_table finds no page for its batch
@@ -98,6 +102,10 @@ SLAB_ALLOC_FAIL = 0.005
 # then, as under fail_page_alloc, seeded per CPU: the pools are sized never to run out,
 # so without this the split's out-of-memory path (thp_oom) would never run
 SPLIT_ALLOC_FAIL = 0.05
+# --vma-lock refcnt: the chance that a VMA record this mm frees is allocated at once by
+# another process (the VMA cache is shared and SLAB_TYPESAFE_BY_RCU: other_mm.py),
+# seeded per CPU
+OTHER_MM_REUSE = 0.25
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
 
 
@@ -181,6 +189,11 @@ class MM:
         self.waiting = arena["waiting"][cpu]
         self.waiting_all = arena["waiting"]
         self.walk_rcu = cfg.walk_mode() == "rcu"
+        self.vma_refcnt = cfg.vma_lock == "refcnt"
+        self.refcnt_old = native.ffi.new("uint32_t *")      # spf_vmref_get's old count
+        reuse = random.Random("spfshm-other-mm:%d:%d" % (cfg.seed, cpu))
+        self.other_mm_reuses = lambda: cpu < g.ncpus and reuse.random() < OTHER_MM_REUSE
+        self.lent = []                  # records the other mm holds (other_mm.py)
         leak = random.Random("spfshm-leak:%d:%d" % (cfg.seed, cpu))
         self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
         batch = random.Random("spfshm-table-batch:%d:%d" % (cfg.seed, cpu))
@@ -260,6 +273,10 @@ class MM:
 
     def vma_lock(self, vid):
         return native.ffi.cast("struct spf_rwsem *", self.vma_base + vid * VMA_DTYPE.itemsize)
+
+    def vm_refcnt_ptr(self, vid):
+        return native.ffi.cast("uint32_t *", self.vma_base + vid * VMA_DTYPE.itemsize
+                               + VMA_DTYPE.fields["vm_refcnt"][1])
 
     def vm_lock_seq_ptr(self, vid):
         return native.ffi.cast("uint64_t *", self.vma_base + vid * VMA_DTYPE.itemsize

@@ -30,7 +30,10 @@ POINTS = {
     "gup_pin": "gup_fast: between reading the PTE and taking the reference",
     "gup_hold": "gup_fast holder: between pinning pages and releasing them (DMA)",
     "pervma_lookup": "per-VMA fault: between the RCU lookup and vma_start_read",
-    "vma_start_read": "vma_start_read: between the sequence check and the trylock",
+    "vma_start_read": "vma_start_read: between the sequence check and the trylock "
+                      "(refcnt: the reference)",
+    "vma_ref_held": "vma_start_read (refcnt): the reference taken, before the vm_mm and "
+                    "sequence checks",
     "hw_walk": "hardware walk (IRQs off): between reading the PMD and the PTE",
     "zap_under_ptl": "zap_pte_range: PTEs cleared, ptl held, before the forced flush",
     "zap_ptl_dropped": "zap_pte_range: ptl dropped to free a batch, before taking it again",

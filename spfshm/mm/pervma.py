@@ -24,8 +24,8 @@ Any failure before 3 returns None (VMA_LOCK_ABORT): the caller falls back to mma
 """
 from .. import native
 from .fault import VM_FAULT_RETRY, do_anonymous_page
-from .mmap_lock import vma_end_read, vma_start_read
 from .vma import access_ok, find_vma_rcu, read_vma
+from .vma_lock import EAGAIN, vma_end_read, vma_start_read
 
 
 def lock_vma_under_rcu(mm, va):
@@ -50,6 +50,8 @@ MISS = object()
 def _lock_vma_once(mm, va):
     """One lookup under the caller's RCU section: the read-locked VMA copy, None, or MISS
     (the VMA found was detached: the caller looks up again)."""
+    if mm.vma_refcnt:
+        return _lock_vma_once_refcnt(mm, va)
     found = find_vma_rcu(mm, va, "pervma")
     if found is None or found[0] < 0:
         return None
@@ -75,6 +77,29 @@ def _lock_vma_once(mm, va):
     return vma
 
 
+def _lock_vma_once_refcnt(mm, va):
+    """v6.15 lock_vma_under_rcu's loop body (vma_lock.py steps (a)-(d)): the record the
+    lookup found may have been freed and reused since (SLAB_TYPESAFE_BY_RCU), so nothing
+    of it is read before the reference is held; then it is attached, ours and not
+    write-locked, and only the address is left to check.  No anon_vma check here (v6.7
+    moved it to vmf_anon_prepare, fault.py)."""
+    found = find_vma_rcu(mm, va, "pervma")
+    if found is None or found[0] < 0:
+        return None
+    vid = found[0]
+    mm.delay("pervma_lookup")
+    got = vma_start_read(mm, vid)
+    if got is EAGAIN:
+        return MISS
+    if not got:
+        return None
+    vma = read_vma(mm, vid, "pervma", va)
+    if vma is None or not vma.start <= va < vma.end:                      # 2
+        vma_end_read(mm, vid)
+        return None
+    return vma
+
+
 def do_pervma_fault(mm, va, write):
     """The fault's result, or None: the caller handles it under mmap_lock."""
     vma = lock_vma_under_rcu(mm, va)
@@ -83,7 +108,7 @@ def do_pervma_fault(mm, va, write):
     try:
         if not access_ok(vma.prot, write):                                   # 3
             return None
-        r = do_anonymous_page(mm, vma, va, write)
+        r = do_anonymous_page(mm, vma, va, write, vma_locked=True)
     finally:
         vma_end_read(mm, vma.id)
     if r == VM_FAULT_RETRY:

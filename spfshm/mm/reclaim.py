@@ -19,11 +19,11 @@ import numpy as np
 from .. import native
 from .memory import PMD_SIZE
 from .mm_types import TABLE_LIVE
-from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, \
-    mmap_write_unlock, vma_start_write
+from .mmap_lock import mmap_read_lock, mmap_read_unlock, mmap_write_lock, mmap_write_unlock
 from .pagetable import P, PROTNONE, entry_pfn, pmd_entry_of, pmd_maps_table, pte_table_of
 from .tlb import MmuGather
 from .vma import vmas_snapshot
+from .vma_lock import vma_start_write
 
 MAX_BATCH = 8         # tables removed per write-locked pass
 

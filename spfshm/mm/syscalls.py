@@ -26,13 +26,14 @@ from .memory import (assert_leaves_within, assert_range_unmapped, change_protect
                      free_pgtables, zap_pte_range)
 from .mm_types import PAGE, PAGE_SHIFT
 from .mmap_lock import (mmap_read_lock, mmap_read_unlock, mmap_write_downgrade, mmap_write_lock,
-                        mmap_write_unlock, vma_end_read,
-                        vma_assert_no_readers, vma_assert_write_locked, vma_start_write)
+                        mmap_write_unlock)
 from .pervma import lock_vma_under_rcu
 from .tlb import (MmuGather, assert_no_access_beyond, assert_zaps_complete, flush_tlb_mm_range,
                   zaps_returned)
 from .vma import (Vma, publish_tree, tree_prealloc, tree_prealloc_free, vm_area_alloc,
-                  vm_area_free, vma_mark_detached, vmas_snapshot)
+                  vm_area_free, vmas_snapshot)
+from .vma_lock import (vma_assert_no_readers, vma_assert_write_locked, vma_end_read,
+                       vma_mark_detached, vma_start_write)
 
 MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HINT = "fixed", "noreplace", "hint"
 MAX_ADDR = 1 << 47

@@ -2,15 +2,17 @@
 
 Follows what Linux v6.14's lockless readers rely on, not its data structure: the maple
 tree in RCU mode (nodes replaced, the old ones freed by RCU) and VMAs freed through
-call_rcu (vm_area_free, v6.4 to v6.14; v6.15 made the VMA cache SLAB_TYPESAFE_BY_RCU).
-A sorted array republished whole stands in for the maple tree.
+call_rcu (vm_area_free, v6.4 to v6.14: --vma-lock rwsem) or, v6.15+ (--vma-lock refcnt),
+at once into a SLAB_TYPESAFE_BY_RCU cache (vma_cache.py), where a reader's reference
+(vma_lock.py) is what keeps a record.  A sorted array republished whole stands in for
+the maple tree.
 
 The tree is a sorted array of (start, end, id) published copy-on-write: a writer (under
 mmap_lock write) builds a new array in a free slot, publishes its index with a release
 store, and retires the old one with call_rcu, so a lockless reader (SPF, later) never
 reads a freed array without it being poisoned and detectably so.  VMA records are
-modified only under mmap_lock write and freed through call_rcu too; freed records are
-poisoned (start = end = POISON, state FREE, generation bumped).
+modified only under mmap_lock write and freed through call_rcu too (rwsem); freed
+records are poisoned (start = end = POISON, state FREE, generation bumped).
 
 Writer protocol against a lockless reader:
   writer: (1) fill the new array  (2) publish its index (release)  (3) call_rcu(free old),
@@ -18,6 +20,7 @@ Writer protocol against a lockless reader:
   reader: (a) rcu_read_lock  (b) read the index (acquire; pairs with (2))  (c) search
           (d) copy the VMA record  (e) validate (mmap_seq for SPF, the VMA lock's
           recheck for per-VMA locks)  (f) rcu_read_unlock
+          (refcnt: (d) only once the VMA lock's reference is held, and (e) the address)
 """
 import bisect
 
@@ -26,9 +29,10 @@ import numpy as np
 from .. import native
 from .lockdep import lockdep_assert_walk_protected
 from .mmap_lock import mmap_assert_locked, mmap_assert_write_locked
+from .vma_cache import kmem_cache_free
+from .vma_lock import vma_assert_detached, vma_lock_init, vma_mark_attached, vma_mark_detached
 from .pipe import CLOCK_RCU, TREES, VMAS
-from .mm_types import (MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_FREE, VMA_LIVE,
-                       VMA_PENDING)
+from .mm_types import MAX_VMAS, POISON, PROT_WRITE, TREE_HDR, VMA_LIVE, VMA_PENDING
 
 TREE_FREE, TREE_LIVE, TREE_PENDING = 0, 1, 2
 
@@ -69,9 +73,8 @@ def vm_area_alloc(mm, start, end, prot, anon_vma=0):
     if vid < 0:
         return -1
     rec = mm.vma[vid]
-    native.lib.spf_rwsem_init(mm.vma_lock(vid))
+    vma_lock_init(mm, vid)               # born detached: attached when a tree publishes it
     rec["start"], rec["end"], rec["prot"] = start, end, prot
-    rec["detached"] = 0
     rec["anon_vma"] = anon_vma           # a split piece shares its original's (anon_vma_clone)
     mm.pipe.unretire(VMAS, vid)
     # Born write-locked: unlocked with every other VMA at mmap_write_unlock.
@@ -87,14 +90,7 @@ def _vm_area_free_now(mm, vid):
     age = mm.pipe.age(VMAS, vid)
     if age < 1:
         mm.report("early_free", "vm_area_free", 0, vid, age)
-    rec = mm.vma[vid]
-    rec["vseq"] += 1
-    rec["state"] = VMA_FREE
-    rec["gen"] = int(rec["gen"]) + 1
-    rec["start"] = POISON
-    rec["end"] = POISON
-    rec["vseq"] += 1
-    mm.vmas.free(mm.cpu, vid)
+    kmem_cache_free(mm, vid)
 
 
 def anon_vma_prepare(mm, vma):
@@ -115,22 +111,20 @@ def anon_vma_prepare(mm, vma):
     vma.anon_vma = 1
 
 
-def vma_mark_detached(mm, vid):
-    """The VMA leaves the mm (v6.4 vma_mark_detached, in do_vmi_align_munmap once it is
-    write-locked and gathered, before the tree store): a per-VMA reader that still finds
-    it in an old tree and read-locks it after vma_end_write_all sees it detached and looks
-    up again (VMA_LOCK_MISS)."""
-    mm.vma[vid]["detached"] = 1
-
-
 def vm_area_free(mm, vid):
-    """Detach, then free after a grace period (lockless readers may still hold it).
-    A record already pending or free is reported (KASAN's double-free) and left alone."""
+    """Detach, then free: rwsem (v6.4 to v6.14) after a grace period, since lockless
+    readers may still hold it; refcnt (v6.15+) at once, into the SLAB_TYPESAFE_BY_RCU
+    cache (vma_cache.py), once vma_assert_detached shows no reference left.  A record
+    already pending or free is reported (KASAN's double-free) and left alone."""
     state = int(mm.vma[vid]["state"])
     if state != VMA_LIVE:
         mm.report("double_free", "vm_area_free", 0, vid, state)
         return
     vma_mark_detached(mm, vid)
+    if mm.vma_refcnt:
+        vma_assert_detached(mm, vid, "vm_area_free")
+        kmem_cache_free(mm, vid)
+        return
     mm.vma[vid]["state"] = VMA_PENDING
     mm.pipe.retire(VMAS, vid, CLOCK_RCU)
     mm.rcu.call_rcu(_vm_area_free_now, mm, vid)
@@ -251,6 +245,8 @@ def publish_tree(mm, new, vmas):
     row = mm.vma_tree[new]
     for i, v in enumerate(vmas):
         row[TREE_HDR + 3 * i:TREE_HDR + 3 * i + 3] = (v.start, v.end, v.id)
+        if mm.vma[v.id]["detached"]:
+            vma_mark_attached(mm, v.id)          # new: vma_iter_store
     row[1] = len(vmas)
     row[2] = int(row[2]) + 1
     row[0] = TREE_LIVE

@@ -88,7 +88,7 @@ def build_report(st, stress, elapsed):
     faults = {"classic": t["fault_classic"], "spf_ok": t["spf_ok"], "spf_abort": aborts,
               "spf_abort_rate": round(sum(aborts.values()) / spf_tries, 4) if spf_tries else 0.0,
               "pervma_ok": vma_lock["success"], "pervma_fallback": pervma_fallback,
-              "vma_lock": vma_lock,
+              "vma_lock": vma_lock, "other_mm_reuse": t["other_mm_reuse"],
               "pervma_fallback_rate": round(pervma_fallback / pervma_tries, 4)
               if pervma_tries else 0.0,
               "retry": t["fault_retry"], "segv": t["segv"], "oom": t["oom"],
@@ -188,10 +188,12 @@ def summary(rep):
              "ops %d in %.1fs (%.0f/s): %s" % (rep["ops_total"], rep["elapsed_s"],
                                                rep["ops_per_s"], _kv(rep["ops"])),
              "faults classic=%d spf_ok=%d (abort rate %.1f%%: %s) pervma_ok=%d "
-             "(fallback %.1f%%: vma_lock %s); segv=%d oom=%d tlb_miss=%d"
+             "(fallback %.1f%%: vma_lock %s%s); segv=%d oom=%d tlb_miss=%d"
              % (f["classic"], f["spf_ok"], 100 * f["spf_abort_rate"],
                 _kv(f["spf_abort"]) or "-", f["pervma_ok"], 100 * f["pervma_fallback_rate"],
-                _kv(f["vma_lock"]), f["segv"], f["oom"], f["tlb_miss"]),
+                _kv(f["vma_lock"]), "; VMA records the other mm reused %d"
+                % f["other_mm_reuse"] if c.get("vma_lock") == "refcnt" else "",
+                f["segv"], f["oom"], f["tlb_miss"]),
              "%.0f faults/s handled (per CPU %s)"
              % (rep["faults_per_s"], "/".join("%.0f" % x for x in rep["faults_per_s_per_cpu"])),
              "ipi: %d sent, p50 %.1f us, p99 %.1f us; rcu: %d grace periods; tables "

@@ -24,6 +24,7 @@ from ..mm.gup import gup_fast, gup_hold_and_release
 from ..mm.khugepaged import khugepaged_scan
 from ..mm.reclaim import pt_pages, reclaim_scan
 from ..mm.syscalls import MAP_FIXED, do_madvise_dontneed, do_mmap, do_mprotect, do_munmap
+from ..mm.vma_cache import other_mm_unmap
 from ..smp import Smp, smp_regions
 from . import artifacts, scenario, sched
 from .events import EV_OP
@@ -172,6 +173,8 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
         native.trace(EV_OP, n, OP_INDEX[op], 0)   # the op order replay --deterministic follows
         try:
             res = run_op(mm, c, op, args)
+            if mm.lent:                       # --vma-lock refcnt: the other mm's munmap
+                other_mm_unmap(mm)
             hb[HB_SEQ] += 1
         except Deadlock:
             # Recorded; locks are held and a partner is stuck: leave without cleaning up,
@@ -197,6 +200,7 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
             break
     acct[ACCT_END] = native.now_ns()
     acct[ACCT_CPU] = time.process_time_ns()
+    other_mm_unmap(mm, every=True)
     mm.rcu.rcu_barrier()
     local[STAT["rcu_backlog_max"]] = mm.rcu.max_backlog
     mm.flush_stats()
