@@ -252,3 +252,15 @@ def test_a_reference_left_in_a_record_attached_again(make, monkeypatch):
 def test_a_vma_born_detached_is_attached_by_its_tree(make):
     b = make(**refcnt()).map()
     assert b.mm.vma[b.vid()]["vm_mm"] == MM_SELF and b.mm.vma[b.vid()]["detached"] == 0
+
+
+@pytest.mark.parametrize("lock", ["rwsem", "refcnt"])
+def test_a_hang_dump_names_the_vma_read_lock_held(make, lock):
+    from types import SimpleNamespace
+    from spfshm.run.watchdog import locks_held
+    b = make(vma_lock=lock, fault_mode="pervma").map()
+    vid, st = b.vid(), SimpleNamespace(arena=b.arena)
+    assert vma_start_read(b.mm, vid) is True
+    assert "VMA #%d lock (read)" % vid in locks_held(st, 0)
+    vma_end_read(b.mm, vid)
+    assert locks_held(st, 0) == []

@@ -66,6 +66,7 @@ OPTIONS = {
     "fault-mode": ("fault_mode", str), "table-free": ("table_free", str),
     "walk": ("walk", str), "tlb-flush": ("tlb_flush", str), "reclaim": ("reclaim", str),
     "collapse": ("collapse", str), "madvise-lock": ("madvise_lock", str),
+    "vma-lock": ("vma_lock", str),
     "pcp": ("pcp", str), "fail-nth": ("fail_nth", int),
     "bug": ("bugs", tuple), "seed": ("seed", int), "window-pages": ("window_pages", int),
     "tlb-entries": ("tlb_entries", int), "ipi-timeout": ("ipi_timeout", float),
@@ -207,7 +208,9 @@ def _config(at, items, opts):
             at.fail(name, "%r is not %s" % (value, "an integer" if kind is int
                                              else "a number"))
         try:                        # this option alone, so that the error names its line
-            Config(cpus=1, **{field: opts[field]}).validate()
+            alone = Config(cpus=1, **{field: opts[field]})
+            alone.refcnt_fault_mode()
+            alone.validate()
         except ConfigError as e:
             at.fail(name, str(e))
     if "bugs" in opts:

@@ -68,6 +68,8 @@ def locks_held(st, cpu):
     vl = a["vma"]["lock"]
     for v in np.flatnonzero((vl["state"] & 0x80000000 != 0) & (vl["owner"] == cpu)).tolist():
         held.append("VMA #%d lock (write)" % v)
+    if w[5]:                            # both --vma-lock generations publish a read hold
+        held.append("VMA #%d lock (read)" % (int(w[5]) - 1))
     return held
 
 
