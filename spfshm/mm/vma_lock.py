@@ -98,7 +98,13 @@ def vma_start_read(mm, vid):
 
 
 def _vma_start_read_refcnt(mm, vid):
-    if native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == native.load_relaxed(mm.mm_lock_seq):
+    """(a), (c) and (d) read a record the lookup found and that may have been freed and
+    reused since (SLAB_TYPESAFE_BY_RCU): each is a lockless walk's shared read, relied
+    on (generic perturbation's pause follows it, as it follows the rwsem generation's
+    lockless VMA copy and every lookup's tree read)."""
+    hint = native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == native.load_relaxed(mm.mm_lock_seq)
+    mm.walk_point()
+    if hint:
         return False                                                        # (a)
     mm.delay("vma_start_read")
     ref, old = mm.vm_refcnt_ptr(vid), mm.refcnt_old
@@ -106,6 +112,7 @@ def _vma_start_read_refcnt(mm, vid):
         return EAGAIN if old[0] == 0 else False
     mm.delay("vma_ref_held")
     foreign = mm.vma[vid]["vm_mm"] != MM_SELF and not mm.bugs.on("refcnt_no_vm_mm_check")
+    mm.walk_point()
     if foreign or not mm.bugs.on("refcnt_no_seq_recheck") and \
             native.load_relaxed(mm.vm_lock_seq_ptr(vid)) == native.load_acquire(mm.mm_lock_seq):
         vma_refcount_put(mm, vid)                                           # (c), (d)
