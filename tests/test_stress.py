@@ -113,7 +113,8 @@ def test_cli_stress_bug_prints_repro(tmp_path):
     (["--bug", "nope"], "--bug"), (["--table-free", "maybe"], "--table-free"),
     (["--check-every", "-1"], "--check-every"), (["--window-pages", "100"], "--window-pages"),
     (["--json", "/nonexistent-dir/r.json"], "--json"), (["--pcp", "half"], "--pcp"),
-    (["--fail-nth", "0"], "--fail-nth"),
+    (["--fail-nth", "0"], "--fail-nth"), (["--vma-lock", "seqlock"], "--vma-lock"),
+    (["--vma-lock", "refcnt", "--fault-mode", "spf,classic"], "--vma-lock refcnt"),
 ])
 def test_stress_usage_errors(args, needle):
     r = subprocess.run([sys.executable, "-m", "spfshm", "stress", *args],
