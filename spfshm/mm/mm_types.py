@@ -193,7 +193,7 @@ class MM:
         self.refcnt_old = native.ffi.new("uint32_t *")      # spf_vmref_get's old count
         reuse = random.Random("spfshm-other-mm:%d:%d" % (cfg.seed, cpu))
         self.other_mm_reuses = lambda: cpu < g.ncpus and reuse.random() < OTHER_MM_REUSE
-        self.lent = []                  # records the other mm holds (other_mm.py)
+        self.lent = []                  # records the other mm holds (vma_cache.py)
         leak = random.Random("spfshm-leak:%d:%d" % (cfg.seed, cpu))
         self.rng_leak = lambda: cpu < g.ncpus and leak.random() < 0.01
         batch = random.Random("spfshm-table-batch:%d:%d" % (cfg.seed, cpu))

@@ -47,8 +47,9 @@ CONFIGS = [
     dict(fault_mode="spf,pervma,classic", table_free="ipi", sched="random:200000",
          workload="faults"),
     # v6.17: the vm_refcnt per-VMA lock, VMA records reused at once (by another mm too),
-    # DONTNEED and PT_RECLAIM under the VMA read lock
-    dict(vma_lock="refcnt", table_free="rcu", madvise_lock="vma"),
+    # DONTNEED and PT_RECLAIM under the VMA read lock; no per-CPU caches, so a record this
+    # CPU frees is the next one any CPU allocates
+    dict(vma_lock="refcnt", table_free="rcu", madvise_lock="vma", pcp="off"),
 ]
 
 # The fixed campaign (stress/test_campaign.py): every configuration of the rotation once.
