@@ -264,6 +264,30 @@ def test_the_fail_nth_sweep_fails_each_allocation_in_turn(tmp_path, monkeypatch)
     assert read_token(s.failure["token"])[0]["fail_nth"] == s.failure["fail_nth"]
 
 
+def test_the_sweep_fails_the_split_mprotect_needs(tmp_path, monkeypatch):
+    """mprotect-thp-nomem: mprotect of part of a huge pmd splits it first, and that
+    split's table allocation is one the sweep fails (mprotect then returns -ENOMEM with
+    nothing changed): clean.  A do_mprotect that goes on when the split failed (the
+    mutant of its re-check) passes every schedule up to K=1 and is caught by the sweep:
+    the VMAs split under a huge pmd that still maps the read-only part."""
+    from spfshm.mm import syscalls
+    from spfshm.run.inject import Sweep
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "mprotect-thp-nomem.litmus"),
+                             sched="list", artifacts=str(tmp_path / "a")).resolved()
+    clean = Sweep(cfg).run()
+    assert clean.failure is None and clean.exhausted and clean.runs >= 2, clean.verdict()
+    real = syscalls.split_huge_range
+
+    def ignored(mm, start, end):
+        real(mm, start, end)
+        return True                                    # BUSTED: the failure ignored
+
+    monkeypatch.setattr(syscalls, "split_huge_range", ignored)
+    assert Explorer(cfg, 1).explore().failure is None
+    s = Sweep(cfg).run()
+    assert s.failure and s.failure["signature"] == "stale_pte@sweep", s.verdict()
+
+
 def test_a_sweep_refuses_an_injector_that_fails_another_attempt(tmp_path):
     """The sweep's contract with mm_types' injector: with fail-nth N each CPU fails its
     N-th attempt and no other.  A run whose counts say otherwise is an error, not a
