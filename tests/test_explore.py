@@ -201,6 +201,33 @@ def test_a_thp_line_leaves_a_huge_pmd_that_only_one_zap_takes(tmp_path):
     assert rep["exit_code"] == 0 and rep["thp"]["zapped"] == 1, rep["thp"]
 
 
+def test_the_other_mm_gives_a_record_back_poisoned(tmp_path, monkeypatch):
+    """unmap-vs-mmap-refcnt-pcp-off: at the scenario's seed CPU 0's free of its VMA
+    record goes to the other mm, whose unmap gives it back to the global list (pcp=off)
+    when CPU 0 stops; CPU 1's mmap may take it next.  Clean up to K=1.  An unmap that
+    gives the record back before it poisons it (the mutant of other_mm_unmap) poisons
+    CPU 1's new VMA, found with one preemption."""
+    from spfshm.mm import vma_cache
+    cfg = scenario.config_of(os.path.join(SCENARIOS, "unmap-vs-mmap-refcnt-pcp-off.litmus"),
+                             sched="list", artifacts=str(tmp_path / "a")).resolved()
+    rep = run_stress(cfg)
+    assert rep["exit_code"] == 0 and rep["faults"]["other_mm_reuse"] == 1, rep["faults"]
+    assert Explorer(cfg, 1).explore().failure is None
+
+    def free_first(mm, every=False):
+        for _, vid in mm.lent:
+            vma_cache.detach_refcnt(mm, vid)
+            mm.vmas.free(mm.cpu, vid)                  # BUSTED: given back, then poisoned
+            vma_cache._poison(mm.vma[vid])
+        mm.lent = []
+
+    from spfshm.run import runner
+    monkeypatch.setattr(runner, "other_mm_unmap", free_first)
+    ex = Explorer(cfg, 1).explore()
+    assert ex.failure and ex.failure["signature"] == "vma_uaf@sweep", ex.verdict()
+    assert ex.failure["preemptions"] == 1
+
+
 def test_shipped_scenarios_parse():
     names = sorted(f for f in os.listdir(SCENARIOS) if f.endswith(".litmus"))
     assert len(names) >= 6
