@@ -485,6 +485,21 @@ int spf_ipi_flush_range(const uint64_t *mask, int nbits, uint64_t start, uint64_
 	return r;
 }
 
+void spf_tlb_remote_invalidate(uint64_t *base, int ncpus, uint64_t row_words,
+			       uint64_t first, int nents, int ent_words, uint64_t lo,
+			       uint64_t hi)
+{
+	spf_perturb(SPF_PC_TLB);
+	for (int c = 0; c < ncpus; c++) {
+		uint64_t *e = base + (uint64_t)c * row_words + first;
+		for (int i = 0; i < nents; i++, e += ent_words) {
+			uint64_t tag = __atomic_load_n(e, __ATOMIC_RELAXED);
+			if ((tag & 1) && (tag >> 1) >= lo && (tag >> 1) < hi)
+				__atomic_store_n(e, 0, __ATOMIC_RELAXED);
+		}
+	}
+}
+
 void spf_tlb_remote_wait(const uint64_t *mask, int nbits)
 {
 	spf_perturb(SPF_PC_TLB);             /* perturbation: between (1) and (2) */

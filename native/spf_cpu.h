@@ -87,6 +87,16 @@ int  spf_irqs_disabled(void);
  * spf_ipi_last_error(); -2 when the caller itself is at fault (IRQs off). */
 int  spf_ipi_sync(const uint64_t *mask, int nbits, uint64_t work, int64_t timeout_ns);
 int  spf_ipi_last_error(void);
+/* (1) of a remote invalidation, one pass: in each of ncpus rows of row_words words from
+ * base, the nents entries of ent_words words from word first (every CPU's TLB, or every
+ * CPU's paging-structure cache), clear the valid word (an entry's first: key << 1 | 1)
+ * of each entry whose key is in [lo, hi).  One relaxed store per entry, so an entry a
+ * CPU fills meanwhile is whole or invalid; the next spf_tlb_remote_wait's (2) orders the
+ * stores.  A TLB flush primitive: a perturbation point (a scheduling point under the
+ * scheduler) before it writes. */
+void spf_tlb_remote_invalidate(uint64_t *base, int ncpus, uint64_t row_words,
+			       uint64_t first, int nents, int ent_words, uint64_t lo,
+			       uint64_t hi);
 /* Remote TLB invalidation without interrupting anyone (arm64's broadcast TLBI + DSB):
  * the caller has already cleared the targets' TLBs in the arena; this waits only for
  * the instructions each target had in flight (insn_seq), never for IRQs-off sections.

@@ -244,6 +244,7 @@ class MM:
         self.tlb_ptr = native.ffi.cast("struct spf_tlb_entry *",
                                        arena.ptr("tlb") + cpu * tlb_all.shape[1])
         self.tlb_words = tlb_all.shape[1]
+        self.tlb_base = arena.ptr("tlb")            # every CPU's row (remote flushes)
         # every CPU's TLB entries (tag, data, gen, va) and PWC entries (key, table|tag<<32)
         self.tlbs = tlb_all[:g.ncpus, :g.tlb_entries * 4].reshape(g.ncpus, g.tlb_entries, 4)
         self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)

@@ -85,7 +85,7 @@ from .frames import (VALUE_PAGE, VALUE_PAGE_SHIFT, VALUE_RACED, VALUE_STORED, VA
                      frame_pages, put_page, tlb_snapshot)
 from .lockdep import Deadlock, check_ipi_wait
 from .mm_types import HPAGE_NR, IPI_HIST_BUCKETS, LEVEL_SHIFT, PAGE_SHIFT, PMD, PROT_NONE, \
-    PROT_WRITE
+    PROT_WRITE, PWC_ENTRIES
 from .pagetable import free_table_now, mark_pending
 from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 
@@ -93,19 +93,18 @@ from .pipe import CLOCK_IPI, CLOCK_RCU, FRAMES, TABLES
 IPI_SLICE_S = 0.05
 TLB_FLUSH_ALL = native.TLB_FLUSH_ALL
 TLB_SINGLE_PAGE_FLUSH_CEILING = 33       # pages (tlb_single_page_flush_ceiling)
+KEY_ALL = (1 << 64) - 1                  # above every entry's key: a full flush
 PAGE = 1 << PAGE_SHIFT
 
 
-def _invalidate(ents, lo, hi):
-    """Clear the valid word of every entry (TLB or PWC: ``ents[cpu, slot]``, the valid
-    word ``key << 1 | 1`` first) whose key is in [lo, hi): one store each, so an entry a
-    CPU fills meanwhile is whole or invalid (flush_tlb_remote's steps say which fills
-    can still come: clearing a new one too is harmless)."""
-    tag = ents[:, :, 0]
-    key = tag >> np.uint64(1)
-    cpu, slot = np.nonzero((tag & np.uint64(1) == 1) & (key >= np.uint64(lo))
-                           & (key < np.uint64(hi)))
-    ents[cpu, slot, 0] = 0
+def _invalidate(mm, first, nents, ent_words, lo, hi):
+    """One pass over every CPU's TLB (entries from word 0) or paging-structure cache
+    (from word ``first``): each valid entry whose key is in [lo, hi) is cleared, one
+    store each, so an entry a CPU fills meanwhile is whole or invalid (flush_tlb_remote's
+    steps say which fills can still come: clearing a new one too is harmless).  Native:
+    a TLB flush primitive, with its perturbation (and scheduling) point."""
+    native.lib.spf_tlb_remote_invalidate(mm.tlb_base, mm.g.ncpus, mm.tlb_words, first,
+                                         nents, ent_words, lo, hi)
 
 
 def flush_tlb_remote(mm, start, end, freed_tables):
@@ -136,10 +135,9 @@ def flush_tlb_remote(mm, start, end, freed_tables):
     if drops_pwc:
         _invalidate_pwcs(mm, start, end, freed_tables)                       # (2a)
         wait(mm.all_cpus.words, mm.g.ncpus)                                  # (2b)
-    if end == TLB_FLUSH_ALL:                                                 # (3)
-        mm.tlbs[:, :, 0] = 0
-    else:
-        _invalidate(mm.tlbs, start >> PAGE_SHIFT, (end + PAGE - 1) >> PAGE_SHIFT)
+    lo, hi = (0, KEY_ALL) if end == TLB_FLUSH_ALL else \
+        (start >> PAGE_SHIFT, (end + PAGE - 1) >> PAGE_SHIFT)
+    _invalidate(mm, 0, mm.g.tlb_entries, 4, lo, hi)                          # (3)
     wait(mm.all_cpus.words, mm.g.ncpus)                                      # (4)
     mm.pipe.ipi_sync_done(ticket)
     mm.count("tlb_flush")
@@ -147,11 +145,14 @@ def flush_tlb_remote(mm, start, end, freed_tables):
 
 def _invalidate_pwcs(mm, start, end, freed_tables):
     """The paging-structure-cache entries a flush of [start, end) drops."""
+    pmd = LEVEL_SHIFT[PMD]
     if end == TLB_FLUSH_ALL:
-        mm.pwcs[:, :, 0] = 0
+        lo, hi = 0, KEY_ALL
     elif freed_tables:
-        pmd = LEVEL_SHIFT[PMD]
-        _invalidate(mm.pwcs, start >> pmd, ((end - 1) >> pmd) + 1)
+        lo, hi = start >> pmd, ((end - 1) >> pmd) + 1
+    else:
+        return
+    _invalidate(mm, mm.g.tlb_entries * 4, PWC_ENTRIES, 2, lo, hi)
 
 
 def flush_tlb_mm_range(mm, start, end, freed_tables):
