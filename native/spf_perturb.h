@@ -9,7 +9,8 @@
  *   rcu     rcu_read_lock/unlock, grace-period start
  *   irq     irq_disable/enable
  *   ipi     each IPI send; in the handler, before the ack
- *   tlb     TLB access, fill, remote wait; the local flush, and in the handler the flush
+ *   tlb     TLB access, fill, remote invalidation pass and wait; the local flush, and in
+ *           the handler the flush
  *   walk    the shared reads of a lockless walk (Python, through spf_perturb_walk)
  * A primitive pauses after a read or an acquire and before a write or a release, so the
  * pause falls inside the section, or between a read and the use of what it read; a spin
