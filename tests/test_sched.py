@@ -94,6 +94,11 @@ def test_a_run_stopped_inside_an_operation_shrinks(tmp_path, bug):
             break
     assert signature_of(rep), "no seed in 0..99 catches %s" % bug
     assert rep["sched"]["ops_begun"] != rep["sched"]["ops_per_cpu"]
+    # The token replays as the run it came from, event for event, also through a pool
+    # (the deadlock: the CPU that reports it goes offline while it holds the turn, not
+    # when its process exits, which another CPU's IPI re-sends would see at any step).
+    again = replay_token(rep["sched"]["token"], 3, str(tmp_path / "r"))
+    assert again["hits"] == again["same_digest"] == 3, again["runs"]
     r = shrink_token(rep["sched"]["token"], str(tmp_path / "s"), budget_s=20)
     assert r["signature"] == signature_of(rep)
     assert r["before"]["ops_per_cpu"] == rep["sched"]["ops_begun"]

@@ -178,8 +178,12 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
             hb[HB_SEQ] += 1
         except Deadlock:
             # Recorded; locks are held and a partner is stuck: leave without cleaning up,
-            # the runner kills the rest.
+            # the runner kills the rest.  Under the scheduler go offline first, while
+            # this CPU holds the turn: a sender still running sees it offline at the
+            # same step of every replay, not when this process happens to exit.
             mm.flush_stats()
+            if st.cfg.sched:
+                native.cpu_unregister()
             return
         check_spin_unlocks(mm)
         local[i_ops] += 1
