@@ -28,15 +28,25 @@ int spf_vmref_get(uint32_t *refcnt, uint32_t *old)                          /* r
 	return taken;
 }
 
-uint32_t spf_vmref_put(uint32_t *refcnt)                                     /* r2 */
+/* Decrement unless 0 (refcount_t saturates and warns there: the caller reports); the
+ * count seen, 0 if refused. */
+static uint32_t dec_not_zero(uint32_t *refcnt)
 {
-	spf_perturb(SPF_PC_ATOMIC);
 	uint32_t c = __atomic_load_n(refcnt, __ATOMIC_RELAXED);
 	do {
-		if (c == 0)                 /* refcount_t saturates and warns: the caller reports */
+		if (c == 0)
 			return 0;
 	} while (!__atomic_compare_exchange_n(refcnt, &c, c - 1, 0,
 					      __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+	return c;
+}
+
+uint32_t spf_vmref_put(uint32_t *refcnt)                                     /* r2 */
+{
+	spf_perturb(SPF_PC_ATOMIC);
+	uint32_t c = dec_not_zero(refcnt);
+	if (c == 0)
+		return 0;
 	spf_sched_trace(SPF_EV_LOCK, spf_sched_rel(refcnt), 0, SPF_LK_READ);
 	if (c - 1 && writer_only(c - 1))
 		spf_futex_wake(refcnt, 1 << 30);
@@ -91,12 +101,9 @@ int spf_vmref_exit_locked(uint32_t *refcnt)                                  /* 
 int spf_vmref_dec_and_test(uint32_t *refcnt)
 {
 	spf_perturb(SPF_PC_ATOMIC);
-	uint32_t c = __atomic_load_n(refcnt, __ATOMIC_RELAXED);
-	do {
-		if (c == 0)
-			return -1;
-	} while (!__atomic_compare_exchange_n(refcnt, &c, c - 1, 0,
-					      __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+	uint32_t c = dec_not_zero(refcnt);
+	if (c == 0)
+		return -1;
 	spf_perturb(SPF_PC_ATOMIC);
 	return c == 1;
 }

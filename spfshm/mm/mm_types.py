@@ -59,7 +59,7 @@ VMA_DTYPE = np.dtype([("lock", RWSEM_DTYPE), ("start", "<u8"), ("end", "<u8"),
                       ("detached", "<u2"), ("anon_vma", "<u2"), ("vseq", "<u4"),
                       ("vm_refcnt", "<u4"), ("vm_mm", "<u4")])
 # lock (--vma-lock rwsem) or vm_refcnt (refcnt) is the per-VMA lock (vma_lock.py);
-# vm_mm: the mm that owns the record (vma_lock.MM_SELF, or other_mm.py's)
+# vm_mm: the mm that owns the record (vma_lock.MM_SELF, or vma_cache.py's)
 TREE_HDR = 4                         # [state, count, gen, -] then (start, end, id) triples
 
 # The speculative fault's abort reasons, named after the series' SPF_ABORT_* vm events
@@ -103,7 +103,7 @@ SLAB_ALLOC_FAIL = 0.005
 # so without this the split's out-of-memory path (thp_oom) would never run
 SPLIT_ALLOC_FAIL = 0.05
 # --vma-lock refcnt: the chance that a VMA record this mm frees is allocated at once by
-# another process (the VMA cache is shared and SLAB_TYPESAFE_BY_RCU: other_mm.py),
+# another process (the VMA cache is shared and SLAB_TYPESAFE_BY_RCU: vma_cache.py),
 # seeded per CPU
 OTHER_MM_REUSE = 0.25
 PWC_ENTRIES = 32                     # paging-structure cache: 2 MiB block -> PTE table                # bucket b holds latencies in [2^(b/4), 2^((b+1)/4)) us
@@ -241,10 +241,10 @@ class MM:
         self.vma_tree = arena["vma_tree"]
         tlb_all = arena["tlb"]
         self.tlb_rows = tlb_all[:g.ncpus]
-        self.tlb_ptr = native.ffi.cast("struct spf_tlb_entry *",
-                                       arena.ptr("tlb") + cpu * tlb_all.shape[1])
         self.tlb_words = tlb_all.shape[1]
         self.tlb_base = arena.ptr("tlb")            # every CPU's row (remote flushes)
+        self.tlb_ptr = native.ffi.cast("struct spf_tlb_entry *",
+                                       self.tlb_base + cpu * self.tlb_words)
         # every CPU's TLB entries (tag, data, gen, va) and PWC entries (key, table|tag<<32)
         self.tlbs = tlb_all[:g.ncpus, :g.tlb_entries * 4].reshape(g.ncpus, g.tlb_entries, 4)
         self.pwcs = tlb_all[:g.ncpus, g.tlb_entries * 4:].reshape(g.ncpus, PWC_ENTRIES, 2)

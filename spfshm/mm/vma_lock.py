@@ -9,7 +9,7 @@ refcnt  Linux v6.15+, as of v6.17 (include/linux/mmap_lock.h vma_start_read,
         __vma_exit_locked, __vma_start_write, vma_mark_detached): the reference count
         vm_refcnt (native/spf_vmref.h) replaces the rwsem and the detached flag, and the
         VMA cache is SLAB_TYPESAFE_BY_RCU (3104138517fc), so a record is reusable the
-        moment it is freed, by this mm or another (other_mm.py), while a lockless reader
+        moment it is freed, by this mm or another (vma_cache.py), while a lockless reader
         may still hold the pointer its lookup found.  vma_start_read checks vm_mm itself
         (v6.17, "mm: fix a UAF when vma->mm is freed after vma->vm_refcnt got dropped";
         v6.15 checked it in lock_vma_under_rcu).
@@ -52,7 +52,7 @@ Protocol (refcnt), the same two sides, and the writer's detach:
 The record's ``detached`` word is the rwsem generation's flag; under refcnt (which has
 none) the model keeps it as ghost state for the checkers only (assert_vma_stable), set
 once (3) has waited.  ``vm_mm`` is the record's owner: MM_SELF, or MM_OTHER while the
-other mm holds it (other_mm.py).
+other mm holds it (vma_cache.py).
 """
 import numpy as np
 
@@ -207,15 +207,10 @@ def vma_mark_attached(mm, vid):
     """The VMA enters a tree (vma_iter_store): under refcnt vm_refcnt 0 -> 1 (RELEASE;
     vma_assert_detached first: a reference left over from the record's previous life
     would be overwritten)."""
-    rec = mm.vma[vid]
-    rec["detached"] = 0
+    mm.vma[vid]["detached"] = 0
     if mm.vma_refcnt:
-        ref = mm.vm_refcnt_ptr(vid)
-        left = int(rec["vm_refcnt"])
-        if left:
-            mm.report("vma_refcnt", "vma_mark_attached", int(rec["start"]), vid, left,
-                      REFCNT_NOT_DETACHED)
-        native.lib.spf_vmref_set_release(ref, 1)
+        vma_assert_detached(mm, vid, "vma_mark_attached")
+        native.lib.spf_vmref_set_release(mm.vm_refcnt_ptr(vid), 1)
 
 
 def vma_mark_detached(mm, vid):

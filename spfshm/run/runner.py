@@ -138,6 +138,10 @@ def worker_main(st, cpu):
         try:
             _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct)
         finally:
+            # Offline before the turn goes (a no-op after a clean stop): however the
+            # loop ended (a deadlock, an error), a CPU still running sees this one
+            # offline at the same step of every replay, not when this process exits.
+            native.cpu_unregister()
             sched.exit_()
     else:
         _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct)
@@ -178,12 +182,8 @@ def _worker_loop(st, cpu, mm, c, wl, paced, ctl, parked, viol, limit, hb, acct):
             hb[HB_SEQ] += 1
         except Deadlock:
             # Recorded; locks are held and a partner is stuck: leave without cleaning up,
-            # the runner kills the rest.  Under the scheduler go offline first, while
-            # this CPU holds the turn: a sender still running sees it offline at the
-            # same step of every replay, not when this process happens to exit.
+            # the runner kills the rest.
             mm.flush_stats()
-            if st.cfg.sched:
-                native.cpu_unregister()
             return
         check_spin_unlocks(mm)
         local[i_ops] += 1
