@@ -856,6 +856,9 @@ def main(argv=None):
             bad = [b for b in args.bugs.split(",") if b and b not in BY_NAME]
             if bad:
                 raise UsageError("--bugs: unknown bug %r (see 'spfshm bugs')" % bad[0])
+            if args.max_runs > bench_sched.SEED_STRIDE:
+                raise UsageError("--max-runs: at most %d (a seed's runs would be the next "
+                                 "seed's)" % bench_sched.SEED_STRIDE)
             try:
                 if parse_spec(args.sched)[0] not in ("random", "pct"):
                     raise ValueError("bench sched --sched must be random or pct")

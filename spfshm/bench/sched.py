@@ -2,7 +2,8 @@
 
 detect: for every busted variant (each with its ``needs``: features only), over seeds
 s = 0..SEEDS-1, the runs it takes under ``--sched SPEC`` to catch it: run r uses the
-run seed 1000 s + r (a new workload and a new schedule each run), up to --max-runs; a
+run seed SEED_STRIDE s + r (a new workload and a new schedule each run), up to
+--max-runs (at most SEED_STRIDE, so no two seeds share a run); a
 run counts when its first violation has one of the catalogue's signatures.  Reports
 per variant the runs to catch, median and worst over the seeds.  The runs share one pool
 (run/pool.py: the same runs as fresh ones, a few times as many per second).
@@ -31,6 +32,8 @@ from ..run import pool
 from ..run.replay import signature_of
 from .runs import run
 
+SEED_STRIDE = 100000        # seed index s's runs are SEED_STRIDE s + 0, 1, ...
+
 
 @contextlib.contextmanager
 def _scheduled_runs():
@@ -44,7 +47,7 @@ def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art, run_one):
     catches ``bug``: how many, or None within max_runs."""
     expect = BY_NAME[bug].expect
     for r in range(max_runs):
-        cfg = Config(cpus=cpus, ops=ops, seed=1000 * seed_index + r, bugs=(bug,), sched=spec,
+        cfg = Config(cpus=cpus, ops=ops, seed=SEED_STRIDE * seed_index + r, bugs=(bug,), sched=spec,
                      artifacts=art).resolved()
         if signature_of(run_one(cfg)) in expect:
             return r + 1
