@@ -53,8 +53,10 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	if (ncpus < 1 || ncpus > 256 || policy < SPF_SCHED_RANDOM || policy > SPF_SCHED_GUIDED
 	    || (policy == SPF_SCHED_RANDOM && param > 1000000)
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k))
-	    || (policy == SPF_SCHED_GUIDED && param
-		&& (param > 2 || (k & 0xff) >= (uint64_t)ncpus || !(k >> 8))))
+	    || (policy == SPF_SCHED_GUIDED && param && param < 3
+		&& ((k & 0xff) >= (uint64_t)ncpus || !(k >> 8)))
+	    || (policy == SPF_SCHED_GUIDED && param >= 3
+		&& (param > 3 || !(k & 0xfffff) || (k & 0xfffff) > 1000000)))
 		return -1;
 	for (uint64_t i = 0; policy == SPF_SCHED_GUIDED && i < list_len; i++)
 		if (list[i] >= 256 && (param != 2 || list[i] - 256 != (k & 0xff)))
@@ -68,7 +70,11 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	s->log_cap = log_cap;
 	if (policy == SPF_SCHED_RANDOM)
 		s->switch_pm = param;
-	if (policy == SPF_SCHED_GUIDED && param) {
+	if (policy == SPF_SCHED_GUIDED && param == 3) {
+		s->overlap = 1;
+		s->switch_pm = (uint32_t)(k & 0xfffff);
+		s->overlap_from = k >> 20;
+	} else if (policy == SPF_SCHED_GUIDED && param) {
 		/* one preemption: CPU k & 0xff runs first and runs last from its (k >> 8)-th
 		 * step (param 2: after its (k >> 8)-th event) of the tail on; the others in
 		 * between, lower ids first */
@@ -154,6 +160,49 @@ static int placed_tail(struct spf_sched *s)
 	return 1;
 }
 
+/* GUIDED param 3: among the CPUs that can run and have not begun an operation ahead of
+ * the recorded order (all of them once it is passed), the current one goes on or, with
+ * probability switch_pm / 1e6 from the list's overlap_from-th entry on, a uniformly
+ * chosen one runs (before it, another only when the current one cannot: the next
+ * entry's CPU, else the next in id order; the operations one by one in the recorded
+ * order, no coin drawn).  When only CPUs ahead can
+ * run (the entry's CPU waits for one of them), one with an IPI to take, else the current
+ * one, else the next in id order. */
+static int pick_overlap(struct spf_sched *s, int cur, const uint8_t *ok)
+{
+	int n = (int)s->ncpus, nel = 0, in_list = s->list_pos < s->list_len;
+	uint8_t el[256];
+	for (int c = 0; c < n; c++)
+		nel += el[c] = (uint8_t)(ok[c] && !(in_list && s->ops_begun[c] > s->guide_met[c]));
+	if (nel) {
+		uint32_t pm = s->list_pos < s->overlap_from ? 0 : s->switch_pm;
+		int flip = pm && below(rnd(s), 1000000) < pm;
+		if (cur >= 0 && el[cur] && !flip)
+			return cur;
+		if (pm) {
+			uint64_t k = below(rnd(s), (uint64_t)nel);
+			for (int c = 0; c < n; c++)
+				if (el[c] && k-- == 0)
+					return c;
+		}
+		uint64_t g = in_list ? LIST(s)[s->list_pos] : 0;  /* one by one: the entry's */
+		if (g < (uint64_t)n && el[g])
+			return (int)g;
+		for (int i = 1; i <= n; i++)
+			if (el[(cur + i + n) % n])
+				return (cur + i + n) % n;
+	}
+	for (int i = 1; i <= n; i++)
+		if (ok[(cur + i + n) % n] && ipi_takeable((cur + i + n) % n))
+			return (cur + i + n) % n;
+	if (cur >= 0 && ok[cur])
+		return cur;
+	for (int i = 1; i <= n; i++)
+		if (ok[(cur + i + n) % n])
+			return (cur + i + n) % n;
+	return -1;
+}
+
 /* Who runs after a point of cur (-1: none, at the start and at an exit).  Sets
  * *preempt when cur could have gone on.  -1: nobody can (a deadlock). */
 static int pick(struct spf_sched *s, int cur, int *preempt)
@@ -189,6 +238,8 @@ static int pick(struct spf_sched *s, int cur, int *preempt)
 		for (int c = 0; c < n; c++)
 			if (ok[c] && (next < 0 || s->prio[c] > s->prio[next]))
 				next = c;
+	} else if (s->overlap) {
+		next = pick_overlap(s, cur, ok);
 	} else if (s->policy == SPF_SCHED_GUIDED) {
 		uint64_t g = s->list_pos < s->list_len ? LIST(s)[s->list_pos] : (uint64_t)n;
 		int held = s->held ? (int)s->place_cpu : -1;
@@ -358,6 +409,14 @@ void spf_sched_event(uint32_t type)
 		s->held = 1;
 		s->prio[me] = 1;                           /* below all, in the tail too */
 		s->list_pos++;
+	}
+	if (s->overlap) {              /* param 3: an entry is passed once its op has begun */
+		while (s->list_pos < s->list_len
+		       && s->ops_begun[l[s->list_pos]] > s->guide_met[l[s->list_pos]]) {
+			s->guide_met[l[s->list_pos]]++;
+			s->list_pos++;
+		}
+		return;
 	}
 	if (!s->depth) {                                   /* param 0: IPI and table events */
 		int guided = type == SPF_EV_IPI_SEND || type == SPF_EV_IPI_HANDLE

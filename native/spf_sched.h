@@ -59,6 +59,20 @@
  *           and is then held below every other CPU for the rest of the run, while
  *           the list goes on without it (it runs only when no other CPU can): a long
  *           operation that the others' recorded operations overlapped.
+ *           param 3: the recorded operation starts as an order, not a serialisation:
+ *           the operations overlap as they did in the run, at random.  A CPU that has
+ *           begun an operation whose entry is not yet next (it ran ahead of the order)
+ *           is not chosen while one that has not can run; among those that can, as
+ *           RANDOM with switch_pm = k & 0xfffff (the current CPU goes on with
+ *           probability 1 - switch_pm / 1e6) from the list's (k >> 20)-th entry on;
+ *           before it the current CPU goes on until it cannot (the operations one by
+ *           one, in the recorded order: the run up to the window that raced).  An
+ *           entry is passed once its CPU has begun the operation, so the list covers
+ *           every start up to the violation, the operations in flight at it too; after
+ *           it, the same coin (when its window began).  No point is added: a run's
+ *           switch log replays it as LIST.
+ *           (A CPU ahead stops at its operation's first point, which comes before the
+ *           operation's shared effects: a lock, a walk's read, a TLB lookup.)
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  *
  * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
@@ -114,6 +128,8 @@ struct spf_sched {
 	uint64_t place_events;    /* GUIDED param 2: the placed CPU's events before it drops */
 	uint64_t place_seen;      /* ... and those it recorded in the tail so far */
 	uint64_t held;            /* GUIDED param 2: place_cpu's operation is held */
+	uint32_t overlap;         /* GUIDED param 3: op starts as an order, random between */
+	uint64_t overlap_from;    /* ... from this entry on (before it, one by one) */
 	uint32_t prio[256];
 	uint32_t state[256];
 	uint32_t go[256];         /* futex words: bumped when the turn is handed to the CPU */
@@ -123,7 +139,7 @@ struct spf_sched {
 	uint64_t wait_deadline[256];  /* logical ns, 0: none */
 	uint64_t points[256];     /* points per CPU */
 	uint64_t ops_begun[256];  /* SPF_EV_OP records per CPU (GUIDED param 1) */
-	uint64_t guide_met[256];  /* GUIDED param 1: entries of each CPU passed */
+	uint64_t guide_met[256];  /* GUIDED param 1, 3: entries of each CPU passed */
 	/* then log_cap log entries, then list_len list entries (uint64_t each), then
 	 * choice_cap choices: per step from 0, the mask of CPUs that could run (CPUs < 64)
 	 * and (cur + 1) << 32 | next, two words */
@@ -132,8 +148,9 @@ struct spf_sched {
 /* Bytes of the shared area for a log of log_cap entries and a list of list_len. */
 uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap);
 /* Once, in the creating process.  param: RANDOM switch_pm, PCT depth, GUIDED 1 for the
- * placed preemption at a step, 2 at an event (0: none); k: PCT's estimate of the run's
- * steps, GUIDED's placed preemption (step << 8) | cpu or (events << 8) | cpu.  Returns
+ * placed preemption at a step, 2 at an event (0: none), 3 for overlapping operations;
+ * k: PCT's estimate of the run's steps, GUIDED's placed preemption (step << 8) | cpu or
+ * (events << 8) | cpu, or param 3's (first random entry << 20) | switch_pm.  Returns
  * 0, or -1 for a bad argument. */
 int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		    uint32_t param, uint64_t k, uint64_t log_cap,

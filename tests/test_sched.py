@@ -344,3 +344,62 @@ def test_ctrl_c_ends_a_sched_benchmark_not_just_its_current_run(tmp_path):
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, out + err
+
+
+ORDERED = """config fault-mode=classic
+map 0 16 rw
+populate 0 16
+map 64 16 rw
+cpu 0: munmap 0 16; load 64
+cpu 1: load 1
+expect segv == 1
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlapping_operations_keep_the_recorded_order_of_starts(tmp_path, seed):
+    """``guided:rPM`` (replay --deterministic's overlapping kind): operations overlap at
+    random, but none does anything before every start listed ahead of it has begun.
+    With CPU 1's load listed after CPU 0's second start, the munmap is over when the
+    load runs: it faults on nothing (one SEGV) whoever the coin picks.  A policy that let
+    CPU 1 run ahead would load the page before or during the munmap at some seeds."""
+    from test_explore import write
+    from spfshm.run.scenario import config_of
+    rep = run_stress(config_of(write(tmp_path, ORDERED), sched="guided:r500000",
+                               sched_list=(0, 0, 1), sched_seed=seed,
+                               artifacts=str(tmp_path / "art")).resolved())
+    assert rep["exit_code"] == 0 and not rep["violations"], (rep["violations"], rep["errors"])
+
+
+def test_an_overlapping_order_replays_and_its_log_is_the_same_run(tmp_path):
+    """The overlapping kind's token replays with its digest, and its switch log replayed
+    as a LIST (what shrink starts from) is the same schedule (the same switches at the
+    same steps, the same number of steps): the kind adds no point."""
+    order = (0, 1, 2, 2, 1, 0) * 4
+    cfg = cfg_of(tmp_path, sched="guided:r100000", sched_list=order, cpu_ops=(8, 8, 8),
+                 ops=8, sched_seed=3)
+    a = run_stress(cfg)
+    assert a["exit_code"] == 0 and a["sched"]["preemptions"] > 0
+    again = replay_token(a["sched"]["token"], 2, str(tmp_path / "r"))
+    assert again["hits"] == again["same_digest"] == 2
+    as_list = run_stress(dataclasses.replace(cfg, sched="list",
+                                             sched_list=tuple(a["sched"]["log"])).resolved())
+    assert as_list["sched"]["steps"] == a["sched"]["steps"]
+    assert as_list["sched"]["log"] == a["sched"]["log"]
+
+
+def test_an_overlapping_order_is_random_only_from_its_window_on(tmp_path):
+    """``guided:rPM:FROM``: before the FROM-th start the operations run one by one (the
+    coin is not used: with FROM past the list's end, two scheduler seeds give one
+    schedule); from it on at random (two seeds, two schedules)."""
+    order = (0, 1, 2) * 8
+    logs = {}
+    for first in (1000, 0):
+        for seed in (1, 2):
+            cfg = cfg_of(tmp_path, sched="guided:r300000:%d" % first, sched_list=order,
+                         cpu_ops=(8, 8, 8), ops=8, sched_seed=seed)
+            rep = run_stress(cfg)
+            assert rep["exit_code"] == 0
+            logs[first, seed] = rep["sched"]["log"]
+    assert logs[1000, 1] == logs[1000, 2]
+    assert logs[0, 1] != logs[0, 2]

@@ -4,7 +4,8 @@ The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
 (``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or
 ``guided[:CPU:STEP]`` or ``guided:CPU:eEVENTS`` a token carries: a recorded order, then
-one placed preemption), the arena region, what a CPU does to join and leave, what the
+one placed preemption; or ``guided:rPER_MILLION[:FROM]``: the recorded operation starts
+as an order, the operations overlapping at random from the FROM-th on), the arena region, what a CPU does to join and leave, what the
 runner reads afterwards (steps, switches, the digest), and the replay token.
 
 A token is ``spfshm1-`` and the base64url of a zlib'd JSON object: the model's version
@@ -50,6 +51,15 @@ def parse_spec(spec):
     if name not in ("random", "pct", "list", "guided"):
         raise ValueError("--sched must be random[:PER_MILLION], pct[:DEPTH[:K]] or "
                          "replay:TOKEN, got %r" % spec)
+    if name == "guided" and 1 <= len(args) <= 2 and args[0][:1] == "r":
+        try:                           # guided:rPER_MILLION[:FROM]: the operations overlap
+            pm, first = int(args[0][1:]), int(args[1]) if len(args) == 2 else 0
+        except ValueError:
+            pm = first = -1
+        if not 0 < pm <= 1000000 or first < 0:
+            raise ValueError("guided:rPER_MILLION[:FROM]: PER_MILLION in 1..1000000, "
+                             "FROM >= 0, got %r" % ":".join(args))
+        return name, 3, first << 20 | pm
     placed_at = 1                      # guided:CPU:STEP counts points, guided:CPU:eN events
     if name == "guided" and len(args) == 2 and args[1][:1] == "e":
         placed_at, args = 2, [args[0], args[1][1:]]

@@ -12,8 +12,9 @@ run's first violation has the artifact's signature or the budget is spent:
      allocated, unlinked and freed, in stamp order) as a GUIDED schedule: the CPU whose
      recorded event is next runs until it records it (only when no ring wrapped, so the
      record starts at the run's start);
-  2. in turn, three placed preemptions (one of each kind), then PCT of the whole run
-     (depths 2, 3 and 4 in turn, over scheduler seeds 0, 1, 2...).  Every placed
+  2. in turn, three placed preemptions (one of each kind) each followed by an
+     overlapping order (3, below), then PCT of the whole run (depths 2, 3 and 4 in
+     turn, over scheduler seeds 0, 1, 2...).  Every placed
      preemption follows the recorded order of operation starts as a GUIDED schedule
      in which each entry runs its operation to its end (an operation's effects come
      where it began: a zap that began before another CPU's stores zaps before them,
@@ -32,6 +33,16 @@ run's first violation has the artifact's signature or the budget is spent:
        finishes last (E over 1..MAX_HELD, spread: powers of two, then the gaps
        halved): a long operation (a zap of many batches) that the others'
        operations overlapped, its window anywhere in it.
+  3. the overlapping order (``guided:rPER_MILLION``): every recorded operation start,
+     the last ones too, as an order that no CPU's operation runs ahead of, and between
+     them the operations interleaved at random (each switch rate of OVERLAP_PM in
+     turn, each round on the next scheduler seed).  The operations overlap as they did
+     in the run, so a race anywhere in it can come back, not only in the operations in
+     flight at the violation: one that a sweep found later (a leaked frame, an RSS
+     count), or one whose window opened ops before the victim's last.  The random
+     switches come over every start, or over the last W per CPU only (OVERLAP_WINDOW),
+     the operations before them one by one in the recorded order: a race near the
+     violation is met more often when the coin is not spent on the whole run.
 """
 import dataclasses
 import itertools
@@ -48,6 +59,8 @@ from ..run import pool
 from ..run.runner import STATS_FLUSH_OPS
 
 PCT_DEPTHS = (2, 3, 4)
+OVERLAP_PM = (20000, 100000, 300000)  # switch rates of the overlapping orders, in turn,
+OVERLAP_WINDOW = (0, 2, 8, 32)        # ... each over all the starts (0) or the last W per CPU
 MAX_PLACE = 96              # points (or events) of X before its preemption, at most
 MAX_HELD = 256              # events of X before its operation is held, at most
 PLACED_PER_PCT = 3          # placed preemptions tried for each PCT run
@@ -172,16 +185,28 @@ def placed(cfg, guide):
         yield dataclasses.replace(cfg, sched=spec, sched_list=lst)
 
 
+def overlapping(cfg, guide):
+    """The overlapping orders (module doc, 3): every recorded start, each switch rate
+    over each window in turn, each round on the next scheduler seed."""
+    starts = tuple(guide["op_starts"])
+    for k in itertools.count():
+        for pm, w in itertools.product(OVERLAP_PM, OVERLAP_WINDOW):
+            first = max(0, len(starts) - w * cfg.cpus) if w else 0
+            yield dataclasses.replace(cfg, sched="guided:r%d:%d" % (pm, first),
+                                      sched_list=starts, sched_seed=k)
+
+
 def candidates(cfg, guide):
     """The schedules to try, in order (endless)."""
-    tails = iter(())
+    tails = over = iter(())
     if guide:
         yield dataclasses.replace(cfg, sched="guided", sched_list=tuple(guide["events"]))
-        tails = placed(cfg, guide)
+        tails, over = placed(cfg, guide), overlapping(cfg, guide)
     k = 0
     while True:                # the run's seed fixes the op sequences: vary the schedule's
         for d in PCT_DEPTHS:
-            for c in itertools.islice(tails, PLACED_PER_PCT):
+            for c in itertools.chain.from_iterable(
+                    itertools.islice(zip(tails, over), PLACED_PER_PCT)):
                 yield c
             yield dataclasses.replace(cfg, sched="pct:%d" % d, sched_list=(), sched_seed=k)
         k += 1
