@@ -55,8 +55,12 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	    || (policy == SPF_SCHED_PCT && (param < 1 || param > SPF_SCHED_MAX_DEPTH || !k))
 	    || (policy == SPF_SCHED_GUIDED && param && param < 3
 		&& ((k & 0xff) >= (uint64_t)ncpus || !(k >> 8)))
-	    || (policy == SPF_SCHED_GUIDED && param >= 3
-		&& (param > 3 || !(k & 0xfffff) || (k & 0xfffff) > 1000000)))
+	    || (policy == SPF_SCHED_GUIDED && param == 3
+		&& (!(k & 0xfffff) || (k & 0xfffff) > 1000000))
+	    || (policy == SPF_SCHED_GUIDED && param >= 4
+		&& ((k & 0xff) >= (uint64_t)ncpus || (k >> 8 & 0xff) >= (uint64_t)ncpus
+		    || (k & 0xff) == (k >> 8 & 0xff) || !(k >> 16 & 0xffff) || !(k >> 32)))
+	    || (policy == SPF_SCHED_GUIDED && param > 5))
 		return -1;
 	for (uint64_t i = 0; policy == SPF_SCHED_GUIDED && i < list_len; i++)
 		if (list[i] >= 256 && (param != 2 || list[i] - 256 != (k & 0xff)))
@@ -77,7 +81,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	} else if (policy == SPF_SCHED_GUIDED && param) {
 		/* one preemption: CPU k & 0xff runs first and runs last from its (k >> 8)-th
 		 * step (param 2: after its (k >> 8)-th event) of the tail on; the others in
-		 * between, lower ids first */
+		 * between, lower ids first (param 4: the second, below) */
 		s->depth = 2;
 		for (int c = 0; c < ncpus; c++)
 			s->prio[c] = 2 + (uint32_t)(ncpus - c);
@@ -85,8 +89,16 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		s->place_cpu = (uint32_t)(k & 0xff);
 		if (param == 1)
 			s->change_at[0] = k >> 8;
-		else
+		else if (param == 2)
 			s->place_events = k >> 8;     /* change_at[0] is set by the event */
+		else {                         /* 4, 5: and its partner after an event */
+			if (param == 4)
+				s->change_at[0] = k >> 32;
+			else
+				s->place_events = k >> 32;
+			s->partner = (uint32_t)(k >> 8 & 0xff);
+			s->partner_events = k >> 16 & 0xffff;
+		}
 	} else if (policy == SPF_SCHED_PCT) {
 		s->depth = param;
 		/* a random permutation of depth..depth+n-1 */
@@ -401,6 +413,10 @@ void spf_sched_event(uint32_t type)
 	if (s->place_events && !s->held && s->list_pos >= s->list_len && me == s->place_cpu
 	    && type != SPF_EV_SWITCH && ++s->place_seen == s->place_events)
 		s->change_at[0] = s->step + 1;             /* its next point: pick() drops it */
+	if (s->partner_events && s->list_pos >= s->list_len && me == s->partner
+	    && s->prio[s->place_cpu] == 1 && type != SPF_EV_SWITCH
+	    && ++s->partner_seen == s->partner_events)
+		s->prio[me] = 0;              /* param 4: below the placed CPU, at its next point */
 	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
 		return;
 	uint64_t *l = LIST(s);

@@ -333,6 +333,8 @@ def build_parser():
     bs.add_argument("--parallel-s", type=pos_float, default=15.0, metavar="SEC",
                     help="--from-parallel: each parallel run's length (default 15)")
     add_search_budget(bs, "--from-parallel", 100, 180.0)
+    bs.add_argument("--shrink-budget", type=pos_float, default=60.0, metavar="SEC",
+                    help="--from-parallel: seconds each shrink may take (default 60)")
     bs.add_argument("--json", type=writable_path, metavar="PATH")
 
     from .config import FAULT_MODES, TABLE_FREE

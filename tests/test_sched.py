@@ -127,6 +127,8 @@ def test_a_deadlock_is_reported_at_once_naming_the_blocked_cpus(tmp_path):
 @pytest.mark.parametrize("spec, words", [
     ("pct:0", "DEPTH in 1.."), ("pct:x", "not an integer"), ("rand", "--sched must be"),
     ("random:0", "PER_MILLION in 1..1000000"), ("list:3", "takes no argument"),
+    ("guided:r0", "PER_MILLION in 1..1000000"), ("guided:rx:3", "PER_MILLION in"),
+    ("guided:1:5:1:e3", "not equal"), ("guided:0:e5:1:e0", "EVENTS in 1..65535"),
 ])
 def test_bad_sched_spec_is_exit_2_with_one_line(spec, words, capsys):
     assert cli.main(["stress", "--sched", spec, "--ops", "1"]) == 2
@@ -249,6 +251,24 @@ def test_a_held_operation_lets_the_others_run_inside_it(tmp_path, events, faults
     16 faults only; held past its end (never), it zaps first and both stores fault.  The entry is met by
     the held CPU's events alone (it begins no operation after it)."""
     rep = _guided_scenario(tmp_path, HELD % faults, "guided:0:e%d" % events, (256,))
+    assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
+    again = replay_token(rep["sched"]["token"], 2, str(tmp_path / "r"))
+    assert again["same_digest"] == 2
+
+
+@pytest.mark.parametrize("first", ["1", "e1"])
+@pytest.mark.parametrize("events,faults", [(1, 16), (1000, 18)])
+def test_a_second_placed_preemption_stops_the_partner_after_its_event(tmp_path, events,
+                                                                       faults, first):
+    """Two placed preemptions (``guided:CPU:[e]STEP:PARTNER:eN``, what replay
+    --deterministic tries where one met another violation): CPU 1 drops at its first
+    step (or after its first event: its store's first event is its fault's lock),
+    CPU 0's DONTNEED runs and, after its N-th event, drops below CPU 1, which
+    runs its stores.  After the first (mmap_lock taken) the pages are still mapped: the
+    populate's 16 faults only; never (N past the operation's end), both stores fault
+    after the zap."""
+    rep = _guided_scenario(tmp_path, HELD % faults, "guided:1:%s:0:e%d" % (first, events),
+                           ())
     assert rep["exit_code"] == 0 and not rep["violations"], rep["violations"]
     again = replay_token(rep["sched"]["token"], 2, str(tmp_path / "r"))
     assert again["same_digest"] == 2

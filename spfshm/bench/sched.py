@@ -12,8 +12,8 @@ pipeline (--from-parallel): for every variant, the road from a CI failure to a m
 trace: a truly parallel run (its needs, the default perturbation, up to --parallel-s
 seconds per seed, seeds 1, 2, 3... until one fails with an expected signature), then
 ``replay ARTIFACT --deterministic`` (tries and seconds to find a token), the token
-replayed 10 times (hits and equal digests), and ``shrink`` (switches, preemptions and
-ops per CPU before and after).  The scheduled runs (search, replays, shrink) share one
+replayed 10 times (hits and equal digests), and ``shrink`` within --shrink-budget
+seconds (switches, preemptions and ops per CPU before and after).  The scheduled runs (search, replays, shrink) share one
 pool.
 
 cost: the same configuration and op count run truly parallel and under the scheduler;
@@ -78,7 +78,7 @@ def detect(names, seeds, spec, cpus, ops, max_runs):
     return out
 
 
-def pipeline(names, parallel_s, budget_runs, budget_s):
+def pipeline(names, parallel_s, budget_runs, budget_s, shrink_s):
     from ..sched.replay import find_schedule, replay_token
     from ..sched.shrink import shrink_token
     out = []
@@ -108,7 +108,7 @@ def pipeline(names, parallel_s, budget_runs, budget_s):
                 r = replay_token(f["token"], 10, art, run=scheduled)
                 row["replay"] = {"hits": r["hits"], "same_digest": r["same_digest"]}
                 try:
-                    s = shrink_token(f["token"], art, budget_s=budget_s, run=scheduled)
+                    s = shrink_token(f["token"], art, budget_s=shrink_s, run=scheduled)
                     row["shrink"] = {"before": s["before"], "after": s["after"],
                                      "runs": s["runs"], "seconds": s["seconds"],
                                      "complete": s["complete"]}
@@ -165,7 +165,8 @@ def main(args):
     names = args.bugs.split(",") if args.bugs else [b.name for b in CATALOGUE]
     res = {"bench": "sched", "spec": args.sched, "cpus": args.cpus, "ops": args.ops}
     if args.from_parallel:
-        res["pipeline"] = pipeline(names, args.parallel_s, args.budget_runs, args.budget)
+        res["pipeline"] = pipeline(names, args.parallel_s, args.budget_runs, args.budget,
+                                   args.shrink_budget)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=2)

@@ -4,7 +4,7 @@ The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
 (``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or
 ``guided[:CPU:STEP]`` or ``guided:CPU:eEVENTS`` a token carries: a recorded order, then
-one placed preemption; or ``guided:rPER_MILLION[:FROM]``: the recorded operation starts
+one placed preemption, or ``guided:CPU:[e]STEP:PARTNER:eEVENTS``, two; or ``guided:rPER_MILLION[:FROM]``: the recorded operation starts
 as an order, the operations overlapping at random from the FROM-th on), the arena region, what a CPU does to join and leave, what the
 runner reads afterwards (steps, switches, the digest), and the replay token.
 
@@ -63,6 +63,9 @@ def parse_spec(spec):
     placed_at = 1                      # guided:CPU:STEP counts points, guided:CPU:eN events
     if name == "guided" and len(args) == 2 and args[1][:1] == "e":
         placed_at, args = 2, [args[0], args[1][1:]]
+    if name == "guided" and len(args) == 4 and args[3][:1] == "e":
+        at_event = args[1][:1] == "e"   # guided:CPU:[e]STEP:PARTNER:eEVENTS
+        placed_at, args = 4 + at_event, [args[0], args[1][at_event:], args[2], args[3][1:]]
     try:
         nums = [int(a) for a in args]
     except ValueError:
@@ -77,6 +80,13 @@ def parse_spec(spec):
             raise ValueError("--sched pct[:DEPTH[:K]]: DEPTH in 1..%d, K >= 1"
                              % native.lib.SPF_SCHED_MAX_DEPTH)
         return name, nums[0] if nums else PCT_DEFAULT_DEPTH, nums[1] if len(nums) > 1 else 0
+    if name == "guided" and placed_at >= 4:     # ... then two
+        cpu, step, partner, events = nums
+        if not (0 <= cpu < 256 and 0 <= partner < 256 and cpu != partner and step >= 1
+                and 1 <= events < 1 << 16):
+            raise ValueError("guided:CPU:[e]STEP:PARTNER:eEVENTS: CPU and PARTNER in "
+                             "0..255 and not equal, STEP >= 1, EVENTS in 1..65535")
+        return name, placed_at, step << 32 | events << 16 | partner << 8 | cpu
     if name == "guided" and args:      # a recorded prefix, then one placed preemption
         if len(nums) != 2 or not 0 <= nums[0] < 256 or nums[1] < 1:
             raise ValueError("guided:CPU:STEP or guided:CPU:eEVENTS: CPU in 0..255, "

@@ -24,7 +24,8 @@ run's first violation has the artifact's signature or the budget is spent:
      and most catalogue races need no more (spfshm shrink).  The kinds:
      - at a point: then CPU X alone until its P-th scheduling point, and every other
        CPU before it from there (P = 1, 2, ..., MAX_PLACE; X the CPU that reported
-       the violation first, then the others);
+       the violation twice as often as each other one: its own window is the usual
+       one);
      - at an event: the same, X preempted after its E-th event (a lock taken or
        released, IRQs or RCU, an IPI, a table's life), as CHESS preempts at
        synchronisation: a window deep in a long operation is a few events in;
@@ -43,7 +44,16 @@ run's first violation has the artifact's signature or the budget is spent:
      switches come over every start, or over the last W per CPU only (OVERLAP_WINDOW),
      the operations before them one by one in the recorded order: a race near the
      violation is met more often when the coin is not spent on the whole run.
+  4. a second preemption, where one placed (at a point or an event, not a held
+     operation) met another violation (another signature: the same race seen another
+     way, a table freed where the record read it retired but not yet freed): X
+     preempted at the same place and, once it is, each other CPU (the partner that ran
+     into X's window) preempted after its E-th event (E over 1..MAX_PARTNER, spread),
+     so that X reads between two of the partner's steps (``guided:X:[e]P:PARTNER:eE``).
+     These are queued as such a try comes back and take two of every three tries while
+     any is left.
 """
+import collections
 import dataclasses
 import itertools
 import json
@@ -64,6 +74,8 @@ OVERLAP_WINDOW = (0, 2, 8, 32)        # ... each over all the starts (0) or the 
 MAX_PLACE = 96              # points (or events) of X before its preemption, at most
 MAX_HELD = 256              # events of X before its operation is held, at most
 PLACED_PER_PCT = 3          # placed preemptions tried for each PCT run
+MAX_PARTNER = 32            # events of the partner before its preemption, at most (4)
+REFINE_SHARE = 3            # of every 3 tries, 2 go to the second preemptions queued (4)
 
 
 def config_of_token(token, artifacts):
@@ -155,6 +167,21 @@ def spread(n):
     return out
 
 
+def places(order, victim):
+    """(X, K) for K = 1..MAX_PLACE and X each CPU of ``order``: the reporting CPU's
+    (usually the one whose window was open) come twice as often as another's."""
+    mine = iter([(victim, k) for k in range(1, MAX_PLACE + 1)] if victim is not None else [])
+    rest = iter([(x, k) for k in range(1, MAX_PLACE + 1) for x in order if x != victim])
+    turns = [mine, mine, rest]
+    while turns:
+        for src in list(turns):
+            got = next(src, None)
+            if got is None:
+                turns = [t for t in turns if t is not src]
+            else:
+                yield got
+
+
 def placed(cfg, guide):
     """The placed preemptions, in order (module doc, 2): the three kinds in turn."""
     v = guide["victim"]
@@ -164,14 +191,12 @@ def placed(cfg, guide):
     begun = set(starts)
 
     def at_points():
-        for p in range(1, MAX_PLACE + 1):
-            for x in order:
-                yield "guided:%d:%d" % (x, p), tail
+        for x, p in places(order, v):
+            yield "guided:%d:%d" % (x, p), tail
 
     def at_events():
-        for e in range(1, MAX_PLACE + 1):
-            for x in order:
-                yield "guided:%d:e%d" % (x, e), tail
+        for x, e in places(order, v):
+            yield "guided:%d:e%d" % (x, e), tail
 
     holding = {x: prefix(starts, held=x) for x in order if x in begun}
 
@@ -233,11 +258,24 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
         return _search(base, guide, sig, budget_runs, budget_s, progress, run)
 
 
+def second_preemptions(cand, seen):
+    """The tries of kind 4 for a placed-at-a-point try ``cand`` that met another
+    violation (none for another kind, or for an (X, P) already queued)."""
+    name, param, k = sched.parse_spec(cand.sched)
+    held = any(c >= 256 for c in cand.sched_list)
+    if name != "guided" or param not in (1, 2) or held or (cand.sched, cand.sched_list) in seen:
+        return []
+    seen.add((cand.sched, cand.sched_list))
+    x, at = k & 0xff, ("%d" if param == 1 else "e%d") % (k >> 8)
+    return [dataclasses.replace(cand, sched="guided:%d:%s:%d:e%d" % (x, at, y, e))
+            for e in spread(MAX_PARTNER) for y in range(cand.cpus) if y != x]
+
+
 def _search(base, guide, sig, budget_runs, budget_s, progress, run):
     t0, tries, other = time.monotonic(), 0, None
-    for cand in candidates(base, guide):
-        if tries >= budget_runs or time.monotonic() - t0 > budget_s:
-            break
+    main, queued, seen = candidates(base, guide), collections.deque(), set()
+    while tries < budget_runs and time.monotonic() - t0 <= budget_s:
+        cand = queued.popleft() if queued and tries % REFINE_SHARE else next(main)
         tries += 1
         rep = run(cand.resolved())
         got = signature_of(rep)
@@ -249,5 +287,7 @@ def _search(base, guide, sig, budget_runs, budget_s, progress, run):
                     "guided": guide is not None}
         if got and other is None:      # another violation of the same run: kept, not taken
             other = {"signature": got, "token": rep["sched"]["token"], "try": tries}
+        if got:
+            queued.extend(second_preemptions(cand, seen))
     return {"found": False, "tries": tries, "seconds": round(time.monotonic() - t0, 2),
             "signature": sig, "guided": guide is not None, "other": other}
