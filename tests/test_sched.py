@@ -423,3 +423,19 @@ def test_an_overlapping_order_is_random_only_from_its_window_on(tmp_path):
             logs[first, seed] = rep["sched"]["log"]
     assert logs[1000, 1] == logs[1000, 2]
     assert logs[0, 1] != logs[0, 2]
+
+
+def test_a_second_preemption_is_queued_only_for_a_related_violation(tmp_path):
+    """replay --deterministic queues two-preemption tries where a placed one met the same
+    race seen another way (the same kind or the same site), and only once per place."""
+    from spfshm.sched.replay import related, second_preemptions
+    assert related("pt_uaf@spf_walk", "pipe_age@spf_walk")
+    assert related("pt_uaf@gup", "pt_uaf@free_pgtables")
+    assert not related("pt_uaf@free_pgtables", "pipe_age@spf_walk")
+    cand = cfg_of(tmp_path, sched="guided:2:24", sched_list=(0, 1, 2))
+    seen = set()
+    tries = second_preemptions(cand, seen)
+    assert {c.sched for c in tries[:2]} == {"guided:2:24:0:e1", "guided:2:24:1:e1"}
+    assert len(tries) == 2 * 32 and second_preemptions(cand, seen) == []
+    held = dataclasses.replace(cand, sched="guided:2:e3", sched_list=(0, 258))
+    assert second_preemptions(held, seen) == []

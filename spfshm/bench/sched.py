@@ -10,7 +10,8 @@ per variant the runs to catch, median and worst over the seeds.  The runs share 
 
 pipeline (--from-parallel): for every variant, the road from a CI failure to a minimal
 trace: a truly parallel run (its needs, the default perturbation, up to --parallel-s
-seconds per seed, seeds 1, 2, 3... until one fails with an expected signature), then
+seconds per seed, seeds 1, 2, 3... up to PARALLEL_SEEDS, until one fails with an expected
+signature), then
 ``replay ARTIFACT --deterministic`` (tries and seconds to find a token), the token
 replayed 10 times (hits and equal digests), and ``shrink`` within --shrink-budget
 seconds (switches, preemptions and ops per CPU before and after).  The scheduled runs (search, replays, shrink) share one
@@ -33,6 +34,7 @@ from ..run.replay import signature_of
 from .runs import run
 
 SEED_STRIDE = 100000        # seed index s's runs are SEED_STRIDE s + 0, 1, ...
+PARALLEL_SEEDS = 8          # pipeline: parallel runs tried per variant, seeds 1, 2, ...
 
 
 @contextlib.contextmanager
@@ -87,14 +89,14 @@ def pipeline(names, parallel_s, budget_runs, budget_s, shrink_s):
             expect = BY_NAME[name].expect
             row = {"bug": name}
             rep = None
-            for seed in range(1, 4):
+            for seed in range(1, PARALLEL_SEEDS + 1):
                 rep = run(Config(duration=parallel_s, seed=seed, bugs=(name,),
                                  artifacts=art).resolved())
                 if signature_of(rep) in expect and rep.get("artifacts"):
                     break
                 rep = None
             if rep is None:
-                row["parallel"] = "not caught in 3 x %g s" % parallel_s
+                row["parallel"] = "not caught in %d x %g s" % (PARALLEL_SEEDS, parallel_s)
                 out.append(row)
                 print("%-34s parallel: not caught" % name, flush=True)
                 continue

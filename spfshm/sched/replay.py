@@ -45,8 +45,8 @@ run's first violation has the artifact's signature or the budget is spent:
      the operations before them one by one in the recorded order: a race near the
      violation is met more often when the coin is not spent on the whole run.
   4. a second preemption, where one placed (at a point or an event, not a held
-     operation) met another violation (another signature: the same race seen another
-     way, a table freed where the record read it retired but not yet freed): X
+     operation) met another violation of the same kind or at the same site (the same
+     race seen another way, a table freed where the record read it retired): X
      preempted at the same place and, once it is, each other CPU (the partner that ran
      into X's window) preempted after its E-th event (E over 1..MAX_PARTNER, spread),
      so that X reads between two of the partner's steps (``guided:X:[e]P:PARTNER:eE``).
@@ -258,6 +258,13 @@ def find_schedule(artifact, budget_runs, budget_s, out_dir, progress=print, run=
         return _search(base, guide, sig, budget_runs, budget_s, progress, run)
 
 
+def related(got, sig):
+    """Whether another violation is the same race seen another way: the same kind, or
+    the same site (a table read freed where the record read it retired)."""
+    (k1, _, s1), (k2, _, s2) = got.partition("@"), sig.partition("@")
+    return k1 == k2 or s1 == s2
+
+
 def second_preemptions(cand, seen):
     """The tries of kind 4 for a placed-at-a-point try ``cand`` that met another
     violation (none for another kind, or for an (X, P) already queued)."""
@@ -287,7 +294,7 @@ def _search(base, guide, sig, budget_runs, budget_s, progress, run):
                     "guided": guide is not None}
         if got and other is None:      # another violation of the same run: kept, not taken
             other = {"signature": got, "token": rep["sched"]["token"], "try": tries}
-        if got:
+        if got and related(got, sig):
             queued.extend(second_preemptions(cand, seen))
     return {"found": False, "tries": tries, "seconds": round(time.monotonic() - t0, 2),
             "signature": sig, "guided": guide is not None, "other": other}
