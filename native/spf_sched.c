@@ -81,7 +81,7 @@ int spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 	} else if (policy == SPF_SCHED_GUIDED && param) {
 		/* one preemption: CPU k & 0xff runs first and runs last from its (k >> 8)-th
 		 * step (param 2: after its (k >> 8)-th event) of the tail on; the others in
-		 * between, lower ids first (param 4: the second, below) */
+		 * between, lower ids first (params 4, 5: and a second, below) */
 		s->depth = 2;
 		for (int c = 0; c < ncpus; c++)
 			s->prio[c] = 2 + (uint32_t)(ncpus - c);
@@ -177,9 +177,8 @@ static int placed_tail(struct spf_sched *s)
  * probability switch_pm / 1e6 from the list's overlap_from-th entry on, a uniformly
  * chosen one runs (before it, another only when the current one cannot: the next
  * entry's CPU, else the next in id order; the operations one by one in the recorded
- * order, no coin drawn).  When only CPUs ahead can
- * run (the entry's CPU waits for one of them), one with an IPI to take, else the current
- * one, else the next in id order. */
+ * order, no coin drawn).  When only CPUs ahead can run (the entry's CPU waits for one
+ * of them), one with an IPI to take, else the current one, else the next in id order. */
 static int pick_overlap(struct spf_sched *s, int cur, const uint8_t *ok)
 {
 	int n = (int)s->ncpus, nel = 0, in_list = s->list_pos < s->list_len;
@@ -416,7 +415,7 @@ void spf_sched_event(uint32_t type)
 	if (s->partner_events && s->list_pos >= s->list_len && me == s->partner
 	    && s->prio[s->place_cpu] == 1 && type != SPF_EV_SWITCH
 	    && ++s->partner_seen == s->partner_events)
-		s->prio[me] = 0;              /* param 4: below the placed CPU, at its next point */
+		s->prio[me] = 0;          /* params 4, 5: below the placed CPU, at its next point */
 	if (s->policy != SPF_SCHED_GUIDED || s->list_pos >= s->list_len)
 		return;
 	uint64_t *l = LIST(s);
