@@ -166,6 +166,18 @@ def test_stopped_worker_is_named_stopped_not_a_model_hang(tmp_path):
     assert_no_orphans(pids)
 
 
+def test_a_cpu_stuck_on_a_stopped_one_names_it_not_the_model():
+    """A CPU that waits on one whose process was stopped went stuck a moment before it
+    (its heartbeat moved until the stop): the hang names the stopped CPU, not a model
+    hang (test_stopped_worker_is_named_stopped_not_a_model_hang met that order)."""
+    from spfshm.run.watchdog import os_stalled, stall_cause
+    dumps = [{"process": "sleeping"}, {"process": "stopped"}, {"process": "running"}]
+    assert os_stalled(dumps) == [1]
+    assert stall_cause(dumps[0], dumps) == "CPU 1's process was stopped"
+    assert stall_cause(dumps[1], dumps) == "the process was stopped"
+    assert stall_cause(dumps[2], [dumps[0], dumps[2]]) == "the model hung"
+
+
 def test_final_sweep_runs_after_a_violation_and_keeps_the_first(tmp_path):
     rep = run_stress(Config(cpus=2, duration=60, seed=1, bugs=("rss_no_dec",),
                             check_every=0.2, artifacts=str(tmp_path)).resolved())

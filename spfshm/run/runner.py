@@ -29,7 +29,8 @@ from ..smp import Smp, smp_regions
 from . import artifacts, scenario, sched
 from .events import EV_OP
 from .watchdog import (HB_DONE, HB_OP, HB_SEQ, RCU_CALLBACKS, StallMonitor, dump_cpu,
-                       format_dump, holds_anything, process_state, stall_cause)
+                       format_dump, holds_anything, os_stalled, process_state,
+                       stall_cause)
 from .workers import WorkerError, Workers, describe_exit
 from .workload import OPS, Workload, initial_layout
 
@@ -515,6 +516,9 @@ class Stress:
             how_long = " for %.0fs" % secs
         dumps = [dump_cpu(st, c) for c in range(self.cfg.cpus)]
         self.hang = [format_dump(d) for d in dumps]
+        # A CPU whose process the OS stopped is named first even when a CPU waiting on
+        # it went stuck a moment before it (whose heartbeat moved until the stop).
+        stuck = [c for c in os_stalled(dumps) if c not in stuck] + list(stuck)
         for c in stuck:
             d = dumps[c]
             mm.report("hang", "watchdog", 0, c, int(secs * 1000), 0)
@@ -522,7 +526,7 @@ class Stress:
                                "process %s): %s"
                                % (c, how_long, "in %s" % d["in_op"] if d["in_op"] else "idle",
                                   ", ".join(d["waits_for"]) or "nothing", d["process"],
-                                  stall_cause(d)))
+                                  stall_cause(d, dumps)))
 
     def _result(self, st, elapsed):
         from .report import build_report

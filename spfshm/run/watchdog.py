@@ -132,11 +132,26 @@ def format_dump(d):
     return "\n".join(lines)
 
 
-def stall_cause(d):
-    """Why a stuck CPU made no progress: its process was stopped or died (the OS), or it
-    ran or slept in the model without getting anywhere (the model hung)."""
-    return {"stopped": "the process was stopped", "zombie": "the process died",
-            "dead": "the process died"}.get(d["process"], "the model hung")
+OS_CAUSES = {"stopped": "the process was stopped", "zombie": "the process died",
+             "dead": "the process died"}
+
+
+def stall_cause(d, dumps=()):
+    """Why a stuck CPU made no progress: its process was stopped or died (the OS); or
+    another CPU's was, which it waits on (the first such in ``dumps``); or it ran or
+    slept in the model without getting anywhere (the model hung)."""
+    if d["process"] in OS_CAUSES:
+        return OS_CAUSES[d["process"]]
+    for c, o in enumerate(dumps):
+        if o["process"] in OS_CAUSES:
+            return "CPU %d's process %s" % (c, "was stopped" if o["process"] == "stopped"
+                                             else "died")
+    return "the model hung"
+
+
+def os_stalled(dumps):
+    """The CPUs whose process the OS stopped or that died: the cause of any stall."""
+    return [c for c, d in enumerate(dumps) if d["process"] in OS_CAUSES]
 
 
 def holds_anything(d):
