@@ -70,18 +70,18 @@
  *           entry is passed once its CPU has begun the operation, so the list covers
  *           every start up to the violation, the operations in flight at it too; after
  *           it, the same coin (when its window began).  No point is added: a run's
- *           switch log replays it as LIST.
+ *           switch log replays it as LIST.  (A CPU ahead stops at its operation's
+ *           first point, which comes before the operation's shared effects: a lock,
+ *           a walk's read, a TLB lookup.)
  *           param 4: param 1's placed preemption and a second: CPU k & 0xff drops at
  *           the (k >> 32)-th step of the tail, and once it has, CPU (k >> 8) & 0xff
  *           drops below it at the first point after its ((k >> 16) & 0xffff)-th event
  *           (as param 2 counts them): the CPU preempted inside its window, the partner
  *           that ran into it preempted at a synchronisation (a sync done, a lock
  *           released) before it finished, and the first one back in between.  The
- *           search tries it where one preemption met another violation of the same
- *           operations (sched/replay.py).  param 5: the same, CPU k & 0xff dropping
- *           after its (k >> 32)-th event (as param 2 without a held entry).
- *           (A CPU ahead stops at its operation's first point, which comes before the
- *           operation's shared effects: a lock, a walk's read, a TLB lookup.)
+ *           search tries it where one preemption met a related violation
+ *           (sched/replay.py).  param 5: the same, CPU k & 0xff dropping after its
+ *           (k >> 32)-th event (as param 2 without a held entry).
  * The digest folds (step, cpu, class) of every point: equal digests, equal schedules.
  *
  * A run ends at a point of the schedule, never at a wall-clock moment: after a violation
@@ -139,7 +139,7 @@ struct spf_sched {
 	uint64_t held;            /* GUIDED param 2: place_cpu's operation is held */
 	uint32_t overlap;         /* GUIDED param 3: op starts as an order, random between */
 	uint64_t overlap_from;    /* ... from this entry on (before it, one by one) */
-	uint32_t partner;         /* GUIDED param 4: the CPU of the second preemption */
+	uint32_t partner;         /* GUIDED param 4, 5: the CPU of the second preemption */
 	uint64_t partner_events;  /* ... its events after place_cpu dropped, before it drops */
 	uint64_t partner_seen;
 	uint32_t prio[256];
@@ -161,11 +161,11 @@ struct spf_sched {
 uint64_t spf_sched_size(uint64_t log_cap, uint64_t list_len, uint64_t choice_cap);
 /* Once, in the creating process.  param: RANDOM switch_pm, PCT depth, GUIDED 1 for the
  * placed preemption at a step, 2 at an event (0: none), 3 for overlapping operations,
- * 4 or 5 for two placed preemptions; k: PCT's estimate of the run's steps, GUIDED's placed
- * preemption (step << 8) | cpu or (events << 8) | cpu, param 3's (first random entry <<
- * 20) | switch_pm, or param 4's step (5: events) << 32 | events << 16 | partner << 8 |
- * cpu.  Returns
- * 0, or -1 for a bad argument. */
+ * 4 or 5 for two placed preemptions; k: PCT's estimate of the run's steps, GUIDED's
+ * placed preemption (step << 8) | cpu or (events << 8) | cpu, param 3's
+ * (first random entry << 20) | switch_pm, or param 4's
+ * step (5: events) << 32 | events << 16 | partner << 8 | cpu.  Returns 0, or -1 for a
+ * bad argument. */
 int  spf_sched_init(struct spf_sched *s, int ncpus, int policy, uint64_t seed,
 		    uint32_t param, uint64_t k, uint64_t log_cap,
 		    const uint64_t *list, uint64_t list_len, uint64_t choice_cap);

@@ -10,12 +10,11 @@ per variant the runs to catch, median and worst over the seeds.  The runs share 
 
 pipeline (--from-parallel): for every variant, the road from a CI failure to a minimal
 trace: a truly parallel run (its needs, the default perturbation, up to --parallel-s
-seconds per seed, seeds 1, 2, 3... up to PARALLEL_SEEDS, until one fails with an expected
-signature), then
-``replay ARTIFACT --deterministic`` (tries and seconds to find a token), the token
-replayed 10 times (hits and equal digests), and ``shrink`` within --shrink-budget
-seconds (switches, preemptions and ops per CPU before and after).  The scheduled runs (search, replays, shrink) share one
-pool.
+seconds per seed, seeds 1, 2, 3... up to PARALLEL_SEEDS, until one fails with an
+expected signature), then ``replay ARTIFACT --deterministic`` (tries and seconds to find
+a token), the token replayed 10 times (hits and equal digests), and ``shrink`` within
+--shrink-budget seconds (switches, preemptions and ops per CPU before and after).  The
+scheduled runs (search, replays, shrink) share one pool.
 
 cost: the same configuration and op count run truly parallel and under the scheduler;
 ops and faults per second of each (wall clock), and the scheduler's steps per second.
@@ -49,8 +48,8 @@ def runs_to_catch(bug, seed_index, spec, cpus, ops, max_runs, art, run_one):
     catches ``bug``: how many, or None within max_runs."""
     expect = BY_NAME[bug].expect
     for r in range(max_runs):
-        cfg = Config(cpus=cpus, ops=ops, seed=SEED_STRIDE * seed_index + r, bugs=(bug,), sched=spec,
-                     artifacts=art).resolved()
+        cfg = Config(cpus=cpus, ops=ops, seed=SEED_STRIDE * seed_index + r, bugs=(bug,),
+                     sched=spec, artifacts=art).resolved()
         if signature_of(run_one(cfg)) in expect:
             return r + 1
     return None

@@ -4,9 +4,11 @@ The engine itself is native (native/spf_sched.h: one CPU runs between scheduling
 points, the points are the primitives' hooks).  Here: parsing ``--sched``
 (``random[:PER_MILLION]``, ``pct[:DEPTH[:K]]``, or the ``list`` or
 ``guided[:CPU:STEP]`` or ``guided:CPU:eEVENTS`` a token carries: a recorded order, then
-one placed preemption, or ``guided:CPU:[e]STEP:PARTNER:eEVENTS``, two; or ``guided:rPER_MILLION[:FROM]``: the recorded operation starts
-as an order, the operations overlapping at random from the FROM-th on), the arena region, what a CPU does to join and leave, what the
-runner reads afterwards (steps, switches, the digest), and the replay token.
+one placed preemption, or ``guided:CPU:[e]STEP:PARTNER:eEVENTS``, two; or
+``guided:rPER_MILLION[:FROM]``: the recorded operation starts as an order, the
+operations overlapping at random from the FROM-th on), the arena region, what a CPU
+does to join and leave, what the runner reads afterwards (steps, switches, the digest),
+and the replay token.
 
 A token is ``spfshm1-`` and the base64url of a zlib'd JSON object: the model's version
 digest, the run's configuration (``Config.to_dict``), the schedule (a policy and its

@@ -132,8 +132,7 @@ def format_dump(d):
     return "\n".join(lines)
 
 
-OS_CAUSES = {"stopped": "the process was stopped", "zombie": "the process died",
-             "dead": "the process died"}
+OS_CAUSES = {"stopped": "was stopped", "zombie": "died", "dead": "died"}
 
 
 def stall_cause(d, dumps=()):
@@ -141,11 +140,10 @@ def stall_cause(d, dumps=()):
     another CPU's was, which it waits on (the first such in ``dumps``); or it ran or
     slept in the model without getting anywhere (the model hung)."""
     if d["process"] in OS_CAUSES:
-        return OS_CAUSES[d["process"]]
-    for c, o in enumerate(dumps):
-        if o["process"] in OS_CAUSES:
-            return "CPU %d's process %s" % (c, "was stopped" if o["process"] == "stopped"
-                                             else "died")
+        return "the process " + OS_CAUSES[d["process"]]
+    other = os_stalled(dumps)
+    if other:
+        return "CPU %d's process %s" % (other[0], OS_CAUSES[dumps[other[0]]["process"]])
     return "the model hung"
 
 

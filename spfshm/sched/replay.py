@@ -70,7 +70,7 @@ from ..run.runner import STATS_FLUSH_OPS
 
 PCT_DEPTHS = (2, 3, 4)
 OVERLAP_PM = (20000, 100000, 300000)  # switch rates of the overlapping orders, in turn,
-OVERLAP_WINDOW = (0, 2, 8, 32)        # ... each over all the starts (0) or the last W per CPU
+OVERLAP_WINDOW = (0, 2, 8, 32)        # ... over all the starts (0) or the last W per CPU
 MAX_PLACE = 96              # points (or events) of X before its preemption, at most
 MAX_HELD = 256              # events of X before its operation is held, at most
 PLACED_PER_PCT = 3          # placed preemptions tried for each PCT run
@@ -170,7 +170,7 @@ def spread(n):
 def places(order, victim):
     """(X, K) for K = 1..MAX_PLACE and X each CPU of ``order``: the reporting CPU's
     (usually the one whose window was open) come twice as often as another's."""
-    mine = iter([(victim, k) for k in range(1, MAX_PLACE + 1)] if victim is not None else [])
+    mine = iter([] if victim is None else [(victim, k) for k in range(1, MAX_PLACE + 1)])
     rest = iter([(x, k) for k in range(1, MAX_PLACE + 1) for x in order if x != victim])
     turns = [mine, mine, rest]
     while turns:
@@ -190,13 +190,9 @@ def placed(cfg, guide):
     tail = prefix(starts)
     begun = set(starts)
 
-    def at_points():
-        for x, p in places(order, v):
-            yield "guided:%d:%d" % (x, p), tail
-
-    def at_events():
-        for x, e in places(order, v):
-            yield "guided:%d:e%d" % (x, e), tail
+    def at(spec):                      # at a point ("%d") or an event ("e%d")
+        for x, k in places(order, v):
+            yield spec % (x, k), tail
 
     holding = {x: prefix(starts, held=x) for x in order if x in begun}
 
@@ -206,7 +202,7 @@ def placed(cfg, guide):
                 yield "guided:%d:e%d" % (x, e), lst
 
     for spec, lst in itertools.chain.from_iterable(
-            zip(at_points(), held(), at_events())):
+            zip(at("guided:%d:%d"), held(), at("guided:%d:e%d"))):
         yield dataclasses.replace(cfg, sched=spec, sched_list=lst)
 
 
@@ -266,11 +262,13 @@ def related(got, sig):
 
 
 def second_preemptions(cand, seen):
-    """The tries of kind 4 for a placed-at-a-point try ``cand`` that met another
-    violation (none for another kind, or for an (X, P) already queued)."""
+    """The tries of kind 4 for a try ``cand`` placed at a point or an event that met a
+    related violation (none for another kind, a held operation, or a place already
+    queued)."""
     name, param, k = sched.parse_spec(cand.sched)
     held = any(c >= 256 for c in cand.sched_list)
-    if name != "guided" or param not in (1, 2) or held or (cand.sched, cand.sched_list) in seen:
+    if name != "guided" or param not in (1, 2) or held \
+            or (cand.sched, cand.sched_list) in seen:
         return []
     seen.add((cand.sched, cand.sched_list))
     x, at = k & 0xff, ("%d" if param == 1 else "e%d") % (k >> 8)
